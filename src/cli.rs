@@ -1,0 +1,57 @@
+//! Command-line interface: `ablate run | check | predict`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::experiment::Which;
+
+/// Deep-learning experiments on image folders, one TOML file per experiment.
+#[derive(Debug, Parser)]
+#[command(name = "ablate", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Train the experiment(s) and write a new folder under runs/ for each.
+    Run {
+        /// Experiment files (TOML).
+        #[arg(required = true)]
+        experiments: Vec<PathBuf>,
+        /// Override a config key: `--set optimizer.lr=3e-4` (values parse as TOML).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// `auto`, `cpu`, `cuda` or `cuda:N` (overrides train.device).
+        #[arg(long)]
+        device: Option<String>,
+        /// Where run folders are created.
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+    },
+    /// Validate an experiment and print each layer's output shape, parameters and multiply-adds.
+    Check {
+        experiment: PathBuf,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+    },
+    /// Write a submission for a test folder from a run's saved checkpoint.
+    Predict {
+        /// A run folder made by `ablate run`.
+        run: PathBuf,
+        /// Which checkpoint to use.
+        #[arg(long, value_enum, default_value = "best")]
+        checkpoint: Which,
+        /// Folder of test images (or a dataset root holding the run's test folder).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output CSV (default: <run>/submission-<checkpoint>.csv); never overwritten.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// `auto`, `cpu`, `cuda` or `cuda:N`.
+        #[arg(long)]
+        device: Option<String>,
+    },
+}

@@ -1,0 +1,414 @@
+//! Raw experiment configuration: serde structs that mirror the TOML file key for key.
+//!
+//! Every struct denies unknown fields so a typo is an error, never a silently ignored key.
+//! `resolve.rs` turns these into the validated spec the rest of the program trusts.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One experiment file, after `extends`, environment and `--set` overrides are merged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Path of a base file this one extends (relative to this file); deep-merged, this file wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub extends: Option<String>,
+    /// Experiment name: the suffix of the run folder.
+    pub name: String,
+    /// Seed for weight initialisation, the validation split, shuffling and augmentation.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Where the images are and how they are batched.
+    pub data: DataConfig,
+    /// Transforms applied to training and evaluation images.
+    #[serde(default)]
+    pub transforms: TransformsConfig,
+    /// The network, as a list of layers.
+    pub model: ModelConfig,
+    /// Optimizer and its hyper-parameters.
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    /// Epochs, schedule, device.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Format of `submission.csv`.
+    #[serde(default)]
+    pub submission: SubmissionConfig,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// The image folder: `root/train/<class>/*` (labelled) and `root/test/*` (unlabelled).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Dataset root; relative paths are taken from the directory `ablate` runs in.
+    pub root: String,
+    /// Sub-folder of `root` with one folder per class.
+    #[serde(default = "default_train_dir")]
+    pub train_dir: String,
+    /// Sub-folder of `root` with unlabelled test images named by number; `""` for none.
+    #[serde(default = "default_test_dir")]
+    pub test_dir: String,
+    /// Class names in label order; default: the sorted sub-folder names of the train folder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+    /// Fraction of each class held out for validation (stratified, seeded).
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    /// Images per training step.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Batches decoded ahead of the trainer.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+    /// Skip unreadable images with a warning instead of stopping with an error.
+    #[serde(default)]
+    pub skip_bad: bool,
+}
+
+fn default_train_dir() -> String {
+    "train".into()
+}
+fn default_test_dir() -> String {
+    "test".into()
+}
+fn default_val_fraction() -> f64 {
+    0.1
+}
+fn default_batch_size() -> usize {
+    64
+}
+fn default_prefetch() -> usize {
+    2
+}
+
+/// Transform pipelines, applied in order; every pipeline ends in a float CHW tensor in [0, 1],
+/// normalised if a `normalize` step is present (it must come last).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformsConfig {
+    /// Training pipeline (random steps allowed).
+    #[serde(default)]
+    pub train: Vec<TransformSpec>,
+    /// Validation, test and prediction pipeline (deterministic steps only).
+    #[serde(default)]
+    pub eval: Vec<TransformSpec>,
+}
+
+/// One image transform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum TransformSpec {
+    /// `[h, w]`: exact size; a single number: shorter side to that size, aspect kept.
+    Resize(Size),
+    /// `[h, w]` taken from the centre.
+    CenterCrop(Size),
+    /// `[h, w]` taken at a random position (training only).
+    RandomCrop(Size),
+    /// Horizontal flip with this probability (training only).
+    Hflip(f64),
+    /// `"imagenet"` or `{ mean = [..3], std = [..3] }`.
+    Normalize(NormalizeSpec),
+}
+
+/// A size written as `256` or `[256, 256]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Size {
+    Side(usize),
+    HeightWidth([usize; 2]),
+}
+
+/// Normalisation statistics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum NormalizeSpec {
+    /// A named preset: `"imagenet"`.
+    Preset(String),
+    /// Explicit per-channel statistics.
+    Explicit { mean: [f32; 3], std: [f32; 3] },
+}
+
+/// The network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Input size `[h, w]` the network is built for; default: what the eval transforms produce.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<[usize; 2]>,
+    /// Named values the layers refer to as `"$name"` (`$classes` is the number of classes).
+    #[serde(default)]
+    pub params: BTreeMap<String, toml::Value>,
+    /// Layers in order.
+    pub layers: Vec<LayerSpec>,
+}
+
+/// A whole number written literally or as a `"$name"` reference into `model.params`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Int {
+    Value(usize),
+    Ref(String),
+}
+
+/// One layer of the network, written `"relu"` or `{ conv = { out = 6, kernel = 5 } }`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum LayerSpec {
+    /// 2-D convolution.
+    Conv(ConvSpec),
+    /// Max pooling.
+    MaxPool(PoolSpec),
+    /// Average pooling (zero padding counts towards the mean, as in PyTorch).
+    AvgPool(PoolSpec),
+    /// Mean over height and width: `(n, c, h, w) -> (n, c)`.
+    GlobalAvgPool,
+    /// Rectified linear unit.
+    Relu,
+    /// `(n, ...) -> (n, product)`.
+    Flatten,
+    /// Fully connected; its input size is inferred (and a 4-D input flattened).
+    Linear(LinearSpec),
+    /// Dropout with this probability (training only).
+    Dropout(f64),
+    /// Batch normalisation over channels (or features after a linear layer).
+    BatchNorm,
+}
+
+/// Convolution settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConvSpec {
+    /// Output channels.
+    pub out: Int,
+    /// Square kernel side.
+    pub kernel: Int,
+    /// Stride (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<Int>,
+    /// Zero padding on every side (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding: Option<Int>,
+    /// Dilation (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dilation: Option<Int>,
+    /// Channel groups: input and output channels must both divide by it (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Int>,
+    /// Learn a bias (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<bool>,
+    /// Parameter name prefix (default `conv<N>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Pooling settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolSpec {
+    /// Square window side.
+    pub kernel: Int,
+    /// Stride (default: the kernel).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<Int>,
+    /// Padding on every side (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding: Option<Int>,
+}
+
+/// Fully connected settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinearSpec {
+    /// Output features (`"$classes"` for the head).
+    pub out: Int,
+    /// Learn a bias (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<bool>,
+    /// Parameter name prefix (default `fc<N>`, or `fc` when it is the only linear layer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// Optimizer choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam; `weight_decay` adds an L2 term to the gradient, as PyTorch's `Adam`.
+    Adam,
+    /// Adam with decoupled weight decay, as PyTorch's `AdamW`.
+    Adamw,
+    /// Stochastic gradient descent with optional momentum / Nesterov and L2 weight decay.
+    Sgd,
+}
+
+/// Optimizer hyper-parameters (PyTorch's defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Which optimizer.
+    #[serde(default = "default_optimizer")]
+    pub kind: OptimizerKind,
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Weight decay (L2 for adam/sgd, decoupled for adamw).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Adam's (beta1, beta2).
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Adam's epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// SGD momentum.
+    #[serde(default)]
+    pub momentum: f64,
+    /// SGD Nesterov momentum.
+    #[serde(default)]
+    pub nesterov: bool,
+}
+
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adam
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: default_optimizer(),
+            lr: default_lr(),
+            weight_decay: 0.0,
+            betas: default_betas(),
+            eps: default_eps(),
+            momentum: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+/// Training loop settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Passes over the training split.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Learning-rate schedule, evaluated every step.
+    #[serde(default)]
+    pub lr_schedule: ScheduleConfig,
+    /// `auto` (CUDA when built with it and present, else CPU), `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+fn default_epochs() -> usize {
+    10
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self { epochs: default_epochs(), lr_schedule: ScheduleConfig::default(), device: default_device() }
+    }
+}
+
+/// Schedule kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// The same rate throughout.
+    #[default]
+    Constant,
+    /// Multiply by `gamma` every `step_epochs` epochs.
+    Step,
+    /// Cosine decay from `lr` to `min_lr` over the epochs after warm-up.
+    Cosine,
+}
+
+/// Learning-rate schedule settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Schedule shape.
+    #[serde(default)]
+    pub kind: ScheduleKind,
+    /// Epochs of linear warm-up from 0 to `lr` (any kind).
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    /// Step schedule: epochs between decays.
+    #[serde(default = "default_step_epochs")]
+    pub step_epochs: usize,
+    /// Step schedule: decay factor.
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    /// Cosine schedule: final rate.
+    #[serde(default)]
+    pub min_lr: f64,
+}
+
+fn default_step_epochs() -> usize {
+    30
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Constant,
+            warmup_epochs: 0.0,
+            step_epochs: default_step_epochs(),
+            gamma: default_gamma(),
+            min_lr: 0.0,
+        }
+    }
+}
+
+/// What `submission.csv` looks like.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmissionConfig {
+    /// Write the `id,label` header line.
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// `index` (class number, the contest's format) or `name` (class folder name).
+    #[serde(default)]
+    pub label: LabelFormat,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for SubmissionConfig {
+    fn default() -> Self {
+        Self { header: true, label: LabelFormat::Index }
+    }
+}
+
+/// How a predicted class is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelFormat {
+    #[default]
+    Index,
+    Name,
+}

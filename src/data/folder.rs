@@ -1,0 +1,162 @@
+//! Image-folder discovery: `train/<class>/*` labelled by sorted folder name, `test/*` in natural
+//! order with the id taken from the number in each file name.
+
+use std::path::{Path, PathBuf};
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use walkdir::WalkDir;
+
+use super::DataError;
+
+/// File extensions read as images (case-insensitive).
+pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
+
+/// One image file and its label (`None` for test images).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    pub path: PathBuf,
+    pub label: Option<usize>,
+    /// Submission id: the number in a test file's name (or its stem when it has none).
+    pub id: String,
+}
+
+fn is_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+fn require_dir(path: &Path, what: &'static str) -> Result<(), DataError> {
+    if path.is_dir() { Ok(()) } else { Err(DataError::MissingDir { path: path.to_path_buf(), what }) }
+}
+
+/// Image files under `dir` (recursively, hidden entries skipped) in natural order of their
+/// paths, so `2.jpg` comes before `10.jpg`.
+fn images_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    let walker = WalkDir::new(dir).follow_links(true).into_iter().filter_entry(|e| {
+        e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
+    });
+    for entry in walker {
+        let entry = entry.map_err(|e| DataError::Walk { path: dir.to_path_buf(), message: e.to_string() })?;
+        if entry.file_type().is_file() && is_image(entry.path()) {
+            files.push(entry.into_path());
+        }
+    }
+    files.sort_by(|a, b| natord::compare(&a.to_string_lossy(), &b.to_string_lossy()));
+    Ok(files)
+}
+
+/// Class names: `configured` when given (each must be a folder), else the sorted sub-folder
+/// names of `train_dir`.
+pub fn class_names(train_dir: &Path, configured: Option<&[String]>) -> Result<Vec<String>, DataError> {
+    require_dir(train_dir, "training folder (data.root/data.train_dir)")?;
+    if let Some(names) = configured {
+        for n in names {
+            require_dir(&train_dir.join(n), "class folder listed in data.classes")?;
+        }
+        return Ok(names.to_vec());
+    }
+    let mut names: Vec<String> = std::fs::read_dir(train_dir)
+        .map_err(|e| DataError::Walk { path: train_dir.to_path_buf(), message: e.to_string() })?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        return Err(DataError::NoClasses { path: train_dir.to_path_buf() });
+    }
+    Ok(names)
+}
+
+/// Every labelled image: for each class in order, its files in natural order.
+pub fn labelled(train_dir: &Path, classes: &[String]) -> Result<Vec<Item>, DataError> {
+    let mut items = Vec::new();
+    for (label, class) in classes.iter().enumerate() {
+        let dir = train_dir.join(class);
+        let files = images_under(&dir)?;
+        if files.is_empty() {
+            return Err(DataError::NoImages { path: dir });
+        }
+        items.extend(files.into_iter().map(|path| {
+            let id = stem(&path);
+            Item { path, label: Some(label), id }
+        }));
+    }
+    Ok(items)
+}
+
+fn stem(path: &Path) -> String {
+    path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The submission id of a test file: the first number in its stem (`cat.12.jpg` -> `12`,
+/// `0042.png` -> `42`), or the whole stem when it holds no digits.
+pub fn test_id(path: &Path) -> String {
+    let stem = stem(path);
+    let digits: String = stem.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+    match digits.parse::<u64>() {
+        Ok(n) => n.to_string(),
+        Err(_) => stem,
+    }
+}
+
+/// Every test image, in natural order of file names.
+pub fn unlabelled(test_dir: &Path) -> Result<Vec<Item>, DataError> {
+    require_dir(test_dir, "test folder (data.root/data.test_dir)")?;
+    let files = images_under(test_dir)?;
+    if files.is_empty() {
+        return Err(DataError::NoImages { path: test_dir.to_path_buf() });
+    }
+    Ok(files.into_iter().map(|path| Item { id: test_id(&path), path, label: None }).collect())
+}
+
+/// Stratified hold-out: from each class, `round(n * fraction)` items (at least one when the
+/// fraction is positive and the class has two or more) chosen by a seeded shuffle.
+/// Returns `(train, val)` indices into `items`, each sorted.
+pub fn split(items: &[Item], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_5B17);
+    let n_classes = items.iter().filter_map(|i| i.label).max().map_or(0, |m| m + 1);
+    let (mut train, mut val) = (Vec::new(), Vec::new());
+    for class in 0..n_classes {
+        let mut idx: Vec<usize> = (0..items.len()).filter(|&i| items[i].label == Some(class)).collect();
+        idx.shuffle(&mut rng);
+        let mut n_val = (idx.len() as f64 * fraction).round() as usize;
+        if fraction > 0.0 && n_val == 0 && idx.len() >= 2 {
+            n_val = 1;
+        }
+        val.extend_from_slice(&idx[..n_val]);
+        train.extend_from_slice(&idx[n_val..]);
+    }
+    train.sort_unstable();
+    val.sort_unstable();
+    (train, val)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_ids_come_from_the_number_in_the_name() {
+        assert_eq!(test_id(Path::new("test/12.jpg")), "12");
+        assert_eq!(test_id(Path::new("test/cat.0042.png")), "42");
+        assert_eq!(test_id(Path::new("test/abc.png")), "abc");
+    }
+
+    #[test]
+    fn split_is_stratified_and_seeded() {
+        let items: Vec<Item> = (0..30)
+            .map(|i| Item { path: PathBuf::from(format!("{i}.png")), label: Some(usize::from(i >= 20)), id: i.to_string() })
+            .collect();
+        let (train, val) = split(&items, 0.1, 7);
+        assert_eq!(val.len(), 2 + 1); // round(20 * 0.1) + round(10 * 0.1)
+        assert_eq!(train.len() + val.len(), 30);
+        assert_eq!(val.iter().filter(|&&i| i >= 20).count(), 1);
+        assert_eq!(split(&items, 0.1, 7), (train, val.clone()));
+        assert_ne!(split(&items, 0.1, 8).1, val);
+    }
+}

@@ -1,0 +1,113 @@
+//! Image transforms: decoded RGB image in, normalised CHW f32 tensor data out.
+
+use image::imageops::{self, FilterType};
+use image::RgbImage;
+use rand::Rng;
+
+/// One validated transform step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    /// Exact `(h, w)`.
+    Resize((usize, usize)),
+    /// Shorter side to this length, aspect ratio kept (torchvision's `Resize(int)`).
+    ResizeShorter(usize),
+    CenterCrop((usize, usize)),
+    RandomCrop((usize, usize)),
+    Hflip(f64),
+    Normalize { mean: [f32; 3], std: [f32; 3] },
+}
+
+/// The `(h, w)` a pipeline produces whatever its input, if it fixes one.
+pub fn output_size(pipeline: &[Transform]) -> Option<(usize, usize)> {
+    pipeline.iter().rev().find_map(|t| match t {
+        Transform::Resize(s) | Transform::CenterCrop(s) | Transform::RandomCrop(s) => Some(*s),
+        _ => None,
+    })
+}
+
+fn crop(img: &RgbImage, top: u32, left: u32, (h, w): (usize, usize)) -> RgbImage {
+    imageops::crop_imm(img, left, top, w as u32, h as u32).to_image()
+}
+
+/// Runs `pipeline` on `img` and returns CHW floats (in [0, 1] unless normalised) and `(h, w)`.
+/// Crops larger than the image are an error naming both sizes.
+pub fn apply(pipeline: &[Transform], mut img: RgbImage, rng: &mut impl Rng) -> Result<(Vec<f32>, (usize, usize)), String> {
+    let mut norm = None;
+    for t in pipeline {
+        match t {
+            Transform::Resize((h, w)) => {
+                // Triangle = bilinear, torchvision's default interpolation.
+                img = imageops::resize(&img, *w as u32, *h as u32, FilterType::Triangle);
+            }
+            Transform::ResizeShorter(side) => {
+                let (w, h) = img.dimensions();
+                let s = *side as f64 / w.min(h) as f64;
+                let (nw, nh) = (((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1));
+                img = imageops::resize(&img, nw, nh, FilterType::Triangle);
+            }
+            Transform::CenterCrop(size) | Transform::RandomCrop(size) => {
+                let (w, h) = (img.width() as usize, img.height() as usize);
+                if size.0 > h || size.1 > w {
+                    return Err(format!("crop {}x{} is larger than the image {h}x{w}", size.0, size.1));
+                }
+                let (top, left) = if matches!(t, Transform::CenterCrop(_)) {
+                    // torchvision rounds the centre offset the same way.
+                    (((h - size.0) as f64 / 2.0).round() as u32, ((w - size.1) as f64 / 2.0).round() as u32)
+                } else {
+                    (rng.gen_range(0..=h - size.0) as u32, rng.gen_range(0..=w - size.1) as u32)
+                };
+                img = crop(&img, top, left, *size);
+            }
+            Transform::Hflip(p) => {
+                if rng.gen_bool(*p) {
+                    imageops::flip_horizontal_in_place(&mut img);
+                }
+            }
+            Transform::Normalize { mean, std } => norm = Some((*mean, *std)),
+        }
+    }
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (mean, std) = norm.unwrap_or(([0.0; 3], [1.0; 3]));
+    let mut out = vec![0f32; 3 * h * w];
+    let (r, rest) = out.split_at_mut(h * w);
+    let (g, b) = rest.split_at_mut(h * w);
+    for (i, px) in img.pixels().enumerate() {
+        r[i] = (px[0] as f32 / 255.0 - mean[0]) / std[0];
+        g[i] = (px[1] as f32 / 255.0 - mean[1]) / std[1];
+        b[i] = (px[2] as f32 / 255.0 - mean[2]) / std[2];
+    }
+    Ok((out, (h, w)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn resize_crop_normalize_shapes_and_values() {
+        let img = RgbImage::from_pixel(40, 30, image::Rgb([255, 0, 51]));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let p = [
+            Transform::ResizeShorter(20),
+            Transform::CenterCrop((16, 18)),
+            Transform::Normalize { mean: [0.5; 3], std: [0.5; 3] },
+        ];
+        let (data, hw) = apply(&p, img, &mut rng).unwrap();
+        assert_eq!(hw, (16, 18));
+        assert_eq!(data.len(), 3 * 16 * 18);
+        // (1.0 - 0.5) / 0.5 = 1, (0 - 0.5) / 0.5 = -1, (0.2 - 0.5) / 0.5 = -0.6
+        assert!((data[0] - 1.0).abs() < 1e-6);
+        assert!((data[16 * 18] + 1.0).abs() < 1e-6);
+        assert!((data[2 * 16 * 18] + 0.6).abs() < 1e-6);
+        assert_eq!(output_size(&p), Some((16, 18)));
+    }
+
+    #[test]
+    fn oversized_crop_is_an_error() {
+        let img = RgbImage::new(8, 8);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let err = apply(&[Transform::RandomCrop((10, 10))], img, &mut rng).unwrap_err();
+        assert!(err.contains("10x10") && err.contains("8x8"), "{err}");
+    }
+}

@@ -1,0 +1,222 @@
+//! Orchestration of the commands: `run`, `check` and `predict`, from experiment files to a
+//! finished run folder. Everything here calls down into config -> model -> data -> train ->
+//! output; nothing below reaches back up.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use indicatif::{MultiProgress, ProgressDrawTarget};
+
+use crate::config::load::{self, Sources};
+use crate::config::resolve::resolved_toml;
+use crate::config::{resolve, Override, Spec};
+use crate::data::folder::{self, Item};
+use crate::data::loader::Loader;
+use crate::device::{self, DeviceChoice};
+use crate::model::Model;
+use crate::output::log::RunLog;
+use crate::output::sink::{CsvSink, MetricSink};
+use crate::output::tensorboard::TensorBoardSink;
+use crate::output::{checkpoint, run_dir, submission, write_atomic};
+use crate::train::{self, Splits};
+
+/// Options of `ablate run` for one experiment file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub file: PathBuf,
+    pub overrides: Vec<Override>,
+    /// `--device`, overriding `train.device`.
+    pub device: Option<String>,
+    pub runs_dir: PathBuf,
+}
+
+/// An experiment loaded, validated and matched with its dataset, before anything is written.
+pub struct Prepared {
+    pub sources: Sources,
+    pub spec: Spec,
+    pub items: Arc<Vec<Item>>,
+    pub test_items: Option<Arc<Vec<Item>>>,
+}
+
+/// Loads `file` with `overrides`, finds its classes and images, validates everything.
+pub fn prepare(file: &Path, overrides: Vec<Override>) -> anyhow::Result<Prepared> {
+    let sources = Sources { files: load::extends_chain(file)?, overrides, env: true };
+    let exp = load::load(&sources)?;
+    let root = Path::new(&exp.data.root);
+    let train_dir = root.join(&exp.data.train_dir);
+    let classes = folder::class_names(&train_dir, exp.data.classes.as_deref())?;
+    let spec = resolve(exp, &file.display().to_string(), classes)?;
+    let items = Arc::new(folder::labelled(&spec.train_dir(), &spec.class_names)?);
+    let test_items = match spec.test_dir() {
+        Some(dir) => Some(Arc::new(folder::unlabelled(&dir).context(
+            "no test images: point data.test_dir at them, or set data.test_dir = \"\" to train without a submission",
+        )?)),
+        None => None,
+    };
+    Ok(Prepared { sources, spec, items, test_items })
+}
+
+fn device_for(spec: &Spec, cli: Option<&str>) -> anyhow::Result<DeviceChoice> {
+    let (value, key) = match cli {
+        Some(d) => (d, "--device"),
+        None => (spec.raw.train.device.as_str(), "train.device"),
+    };
+    value.parse().map_err(|e: String| anyhow::anyhow!("{key}: {e}"))
+}
+
+/// The experiment file(s) as the user wrote them: the file itself, then its bases and the
+/// overrides as comments, so the record is complete and still valid TOML.
+fn as_written(sources: &Sources) -> anyhow::Result<String> {
+    let (file, bases) = sources.files.split_last().expect("the chain holds at least the file");
+    let mut text = std::fs::read_to_string(file)?;
+    for base in bases.iter().rev() {
+        text.push_str(&format!("\n# ---- ablate: extends {} ----\n", base.display()));
+        for line in std::fs::read_to_string(base)?.lines() {
+            text.push_str(&format!("# {line}\n"));
+        }
+    }
+    if !sources.overrides.is_empty() {
+        text.push_str("\n# ---- ablate: command-line overrides ----\n");
+        for o in &sources.overrides {
+            text.push_str(&format!("# --set {}={}\n", o.key, o.raw));
+        }
+    }
+    Ok(text)
+}
+
+fn progress() -> MultiProgress {
+    // indicatif draws only on a terminal; elsewhere (CI, pipes) the bars stay hidden.
+    MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
+}
+
+/// Runs one experiment into a new run folder; returns the folder. `extra_sinks` receive the
+/// metrics too (tests pass a memory sink).
+pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::Result<PathBuf> {
+    let p = prepare(&opts.file, opts.overrides.clone())?;
+    let spec = &p.spec;
+    let (device, notice) = device::open(device_for(spec, opts.device.as_deref())?)?;
+    let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &device)?;
+
+    // Everything is validated: only now does the run folder exist.
+    let dir = run_dir::create(&opts.runs_dir, &spec.name, chrono::Local::now())
+        .with_context(|| format!("cannot create a run folder under {}", opts.runs_dir.display()))?;
+    write_atomic(&dir.join("experiment.toml"), as_written(&p.sources)?.as_bytes())?;
+    write_atomic(&dir.join("config.toml"), resolved_toml(spec)?.as_bytes())?;
+    let ckpt_dir = dir.join("checkpoints");
+    std::fs::create_dir(&ckpt_dir)?;
+    let log = RunLog::create(&dir.join("log.txt"), progress())?;
+    log.info(format!("run folder: {}", dir.display()));
+    if let Some(n) = notice {
+        log.info(n);
+    }
+    log.info(format!("model ({}x{} input):\n{}", spec.input_hw.0, spec.input_hw.1, model.summary()));
+
+    let d = &spec.raw.data;
+    let (train_idx, val_idx) = folder::split(&p.items, d.val_fraction, spec.seed);
+    log.info(format!(
+        "data: {} ({} classes: {}), {} train / {} validation images{}",
+        spec.data_root.display(),
+        spec.num_classes(),
+        spec.class_names.join(", "),
+        train_idx.len(),
+        val_idx.len(),
+        p.test_items.as_ref().map_or(String::new(), |t| format!(", {} test images", t.len()))
+    ));
+    let loader = |items: Arc<Vec<Item>>, transforms| {
+        let mut l = Loader::new(items, transforms, spec.input_hw, d.batch_size);
+        l.prefetch = d.prefetch;
+        l.skip_bad = d.skip_bad;
+        l.seed = spec.seed;
+        l
+    };
+    let splits = Splits {
+        train: loader(p.items.clone(), spec.train_transforms.clone()),
+        train_idx,
+        val: loader(p.items.clone(), spec.eval_transforms.clone()),
+        val_idx,
+    };
+    let mut sinks: Vec<Box<dyn MetricSink>> =
+        vec![Box::new(CsvSink::create(&dir.join("metrics.csv"))?), Box::new(TensorBoardSink::create(&dir))];
+    sinks.extend(extra_sinks);
+
+    let outcome = train::fit(spec, &model, &splits, &device, &mut sinks, &ckpt_dir, &log)?;
+    drop(sinks); // closes the event file
+
+    if let Some(test) = &p.test_items {
+        checkpoint::load(&model, &ckpt_dir.join("best.safetensors"))?;
+        let rows = predictions(&model, &loader(test.clone(), spec.eval_transforms.clone()), &device, &log)?;
+        submission::write(&dir.join("submission.csv"), &rows, &spec.class_names, &spec.raw.submission)?;
+        log.info(format!("submission.csv: {} test images, predicted with best.safetensors (epoch {})", rows.len(), outcome.best_epoch));
+    }
+    let last = outcome.epochs.last().expect("at least one epoch");
+    log.info(format!(
+        "done: best epoch {}, final val acc {}, final train loss {:.4}",
+        outcome.best_epoch,
+        last.val_acc.map_or("-".into(), |v| format!("{v:.4}")),
+        last.train_loss
+    ));
+    Ok(dir)
+}
+
+fn predictions(model: &Model, loader: &Loader, device: &candle_core::Device, log: &RunLog) -> anyhow::Result<Vec<(String, usize)>> {
+    let preds = train::predict(model, loader, device, log)?;
+    Ok(preds.into_iter().map(|(i, c)| (loader.items()[i].id.clone(), c)).collect())
+}
+
+/// `ablate check`: the validated model's per-layer summary, without training.
+pub fn check(file: &Path, overrides: Vec<Override>) -> anyhow::Result<String> {
+    let p = prepare(file, overrides)?;
+    let spec = &p.spec;
+    let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &candle_core::Device::Cpu)?;
+    Ok(format!(
+        "{}: {} classes ({}), {} labelled images, input 3x{}x{}\n{}",
+        file.display(),
+        spec.num_classes(),
+        spec.class_names.join(", "),
+        p.items.len(),
+        spec.input_hw.0,
+        spec.input_hw.1,
+        model.summary()
+    ))
+}
+
+/// Which saved weights `predict` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Which {
+    Best,
+    Last,
+}
+
+/// `ablate predict`: a submission from a run's checkpoint and its own resolved config.
+/// `data` is a folder of test images, or a dataset root holding the config's test folder.
+pub fn predict(run: &Path, which: Which, data: Option<&Path>, out: Option<&Path>, device: Option<&str>) -> anyhow::Result<PathBuf> {
+    let config = run.join("config.toml");
+    if !config.is_file() {
+        bail!("{} has no config.toml: expected a run folder made by `ablate run`", run.display());
+    }
+    let sources = Sources { files: vec![config.clone()], overrides: vec![], env: false };
+    let exp = load::load(&sources)?;
+    let classes = exp.data.classes.clone().context("config.toml lists no data.classes")?;
+    let spec = resolve(exp, &config.display().to_string(), classes)?;
+    let test_dir = match data {
+        Some(d) if d.join(&spec.raw.data.test_dir).is_dir() && !spec.raw.data.test_dir.is_empty() => d.join(&spec.raw.data.test_dir),
+        Some(d) => d.to_path_buf(),
+        None => spec.test_dir().context("the run has no data.test_dir: pass --data DIR")?,
+    };
+    let items = Arc::new(folder::unlabelled(&test_dir)?);
+    let (device, _) = device::open(device_for(&spec, device)?)?;
+    let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &device)?;
+    let name = match which {
+        Which::Best => "best",
+        Which::Last => "last",
+    };
+    checkpoint::load(&model, &run.join("checkpoints").join(format!("{name}.safetensors")))?;
+    let out = out.map(Path::to_path_buf).unwrap_or_else(|| run.join(format!("submission-{name}.csv")));
+    let log = RunLog::terminal(progress());
+    let mut loader = Loader::new(items, spec.eval_transforms.clone(), spec.input_hw, spec.raw.data.batch_size);
+    loader.skip_bad = spec.raw.data.skip_bad;
+    let rows = predictions(&model, &loader, &device, &log)?;
+    submission::write(&out, &rows, &spec.class_names, &spec.raw.submission)?;
+    Ok(out)
+}

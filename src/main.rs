@@ -1,0 +1,43 @@
+//! `ablate` binary: parse the command line, call the library, print any error chain, exit.
+
+use std::process::ExitCode;
+
+use ablate::cli::{Cli, Command};
+use ablate::config::Override;
+use ablate::experiment::{self, RunOptions};
+use clap::Parser;
+
+fn overrides(set: &[String]) -> anyhow::Result<Vec<Override>> {
+    Ok(set.iter().map(|s| Override::parse(s)).collect::<Result<_, _>>()?)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { experiments, set, device, runs_dir } => overrides(&set).and_then(|overrides| {
+            for file in experiments {
+                let opts = RunOptions { file, overrides: overrides.clone(), device: device.clone(), runs_dir: runs_dir.clone() };
+                let dir = experiment::run(&opts, Vec::new())?;
+                println!("{}", dir.display());
+            }
+            Ok(())
+        }),
+        Command::Check { experiment: file, set } => {
+            overrides(&set).and_then(|o| experiment::check(&file, o)).map(|summary| println!("{summary}"))
+        }
+        Command::Predict { run, checkpoint, data, out, device } => {
+            experiment::predict(&run, checkpoint, data.as_deref(), out.as_deref(), device.as_deref())
+                .map(|out| println!("{}", out.display()))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Per-layer summary: output shape, parameters and multiply-adds, with exact totals.
+
+use std::fmt;
+
+/// One layer's line of the summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SummaryRow {
+    /// Position in `model.layers`.
+    pub index: usize,
+    pub kind: &'static str,
+    /// Parameter prefix (`conv1`, `fc`) or a positional name for parameter-free layers.
+    pub name: String,
+    /// Output shape without the batch dimension.
+    pub out_shape: Vec<usize>,
+    pub params: usize,
+    /// Multiply-adds per image: conv = output elements x in/groups x kh x kw, linear = in x out.
+    pub macs: u64,
+}
+
+/// The whole network's summary.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Summary {
+    pub input: Vec<usize>,
+    pub rows: Vec<SummaryRow>,
+}
+
+impl Summary {
+    pub fn new(input: Vec<usize>) -> Self {
+        Self { input, rows: Vec::new() }
+    }
+    pub fn total_params(&self) -> usize {
+        self.rows.iter().map(|r| r.params).sum()
+    }
+    pub fn total_macs(&self) -> u64 {
+        self.rows.iter().map(|r| r.macs).sum()
+    }
+}
+
+/// `7157646` -> `7,157,646`.
+pub fn thousands(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// `1814073344` -> `1.81 G`.
+pub fn short(n: u64) -> String {
+    match n {
+        0..1_000 => n.to_string(),
+        1_000..1_000_000 => format!("{:.2} K", n as f64 / 1e3),
+        1_000_000..1_000_000_000 => format!("{:.2} M", n as f64 / 1e6),
+        _ => format!("{:.2} G", n as f64 / 1e9),
+    }
+}
+
+fn shape(s: &[usize]) -> String {
+    let parts: Vec<String> = s.iter().map(usize::to_string).collect();
+    format!("({})", parts.join(", "))
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{:>3}  {:<16} {:<10} {:<18} {:>14} {:>18}", "#", "kind", "name", "output", "params", "MACs")?;
+        writeln!(f, "{:>3}  {:<16} {:<10} {:<18}", "", "input", "", shape(&self.input))?;
+        for r in &self.rows {
+            writeln!(
+                f,
+                "{:>3}  {:<16} {:<10} {:<18} {:>14} {:>18}",
+                r.index,
+                r.kind,
+                r.name,
+                shape(&r.out_shape),
+                thousands(r.params as u64),
+                thousands(r.macs)
+            )?;
+        }
+        write!(
+            f,
+            "total: {} parameters ({}), {} multiply-adds per image ({})",
+            thousands(self.total_params() as u64),
+            short(self.total_params() as u64),
+            thousands(self.total_macs()),
+            short(self.total_macs())
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_numbers() {
+        assert_eq!(thousands(7157646), "7,157,646");
+        assert_eq!(thousands(999), "999");
+        assert_eq!(thousands(1000), "1,000");
+        assert_eq!(short(1_814_073_344), "1.81 G");
+    }
+}

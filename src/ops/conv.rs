@@ -1,0 +1,431 @@
+//! 2-D convolution (groups, stride, padding, dilation) as a candle custom op: im2col + GEMM
+//! forward, weight gradient and input gradient (col2im), parallel over the batch.
+//!
+//! A grouped convolution is one im2col per sample and one GEMM per group over that buffer, so
+//! its cost follows its FLOPs instead of launching one small convolution per group as
+//! candle's `conv2d` does. The input gradient is skipped when the input tracks no gradient
+//! (the image fed to the first layer).
+
+use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::f32_slice;
+
+/// Geometry of one convolution; the same struct describes forward and both gradients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvParams {
+    pub stride: usize,
+    pub padding: usize,
+    pub dilation: usize,
+    pub groups: usize,
+}
+
+impl Default for ConvParams {
+    fn default() -> Self {
+        Self { stride: 1, padding: 0, dilation: 1, groups: 1 }
+    }
+}
+
+impl ConvParams {
+    /// Output side length for an input side `i` and kernel side `k`, as PyTorch computes it.
+    pub fn out_size(&self, i: usize, k: usize) -> Option<usize> {
+        let span = self.dilation * (k - 1) + 1;
+        let padded = i + 2 * self.padding;
+        (padded >= span).then(|| (padded - span) / self.stride + 1)
+    }
+}
+
+/// Every size a kernel needs, derived once from the input and weight shapes.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+    p: ConvParams,
+}
+
+impl Geometry {
+    fn new(x: &Shape, wt: &Shape, p: ConvParams) -> Result<Self> {
+        let (n, c, h, w) = x.dims4()?;
+        let (o, cg, kh, kw) = wt.dims4()?;
+        if p.groups == 0 || c % p.groups != 0 || o % p.groups != 0 || cg * p.groups != c {
+            candle_core::bail!(
+                "conv2d: input {:?} and weight {:?} do not fit groups = {}",
+                x.dims(),
+                wt.dims(),
+                p.groups
+            );
+        }
+        let (Some(oh), Some(ow)) = (p.out_size(h, kh), p.out_size(w, kw)) else {
+            candle_core::bail!("conv2d: kernel {kh}x{kw} larger than padded input {h}x{w}");
+        };
+        Ok(Self { n, c, h, w, o, kh, kw, oh, ow, p })
+    }
+    fn cg(&self) -> usize {
+        self.c / self.p.groups
+    }
+    fn og(&self) -> usize {
+        self.o / self.p.groups
+    }
+    /// Rows of one group's im2col matrix.
+    fn k(&self) -> usize {
+        self.cg() * self.kh * self.kw
+    }
+    /// Columns of the im2col matrix: output pixels.
+    fn l(&self) -> usize {
+        self.oh * self.ow
+    }
+    /// A 1x1, stride-1, unpadded conv reads its input as the im2col matrix itself.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.p.stride == 1 && self.p.padding == 0
+    }
+    fn in_len(&self) -> usize {
+        self.c * self.h * self.w
+    }
+    fn out_len(&self) -> usize {
+        self.o * self.l()
+    }
+}
+
+/// Unfolds one sample's channels `[c0, c0 + cg)` into `col` (k x l, row-major).
+fn im2col(x: &[f32], g: &Geometry, c0: usize, col: &mut [f32]) {
+    let (l, s, p, d) = (g.l(), g.p.stride as isize, g.p.padding as isize, g.p.dilation as isize);
+    for c in 0..g.cg() {
+        let plane = &x[(c0 + c) * g.h * g.w..(c0 + c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = ((c * g.kh + ki) * g.kw + kj) * l;
+                let dst = &mut col[row..row + l];
+                for oy in 0..g.oh {
+                    let iy = oy as isize * s - p + ki as isize * d;
+                    let out_row = &mut dst[oy * g.ow..(oy + 1) * g.ow];
+                    if iy < 0 || iy >= g.h as isize {
+                        out_row.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let x0 = kj as isize * d - p;
+                    for (ox, v) in out_row.iter_mut().enumerate() {
+                        let ix = ox as isize * s + x0;
+                        *v = if ix >= 0 && ix < g.w as isize { src[ix as usize] } else { 0.0 };
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `col` (k x l) back onto one sample's channels `[c0, c0 + cg)`, adding overlaps.
+fn col2im(col: &[f32], g: &Geometry, c0: usize, dx: &mut [f32]) {
+    let (l, s, p, d) = (g.l(), g.p.stride as isize, g.p.padding as isize, g.p.dilation as isize);
+    for c in 0..g.cg() {
+        let plane = &mut dx[(c0 + c) * g.h * g.w..(c0 + c + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            for kj in 0..g.kw {
+                let row = ((c * g.kh + ki) * g.kw + kj) * l;
+                let src = &col[row..row + l];
+                for oy in 0..g.oh {
+                    let iy = oy as isize * s - p + ki as isize * d;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    let x0 = kj as isize * d - p;
+                    for (ox, v) in src[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
+                        let ix = ox as isize * s + x0;
+                        if ix >= 0 && ix < g.w as isize {
+                            dst[ix as usize] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Row-major matrix view for [`matmul`]: `rows x cols`, element (i, j) at `i * rs + j * cs`.
+#[derive(Clone, Copy)]
+struct Mat {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// `dst (m x n, row-major) (+)= a (m x k) * b (k x n)` through the `gemm` crate (candle's own
+/// GEMM, with its AVX-512 kernels), single-threaded: callers parallelise over samples.
+///
+/// # Safety
+/// `a`, `b` and `dst` must address valid `m x k`, `k x n` and `m x n` matrices.
+unsafe fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
+    debug_assert!(dst.len() >= m * n);
+    // SAFETY: the caller guarantees the views; dst is a unique, correctly sized borrow.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+fn row_major(ptr: &[f32], cols: usize) -> Mat {
+    Mat { ptr: ptr.as_ptr(), rs: cols as isize, cs: 1 }
+}
+
+fn transposed(ptr: &[f32], cols_of_original: usize) -> Mat {
+    Mat { ptr: ptr.as_ptr(), rs: 1, cs: cols_of_original as isize }
+}
+
+fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, l, og) = (g.k(), g.l(), g.og());
+    let mut out = vec![0f32; g.n * g.out_len()];
+    out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
+        let x_n = &x[n * g.in_len()..(n + 1) * g.in_len()];
+        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; k * l] };
+        for grp in 0..g.p.groups {
+            let c0 = grp * g.cg();
+            let cols: &[f32] = if g.is_pointwise() {
+                &x_n[c0 * l..(c0 + g.cg()) * l]
+            } else {
+                im2col(x_n, g, c0, &mut col);
+                &col
+            };
+            let w_g = &wt[grp * og * k..(grp + 1) * og * k];
+            let dst = &mut out_n[grp * og * l..(grp + 1) * og * l];
+            // SAFETY: w_g is og x k, cols is k x l, dst is og x l, all row-major.
+            unsafe { matmul(og, l, k, dst, false, row_major(w_g, k), row_major(cols, l)) };
+        }
+    });
+    out
+}
+
+fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, l, og) = (g.k(), g.l(), g.og());
+    let mut dx = vec![0f32; g.n * g.in_len()];
+    dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(n, dx_n)| {
+        let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
+        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; k * l] };
+        for grp in 0..g.p.groups {
+            let c0 = grp * g.cg();
+            let w_g = &wt[grp * og * k..(grp + 1) * og * k];
+            let dy_g = &dy_n[grp * og * l..(grp + 1) * og * l];
+            // dcol (k x l) = w_g^T (k x og) * dy_g (og x l)
+            // SAFETY: views as documented above, dst sized k x l.
+            if g.is_pointwise() {
+                let dst = &mut dx_n[c0 * l..(c0 + g.cg()) * l];
+                unsafe { matmul(k, l, og, dst, false, transposed(w_g, k), row_major(dy_g, l)) };
+            } else {
+                unsafe { matmul(k, l, og, &mut col, false, transposed(w_g, k), row_major(dy_g, l)) };
+                col2im(&col, g, c0, dx_n);
+            }
+        }
+    });
+    dx
+}
+
+/// Samples are summed in this many fixed slices, whatever the thread count, so the weight
+/// gradient (a reduction over the batch) is bit-identical from run to run.
+const WEIGHT_GRAD_SLICES: usize = 8;
+
+fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, l, og) = (g.k(), g.l(), g.og());
+    let w_len = g.o * k;
+    let samples: Vec<usize> = (0..g.n).collect();
+    let partials: Vec<Vec<f32>> = samples
+        .par_chunks(g.n.div_ceil(WEIGHT_GRAD_SLICES).max(1))
+        .map(|slice| {
+            let mut dw = vec![0f32; w_len];
+            let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; k * l] };
+            for &n in slice {
+                let x_n = &x[n * g.in_len()..(n + 1) * g.in_len()];
+                let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
+                for grp in 0..g.p.groups {
+                    let c0 = grp * g.cg();
+                    let cols: &[f32] = if g.is_pointwise() {
+                        &x_n[c0 * l..(c0 + g.cg()) * l]
+                    } else {
+                        im2col(x_n, g, c0, &mut col);
+                        &col
+                    };
+                    let dy_g = &dy_n[grp * og * l..(grp + 1) * og * l];
+                    let dst = &mut dw[grp * og * k..(grp + 1) * og * k];
+                    // dw_g (og x k) += dy_g (og x l) * cols^T (l x k)
+                    // SAFETY: views as documented, dst sized og x k.
+                    unsafe { matmul(og, k, l, dst, true, row_major(dy_g, l), transposed(cols, l)) };
+                }
+            }
+            dw
+        })
+        .collect();
+    let mut parts = partials.into_iter();
+    let mut total = parts.next().unwrap_or_else(|| vec![0f32; w_len]);
+    for p in parts {
+        total.iter_mut().zip(&p).for_each(|(a, b)| *a += b);
+    }
+    total
+}
+
+/// Forward convolution: `x (n, c, h, w)`, `weight (o, c/groups, kh, kw)` -> `(n, o, oh, ow)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Conv2d(pub ConvParams);
+
+impl CustomOp2 for Conv2d {
+    fn name(&self) -> &'static str {
+        "ablate-conv2d"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.shape(), l2.shape(), self.0)?;
+        let x = f32_slice(self.name(), s1, l1)?;
+        let wt = f32_slice(self.name(), s2, l2)?;
+        let out = conv_forward(x, wt, &g);
+        Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.oh, g.ow))))
+    }
+
+    fn bwd(&self, x: &Tensor, wt: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let dy = dy.contiguous()?;
+        // The image itself needs no gradient: skip the input-gradient GEMMs for it.
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(wt, &ConvInputGrad { params: self.0, x_shape: x.shape().clone() })?)
+        } else {
+            None
+        };
+        let dw = x.apply_op2_no_bwd(&dy, &ConvWeightGrad { params: self.0, w_shape: wt.shape().clone() })?;
+        Ok((dx, Some(dw)))
+    }
+}
+
+/// Input gradient: `dy (n, o, oh, ow)`, `weight` -> `dx` with the forward input's shape.
+struct ConvInputGrad {
+    params: ConvParams,
+    x_shape: Shape,
+}
+
+impl CustomOp2 for ConvInputGrad {
+    fn name(&self) -> &'static str {
+        "ablate-conv2d-input-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(&self.x_shape, l2.shape(), self.params)?;
+        let dy = f32_slice(self.name(), s1, l1)?;
+        let wt = f32_slice(self.name(), s2, l2)?;
+        Ok((CpuStorage::F32(conv_input_grad(dy, wt, &g)), self.x_shape.clone()))
+    }
+}
+
+/// Weight gradient: `x`, `dy (n, o, oh, ow)` -> `dw` with the weight's shape.
+struct ConvWeightGrad {
+    params: ConvParams,
+    w_shape: Shape,
+}
+
+impl CustomOp2 for ConvWeightGrad {
+    fn name(&self) -> &'static str {
+        "ablate-conv2d-weight-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = Geometry::new(l1.shape(), &self.w_shape, self.params)?;
+        let x = f32_slice(self.name(), s1, l1)?;
+        let dy = f32_slice(self.name(), s2, l2)?;
+        Ok((CpuStorage::F32(conv_weight_grad(x, dy, &g)), self.w_shape.clone()))
+    }
+}
+
+/// Convolves `x (n, c, h, w)` with `weight (o, c/groups, kh, kw)`: our kernels on CPU, candle's
+/// `conv2d` elsewhere.
+pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
+    if x.device().is_cpu() {
+        x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d(p))
+    } else {
+        x.conv2d(weight, p.padding, p.stride, p.dilation, p.groups)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn seeded(shape: &[usize], seed: u64) -> Tensor {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs() / scale))
+    }
+
+    /// Forward and both gradients equal candle's reference conv (its forward and autograd).
+    #[test]
+    fn matches_candle_reference_conv() {
+        // (n, c, h, w, o, k, stride, padding, dilation, groups)
+        let cases = [
+            (2, 3, 9, 7, 4, 3, 1, 1, 1, 1),
+            (1, 4, 8, 8, 6, 3, 2, 1, 1, 2),
+            (3, 8, 7, 9, 8, 3, 1, 1, 1, 8),
+            (2, 6, 11, 10, 4, 5, 1, 0, 1, 1),
+            (2, 8, 6, 6, 16, 1, 1, 0, 1, 4),
+            (1, 4, 10, 10, 4, 3, 2, 2, 2, 1),
+            (2, 4, 5, 5, 8, 1, 2, 0, 1, 1),
+            (1, 3, 13, 13, 5, 7, 3, 3, 1, 1),
+        ];
+        for (i, &(n, c, h, w, o, k, stride, padding, dilation, groups)) in cases.iter().enumerate() {
+            let p = ConvParams { stride, padding, dilation, groups };
+            let x = Var::from_tensor(&seeded(&[n, c, h, w], i as u64)).unwrap();
+            let wt = Var::from_tensor(&seeded(&[o, c / groups, k, k], 100 + i as u64)).unwrap();
+            let probe = seeded(&[n, o, p.out_size(h, k).unwrap(), p.out_size(w, k).unwrap()], 7);
+
+            let ours = conv2d(&x, &wt, p).unwrap();
+            let reference = x.conv2d(&wt, padding, stride, dilation, groups).unwrap();
+            assert!(max_rel_diff(&ours, &reference) < 1e-4, "forward, case {i}");
+
+            let g_ours = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g_ref = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            for (name, v) in [("input", &x), ("weight", &wt)] {
+                let (a, b) = (g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
+                assert!(max_rel_diff(a, b) < 1e-4, "{name} gradient, case {i}");
+            }
+        }
+    }
+
+    /// The image (a plain tensor, not a Var) gets no gradient: the input-grad pass is skipped.
+    #[test]
+    fn no_input_gradient_for_untracked_input() {
+        let x = seeded(&[2, 3, 6, 6], 1);
+        let wt = Var::from_tensor(&seeded(&[4, 3, 3, 3], 2)).unwrap();
+        let grads = conv2d(&x, &wt, ConvParams::default()).unwrap().sum_all().unwrap().backward().unwrap();
+        assert!(grads.get(&x).is_none());
+        assert_eq!(grads.get(&wt).unwrap().dims(), &[4, 3, 3, 3]);
+    }
+}

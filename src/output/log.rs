@@ -1,0 +1,42 @@
+//! The run log: each line goes to `log.txt` and to the terminal (above any progress bars).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+
+use indicatif::MultiProgress;
+
+/// Writes timestamped lines to a log file and echoes them on stderr.
+pub struct RunLog {
+    file: Option<Mutex<File>>,
+    pub progress: MultiProgress,
+}
+
+impl RunLog {
+    /// Logs to `path` (created) and to the terminal.
+    pub fn create(path: &Path, progress: MultiProgress) -> std::io::Result<Self> {
+        Ok(Self { file: Some(Mutex::new(File::create(path)?)), progress })
+    }
+
+    /// Logs to the terminal only (before a run folder exists, or for `predict`).
+    pub fn terminal(progress: MultiProgress) -> Self {
+        Self { file: None, progress }
+    }
+
+    pub fn info(&self, msg: impl AsRef<str>) {
+        let msg = msg.as_ref();
+        if let Some(f) = &self.file {
+            let stamp = chrono::Local::now().format("%Y-%m-%d %H:%M:%S");
+            let mut f = f.lock().expect("log file poisoned");
+            // A full disk must not stop training; the terminal still shows the line.
+            let _ = writeln!(f, "{stamp} {msg}");
+            let _ = f.flush();
+        }
+        if self.progress.is_hidden() {
+            eprintln!("{msg}");
+        } else {
+            let _ = self.progress.println(msg);
+        }
+    }
+}

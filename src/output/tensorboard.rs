@@ -1,0 +1,98 @@
+//! TensorBoard: scalars written with tensorboard-rs, and a reader of event files (TFRecord
+//! framing with both CRCs checked) for tests and tools.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use protobuf::Message;
+use tensorboard_rs::masked_crc32c::masked_crc32c;
+use tensorboard_rs::summary_writer::SummaryWriter;
+
+use super::sink::{EpochMetrics, MetricSink};
+
+/// Scalars per epoch: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `lr`, `images_per_sec`.
+///
+/// One writer per folder: tensorboard-rs names files by the second and the pid, so two writers
+/// opened on one folder in the same second would write the same file.
+pub struct TensorBoardSink {
+    writer: SummaryWriter,
+}
+
+impl TensorBoardSink {
+    pub fn create(dir: &Path) -> Self {
+        Self { writer: SummaryWriter::new(dir) }
+    }
+}
+
+impl MetricSink for TensorBoardSink {
+    fn record(&mut self, m: &EpochMetrics) -> anyhow::Result<()> {
+        let mut scalars = vec![
+            ("train/loss", m.train_loss),
+            ("train/acc", m.train_acc),
+            ("lr", m.lr),
+            ("images_per_sec", m.images_per_sec),
+        ];
+        scalars.extend(m.val_loss.map(|v| ("val/loss", v)));
+        scalars.extend(m.val_acc.map(|v| ("val/acc", v)));
+        for (tag, v) in scalars {
+            self.writer.add_scalar(tag, v as f32, m.epoch);
+        }
+        self.writer.flush();
+        Ok(())
+    }
+}
+
+/// One scalar read back from an event file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scalar {
+    pub tag: String,
+    pub step: i64,
+    pub value: f32,
+}
+
+/// The event files in `dir` (not recursive).
+pub fn event_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("events.out.tfevents.")))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
+/// Reads every scalar summary of one event file, checking each record's length and data CRCs.
+pub fn read_scalars(path: &Path) -> anyhow::Result<Vec<Scalar>> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut out = Vec::new();
+    let mut rest = &bytes[..];
+    while !rest.is_empty() {
+        if rest.len() < 12 {
+            bail!("{}: truncated record header", path.display());
+        }
+        let len_bytes = &rest[..8];
+        let len = u64::from_le_bytes(len_bytes.try_into()?) as usize;
+        let len_crc = u32::from_le_bytes(rest[8..12].try_into()?);
+        if masked_crc32c(len_bytes) != len_crc {
+            bail!("{}: bad length CRC", path.display());
+        }
+        if rest.len() < 12 + len + 4 {
+            bail!("{}: truncated record", path.display());
+        }
+        let data = &rest[12..12 + len];
+        let data_crc = u32::from_le_bytes(rest[12 + len..16 + len].try_into()?);
+        if masked_crc32c(data) != data_crc {
+            bail!("{}: bad data CRC", path.display());
+        }
+        let event = tensorboard_proto::event::Event::parse_from_bytes(data)?;
+        if event.has_summary() {
+            for v in event.get_summary().get_value() {
+                if v.has_simple_value() {
+                    out.push(Scalar { tag: v.get_tag().to_string(), step: event.get_step(), value: v.get_simple_value() });
+                }
+            }
+        }
+        rest = &rest[16 + len..];
+    }
+    Ok(out)
+}

@@ -1,0 +1,6 @@
+//! Training: the loop, optimizers and schedules, evaluation and prediction.
+
+pub mod optim;
+pub mod trainer;
+
+pub use trainer::{evaluate, fit, predict, FitOutcome, Splits};
