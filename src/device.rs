@@ -33,7 +33,9 @@ pub fn open(choice: DeviceChoice) -> anyhow::Result<(Device, Option<String>)> {
         DeviceChoice::Cpu => Ok((Device::Cpu, None)),
         DeviceChoice::Cuda(n) => {
             if !candle_core::utils::cuda_is_available() {
-                anyhow::bail!("device cuda:{n} requested, but this ablate was built without CUDA: rebuild with `cargo build --release --features cuda` (or `make exp CUDA=1`)");
+                anyhow::bail!(
+                    "device cuda:{n} requested, but this ablate was built without CUDA: rebuild with `cargo build --release --features cuda` (or `make exp CUDA=1`)"
+                );
             }
             Ok((Device::new_cuda(n).map_err(|e| anyhow::anyhow!("cannot open cuda:{n}: {e}"))?, None))
         }

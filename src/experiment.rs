@@ -5,12 +5,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use indicatif::{MultiProgress, ProgressDrawTarget};
 
 use crate::config::load::{self, Sources};
 use crate::config::resolve::resolved_toml;
-use crate::config::{resolve, Override, Spec};
+use crate::config::{Override, Spec, resolve};
 use crate::data::folder::{self, Item};
 use crate::data::loader::Loader;
 use crate::device::{self, DeviceChoice};
@@ -147,7 +147,11 @@ pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::
         checkpoint::load(&model, &ckpt_dir.join("best.safetensors"))?;
         let rows = predictions(&model, &loader(test.clone(), spec.eval_transforms.clone()), &device, &log)?;
         submission::write(&dir.join("submission.csv"), &rows, &spec.class_names, &spec.raw.submission)?;
-        log.info(format!("submission.csv: {} test images, predicted with best.safetensors (epoch {})", rows.len(), outcome.best_epoch));
+        log.info(format!(
+            "submission.csv: {} test images, predicted with best.safetensors (epoch {})",
+            rows.len(),
+            outcome.best_epoch
+        ));
     }
     let last = outcome.epochs.last().expect("at least one epoch");
     log.info(format!(
@@ -159,7 +163,12 @@ pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::
     Ok(dir)
 }
 
-fn predictions(model: &Model, loader: &Loader, device: &candle_core::Device, log: &RunLog) -> anyhow::Result<Vec<(String, usize)>> {
+fn predictions(
+    model: &Model,
+    loader: &Loader,
+    device: &candle_core::Device,
+    log: &RunLog,
+) -> anyhow::Result<Vec<(String, usize)>> {
     let preds = train::predict(model, loader, device, log)?;
     Ok(preds.into_iter().map(|(i, c)| (loader.items()[i].id.clone(), c)).collect())
 }
@@ -190,7 +199,13 @@ pub enum Which {
 
 /// `ablate predict`: a submission from a run's checkpoint and its own resolved config.
 /// `data` is a folder of test images, or a dataset root holding the config's test folder.
-pub fn predict(run: &Path, which: Which, data: Option<&Path>, out: Option<&Path>, device: Option<&str>) -> anyhow::Result<PathBuf> {
+pub fn predict(
+    run: &Path,
+    which: Which,
+    data: Option<&Path>,
+    out: Option<&Path>,
+    device: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     let config = run.join("config.toml");
     if !config.is_file() {
         bail!("{} has no config.toml: expected a run folder made by `ablate run`", run.display());
@@ -200,7 +215,9 @@ pub fn predict(run: &Path, which: Which, data: Option<&Path>, out: Option<&Path>
     let classes = exp.data.classes.clone().context("config.toml lists no data.classes")?;
     let spec = resolve(exp, &config.display().to_string(), classes)?;
     let test_dir = match data {
-        Some(d) if d.join(&spec.raw.data.test_dir).is_dir() && !spec.raw.data.test_dir.is_empty() => d.join(&spec.raw.data.test_dir),
+        Some(d) if d.join(&spec.raw.data.test_dir).is_dir() && !spec.raw.data.test_dir.is_empty() => {
+            d.join(&spec.raw.data.test_dir)
+        }
         Some(d) => d.to_path_buf(),
         None => spec.test_dir().context("the run has no data.test_dir: pass --data DIR")?,
     };

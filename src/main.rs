@@ -16,7 +16,12 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { experiments, set, device, runs_dir } => overrides(&set).and_then(|overrides| {
             for file in experiments {
-                let opts = RunOptions { file, overrides: overrides.clone(), device: device.clone(), runs_dir: runs_dir.clone() };
+                let opts = RunOptions {
+                    file,
+                    overrides: overrides.clone(),
+                    device: device.clone(),
+                    runs_dir: runs_dir.clone(),
+                };
                 let dir = experiment::run(&opts, Vec::new())?;
                 println!("{}", dir.display());
             }

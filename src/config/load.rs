@@ -8,8 +8,8 @@ use figment::providers::{Env, Format, Toml};
 use figment::value::{Dict, Map, Value};
 use figment::{Figment, Metadata, Profile, Provider};
 
-use super::schema::Experiment;
 use super::ConfigError;
+use super::schema::Experiment;
 
 /// The experiment as the user wrote it: the files of the `extends` chain (base first) and the
 /// overrides given on the command line.
@@ -40,7 +40,10 @@ impl Override {
             .ok_or_else(|| ConfigError::Override { arg: arg.into(), reason: "expected key=value".into() })?;
         let key = key.trim();
         if key.is_empty() || key.split('.').any(str::is_empty) {
-            return Err(ConfigError::Override { arg: arg.into(), reason: "the key must be a dotted path such as optimizer.lr".into() });
+            return Err(ConfigError::Override {
+                arg: arg.into(),
+                reason: "the key must be a dotted path such as optimizer.lr".into(),
+            });
         }
         let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
             .ok()
@@ -56,16 +59,15 @@ pub fn extends_chain(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let mut seen = HashSet::new();
     let mut next = Some(path.to_path_buf());
     while let Some(file) = next.take() {
-        let canonical = file
-            .canonicalize()
-            .map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+        let canonical = file.canonicalize().map_err(|source| ConfigError::Read { path: file.clone(), source })?;
         if !seen.insert(canonical.clone()) {
             let mut cycle: Vec<String> = chain.iter().map(|p: &PathBuf| p.display().to_string()).collect();
             cycle.push(file.display().to_string());
             return Err(ConfigError::ExtendsCycle { chain: cycle.join(" -> ") });
         }
         let text = std::fs::read_to_string(&file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Parse { path: file.clone(), message: e.to_string() })?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: file.clone(), message: e.to_string() })?;
         if let Some(base) = table.get("extends") {
             let base = base.as_str().ok_or_else(|| ConfigError::Invalid {
                 path: file.display().to_string(),
@@ -80,6 +82,9 @@ pub fn extends_chain(path: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     chain.reverse();
     Ok(chain)
 }
+
+/// Top-level keys of an experiment, the only ones `ABLATE_*` variables may set.
+const SECTIONS: [&str; 8] = ["name", "seed", "data", "transforms", "model", "optimizer", "train", "submission"];
 
 /// A provider for one `--set`, so figment's errors name it as the source of a bad value.
 struct SetProvider<'a>(&'a Override);
@@ -107,7 +112,13 @@ pub fn figment(sources: &Sources) -> Result<Figment, ConfigError> {
         fig = fig.merge(Toml::file_exact(file));
     }
     if sources.env {
-        fig = fig.merge(Env::prefixed("ABLATE_").split("__"));
+        // Only variables naming a config section count, so unrelated ABLATE_* variables (a
+        // test harness's, say) are not mistaken for misspelt keys.
+        let env = Env::prefixed("ABLATE_").filter(|k| {
+            let section = k.as_str().split("__").next().unwrap_or_default();
+            SECTIONS.iter().any(|s| section.eq_ignore_ascii_case(s))
+        });
+        fig = fig.merge(env.split("__"));
     }
     for ov in &sources.overrides {
         let segments: Vec<&str> = ov.key.split('.').collect();
@@ -116,9 +127,10 @@ pub fn figment(sources: &Sources) -> Result<Figment, ConfigError> {
             Some(i) => {
                 // figment merges arrays by replacement: rebuild the array with the element changed.
                 let array_key = segments[..i].join(".");
-                let mut array: toml::Value = fig
-                    .extract_inner(&array_key)
-                    .map_err(|e| ConfigError::Override { arg: format!("{}={}", ov.key, ov.raw), reason: e.to_string() })?;
+                let mut array: toml::Value = fig.extract_inner(&array_key).map_err(|e| ConfigError::Override {
+                    arg: format!("{}={}", ov.key, ov.raw),
+                    reason: e.to_string(),
+                })?;
                 set_path(&mut array, &segments[i..], ov.value.clone())
                     .map_err(|reason| ConfigError::Override { arg: format!("{}={}", ov.key, ov.raw), reason })?;
                 let whole = Override { key: array_key, value: array, raw: ov.raw.clone() };

@@ -7,7 +7,7 @@ pub mod schema;
 use std::path::PathBuf;
 
 pub use load::{Override, Sources};
-pub use resolve::{resolve, Spec};
+pub use resolve::{Spec, resolve};
 
 /// Everything that can be wrong with an experiment before it trains.
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +48,8 @@ fn describe(e: &figment::Error) -> String {
     let key = e.path.join(".");
     let what = match &e.kind {
         Kind::UnknownField(field, expected) => {
-            let full = if key.is_empty() { field.clone() } else { format!("{key}.{field}") };
+            // figment's path already ends in the unknown field.
+            let full = if key.is_empty() { field.clone() } else { key.clone() };
             return format!(
                 "{source}: unknown key `{full}`{}; valid keys here: {}",
                 suggest(field, expected).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default(),

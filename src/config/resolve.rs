@@ -2,8 +2,8 @@
 
 use std::path::PathBuf;
 
-use super::schema::{Experiment, Int, LayerSpec, NormalizeSpec, Size, TransformSpec};
 use super::ConfigError;
+use super::schema::{Experiment, Int, LayerSpec, NormalizeSpec, Size, TransformSpec};
 use crate::data::transforms::Transform;
 use crate::model::{ConvConfig, LayerConfig, LinearConfig};
 use crate::ops::conv::ConvParams;
@@ -42,7 +42,8 @@ impl Spec {
 
 /// Validates `exp` (loaded from `file`) for a dataset with `class_names`.
 pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<Spec, ConfigError> {
-    let invalid = |key: &str, message: String| ConfigError::Invalid { path: file.to_string(), key: key.into(), message };
+    let invalid =
+        |key: &str, message: String| ConfigError::Invalid { path: file.to_string(), key: key.into(), message };
 
     let d = &exp.data;
     if !(0.0..1.0).contains(&d.val_fraction) {
@@ -56,13 +57,19 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
     }
     let data_root = std::path::absolute(&d.root).map_err(|e| invalid("data.root", e.to_string()))?;
 
-    let train_transforms = transforms(&exp.transforms.train, "transforms.train", true).map_err(|(k, m)| invalid(&k, m))?;
-    let eval_transforms = transforms(&exp.transforms.eval, "transforms.eval", false).map_err(|(k, m)| invalid(&k, m))?;
+    let train_transforms =
+        transforms(&exp.transforms.train, "transforms.train", true).map_err(|(k, m)| invalid(&k, m))?;
+    let eval_transforms =
+        transforms(&exp.transforms.eval, "transforms.eval", false).map_err(|(k, m)| invalid(&k, m))?;
 
     let input_hw = match exp.model.input {
         Some([h, w]) => (h, w),
         None => crate::data::transforms::output_size(&eval_transforms).ok_or_else(|| {
-            invalid("model.input", "the eval transforms do not fix an image size: add a resize or crop, or set model.input = [h, w]".into())
+            invalid(
+                "model.input",
+                "the eval transforms do not fix an image size: add a resize or crop, or set model.input = [h, w]"
+                    .into(),
+            )
         })?,
     };
 
@@ -91,13 +98,13 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
                 }
                 let value = params.get(name).ok_or_else(|| {
                     let names: Vec<&str> = params.keys().map(String::as_str).chain(["classes"]).collect();
-                    let hint = super::suggest(name, &names).map(|s| format!(" (did you mean `${s}`?)")).unwrap_or_default();
+                    let hint =
+                        super::suggest(name, &names).map(|s| format!(" (did you mean `${s}`?)")).unwrap_or_default();
                     invalid(key, format!("`${name}` is not in model.params{hint}"))
                 })?;
-                value
-                    .as_integer()
-                    .and_then(|i| usize::try_from(i).ok())
-                    .ok_or_else(|| invalid(&format!("model.params.{name}"), format!("expected a whole number, got {value}")))
+                value.as_integer().and_then(|i| usize::try_from(i).ok()).ok_or_else(|| {
+                    invalid(&format!("model.params.{name}"), format!("expected a whole number, got {value}"))
+                })
             }
         }
     };
@@ -129,10 +136,15 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
                 let kind = if matches!(layer, LayerSpec::MaxPool(_)) { PoolKind::Max } else { PoolKind::Avg };
                 let field = if kind == PoolKind::Max { "max_pool" } else { "avg_pool" };
                 let k = positive(&p.kernel, &key(&format!("{field}.kernel")))?;
-                let s = p.stride.as_ref().map(|v| positive(v, &key(&format!("{field}.stride")))).transpose()?.unwrap_or(k);
-                let pad = p.padding.as_ref().map(|v| int(v, &key(&format!("{field}.padding")))).transpose()?.unwrap_or(0);
+                let s =
+                    p.stride.as_ref().map(|v| positive(v, &key(&format!("{field}.stride")))).transpose()?.unwrap_or(k);
+                let pad =
+                    p.padding.as_ref().map(|v| int(v, &key(&format!("{field}.padding")))).transpose()?.unwrap_or(0);
                 if pad * 2 > k {
-                    return Err(invalid(&key(&format!("{field}.padding")), format!("expected at most half the kernel ({k}), got {pad}")));
+                    return Err(invalid(
+                        &key(&format!("{field}.padding")),
+                        format!("expected at most half the kernel ({k}), got {pad}"),
+                    ));
                 }
                 LayerConfig::Pool(PoolParams { kind, kernel: (k, k), stride: (s, s), padding: (pad, pad) })
             }
@@ -195,7 +207,12 @@ fn transforms(list: &[TransformSpec], key: &str, training: bool) -> Result<Vec<T
             }
             TransformSpec::Normalize(NormalizeSpec::Preset(name)) => match name.as_str() {
                 "imagenet" => Transform::Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
-                other => return Err((here, format!("unknown preset \"{other}\"; expected \"imagenet\" or {{ mean = [..], std = [..] }}"))),
+                other => {
+                    return Err((
+                        here,
+                        format!("unknown preset \"{other}\"; expected \"imagenet\" or {{ mean = [..], std = [..] }}"),
+                    ));
+                }
             },
             TransformSpec::Normalize(NormalizeSpec::Explicit { mean, std }) => {
                 if std.iter().any(|s| *s <= 0.0) {
@@ -204,7 +221,11 @@ fn transforms(list: &[TransformSpec], key: &str, training: bool) -> Result<Vec<T
                 Transform::Normalize { mean: *mean, std: *std }
             }
         };
-        if let Transform::Resize((0, _) | (_, 0)) | Transform::ResizeShorter(0) | Transform::CenterCrop((0, _) | (_, 0)) | Transform::RandomCrop((0, _) | (_, 0)) = t {
+        if let Transform::Resize((0, _) | (_, 0))
+        | Transform::ResizeShorter(0)
+        | Transform::CenterCrop((0, _) | (_, 0))
+        | Transform::RandomCrop((0, _) | (_, 0)) = t
+        {
             return Err((here, "sizes must be at least 1".into()));
         }
         if !training && matches!(t, Transform::RandomCrop(_) | Transform::Hflip(_)) {

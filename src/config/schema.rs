@@ -148,11 +148,39 @@ pub struct ModelConfig {
 }
 
 /// A whole number written literally or as a `"$name"` reference into `model.params`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Int {
     Value(usize),
     Ref(String),
+}
+
+/// Hand-written so a bad value says what was expected (an untagged derive only says that
+/// no variant matched).
+impl<'de> Deserialize<'de> for Int {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct IntVisitor;
+        impl serde::de::Visitor<'_> for IntVisitor {
+            type Value = Int;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a whole number >= 0 or a \"$name\" reference")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Int, E> {
+                usize::try_from(v)
+                    .map(Int::Value)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Int, E> {
+                usize::try_from(v)
+                    .map(Int::Value)
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Signed(v), &self))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Int, E> {
+                Ok(Int::Ref(v.to_string()))
+            }
+        }
+        d.deserialize_any(IntVisitor)
+    }
 }
 
 /// One layer of the network, written `"relu"` or `{ conv = { out = 6, kernel = 5 } }`.

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 use walkdir::WalkDir;
 
 use super::DataError;
@@ -35,9 +35,10 @@ fn require_dir(path: &Path, what: &'static str) -> Result<(), DataError> {
 /// paths, so `2.jpg` comes before `10.jpg`.
 fn images_under(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     let mut files = Vec::new();
-    let walker = WalkDir::new(dir).follow_links(true).into_iter().filter_entry(|e| {
-        e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.'))
-    });
+    let walker = WalkDir::new(dir)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|e| e.depth() == 0 || !e.file_name().to_str().is_some_and(|n| n.starts_with('.')));
     for entry in walker {
         let entry = entry.map_err(|e| DataError::Walk { path: dir.to_path_buf(), message: e.to_string() })?;
         if entry.file_type().is_file() && is_image(entry.path()) {
@@ -150,7 +151,11 @@ mod tests {
     #[test]
     fn split_is_stratified_and_seeded() {
         let items: Vec<Item> = (0..30)
-            .map(|i| Item { path: PathBuf::from(format!("{i}.png")), label: Some(usize::from(i >= 20)), id: i.to_string() })
+            .map(|i| Item {
+                path: PathBuf::from(format!("{i}.png")),
+                label: Some(usize::from(i >= 20)),
+                id: i.to_string(),
+            })
             .collect();
         let (train, val) = split(&items, 0.1, 7);
         assert_eq!(val.len(), 2 + 1); // round(20 * 0.1) + round(10 * 0.1)

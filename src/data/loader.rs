@@ -2,17 +2,17 @@
 //! ahead of the trainer through a bounded queue.
 
 use std::path::Path;
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::Arc;
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rayon::prelude::*;
 
-use super::folder::Item;
-use super::transforms::{apply, Transform};
 use super::DataError;
+use super::folder::Item;
+use super::transforms::{Transform, apply};
 
 /// One batch: images `(n, 3, h, w)` on the CPU, their labels and their indices into the items.
 #[derive(Debug)]

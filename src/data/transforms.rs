@@ -1,7 +1,7 @@
 //! Image transforms: decoded RGB image in, normalised CHW f32 tensor data out.
 
-use image::imageops::{self, FilterType};
 use image::RgbImage;
+use image::imageops::{self, FilterType};
 use rand::Rng;
 
 /// One validated transform step.
@@ -14,7 +14,10 @@ pub enum Transform {
     CenterCrop((usize, usize)),
     RandomCrop((usize, usize)),
     Hflip(f64),
-    Normalize { mean: [f32; 3], std: [f32; 3] },
+    Normalize {
+        mean: [f32; 3],
+        std: [f32; 3],
+    },
 }
 
 /// The `(h, w)` a pipeline produces whatever its input, if it fixes one.
@@ -31,7 +34,11 @@ fn crop(img: &RgbImage, top: u32, left: u32, (h, w): (usize, usize)) -> RgbImage
 
 /// Runs `pipeline` on `img` and returns CHW floats (in [0, 1] unless normalised) and `(h, w)`.
 /// Crops larger than the image are an error naming both sizes.
-pub fn apply(pipeline: &[Transform], mut img: RgbImage, rng: &mut impl Rng) -> Result<(Vec<f32>, (usize, usize)), String> {
+pub fn apply(
+    pipeline: &[Transform],
+    mut img: RgbImage,
+    rng: &mut impl Rng,
+) -> Result<(Vec<f32>, (usize, usize)), String> {
     let mut norm = None;
     for t in pipeline {
         match t {

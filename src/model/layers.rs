@@ -4,15 +4,15 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{D, DType, Device, Result, Tensor, Var};
 use candle_nn::ModuleT;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use super::summary::{Summary, SummaryRow};
 use super::{LayerConfig, ModelError};
-use crate::ops::conv::{conv2d, ConvParams};
-use crate::ops::pool::{pool2d, PoolParams};
+use crate::ops::conv::{ConvParams, conv2d};
+use crate::ops::pool::{PoolParams, pool2d};
 
 /// Batch normalisation with PyTorch's semantics: batch statistics and running-stat updates
 /// (momentum 0.1, unbiased variance) in training, running statistics in evaluation.
@@ -53,7 +53,8 @@ impl BatchNorm {
             let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
             let m = self.momentum;
             let unbiased = (var.detach() * (count as f64 / (count.max(2) - 1) as f64))?.flatten_all()?;
-            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?)?;
+            self.running_mean
+                .set(&((self.running_mean.as_tensor() * (1.0 - m))? + (mean.detach().flatten_all()? * m)?)?)?;
             self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
             self.batches_tracked.fetch_add(1, Ordering::Relaxed);
             (mean.reshape(shape.as_slice())?, var.reshape(shape.as_slice())?)
@@ -71,14 +72,24 @@ impl BatchNorm {
 
 /// One built layer.
 pub enum Layer {
-    Conv { weight: Tensor, bias: Option<Tensor>, params: ConvParams },
+    Conv {
+        weight: Tensor,
+        bias: Option<Tensor>,
+        params: ConvParams,
+    },
     Pool(PoolParams),
     GlobalAvgPool,
     Relu,
     Flatten,
-    Linear { weight: Tensor, bias: Option<Tensor> },
+    Linear {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
     /// Masks drawn from the model's seeded generator, so runs repeat exactly.
-    Dropout { p: f64, rng: Arc<Mutex<ChaCha8Rng>> },
+    Dropout {
+        p: f64,
+        rng: Arc<Mutex<ChaCha8Rng>>,
+    },
     BatchNorm(BatchNorm),
 }
 
@@ -137,13 +148,23 @@ fn uniform(rng: &mut ChaCha8Rng, shape: &[usize], bound: f64, device: &Device) -
     Tensor::from_vec(v, shape, device)
 }
 
-pub(super) fn build(configs: &[LayerConfig], (h, w): (usize, usize), seed: u64, device: &Device) -> std::result::Result<Built, ModelError> {
+pub(super) fn build(
+    configs: &[LayerConfig],
+    (h, w): (usize, usize),
+    seed: u64,
+    device: &Device,
+) -> std::result::Result<Built, ModelError> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let dropout_rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed.wrapping_add(0xD80)))); // own stream
     let n_linear = configs.iter().filter(|c| matches!(c, LayerConfig::Linear(_))).count();
     let (mut n_conv, mut n_fc, mut n_bn) = (0, 0, 0);
     let mut shape = vec![3usize, h, w];
-    let mut out = Built { layers: Vec::new(), params: BTreeMap::new(), buffers: BTreeMap::new(), summary: Summary::new(vec![3, h, w]) };
+    let mut out = Built {
+        layers: Vec::new(),
+        params: BTreeMap::new(),
+        buffers: BTreeMap::new(),
+        summary: Summary::new(vec![3, h, w]),
+    };
 
     for (index, cfg) in configs.iter().enumerate() {
         let kind = cfg.kind();
@@ -163,10 +184,16 @@ pub(super) fn build(configs: &[LayerConfig], (h, w): (usize, usize), seed: u64, 
                 };
                 let g = c.params.groups;
                 if c_in % g != 0 || c.out % g != 0 {
-                    return Err(fail(format!("groups = {g} must divide both input channels ({c_in}) and output channels ({})", c.out)));
+                    return Err(fail(format!(
+                        "groups = {g} must divide both input channels ({c_in}) and output channels ({})",
+                        c.out
+                    )));
                 }
                 let (Some(oh), Some(ow)) = (c.params.out_size(ih, c.kernel), c.params.out_size(iw, c.kernel)) else {
-                    return Err(fail(format!("kernel {0}x{0} (dilation {1}) does not fit the {ih}x{iw} input with padding {2}", c.kernel, c.params.dilation, c.params.padding)));
+                    return Err(fail(format!(
+                        "kernel {0}x{0} (dilation {1}) does not fit the {ih}x{iw} input with padding {2}",
+                        c.kernel, c.params.dilation, c.params.padding
+                    )));
                 };
                 n_conv += 1;
                 let name = c.name.clone().unwrap_or_else(|| format!("conv{n_conv}"));
@@ -189,7 +216,10 @@ pub(super) fn build(configs: &[LayerConfig], (h, w): (usize, usize), seed: u64, 
                     return Err(fail(format!("expects a (channels, height, width) input, got {shape:?}")));
                 };
                 let Some((oh, ow)) = p.out_size(ih, iw) else {
-                    return Err(fail(format!("window {:?} with padding {:?} does not fit the {ih}x{iw} input", p.kernel, p.padding)));
+                    return Err(fail(format!(
+                        "window {:?} with padding {:?} does not fit the {ih}x{iw} input",
+                        p.kernel, p.padding
+                    )));
                 };
                 shape = vec![c, oh, ow];
                 (Layer::Pool(*p), format!("pool{index}"), 0, 0)
@@ -209,18 +239,27 @@ pub(super) fn build(configs: &[LayerConfig], (h, w): (usize, usize), seed: u64, 
             LayerConfig::Linear(l) => {
                 let fan_in: usize = shape.iter().product();
                 n_fc += 1;
-                let name = l.name.clone().unwrap_or_else(|| if n_linear == 1 { "fc".into() } else { format!("fc{n_fc}") });
+                let name =
+                    l.name.clone().unwrap_or_else(|| if n_linear == 1 { "fc".into() } else { format!("fc{n_fc}") });
                 let bound = 1.0 / (fan_in as f64).sqrt();
-                let weight = add_param(format!("{name}.weight"), uniform(&mut rng, &[l.out, fan_in], bound, device)?, &mut out)?;
+                let weight =
+                    add_param(format!("{name}.weight"), uniform(&mut rng, &[l.out, fan_in], bound, device)?, &mut out)?;
                 let bias = if l.bias {
                     Some(add_param(format!("{name}.bias"), uniform(&mut rng, &[l.out], bound, device)?, &mut out)?)
                 } else {
                     None
                 };
                 shape = vec![l.out];
-                (Layer::Linear { weight, bias }, name, l.out * fan_in + if l.bias { l.out } else { 0 }, (l.out * fan_in) as u64)
+                (
+                    Layer::Linear { weight, bias },
+                    name,
+                    l.out * fan_in + if l.bias { l.out } else { 0 },
+                    (l.out * fan_in) as u64,
+                )
             }
-            LayerConfig::Dropout(p) => (Layer::Dropout { p: *p, rng: dropout_rng.clone() }, format!("dropout{index}"), 0, 0),
+            LayerConfig::Dropout(p) => {
+                (Layer::Dropout { p: *p, rng: dropout_rng.clone() }, format!("dropout{index}"), 0, 0)
+            }
             LayerConfig::BatchNorm => {
                 let c = shape[0];
                 if shape.len() != 3 && shape.len() != 1 {
@@ -254,7 +293,9 @@ pub(super) fn build(configs: &[LayerConfig], (h, w): (usize, usize), seed: u64, 
         return Err(ModelError::Shape {
             index: configs.len() - 1,
             kind: configs[configs.len() - 1].kind(),
-            message: format!("the network must end in (classes) logits, it ends in {shape:?}: add global_avg_pool or a linear layer"),
+            message: format!(
+                "the network must end in (classes) logits, it ends in {shape:?}: add global_avg_pool or a linear layer"
+            ),
         });
     }
     Ok(out)

@@ -87,7 +87,12 @@ impl Model {
     /// Builds `layers` for inputs of `(3, h, w)`, initialising weights from `seed` exactly as
     /// PyTorch's defaults do (kaiming-uniform with a = sqrt(5) for conv/linear weights, uniform
     /// +-1/sqrt(fan_in) biases, BatchNorm weight 1 and bias 0).
-    pub fn build(layers: &[LayerConfig], input_hw: (usize, usize), seed: u64, device: &Device) -> Result<Self, ModelError> {
+    pub fn build(
+        layers: &[LayerConfig],
+        input_hw: (usize, usize),
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let built = layers::build(layers, input_hw, seed, device)?;
         Ok(Self { layers: built.layers, params: built.params, buffers: built.buffers, summary: built.summary })
     }
@@ -103,7 +108,8 @@ impl Model {
 
     /// Every tensor a checkpoint holds (parameters and buffers), by name.
     pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
-        let mut out: BTreeMap<String, Tensor> = self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        let mut out: BTreeMap<String, Tensor> =
+            self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
         out.extend(self.buffers.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
         for layer in &self.layers {
             if let Layer::BatchNorm(bn) = layer {
@@ -114,15 +120,21 @@ impl Model {
     }
 
     /// Loads every tensor of `state` into the model; names and shapes must match exactly.
-    pub fn load_state_dict(&self, state: &std::collections::HashMap<String, Tensor>, source: &str) -> Result<(), ModelError> {
+    pub fn load_state_dict(
+        &self,
+        state: &std::collections::HashMap<String, Tensor>,
+        source: &str,
+    ) -> Result<(), ModelError> {
         let mut problems = Vec::new();
         let ours = self.state_dict();
         for (name, mine) in &ours {
             match state.get(name) {
                 None => problems.push(format!("missing tensor `{name}` {:?}", mine.dims())),
-                Some(t) if t.dims() != mine.dims() => {
-                    problems.push(format!("tensor `{name}`: checkpoint has {:?}, model has {:?}", t.dims(), mine.dims()))
-                }
+                Some(t) if t.dims() != mine.dims() => problems.push(format!(
+                    "tensor `{name}`: checkpoint has {:?}, model has {:?}",
+                    t.dims(),
+                    mine.dims()
+                )),
                 Some(_) => {}
             }
         }

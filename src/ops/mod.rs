@@ -13,9 +13,9 @@ use candle_core::{CpuStorage, Layout, Result};
 
 /// The contiguous f32 data behind a storage + layout, or an error naming the op.
 pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>().map_err(|_| {
-        candle_core::Error::Msg(format!("{op}: only f32 tensors are supported, got a different dtype"))
-    })?;
+    let data = s
+        .as_slice::<f32>()
+        .map_err(|_| candle_core::Error::Msg(format!("{op}: only f32 tensors are supported, got a different dtype")))?;
     match l.contiguous_offsets() {
         Some((start, end)) => Ok(&data[start..end]),
         None => candle_core::bail!("{op}: input must be contiguous (call .contiguous() first)"),

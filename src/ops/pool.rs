@@ -27,9 +27,7 @@ impl PoolParams {
     /// Output size `(oh, ow)` for an input of `(h, w)` (floor mode, as PyTorch's default), or
     /// `None` when the window does not fit.
     pub fn out_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let side = |i: usize, k: usize, s: usize, p: usize| {
-            (i + 2 * p >= k && s > 0).then(|| (i + 2 * p - k) / s + 1)
-        };
+        let side = |i: usize, k: usize, s: usize, p: usize| (i + 2 * p >= k && s > 0).then(|| (i + 2 * p - k) / s + 1);
         Some((
             side(h, self.kernel.0, self.stride.0, self.padding.0)?,
             side(w, self.kernel.1, self.stride.1, self.padding.1)?,
@@ -56,11 +54,7 @@ struct Dims {
 fn dims(p: &PoolParams, shape: &Shape) -> Result<Dims> {
     let (n, c, h, w) = shape.dims4()?;
     let Some((oh, ow)) = p.out_size(h, w) else {
-        candle_core::bail!(
-            "pool: kernel {:?} with padding {:?} does not fit input {h}x{w}",
-            p.kernel,
-            p.padding
-        );
+        candle_core::bail!("pool: kernel {:?} with padding {:?} does not fit input {h}x{w}", p.kernel, p.padding);
     };
     if p.padding.0 * 2 > p.kernel.0 || p.padding.1 * 2 > p.kernel.1 {
         candle_core::bail!("pool: padding {:?} must be at most half the kernel {:?}", p.padding, p.kernel);
@@ -199,10 +193,13 @@ mod tests {
         let out = pool2d(&x, p).unwrap();
         let probe_vals: Vec<f32> = (0..out.elem_count()).map(|i| 1.0 + (i % 5) as f32 * 0.25).collect();
         let probe = Tensor::from_vec(probe_vals, out.shape(), &Device::Cpu).unwrap();
+        let probe_f64: Vec<f64> =
+            probe.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| v as f64).collect();
+        // The loss is summed in f64 on the host so rounding stays far below the tolerance.
         let loss = |v: &[f32]| -> f64 {
             let t = Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap();
-            let y = pool2d(&t, p).unwrap();
-            (y * &probe).unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() as f64
+            let y = pool2d(&t, p).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            y.iter().zip(&probe_f64).map(|(&a, b)| a as f64 * b).sum()
         };
         let grads = (out * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         let analytic = grads.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::{Context, bail};
 use protobuf::Message;
 use tensorboard_rs::masked_crc32c::masked_crc32c;
 use tensorboard_rs::summary_writer::SummaryWriter;
@@ -88,7 +88,11 @@ pub fn read_scalars(path: &Path) -> anyhow::Result<Vec<Scalar>> {
         if event.has_summary() {
             for v in event.get_summary().get_value() {
                 if v.has_simple_value() {
-                    out.push(Scalar { tag: v.get_tag().to_string(), step: event.get_step(), value: v.get_simple_value() });
+                    out.push(Scalar {
+                        tag: v.get_tag().to_string(),
+                        step: event.get_step(),
+                        value: v.get_simple_value(),
+                    });
                 }
             }
         }

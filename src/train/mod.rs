@@ -3,4 +3,4 @@
 pub mod optim;
 pub mod trainer;
 
-pub use trainer::{evaluate, fit, predict, FitOutcome, Splits};
+pub use trainer::{FitOutcome, Splits, evaluate, fit, predict};

@@ -4,14 +4,14 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor, D};
+use anyhow::{Context, bail};
+use candle_core::{D, DType, Device, Tensor};
 use candle_nn::ModuleT;
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rand::seq::SliceRandom;
 
-use super::optim::{lr_at, Optimizer};
+use super::optim::{Optimizer, lr_at};
 use crate::config::Spec;
 use crate::data::loader::Loader;
 use crate::model::Model;
@@ -47,7 +47,13 @@ fn bar(log: &RunLog, len: usize, prefix: String) -> ProgressBar {
 }
 
 /// Mean loss and accuracy of `model` over `order`, in evaluation mode.
-pub fn evaluate(model: &Model, loader: &Loader, order: &[usize], device: &Device, log: &RunLog) -> anyhow::Result<(f64, f64)> {
+pub fn evaluate(
+    model: &Model,
+    loader: &Loader,
+    order: &[usize],
+    device: &Device,
+    log: &RunLog,
+) -> anyhow::Result<(f64, f64)> {
     let pb = bar(log, order.len().div_ceil(loader.batch_size), "validate".into());
     let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
     for batch in loader.batches(order.to_vec(), 0) {
@@ -121,7 +127,10 @@ pub fn fit(
             let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
             let loss_value = loss.to_scalar::<f32>()? as f64;
             if !loss_value.is_finite() {
-                bail!("the training loss became {loss_value} at epoch {epoch}, step {}: try a lower optimizer.lr", step + 1);
+                bail!(
+                    "the training loss became {loss_value} at epoch {epoch}, step {}: try a lower optimizer.lr",
+                    step + 1
+                );
             }
             lr = lr_at(cfg.optimizer.lr, &cfg.train.lr_schedule, step, steps_per_epoch, epochs);
             opt.step(&loss.backward()?, lr)?;
@@ -138,7 +147,8 @@ pub fn fit(
             bail!("no training image could be read in epoch {epoch}");
         }
         let train_secs = started.elapsed().as_secs_f64();
-        let val = if data.val_idx.is_empty() { None } else { Some(evaluate(model, &data.val, &data.val_idx, device, log)?) };
+        let val =
+            if data.val_idx.is_empty() { None } else { Some(evaluate(model, &data.val, &data.val_idx, device, log)?) };
         let m = EpochMetrics {
             epoch,
             train_loss: loss_sum / seen as f64,

@@ -1,0 +1,48 @@
+# ablate: `make exp NAME=lenet` trains an experiment, `make test` runs the whole test suite.
+CARGO ?= cargo
+PYTHON ?= python3
+NAME ?= lenet
+# Space-separated key=value overrides: make exp NAME=lenet SET="optimizer.lr=3e-4 train.epochs=5"
+SET ?=
+# CUDA=1 builds with candle's CUDA backend.
+FEATURES := $(if $(CUDA),--features cuda,)
+BIN := target/release/ablate
+VENV := .venv
+SETS := $(foreach s,$(SET),--set $(s))
+
+.PHONY: build exp check test lint tensorboard demo-data clean-venv
+
+build:
+	$(CARGO) build --release $(FEATURES)
+
+exp: build
+	$(BIN) run experiments/$(NAME).toml $(SETS)
+
+check: build
+	$(BIN) check experiments/$(NAME).toml $(SETS)
+
+# TensorBoard (for `make tensorboard` and for the test that reads our event files with it),
+# in a virtual environment of its own.
+$(VENV)/.tensorboard-installed:
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check tensorboard
+	touch $@
+
+# Tests run with optimised code (candle unoptimised is far too slow to train even a tiny net);
+# --include-ignored adds the test that needs TensorBoard's Python reader.
+test: $(VENV)/.tensorboard-installed
+	TB_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --release -- --include-ignored
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+tensorboard: $(VENV)/.tensorboard-installed
+	$(VENV)/bin/tensorboard --logdir runs
+
+# Rebuilds data/demo from Debian's dataset-fashion-mnist package.
+demo-data:
+	$(PYTHON) scripts/make_demo_data.py /usr/share/datasets/fashion-mnist data/demo
+
+clean-venv:
+	rm -rf $(VENV)

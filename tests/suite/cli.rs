@@ -1,0 +1,79 @@
+//! End to end through the binary: a run leaves every file; `predict` reproduces the submission.
+
+use crate::common::{ablate, color_folder, experiment, only_run};
+
+#[test]
+fn run_leaves_the_whole_tree_and_predict_reproduces_the_submission() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 12, 12, 1);
+    let exp = experiment(tmp.path(), &data, 2);
+    let runs = tmp.path().join("runs");
+    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&runs).arg("--set").arg("seed=3").assert().success();
+
+    let run = only_run(&runs);
+    let name = run.file_name().unwrap().to_str().unwrap();
+    // <YYYY-MM-DD_HH-MM-SS>_tiny
+    assert_eq!(name.len(), "2026-11-29_07-30-12_tiny".len(), "{name}");
+    assert!(name.ends_with("_tiny") && name.as_bytes()[10] == b'_', "{name}");
+    for f in [
+        "experiment.toml",
+        "config.toml",
+        "metrics.csv",
+        "submission.csv",
+        "log.txt",
+        "checkpoints/last.safetensors",
+        "checkpoints/best.safetensors",
+    ] {
+        assert!(run.join(f).is_file(), "missing {f}");
+    }
+    assert_eq!(ablate::output::tensorboard::event_files(&run).unwrap().len(), 1);
+    let written = std::fs::read_to_string(run.join("experiment.toml")).unwrap();
+    assert!(written.starts_with(&std::fs::read_to_string(&exp).unwrap()) && written.contains("# --set seed=3"));
+    assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("seed = 3"));
+
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = metrics.lines().collect();
+    assert_eq!(lines[0], "epoch,train_loss,train_acc,val_loss,val_acc,lr,images_per_sec,seconds");
+    assert_eq!(lines.len(), 1 + 2, "one row per epoch");
+
+    let submission = std::fs::read_to_string(run.join("submission.csv")).unwrap();
+    let ids: Vec<&str> = submission.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+    let expected: Vec<String> = (0..12).map(|i| i.to_string()).collect();
+    assert_eq!(submission.lines().next(), Some("id,label"));
+    assert_eq!(ids, expected, "one row per test image, natural order (2 before 10)");
+    assert!(submission.lines().skip(1).all(|l| l.ends_with(",0") || l.ends_with(",1")));
+
+    // predict from the saved best checkpoint writes the same submission without retraining.
+    let out = tmp.path().join("again.csv");
+    ablate().arg("predict").arg(&run).arg("--out").arg(&out).assert().success();
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), submission);
+    // ... and never overwrites a file.
+    ablate()
+        .arg("predict")
+        .arg(&run)
+        .arg("--out")
+        .arg(&out)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("already exists"));
+}
+
+#[test]
+fn check_prints_shapes_params_and_macs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 2, 1, 2);
+    let exp = experiment(tmp.path(), &data, 1);
+    // conv 3->4 k3 p1 on 16x16: 4*3*9 + 4 = 112 params, 4*16*16*27 = 27,648 MACs;
+    // bn: 8 params; linear 4*8*8 = 256 -> 2: 514 params, 512 MACs. Total 634 params.
+    ablate()
+        .arg("check")
+        .arg(&exp)
+        .assert()
+        .success()
+        .stdout(predicates::str::contains("(4, 16, 16)"))
+        .stdout(predicates::str::contains("27,648"))
+        .stdout(predicates::str::contains("total: 634 parameters"));
+    assert!(!tmp.path().join("runs").exists(), "check writes nothing");
+}

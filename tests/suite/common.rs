@@ -1,0 +1,83 @@
+//! Fixtures: tiny generated image folders and experiment files.
+
+use std::path::{Path, PathBuf};
+
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+
+/// Writes `root/train/{blue,red}/*.png` (`per_class` each) and `root/test/*.png` (`n_test`):
+/// noisy squares, reddish or bluish, of slightly varying size (the transforms resize them).
+/// Test images are named 0.png .. so natural order differs from lexical order past 10.
+pub fn color_folder(root: &Path, per_class: usize, n_test: usize, seed: u64) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let make = |red: bool, rng: &mut rand_chacha::ChaCha8Rng| {
+        let (w, h) = (rng.gen_range(10..14), rng.gen_range(10..14));
+        RgbImage::from_fn(w, h, |_, _| {
+            let hi = rng.gen_range(150..=255u8);
+            let lo = rng.gen_range(0..=100u8);
+            let mid = rng.gen_range(0..=255u8);
+            if red { Rgb([hi, mid, lo]) } else { Rgb([lo, mid, hi]) }
+        })
+    };
+    for (class, red) in [("blue", false), ("red", true)] {
+        let dir = root.join("train").join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for i in 0..per_class {
+            make(red, &mut rng).save(dir.join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let dir = root.join("test");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..n_test {
+        make(i % 2 == 0, &mut rng).save(dir.join(format!("{i}.png"))).unwrap();
+    }
+}
+
+/// A small experiment on `data` with `extra` TOML appended at top level (before any table).
+pub fn experiment(dir: &Path, data: &Path, epochs: usize) -> PathBuf {
+    let path = dir.join("tiny.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"name = "tiny"
+seed = 7
+
+[data]
+root = "{}"
+val_fraction = 0.25
+batch_size = 8
+
+[transforms]
+train = [{{ resize = [16, 16] }}, {{ hflip = 0.5 }}, {{ normalize = "imagenet" }}]
+eval = [{{ resize = [16, 16] }}, {{ normalize = "imagenet" }}]
+
+[model]
+layers = [
+  {{ conv = {{ out = 4, kernel = 3, padding = 1 }} }}, "batch_norm", "relu", {{ max_pool = {{ kernel = 2 }} }},
+  {{ linear = {{ out = "$classes" }} }},
+]
+
+[optimizer]
+lr = 0.01
+
+[train]
+epochs = {epochs}
+"#,
+            data.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// The `ablate` binary built by cargo for these tests.
+pub fn ablate() -> assert_cmd::Command {
+    assert_cmd::Command::cargo_bin("ablate").unwrap()
+}
+
+/// The single run folder under `runs`.
+pub fn only_run(runs: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(dirs.len(), 1, "expected one run folder, found {dirs:?}");
+    dirs.into_iter().next().unwrap()
+}

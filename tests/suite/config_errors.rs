@@ -1,0 +1,112 @@
+//! Config errors: non-zero exit, a message naming the file, key or path, and no run folder.
+
+use std::path::Path;
+
+use predicates::prelude::*;
+
+use crate::common::{ablate, color_folder, experiment};
+
+/// Runs `ablate run file`, expects failure with every `needles` in stderr and no run folder.
+fn fails_with(dir: &Path, file: &Path, extra: &[&str], needles: &[&str]) {
+    let runs = dir.join("runs");
+    let mut cmd = ablate();
+    cmd.arg("run").arg(file).arg("--runs-dir").arg(&runs).args(extra);
+    let mut assert = cmd.assert().failure();
+    for n in needles {
+        assert = assert.stderr(predicate::str::contains(*n));
+    }
+    let left = runs.exists() && std::fs::read_dir(&runs).unwrap().next().is_some();
+    assert!(!left, "a failed config must leave no run folder");
+}
+
+fn setup() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 2, 1, 3);
+    let exp = experiment(tmp.path(), &data, 1);
+    (tmp, exp)
+}
+
+fn edit(file: &Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(file).unwrap();
+    assert!(text.contains(from), "fixture lacks {from:?}");
+    std::fs::write(file, text.replacen(from, to, 1)).unwrap();
+}
+
+#[test]
+fn unknown_key_names_it_and_suggests_the_nearest() {
+    let (tmp, exp) = setup();
+    edit(&exp, "lr = 0.01", "lrr = 0.01");
+    fails_with(tmp.path(), &exp, &[], &["tiny.toml", "unknown key `optimizer.lrr`", "did you mean `lr`?"]);
+}
+
+#[test]
+fn unknown_layer_kind_suggests_the_nearest() {
+    let (tmp, exp) = setup();
+    edit(&exp, "\"relu\"", "\"rellu\"");
+    fails_with(tmp.path(), &exp, &[], &["model.layers.2", "rellu", "did you mean `relu`?"]);
+}
+
+#[test]
+fn wrong_type_names_key_and_expected_type() {
+    let (tmp, exp) = setup();
+    edit(&exp, "epochs = 1", "epochs = \"three\"");
+    fails_with(tmp.path(), &exp, &[], &["tiny.toml", "train.epochs", "expected"]);
+}
+
+#[test]
+fn bad_override_names_the_override() {
+    let (tmp, exp) = setup();
+    fails_with(tmp.path(), &exp, &["--set", "train.epochs=many"], &["--set train.epochs=many", "train.epochs"]);
+    fails_with(tmp.path(), &exp, &["--set", "optimizer.lrr=1"], &["unknown key `optimizer.lrr`", "did you mean `lr`?"]);
+}
+
+#[test]
+fn missing_data_folder_is_named() {
+    let (tmp, exp) = setup();
+    let missing = tmp.path().join("nowhere");
+    edit(&exp, &tmp.path().join("data").display().to_string(), &missing.display().to_string());
+    fails_with(tmp.path(), &exp, &[], &["missing training folder", "nowhere"]);
+}
+
+#[test]
+fn extends_cycle_is_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = tmp.path().join("a.toml");
+    std::fs::write(&a, "extends = \"b.toml\"\nname = \"a\"\n").unwrap();
+    std::fs::write(tmp.path().join("b.toml"), "extends = \"a.toml\"\n").unwrap();
+    fails_with(tmp.path(), &a, &[], &["`extends` forms a cycle", "a.toml -> ", "b.toml"]);
+}
+
+#[test]
+fn unknown_param_reference_and_bad_shapes_name_the_layer() {
+    let (tmp, exp) = setup();
+    edit(&exp, "out = 4, kernel = 3", "out = \"$width\", kernel = 3");
+    fails_with(tmp.path(), &exp, &[], &["model.layers.0.conv.out", "`$width` is not in model.params"]);
+    let (tmp, exp) = setup();
+    edit(&exp, "kernel = 3, padding = 1", "kernel = 30, padding = 1");
+    fails_with(tmp.path(), &exp, &[], &["model.layers.0 (conv)", "does not fit the 16x16 input"]);
+    let (tmp, exp) = setup();
+    edit(&exp, "out = 4, kernel = 3", "out = 4, kernel = 3, groups = 2");
+    fails_with(tmp.path(), &exp, &[], &["model.layers.0 (conv)", "groups = 2 must divide"]);
+}
+
+#[test]
+fn extends_merges_deeply_and_the_file_wins() {
+    let (tmp, exp) = setup();
+    let base = tmp.path().join("_base.toml");
+    std::fs::write(&base, "[optimizer]\nkind = \"sgd\"\nmomentum = 0.9\nlr = 0.5\n").unwrap();
+    let text = std::fs::read_to_string(&exp).unwrap();
+    std::fs::write(&exp, format!("extends = \"_base.toml\"\n{text}")).unwrap();
+    let out = ablate().arg("check").arg(&exp).assert().success();
+    drop(out);
+    let sources = ablate::config::Sources {
+        files: ablate::config::load::extends_chain(&exp).unwrap(),
+        overrides: vec![],
+        env: false,
+    };
+    let merged = ablate::config::load::load(&sources).unwrap();
+    assert_eq!(merged.optimizer.kind, ablate::config::schema::OptimizerKind::Sgd);
+    assert_eq!(merged.optimizer.momentum, 0.9);
+    assert_eq!(merged.optimizer.lr, 0.01, "the experiment file wins over its base");
+}

@@ -1,0 +1,10 @@
+//! ablate's integration tests: one binary, one module per concern. Fixtures build tiny image
+//! folders in temporary directories.
+
+mod cli;
+mod common;
+mod config_errors;
+mod gradients;
+mod learning;
+mod shapes;
+mod tensorboard;

@@ -1,0 +1,84 @@
+//! TensorBoard event files: framing and CRCs valid, scalars at the right steps with the values
+//! of metrics.csv; and (with `make test`) read by the real TensorBoard.
+
+use crate::common::{ablate, color_folder, experiment, only_run};
+
+fn one_run() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 2, 8);
+    let exp = experiment(tmp.path(), &data, 3);
+    let runs = tmp.path().join("runs");
+    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&runs).assert().success();
+    let run = only_run(&runs);
+    (tmp, run)
+}
+
+/// metrics.csv as (column name -> value per epoch).
+fn metrics(run: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut r = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
+    r.deserialize().map(|row| row.unwrap()).collect()
+}
+
+const TAGS: [(&str, &str); 6] = [
+    ("train/loss", "train_loss"),
+    ("train/acc", "train_acc"),
+    ("val/loss", "val_loss"),
+    ("val/acc", "val_acc"),
+    ("lr", "lr"),
+    ("images_per_sec", "images_per_sec"),
+];
+
+#[test]
+fn event_file_holds_every_scalar_of_every_epoch() {
+    let (_tmp, run) = one_run();
+    let files = ablate::output::tensorboard::event_files(&run).unwrap();
+    let scalars = ablate::output::tensorboard::read_scalars(&files[0]).unwrap();
+    let rows = metrics(&run);
+    for (tag, column) in TAGS {
+        let got: Vec<(i64, f32)> = scalars.iter().filter(|s| s.tag == tag).map(|s| (s.step, s.value)).collect();
+        let want: Vec<(i64, f32)> =
+            rows.iter().map(|r| (r["epoch"].parse().unwrap(), r[column].parse::<f64>().unwrap() as f32)).collect();
+        assert_eq!(got, want, "{tag}");
+    }
+}
+
+#[test]
+fn a_corrupted_event_file_is_rejected() {
+    let (_tmp, run) = one_run();
+    let file = &ablate::output::tensorboard::event_files(&run).unwrap()[0];
+    let mut bytes = std::fs::read(file).unwrap();
+    let n = bytes.len();
+    bytes[n - 6] ^= 0xff;
+    std::fs::write(file, bytes).unwrap();
+    assert!(ablate::output::tensorboard::read_scalars(file).unwrap_err().to_string().contains("CRC"));
+}
+
+/// The real TensorBoard (`EventAccumulator`) reads the run. Needs Python with the
+/// `tensorboard` package: `make test` installs it into .venv and sets TB_PYTHON.
+#[test]
+#[ignore = "needs Python's tensorboard package: run through `make test`"]
+fn real_tensorboard_reads_the_scalars() {
+    let python = std::env::var("TB_PYTHON")
+        .expect("TB_PYTHON must name a Python with tensorboard installed (make test sets it)");
+    let (_tmp, run) = one_run();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard_scalars.py");
+    let out = std::process::Command::new(python).arg(script).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // One line per scalar: tag step value
+    let text = String::from_utf8(out.stdout).unwrap();
+    let rows = metrics(&run);
+    for (tag, column) in TAGS {
+        let got: Vec<(i64, f32)> = text
+            .lines()
+            .filter_map(|l| {
+                let mut parts = l.split(' ');
+                (parts.next() == Some(tag))
+                    .then(|| (parts.next().unwrap().parse().unwrap(), parts.next().unwrap().parse().unwrap()))
+            })
+            .collect();
+        let want: Vec<(i64, f32)> =
+            rows.iter().map(|r| (r["epoch"].parse().unwrap(), r[column].parse::<f64>().unwrap() as f32)).collect();
+        assert_eq!(got, want, "{tag} as TensorBoard reads it");
+    }
+}
