@@ -74,7 +74,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
     };
 
     let o = &exp.optimizer;
-    if !(o.lr > 0.0) {
+    if o.lr.is_nan() || o.lr <= 0.0 {
         return Err(invalid("optimizer.lr", format!("expected a positive number, got {}", o.lr)));
     }
     if o.momentum < 0.0 || (o.nesterov && o.momentum == 0.0) {
