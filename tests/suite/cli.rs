@@ -1,5 +1,7 @@
 //! End to end through the binary: a run leaves every file; `predict` reproduces the submission.
 
+use predicates::prelude::*;
+
 use crate::common::{ablate, color_folder, experiment, only_run};
 
 #[test]
@@ -76,4 +78,44 @@ fn check_prints_shapes_params_and_macs() {
         .stdout(predicates::str::contains("27,648"))
         .stdout(predicates::str::contains("total: 634 parameters"));
     assert!(!tmp.path().join("runs").exists(), "check writes nothing");
+}
+
+#[test]
+fn an_unreadable_image_is_named_or_skipped_with_skip_bad() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 2, 5);
+    let bad = data.join("train/red/broken.jpg");
+    std::fs::write(&bad, b"not a jpeg at all").unwrap();
+    let exp = experiment(tmp.path(), &data, 1);
+    let runs = tmp.path().join("runs");
+    ablate()
+        .arg("run")
+        .arg(&exp)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("cannot read image").and(predicates::str::contains("broken.jpg")));
+    ablate()
+        .arg("run")
+        .arg(&exp)
+        .arg("--runs-dir")
+        .arg(tmp.path().join("runs2"))
+        .args(["--set", "data.skip_bad=true"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("warning: skipping").and(predicates::str::contains("broken.jpg")));
+}
+
+#[test]
+fn grey_alpha_and_16_bit_images_are_read_as_rgb() {
+    let tmp = tempfile::tempdir().unwrap();
+    let grey = tmp.path().join("grey16.png");
+    image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(3, 2, image::Luma([65535])).save(&grey).unwrap();
+    let rgba = tmp.path().join("rgba.png");
+    image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0])).save(&rgba).unwrap();
+    let g = ablate::data::loader::decode(&grey).unwrap();
+    assert_eq!((g.width(), g.height(), g.get_pixel(0, 0).0), (3, 2, [255, 255, 255]));
+    assert_eq!(ablate::data::loader::decode(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
 }
