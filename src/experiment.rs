@@ -14,7 +14,7 @@ use crate::config::{Override, Spec, resolve};
 use crate::data::folder::{self, Item};
 use crate::data::loader::Loader;
 use crate::device::{self, DeviceChoice};
-use crate::model::Model;
+use crate::model::{weights, Model};
 use crate::output::log::RunLog;
 use crate::output::sink::{CsvSink, MetricSink};
 use crate::output::tensorboard::TensorBoardSink;
@@ -57,6 +57,26 @@ pub fn prepare(file: &Path, overrides: Vec<Override>) -> anyhow::Result<Prepared
     Ok(Prepared { sources, spec, items, test_items })
 }
 
+/// Builds the spec's model on `device`, loads `model.init` weights and applies `model.freeze`;
+/// returns the model and what the import did.
+pub fn build_model(spec: &Spec, device: &candle_core::Device) -> anyhow::Result<(Model, Option<String>)> {
+    let mut model = Model::build(&spec.layers, spec.input_hw, spec.seed, device)?;
+    let mut report = None;
+    if let Some(init) = &spec.raw.model.init {
+        let path = Path::new(&init.weights);
+        let file = weights::read(path).context("model.init.weights")?;
+        let r = weights::import(&model, &file, &init.skip, &init.weights).context("model.init.weights")?;
+        report = Some(format!("weights from {}: {r}", path.display()));
+    }
+    model.freeze(&spec.raw.model.freeze)?;
+    if !spec.raw.model.freeze.is_empty() {
+        let n: usize = model.trainable().iter().map(|(_, v)| v.elem_count()).sum();
+        let note = format!("frozen: {} ({} parameters left to train)", spec.raw.model.freeze.join(", "), n);
+        report = Some(report.map_or(note.clone(), |r| format!("{r}; {note}")));
+    }
+    Ok((model, report))
+}
+
 fn device_for(spec: &Spec, cli: Option<&str>) -> anyhow::Result<DeviceChoice> {
     let (value, key) = match cli {
         Some(d) => (d, "--device"),
@@ -96,7 +116,7 @@ pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::
     let p = prepare(&opts.file, opts.overrides.clone())?;
     let spec = &p.spec;
     let (device, notice) = device::open(device_for(spec, opts.device.as_deref())?)?;
-    let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &device)?;
+    let (model, import) = build_model(spec, &device)?;
 
     // Everything is validated: only now does the run folder exist.
     let dir = run_dir::create(&opts.runs_dir, &spec.name, chrono::Local::now())
@@ -111,6 +131,9 @@ pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::
         log.info(n);
     }
     log.info(format!("model ({}x{} input):\n{}", spec.input_hw.0, spec.input_hw.1, model.summary()));
+    if let Some(r) = import {
+        log.info(r);
+    }
 
     let d = &spec.raw.data;
     let (train_idx, val_idx) = folder::split(&p.items, d.val_fraction, spec.seed);
@@ -177,16 +200,17 @@ fn predictions(
 pub fn check(file: &Path, overrides: Vec<Override>) -> anyhow::Result<String> {
     let p = prepare(file, overrides)?;
     let spec = &p.spec;
-    let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &candle_core::Device::Cpu)?;
+    let (model, import) = build_model(spec, &candle_core::Device::Cpu)?;
     Ok(format!(
-        "{}: {} classes ({}), {} labelled images, input 3x{}x{}\n{}",
+        "{}: {} classes ({}), {} labelled images, input 3x{}x{}\n{}{}",
         file.display(),
         spec.num_classes(),
         spec.class_names.join(", "),
         p.items.len(),
         spec.input_hw.0,
         spec.input_hw.1,
-        model.summary()
+        model.summary(),
+        import.map_or(String::new(), |r| format!("\n{r}"))
     ))
 }
 

@@ -3,9 +3,9 @@
 use std::path::PathBuf;
 
 use super::ConfigError;
-use super::schema::{Experiment, Int, LayerSpec, NormalizeSpec, Size, TransformSpec};
+use super::schema::{BlockKind, Experiment, Int, LayerSpec, NormalizeSpec, Size, TransformSpec};
 use crate::data::transforms::Transform;
-use crate::model::{ConvConfig, LayerConfig, LinearConfig};
+use crate::model::{ConvConfig, LayerConfig, LinearConfig, MidWidth, StageConfig};
 use crate::ops::conv::ConvParams;
 use crate::ops::pool::{PoolKind, PoolParams};
 
@@ -163,6 +163,28 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
                 LayerConfig::Dropout(*p)
             }
             LayerSpec::BatchNorm => LayerConfig::BatchNorm,
+            LayerSpec::Stage(st) => {
+                let mid = match (&st.mid, &st.width) {
+                    (Some(m), _) => MidWidth::Fixed(positive(m, &key("stage.mid"))?),
+                    (None, Some(w)) => MidWidth::PerGroup(positive(w, &key("stage.width"))?),
+                    (None, None) => MidWidth::PerGroup(64),
+                };
+                let stage = StageConfig {
+                    block: st.block,
+                    repeat: st.repeat.as_ref().map(|v| positive(v, &key("stage.repeat"))).transpose()?.unwrap_or(1),
+                    out: positive(&st.out, &key("stage.out"))?,
+                    stride: st.stride.as_ref().map(|v| positive(v, &key("stage.stride"))).transpose()?.unwrap_or(1),
+                    groups: st.groups.as_ref().map(|v| positive(v, &key("stage.groups"))).transpose()?.unwrap_or(1),
+                    mid,
+                    downsample: st.downsample.unwrap_or_default(),
+                    name: st.name.clone(),
+                };
+                if stage.block == BlockKind::Bottleneck {
+                    crate::model::blocks::bottleneck_width(stage.out, stage.groups, stage.mid)
+                        .map_err(|m| invalid(&key("stage"), m))?;
+                }
+                LayerConfig::Stage(stage)
+            }
         });
     }
     if layers.is_empty() {

@@ -145,6 +145,23 @@ pub struct ModelConfig {
     pub params: BTreeMap<String, toml::Value>,
     /// Layers in order.
     pub layers: Vec<LayerSpec>,
+    /// Start from saved weights (torchvision / timm / ablate names) instead of random ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<InitSpec>,
+    /// Parameter-name prefixes kept fixed during training (`["conv1", "bn1", "layer1"]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<String>,
+}
+
+/// Pretrained weights to load into the declared model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitSpec {
+    /// A `.safetensors` file or a PyTorch `.pth` / `.pt` state dict.
+    pub weights: String,
+    /// Name prefixes left at their fresh initialisation (the head: `["fc"]`).
+    #[serde(default)]
+    pub skip: Vec<String>,
 }
 
 /// A whole number written literally or as a `"$name"` reference into `model.params`.
@@ -205,6 +222,62 @@ pub enum LayerSpec {
     Dropout(f64),
     /// Batch normalisation over channels (or features after a linear layer).
     BatchNorm,
+    /// A stage of residual blocks: `{ stage = { block = "bottleneck", repeat = 3, out = 256 } }`.
+    Stage(StageSpec),
+}
+
+/// Residual block kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (ResNet18/34).
+    Basic,
+    /// 1x1 reduce, 3x3 (grouped) conv, 1x1 expand by 4 (ResNet50+, ResNeXt).
+    Bottleneck,
+}
+
+/// How a block's shortcut changes shape when it must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownsampleKind {
+    /// Strided 1x1 conv + BatchNorm (torchvision).
+    #[default]
+    Conv,
+    /// Average pool, then 1x1 conv + BatchNorm (ResNet-D, timm's `avg_down`).
+    AvgConv,
+}
+
+/// A stage: `repeat` blocks, the first one strided and projecting the shortcut if needed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageSpec {
+    /// `basic` or `bottleneck`.
+    pub block: BlockKind,
+    /// Blocks in the stage (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Int>,
+    /// Output channels of every block (a bottleneck's expanded width: 4 x its planes).
+    pub out: Int,
+    /// Stride of the first block (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<Int>,
+    /// Groups of the bottleneck's 3x3 conv (default 1; 32 for ResNeXt).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Int>,
+    /// Width per group (torchvision's `width_per_group`, default 64): the 3x3 conv has
+    /// `groups * width * out / 256` channels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<Int>,
+    /// The 3x3 conv's channels, set directly (overrides `width`): keeps them fixed while
+    /// `groups` is swept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mid: Option<Int>,
+    /// Shortcut projection when the shape changes (default `conv`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub downsample: Option<DownsampleKind>,
+    /// Parameter-name prefix (default `layer<N>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// Convolution settings.

@@ -1,10 +1,14 @@
 //! The network: validated layer configs -> candle modules with seeded PyTorch-style init,
 //! shape inference and a per-layer summary (shapes, parameters, multiply-adds).
 
+pub mod blocks;
 pub mod layers;
 pub mod summary;
+pub mod weights;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
@@ -32,9 +36,33 @@ pub struct LinearConfig {
     pub name: Option<String>,
 }
 
+/// A stage of residual blocks as validated from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StageConfig {
+    pub block: crate::config::schema::BlockKind,
+    pub repeat: usize,
+    pub out: usize,
+    pub stride: usize,
+    pub groups: usize,
+    /// The bottleneck's 3x3 width: per group (torchvision) or fixed.
+    pub mid: MidWidth,
+    pub downsample: crate::config::schema::DownsampleKind,
+    pub name: Option<String>,
+}
+
+/// How a bottleneck's 3x3 conv width is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MidWidth {
+    /// torchvision: `int(planes * width / 64) * groups`, planes = out / 4.
+    PerGroup(usize),
+    /// Exactly this many channels.
+    Fixed(usize),
+}
+
 /// One validated layer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerConfig {
+    Stage(StageConfig),
     Conv(ConvConfig),
     Pool(PoolParams),
     GlobalAvgPool,
@@ -58,6 +86,7 @@ impl LayerConfig {
             LayerConfig::Linear(_) => "linear",
             LayerConfig::Dropout(_) => "dropout",
             LayerConfig::BatchNorm => "batch_norm",
+            LayerConfig::Stage(_) => "stage",
         }
     }
 }
@@ -80,61 +109,104 @@ pub struct Model {
     params: BTreeMap<String, Var>,
     /// Non-trainable state saved in checkpoints (BatchNorm running statistics).
     buffers: BTreeMap<String, Var>,
+    /// BatchNorm's `num_batches_tracked`, saved as i64 scalars like PyTorch's.
+    counters: BTreeMap<String, Arc<AtomicI64>>,
+    /// Name prefixes excluded from training.
+    frozen: Vec<String>,
     summary: Summary,
 }
 
+/// `name` is `prefix` or lies under it (`layer1` covers `layer1.0.conv1.weight`, not `layer10`).
+pub fn under_prefix(name: &str, prefix: &str) -> bool {
+    name == prefix || name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('.'))
+}
+
 impl Model {
-    /// Builds `layers` for inputs of `(3, h, w)`, initialising weights from `seed` exactly as
-    /// PyTorch's defaults do (kaiming-uniform with a = sqrt(5) for conv/linear weights, uniform
-    /// +-1/sqrt(fan_in) biases, BatchNorm weight 1 and bias 0).
-    pub fn build(
-        layers: &[LayerConfig],
-        input_hw: (usize, usize),
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self, ModelError> {
+    /// Builds `layers` for inputs of `(3, h, w)`, initialising weights from `seed` as PyTorch
+    /// does (see [`layers::ConvInit`]): BatchNorm weight 1 and bias 0, linear layers uniform
+    /// +-1/sqrt(fan_in).
+    pub fn build(layers: &[LayerConfig], input_hw: (usize, usize), seed: u64, device: &Device) -> Result<Self, ModelError> {
         let built = layers::build(layers, input_hw, seed, device)?;
-        Ok(Self { layers: built.layers, params: built.params, buffers: built.buffers, summary: built.summary })
+        Ok(Self {
+            layers: built.layers,
+            params: built.params,
+            buffers: built.buffers,
+            counters: built.counters,
+            frozen: Vec::new(),
+            summary: built.summary,
+        })
     }
 
     pub fn summary(&self) -> &Summary {
         &self.summary
     }
 
-    /// Trainable parameters, sorted by name.
+    /// Every parameter, sorted by name.
     pub fn params(&self) -> Vec<(String, Var)> {
         self.params.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     }
 
-    /// Every tensor a checkpoint holds (parameters and buffers), by name.
+    /// The parameters the optimizer updates: all but the frozen ones.
+    pub fn trainable(&self) -> Vec<(String, Var)> {
+        self.params().into_iter().filter(|(k, _)| !self.frozen.iter().any(|p| under_prefix(k, p))).collect()
+    }
+
+    /// Keeps parameters under `prefixes` fixed; a prefix that names nothing is an error.
+    pub fn freeze(&mut self, prefixes: &[String]) -> Result<(), ModelError> {
+        for p in prefixes {
+            if !self.params.keys().any(|k| under_prefix(k, p)) {
+                return Err(ModelError::Checkpoint {
+                    path: "model.freeze".into(),
+                    message: format!("`{p}` names no parameter; parameters start with: {}", self.top_level_names().join(", ")),
+                });
+            }
+        }
+        self.frozen = prefixes.to_vec();
+        Ok(())
+    }
+
+    /// First name segments of the parameters (`conv1`, `bn1`, `layer1`, `fc`).
+    pub fn top_level_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.params.keys().map(|k| k.split('.').next().unwrap_or(k).to_string()).collect();
+        v.dedup();
+        v
+    }
+
+    /// Every tensor a checkpoint holds (parameters, buffers, counters), by name.
     pub fn state_dict(&self) -> BTreeMap<String, Tensor> {
         let mut out: BTreeMap<String, Tensor> =
-            self.params.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
-        out.extend(self.buffers.iter().map(|(k, v)| (k.clone(), v.as_tensor().clone())));
-        for layer in &self.layers {
-            if let Layer::BatchNorm(bn) = layer {
-                out.insert(format!("{}.num_batches_tracked", bn.name), bn.batches_tracked_tensor());
-            }
+            self.params.iter().chain(&self.buffers).map(|(k, v)| (k.clone(), v.as_tensor().clone())).collect();
+        for (k, c) in &self.counters {
+            let t = Tensor::new(c.load(Ordering::Relaxed), &Device::Cpu).expect("a scalar tensor");
+            out.insert(k.clone(), t);
         }
         out
     }
 
+    /// Overwrites tensor `name` with `value` (same shape; converted to the model's dtype and
+    /// device).
+    pub fn assign(&self, name: &str, value: &Tensor) -> Result<(), ModelError> {
+        if let Some(var) = self.params.get(name).or_else(|| self.buffers.get(name)) {
+            var.set(&value.to_dtype(DType::F32)?.to_device(var.device())?)?;
+        } else if let Some(c) = self.counters.get(name) {
+            let v = value.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+            c.store(v.first().copied().unwrap_or(0.0) as i64, Ordering::Relaxed);
+        } else {
+            return Err(ModelError::Checkpoint { path: String::new(), message: format!("no tensor `{name}` in the model") });
+        }
+        Ok(())
+    }
+
     /// Loads every tensor of `state` into the model; names and shapes must match exactly.
-    pub fn load_state_dict(
-        &self,
-        state: &std::collections::HashMap<String, Tensor>,
-        source: &str,
-    ) -> Result<(), ModelError> {
+    pub fn load_state_dict(&self, state: &HashMap<String, Tensor>, source: &str) -> Result<(), ModelError> {
         let mut problems = Vec::new();
         let ours = self.state_dict();
         for (name, mine) in &ours {
             match state.get(name) {
                 None => problems.push(format!("missing tensor `{name}` {:?}", mine.dims())),
-                Some(t) if t.dims() != mine.dims() => problems.push(format!(
-                    "tensor `{name}`: checkpoint has {:?}, model has {:?}",
-                    t.dims(),
-                    mine.dims()
-                )),
+                Some(t) if t.dims() != mine.dims() => {
+                    problems.push(format!("tensor `{name}`: checkpoint has {:?}, model has {:?}", t.dims(), mine.dims()))
+                }
                 Some(_) => {}
             }
         }
@@ -142,13 +214,8 @@ impl Model {
         if !problems.is_empty() {
             return Err(ModelError::Checkpoint { path: source.into(), message: problems.join("; ") });
         }
-        for (name, var) in self.params.iter().chain(&self.buffers) {
-            var.set(&state[name].to_dtype(DType::F32)?.to_device(var.device())?)?;
-        }
-        for layer in &self.layers {
-            if let Layer::BatchNorm(bn) = layer {
-                bn.set_batches_tracked(&state[&format!("{}.num_batches_tracked", bn.name)])?;
-            }
+        for name in ours.keys() {
+            self.assign(name, &state[name])?;
         }
         Ok(())
     }

@@ -17,6 +17,13 @@ pub struct SummaryRow {
     pub macs: u64,
 }
 
+impl SummaryRow {
+    /// A parameter-free layer's row.
+    pub fn plain(index: usize, kind: &'static str, name: &str, out_shape: &[usize]) -> Self {
+        Self { index, kind, name: format!("{name}{index}"), out_shape: out_shape.to_vec(), params: 0, macs: 0 }
+    }
+}
+
 /// The whole network's summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Summary {

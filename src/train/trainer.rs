@@ -104,7 +104,7 @@ pub fn fit(
     let cfg = &spec.raw;
     let epochs = cfg.train.epochs;
     let steps_per_epoch = data.train_idx.len().div_ceil(cfg.data.batch_size);
-    let mut opt = Optimizer::new(cfg.optimizer.clone(), model.params());
+    let mut opt = Optimizer::new(cfg.optimizer.clone(), model.trainable());
     let mut history = Vec::with_capacity(epochs);
     let (mut best_epoch, mut best_score) = (0, f64::NEG_INFINITY);
     let mut step = 0usize;

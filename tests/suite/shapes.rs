@@ -39,3 +39,53 @@ fn set_can_change_one_layer_inside_the_list() {
     assert_eq!(spec.raw.data.batch_size, 16);
     assert_eq!(spec.layers.len(), 11, "the rest of the list is kept");
 }
+
+/// Params and multiply-adds of a TOML model at 224x224 with 1000 classes.
+fn totals(layers_toml: &str, classes: usize) -> (usize, u64, Model) {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("net.toml");
+    std::fs::write(&file, format!("name = \"net\"\n[data]\nroot = \".\"\n[model]\ninput = [224, 224]\n{layers_toml}\n")).unwrap();
+    let sources = Sources { files: vec![file.clone()], overrides: vec![], env: false };
+    let exp = load::load(&sources).unwrap();
+    let spec = resolve(exp, "net.toml", (0..classes).map(|i| format!("c{i}")).collect()).unwrap();
+    let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
+    (model.summary().total_params(), model.summary().total_macs(), model)
+}
+
+const STEM: &str = r#"{ conv = { out = 64, kernel = 7, stride = 2, padding = 3, bias = false } }, "batch_norm", "relu",
+  { max_pool = { kernel = 3, stride = 2, padding = 1 } },"#;
+
+fn bottleneck_net(groups: usize, width: usize) -> String {
+    format!(
+        r#"layers = [ {STEM}
+  {{ stage = {{ block = "bottleneck", repeat = 3, out = 256, groups = {groups}, width = {width} }} }},
+  {{ stage = {{ block = "bottleneck", repeat = 4, out = 512, stride = 2, groups = {groups}, width = {width} }} }},
+  {{ stage = {{ block = "bottleneck", repeat = 6, out = 1024, stride = 2, groups = {groups}, width = {width} }} }},
+  {{ stage = {{ block = "bottleneck", repeat = 3, out = 2048, stride = 2, groups = {groups}, width = {width} }} }},
+  "global_avg_pool", {{ linear = {{ out = "$classes" }} }} ]"#
+    )
+}
+
+/// torchvision 0.14, weights=None: sum(p.numel() for p in m.parameters()), and multiply-adds
+/// of conv and linear layers from forward hooks at 1x3x224x224 (per conv: output elements x
+/// in_channels/groups x kh x kw; per linear: in x out).
+#[test]
+fn resnets_match_torchvision_parameters_and_macs() {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/resnet18.toml");
+    let text = std::fs::read_to_string(file).unwrap();
+    let layers = &text[text.find("layers = [").unwrap()..text.find("\n]\n").unwrap() + 2];
+    let (params, macs, model) = totals(layers, 1000);
+    assert_eq!((params, macs), (11_689_512, 1_814_073_344), "resnet18");
+    assert_eq!(totals(layers, 2).0, 11_177_538, "resnet18, 2 classes");
+    // torchvision's state-dict names, buffers included (102 tensors, 20 BatchNorms).
+    let state = model.state_dict();
+    for name in ["conv1.weight", "bn1.running_var", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.num_batches_tracked", "layer4.1.bn2.bias", "fc.weight"] {
+        assert!(state.contains_key(name), "{name}");
+    }
+    assert_eq!(state.len(), 62 + 20 * 2 + 20, "params + running stats + counters");
+
+    let (p50, m50, _) = totals(&bottleneck_net(1, 64), 1000);
+    assert_eq!((p50, m50), (25_557_032, 4_089_184_256), "resnet50");
+    let (px, mx, _) = totals(&bottleneck_net(32, 4), 1000);
+    assert_eq!((px, mx), (25_028_904, 4_230_479_872), "resnext50_32x4d");
+}

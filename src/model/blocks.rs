@@ -1,0 +1,174 @@
+//! Residual blocks (He et al. 2015; ResNeXt, Xie et al. 2016) with torchvision's layout and
+//! names: `BasicBlock` (two 3x3 convs) and `Bottleneck` (1x1 reduce, 3x3 grouped, 1x1 expand,
+//! stride on the 3x3 as in torchvision's "v1.5"), each followed by `relu(F(x) + shortcut(x))`.
+
+use candle_core::{Result, Tensor};
+use candle_nn::ModuleT;
+
+use super::layers::{BatchNorm, Builder, Conv};
+use super::summary::SummaryRow;
+use super::{MidWidth, StageConfig};
+use crate::config::schema::{BlockKind, DownsampleKind};
+use crate::ops::conv::ConvParams;
+use crate::ops::pool::{pool2d, PoolKind, PoolParams};
+
+/// The shortcut's projection when a block changes shape.
+pub struct Downsample {
+    /// ResNet-D: average-pool first, then a stride-1 conv.
+    pool: Option<PoolParams>,
+    conv: Conv,
+    bn: BatchNorm,
+}
+
+/// One residual block.
+pub enum Block {
+    Basic { conv1: Conv, bn1: BatchNorm, conv2: Conv, bn2: BatchNorm, downsample: Option<Downsample> },
+    Bottleneck { conv1: Conv, bn1: BatchNorm, conv2: Conv, bn2: BatchNorm, conv3: Conv, bn3: BatchNorm, downsample: Option<Downsample> },
+}
+
+fn conv_bn(conv: &Conv, bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
+    bn.forward_t(&conv.forward(xs)?, train)
+}
+
+fn shortcut(ds: &Option<Downsample>, xs: &Tensor, train: bool) -> Result<Tensor> {
+    match ds {
+        None => Ok(xs.clone()),
+        Some(d) => {
+            let x = match d.pool {
+                Some(p) => pool2d(xs, p)?,
+                None => xs.clone(),
+            };
+            conv_bn(&d.conv, &d.bn, &x, train)
+        }
+    }
+}
+
+impl ModuleT for Block {
+    /// `(n, c_in, h, w) -> (n, out, h', w')`.
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        let (residual, ds) = match self {
+            Block::Basic { conv1, bn1, conv2, bn2, downsample } => {
+                let y = conv_bn(conv1, bn1, xs, train)?.relu()?;
+                (conv_bn(conv2, bn2, &y, train)?, downsample)
+            }
+            Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, downsample } => {
+                let y = conv_bn(conv1, bn1, xs, train)?.relu()?;
+                let y = conv_bn(conv2, bn2, &y, train)?.relu()?;
+                (conv_bn(conv3, bn3, &y, train)?, downsample)
+            }
+        };
+        (residual + shortcut(ds, xs, train)?)?.relu()
+    }
+}
+
+/// Parameters and multiply-adds of what a block builds, accumulated as it goes.
+#[derive(Default)]
+struct Cost {
+    params: usize,
+    macs: u64,
+}
+
+impl Cost {
+    fn conv(&mut self, c_in: usize, out: usize, k: usize, groups: usize, (oh, ow): (usize, usize)) {
+        let fan_in = c_in / groups * k * k;
+        self.params += out * fan_in;
+        self.macs += (out * oh * ow * fan_in) as u64;
+    }
+    fn bn(&mut self, c: usize) {
+        self.params += 2 * c;
+    }
+}
+
+/// The 3x3 conv width of a bottleneck with `out` output channels.
+pub fn bottleneck_width(out: usize, groups: usize, mid: MidWidth) -> std::result::Result<usize, String> {
+    if out % 4 != 0 {
+        return Err(format!("a bottleneck's out ({out}) must be 4 x its planes: a multiple of 4"));
+    }
+    let width = match mid {
+        // torchvision: int(planes * (width_per_group / 64.0)) * groups
+        MidWidth::PerGroup(w) => (out / 4 * w / 64) * groups,
+        MidWidth::Fixed(m) => m,
+    };
+    if width == 0 || width % groups != 0 {
+        return Err(format!("the 3x3 conv's width ({width}) must be a positive multiple of groups ({groups})"));
+    }
+    Ok(width)
+}
+
+/// Builds block `name` of stage `s` with `stride` on input `shape`; returns it and its row.
+pub(super) fn build(
+    b: &mut Builder,
+    name: &str,
+    s: &StageConfig,
+    stride: usize,
+    shape: &[usize],
+) -> std::result::Result<(Block, SummaryRow), String> {
+    let [c_in, h, w] = shape[..] else {
+        return Err(format!("a residual stage expects a (channels, height, width) input, got {shape:?}"));
+    };
+    let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+    let mut cost = Cost::default();
+    let p = |stride: usize, padding: usize, groups: usize| ConvParams { stride, padding, dilation: 1, groups };
+    let downsample = if stride != 1 || c_in != s.out {
+        let (pool, conv_stride, idx) = match s.downsample {
+            DownsampleKind::Conv => (None, stride, 0),
+            DownsampleKind::AvgConv => {
+                if h % stride != 0 || w % stride != 0 {
+                    return Err(format!("avg_conv downsampling needs {h}x{w} divisible by the stride {stride}"));
+                }
+                let pool = (stride > 1).then_some(PoolParams {
+                    kind: PoolKind::Avg,
+                    kernel: (stride, stride),
+                    stride: (stride, stride),
+                    padding: (0, 0),
+                });
+                (pool, 1, 1)
+            }
+        };
+        let conv = b.conv(&format!("{name}.downsample.{idx}"), c_in, s.out, 1, p(conv_stride, 0, 1), false)?;
+        let bn = b.batch_norm(&format!("{name}.downsample.{}", idx + 1), s.out)?;
+        cost.conv(c_in, s.out, 1, 1, (oh, ow));
+        cost.bn(s.out);
+        Some(Downsample { pool, conv, bn })
+    } else {
+        None
+    };
+    let block = match s.block {
+        BlockKind::Basic => {
+            if s.groups != 1 || s.mid != MidWidth::PerGroup(64) {
+                return Err("a basic block has no groups or width (as in torchvision): use block = \"bottleneck\"".into());
+            }
+            let conv1 = b.conv(&format!("{name}.conv1"), c_in, s.out, 3, p(stride, 1, 1), false)?;
+            let bn1 = b.batch_norm(&format!("{name}.bn1"), s.out)?;
+            let conv2 = b.conv(&format!("{name}.conv2"), s.out, s.out, 3, p(1, 1, 1), false)?;
+            let bn2 = b.batch_norm(&format!("{name}.bn2"), s.out)?;
+            cost.conv(c_in, s.out, 3, 1, (oh, ow));
+            cost.conv(s.out, s.out, 3, 1, (oh, ow));
+            cost.bn(s.out);
+            cost.bn(s.out);
+            Block::Basic { conv1, bn1, conv2, bn2, downsample }
+        }
+        BlockKind::Bottleneck => {
+            let width = bottleneck_width(s.out, s.groups, s.mid)?;
+            let conv1 = b.conv(&format!("{name}.conv1"), c_in, width, 1, p(1, 0, 1), false)?;
+            let bn1 = b.batch_norm(&format!("{name}.bn1"), width)?;
+            let conv2 = b.conv(&format!("{name}.conv2"), width, width, 3, p(stride, 1, s.groups), false)?;
+            let bn2 = b.batch_norm(&format!("{name}.bn2"), width)?;
+            let conv3 = b.conv(&format!("{name}.conv3"), width, s.out, 1, p(1, 0, 1), false)?;
+            let bn3 = b.batch_norm(&format!("{name}.bn3"), s.out)?;
+            cost.conv(c_in, width, 1, 1, (h, w));
+            cost.conv(width, width, 3, s.groups, (oh, ow));
+            cost.conv(width, s.out, 1, 1, (oh, ow));
+            cost.bn(width);
+            cost.bn(width);
+            cost.bn(s.out);
+            Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, downsample }
+        }
+    };
+    let kind = match s.block {
+        BlockKind::Basic => "basic_block",
+        BlockKind::Bottleneck => "bottleneck",
+    };
+    let row = SummaryRow { index: 0, kind, name: name.to_string(), out_shape: vec![s.out, oh, ow], params: cost.params, macs: cost.macs };
+    Ok((block, row))
+}
