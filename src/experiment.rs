@@ -64,8 +64,9 @@ pub fn build_model(spec: &Spec, device: &candle_core::Device) -> anyhow::Result<
     let mut report = None;
     if let Some(init) = &spec.raw.model.init {
         let path = Path::new(&init.weights);
-        let file = weights::read(path).context("model.init.weights")?;
-        let r = weights::import(&model, &file, &init.skip, &init.weights).context("model.init.weights")?;
+        let what = || format!("model.init.weights = \"{}\"", init.weights);
+        let file = weights::read(path).with_context(what)?;
+        let r = weights::import(&model, &file, &init.skip, &init.weights).with_context(what)?;
         report = Some(format!("weights from {}: {r}", path.display()));
     }
     model.freeze(&spec.raw.model.freeze)?;
@@ -196,22 +197,24 @@ fn predictions(
     Ok(preds.into_iter().map(|(i, c)| (loader.items()[i].id.clone(), c)).collect())
 }
 
-/// `ablate check`: the validated model's per-layer summary, without training.
-pub fn check(file: &Path, overrides: Vec<Override>) -> anyhow::Result<String> {
+/// `ablate check`: the validated model's per-layer summary, without training; then the
+/// `model.init` weights checked against it (the second result, so the summary shows either way).
+pub fn check(file: &Path, overrides: Vec<Override>) -> anyhow::Result<(String, anyhow::Result<Option<String>>)> {
     let p = prepare(file, overrides)?;
     let spec = &p.spec;
-    let (model, import) = build_model(spec, &candle_core::Device::Cpu)?;
-    Ok(format!(
-        "{}: {} classes ({}), {} labelled images, input 3x{}x{}\n{}{}",
+    let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &candle_core::Device::Cpu)?;
+    let summary = format!(
+        "{}: {} classes ({}), {} labelled images, input 3x{}x{}\n{}",
         file.display(),
         spec.num_classes(),
         spec.class_names.join(", "),
         p.items.len(),
         spec.input_hw.0,
         spec.input_hw.1,
-        model.summary(),
-        import.map_or(String::new(), |r| format!("\n{r}"))
-    ))
+        model.summary()
+    );
+    let weights = build_model(spec, &candle_core::Device::Cpu).map(|(_, report)| report);
+    Ok((summary, weights))
 }
 
 /// Which saved weights `predict` uses.

@@ -33,7 +33,10 @@ fn main() -> ExitCode {
             Ok(())
         }),
         Command::Check { experiment: file, set } => {
-            overrides(&set).and_then(|o| experiment::check(&file, o)).map(|summary| println!("{summary}"))
+            overrides(&set).and_then(|o| experiment::check(&file, o)).and_then(|(summary, weights)| {
+                println!("{summary}");
+                weights.map(|report| report.into_iter().for_each(|r| println!("{r}")))
+            })
         }
         Command::Predict { run, checkpoint, data, out, device } => {
             experiment::predict(&run, checkpoint, data.as_deref(), out.as_deref(), device.as_deref())

@@ -428,4 +428,48 @@ mod tests {
         assert!(grads.get(&x).is_none());
         assert_eq!(grads.get(&wt).unwrap().dims(), &[4, 3, 3, 3]);
     }
+
+    /// A grouped conv equals a dense conv whose weight is block-diagonal over the groups, in
+    /// its output and both gradients (the dense weight's gradient restricted to the blocks).
+    #[test]
+    fn grouped_conv_equals_block_diagonal_dense_conv() {
+        let (n, c, h, w, k) = (2, 64, 6, 5, 3);
+        for groups in [1, 2, 4, 32, 64] {
+            let cg = c / groups;
+            let wg = seeded(&[c, cg, k, k], groups as u64);
+            let wg_v = wg.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut dense = vec![0f32; c * c * k * k];
+            for o in 0..c {
+                let g = o / cg;
+                for i in 0..cg {
+                    for t in 0..k * k {
+                        dense[((o * c) + g * cg + i) * k * k + t] = wg_v[(o * cg + i) * k * k + t];
+                    }
+                }
+            }
+            let x = Var::from_tensor(&seeded(&[n, c, h, w], 3)).unwrap();
+            let wg = Var::from_tensor(&wg).unwrap();
+            let wd = Var::from_vec(dense, (c, c, k, k), &Device::Cpu).unwrap();
+            let p = ConvParams { stride: 2, padding: 1, dilation: 1, groups };
+            let probe = seeded(&[n, c, 3, 3], 4);
+            let yg = conv2d(&x, &wg, p).unwrap();
+            let yd = conv2d(&x, &wd, ConvParams { groups: 1, ..p }).unwrap();
+            assert!(max_rel_diff(&yg, &yd) < 1e-4, "forward, groups {groups}");
+            let gg = (yg * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let gd = (yd * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(max_rel_diff(gg.get(&x).unwrap(), gd.get(&x).unwrap()) < 1e-4, "input grad, groups {groups}");
+            let dwd = gd.get(&wd).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let mut blocks = vec![0f32; c * cg * k * k];
+            for o in 0..c {
+                let g = o / cg;
+                for i in 0..cg {
+                    for t in 0..k * k {
+                        blocks[(o * cg + i) * k * k + t] = dwd[((o * c) + g * cg + i) * k * k + t];
+                    }
+                }
+            }
+            let blocks = Tensor::from_vec(blocks, (c, cg, k, k), &Device::Cpu).unwrap();
+            assert!(max_rel_diff(gg.get(&wg).unwrap(), &blocks) < 1e-4, "weight grad, groups {groups}");
+        }
+    }
 }

@@ -145,3 +145,23 @@ fn batchnorm_matches_pytorch() {
     let y_eval = single.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     close(&y_eval[..3], &[-0.566973, -0.487110, -0.341086]);
 }
+
+/// One ResNeXt bottleneck block (grouped 3x3, strided, projected shortcut) in training mode.
+#[test]
+fn bottleneck_block_matches_finite_differences() {
+    use ablate::config::schema::{BlockKind, DownsampleKind};
+    use ablate::model::{MidWidth, StageConfig};
+    let stage = StageConfig {
+        block: BlockKind::Bottleneck,
+        repeat: 1,
+        out: 8,
+        stride: 2,
+        groups: 2,
+        mid: MidWidth::Fixed(4),
+        downsample: DownsampleKind::Conv,
+        name: None,
+    };
+    check(vec![LayerConfig::Stage(stage.clone()), LayerConfig::GlobalAvgPool, linear(2)], (6, 6), true);
+    let basic = StageConfig { block: BlockKind::Basic, groups: 1, mid: MidWidth::PerGroup(64), stride: 1, ..stage };
+    check(vec![LayerConfig::Stage(basic), LayerConfig::GlobalAvgPool, linear(2)], (5, 5), true);
+}
