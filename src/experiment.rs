@@ -14,7 +14,7 @@ use crate::config::{Override, Spec, resolve};
 use crate::data::folder::{self, Item};
 use crate::data::loader::Loader;
 use crate::device::{self, DeviceChoice};
-use crate::model::{weights, Model};
+use crate::model::{Model, weights};
 use crate::output::log::RunLog;
 use crate::output::sink::{CsvSink, MetricSink};
 use crate::output::tensorboard::TensorBoardSink;

@@ -10,7 +10,7 @@ use super::summary::SummaryRow;
 use super::{MidWidth, StageConfig};
 use crate::config::schema::{BlockKind, DownsampleKind};
 use crate::ops::conv::ConvParams;
-use crate::ops::pool::{pool2d, PoolKind, PoolParams};
+use crate::ops::pool::{PoolKind, PoolParams, pool2d};
 
 /// The shortcut's projection when a block changes shape.
 pub struct Downsample {
@@ -22,8 +22,22 @@ pub struct Downsample {
 
 /// One residual block.
 pub enum Block {
-    Basic { conv1: Conv, bn1: BatchNorm, conv2: Conv, bn2: BatchNorm, downsample: Option<Downsample> },
-    Bottleneck { conv1: Conv, bn1: BatchNorm, conv2: Conv, bn2: BatchNorm, conv3: Conv, bn3: BatchNorm, downsample: Option<Downsample> },
+    Basic {
+        conv1: Conv,
+        bn1: BatchNorm,
+        conv2: Conv,
+        bn2: BatchNorm,
+        downsample: Option<Downsample>,
+    },
+    Bottleneck {
+        conv1: Conv,
+        bn1: BatchNorm,
+        conv2: Conv,
+        bn2: BatchNorm,
+        conv3: Conv,
+        bn3: BatchNorm,
+        downsample: Option<Downsample>,
+    },
 }
 
 fn conv_bn(conv: &Conv, bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
@@ -136,7 +150,9 @@ pub(super) fn build(
     let block = match s.block {
         BlockKind::Basic => {
             if s.groups != 1 || s.mid != MidWidth::PerGroup(64) {
-                return Err("a basic block has no groups or width (as in torchvision): use block = \"bottleneck\"".into());
+                return Err(
+                    "a basic block has no groups or width (as in torchvision): use block = \"bottleneck\"".into()
+                );
             }
             let conv1 = b.conv(&format!("{name}.conv1"), c_in, s.out, 3, p(stride, 1, 1), false)?;
             let bn1 = b.batch_norm(&format!("{name}.bn1"), s.out)?;
@@ -169,6 +185,13 @@ pub(super) fn build(
         BlockKind::Basic => "basic_block",
         BlockKind::Bottleneck => "bottleneck",
     };
-    let row = SummaryRow { index: 0, kind, name: name.to_string(), out_shape: vec![s.out, oh, ow], params: cost.params, macs: cost.macs };
+    let row = SummaryRow {
+        index: 0,
+        kind,
+        name: name.to_string(),
+        out_shape: vec![s.out, oh, ow],
+        params: cost.params,
+        macs: cost.macs,
+    };
     Ok((block, row))
 }

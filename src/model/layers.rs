@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{DType, Device, Result, Tensor, Var, D};
+use candle_core::{D, DType, Device, Result, Tensor, Var};
 use candle_nn::ModuleT;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -12,8 +12,8 @@ use rand_chacha::ChaCha8Rng;
 use super::blocks::{self, Block};
 use super::summary::{Summary, SummaryRow};
 use super::{LayerConfig, ModelError};
-use crate::ops::conv::{conv2d, ConvParams};
-use crate::ops::pool::{pool2d, PoolParams};
+use crate::ops::conv::{ConvParams, conv2d};
+use crate::ops::pool::{PoolParams, pool2d};
 
 /// A convolution with optional bias: `(n, c, h, w) -> (n, out, oh, ow)`.
 pub struct Conv {
@@ -63,7 +63,10 @@ impl BatchNorm {
             self.batches_tracked.fetch_add(1, Ordering::Relaxed);
             (mean.reshape(shape.as_slice())?, var.reshape(shape.as_slice())?)
         } else {
-            (self.running_mean.as_tensor().reshape(shape.as_slice())?, self.running_var.as_tensor().reshape(shape.as_slice())?)
+            (
+                self.running_mean.as_tensor().reshape(shape.as_slice())?,
+                self.running_var.as_tensor().reshape(shape.as_slice())?,
+            )
         };
         let inv_std = (var + self.eps)?.sqrt()?.recip()?;
         let scale = self.weight.reshape(shape.as_slice())?.broadcast_mul(&inv_std)?;
@@ -353,7 +356,14 @@ pub(super) fn build(
                 n_bn += 1;
                 let name = format!("bn{n_bn}");
                 let bn = b.batch_norm(&name, shape[0]).map_err(fail)?;
-                summary.rows.push(SummaryRow { index, kind, name, out_shape: shape.clone(), params: 2 * shape[0], macs: 0 });
+                summary.rows.push(SummaryRow {
+                    index,
+                    kind,
+                    name,
+                    out_shape: shape.clone(),
+                    params: 2 * shape[0],
+                    macs: 0,
+                });
                 layers.push(Layer::BatchNorm(bn));
             }
             LayerConfig::Stage(s) => {

@@ -7,8 +7,8 @@ pub mod summary;
 pub mod weights;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
@@ -125,7 +125,12 @@ impl Model {
     /// Builds `layers` for inputs of `(3, h, w)`, initialising weights from `seed` as PyTorch
     /// does (see [`layers::ConvInit`]): BatchNorm weight 1 and bias 0, linear layers uniform
     /// +-1/sqrt(fan_in).
-    pub fn build(layers: &[LayerConfig], input_hw: (usize, usize), seed: u64, device: &Device) -> Result<Self, ModelError> {
+    pub fn build(
+        layers: &[LayerConfig],
+        input_hw: (usize, usize),
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
         let built = layers::build(layers, input_hw, seed, device)?;
         Ok(Self {
             layers: built.layers,
@@ -157,7 +162,10 @@ impl Model {
             if !self.params.keys().any(|k| under_prefix(k, p)) {
                 return Err(ModelError::Checkpoint {
                     path: "model.freeze".into(),
-                    message: format!("`{p}` names no parameter; parameters start with: {}", self.top_level_names().join(", ")),
+                    message: format!(
+                        "`{p}` names no parameter; parameters start with: {}",
+                        self.top_level_names().join(", ")
+                    ),
                 });
             }
         }
@@ -192,7 +200,10 @@ impl Model {
             let v = value.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
             c.store(v.first().copied().unwrap_or(0.0) as i64, Ordering::Relaxed);
         } else {
-            return Err(ModelError::Checkpoint { path: String::new(), message: format!("no tensor `{name}` in the model") });
+            return Err(ModelError::Checkpoint {
+                path: String::new(),
+                message: format!("no tensor `{name}` in the model"),
+            });
         }
         Ok(())
     }
@@ -204,9 +215,11 @@ impl Model {
         for (name, mine) in &ours {
             match state.get(name) {
                 None => problems.push(format!("missing tensor `{name}` {:?}", mine.dims())),
-                Some(t) if t.dims() != mine.dims() => {
-                    problems.push(format!("tensor `{name}`: checkpoint has {:?}, model has {:?}", t.dims(), mine.dims()))
-                }
+                Some(t) if t.dims() != mine.dims() => problems.push(format!(
+                    "tensor `{name}`: checkpoint has {:?}, model has {:?}",
+                    t.dims(),
+                    mine.dims()
+                )),
                 Some(_) => {}
             }
         }

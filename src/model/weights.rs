@@ -6,7 +6,7 @@ use std::path::Path;
 
 use candle_core::{Device, Tensor};
 
-use super::{under_prefix, Model, ModelError};
+use super::{Model, ModelError, under_prefix};
 
 /// What an import did, tensor by tensor.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -54,7 +54,12 @@ pub fn read(path: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
 /// Loads `file`'s tensors into `model` by name, leaving tensors under `skip` prefixes fresh.
 /// Every other model tensor must be in the file with the same shape, and every file tensor
 /// outside `skip` must belong to the model; otherwise the error lists each offender.
-pub fn import(model: &Model, file: &HashMap<String, Tensor>, skip: &[String], source: &str) -> Result<ImportReport, ModelError> {
+pub fn import(
+    model: &Model,
+    file: &HashMap<String, Tensor>,
+    skip: &[String],
+    source: &str,
+) -> Result<ImportReport, ModelError> {
     let skipped = |name: &str| skip.iter().any(|p| under_prefix(name, p));
     let ours = model.state_dict();
     let mut report = ImportReport::default();

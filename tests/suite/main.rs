@@ -8,3 +8,4 @@ mod gradients;
 mod learning;
 mod shapes;
 mod tensorboard;
+mod weights;

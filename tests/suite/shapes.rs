@@ -44,7 +44,11 @@ fn set_can_change_one_layer_inside_the_list() {
 fn totals(layers_toml: &str, classes: usize) -> (usize, u64, Model) {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("net.toml");
-    std::fs::write(&file, format!("name = \"net\"\n[data]\nroot = \".\"\n[model]\ninput = [224, 224]\n{layers_toml}\n")).unwrap();
+    std::fs::write(
+        &file,
+        format!("name = \"net\"\n[data]\nroot = \".\"\n[model]\ninput = [224, 224]\n{layers_toml}\n"),
+    )
+    .unwrap();
     let sources = Sources { files: vec![file.clone()], overrides: vec![], env: false };
     let exp = load::load(&sources).unwrap();
     let spec = resolve(exp, "net.toml", (0..classes).map(|i| format!("c{i}")).collect()).unwrap();
@@ -79,7 +83,15 @@ fn resnets_match_torchvision_parameters_and_macs() {
     assert_eq!(totals(layers, 2).0, 11_177_538, "resnet18, 2 classes");
     // torchvision's state-dict names, buffers included (102 tensors, 20 BatchNorms).
     let state = model.state_dict();
-    for name in ["conv1.weight", "bn1.running_var", "layer1.0.conv2.weight", "layer2.0.downsample.0.weight", "layer2.0.downsample.1.num_batches_tracked", "layer4.1.bn2.bias", "fc.weight"] {
+    for name in [
+        "conv1.weight",
+        "bn1.running_var",
+        "layer1.0.conv2.weight",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.num_batches_tracked",
+        "layer4.1.bn2.bias",
+        "fc.weight",
+    ] {
         assert!(state.contains_key(name), "{name}");
     }
     assert_eq!(state.len(), 62 + 20 * 2 + 20, "params + running stats + counters");
