@@ -10,7 +10,7 @@ BIN := target/release/ablate
 VENV := .venv
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: build exp check test lint tensorboard demo-data clean-venv
+.PHONY: build exp check test lint bench tensorboard demo-data clean-venv
 
 build:
 	$(CARGO) build --release $(FEATURES)
@@ -36,6 +36,12 @@ test: $(VENV)/.tensorboard-installed
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+
+# Speed against PyTorch on the same work (not a test): needs Debian's python3-torch,
+# python3-torchvision and libopenblas0-pthread (sudo apt-get install them). ~10 minutes.
+bench:
+	$(CARGO) build --release --example bench
+	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
 
 tensorboard: $(VENV)/.tensorboard-installed
 	$(VENV)/bin/tensorboard --logdir runs

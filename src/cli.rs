@@ -24,12 +24,19 @@ pub enum Command {
         /// Override a config key: `--set optimizer.lr=3e-4` (values parse as TOML).
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Sweep a key over values: `--sweep model.params.groups=1,2,4` (adds to or replaces an
+        /// axis of the file's [sweep]).
+        #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+        sweep: Vec<String>,
         /// `auto`, `cpu`, `cuda` or `cuda:N` (overrides train.device).
         #[arg(long)]
         device: Option<String>,
         /// Where run folders are created.
         #[arg(long, default_value = "runs")]
         runs_dir: PathBuf,
+        /// Stop the sweep at the first failing variant (default: mark it failed and go on).
+        #[arg(long)]
+        fail_fast: bool,
     },
     /// Validate an experiment and print each layer's output shape, parameters and multiply-adds.
     Check {

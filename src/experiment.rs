@@ -10,6 +10,7 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 
 use crate::config::load::{self, Sources};
 use crate::config::resolve::resolved_toml;
+use crate::config::sweep::{Sweep, Variant, format_value};
 use crate::config::{Override, Spec, resolve};
 use crate::data::folder::{self, Item};
 use crate::data::loader::Loader;
@@ -17,18 +18,23 @@ use crate::device::{self, DeviceChoice};
 use crate::model::{Model, weights};
 use crate::output::log::RunLog;
 use crate::output::sink::{CsvSink, MetricSink};
+use crate::output::summary::{self, Row as SummaryRow, Status};
 use crate::output::tensorboard::TensorBoardSink;
 use crate::output::{checkpoint, run_dir, submission, write_atomic};
-use crate::train::{self, Splits};
+use crate::train::{self, FitOutcome, Splits};
 
 /// Options of `ablate run` for one experiment file.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct RunOptions {
     pub file: PathBuf,
     pub overrides: Vec<Override>,
+    /// `--sweep key=v1,v2` axes, added to (or replacing) the file's `[sweep]`.
+    pub sweep: Vec<String>,
     /// `--device`, overriding `train.device`.
     pub device: Option<String>,
     pub runs_dir: PathBuf,
+    /// Stop at the first failing variant instead of marking it failed and going on.
+    pub fail_fast: bool,
 }
 
 /// An experiment loaded, validated and matched with its dataset, before anything is written.
@@ -111,23 +117,154 @@ fn progress() -> MultiProgress {
     MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
 }
 
-/// Runs one experiment into a new run folder; returns the folder. `extra_sinks` receive the
-/// metrics too (tests pass a memory sink).
-pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::Result<PathBuf> {
-    let p = prepare(&opts.file, opts.overrides.clone())?;
-    let spec = &p.spec;
-    let (device, notice) = device::open(device_for(spec, opts.device.as_deref())?)?;
-    let (model, import) = build_model(spec, &device)?;
+/// Extra metric sinks per variant (tests pass memory sinks); called with the variant's name.
+pub type SinkFactory<'a> = &'a mut dyn FnMut(&str) -> Vec<Box<dyn MetricSink>>;
 
-    // Everything is validated: only now does the run folder exist.
-    let dir = run_dir::create(&opts.runs_dir, &spec.name, chrono::Local::now())
+/// Runs one experiment into a new run folder and returns the folder. Without a sweep the run's
+/// files go straight into it; with one, every variant is validated first, then each trains
+/// into its own sub-folder, and `summary.csv` / `summary.md` are rewritten after each.
+pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
+    let chain = load::extends_chain(&opts.file)?;
+    let base = load::load(&Sources { files: chain, overrides: opts.overrides.clone(), env: true })?;
+    let file_name = opts.file.display().to_string();
+    let sweep = Sweep::from_table(&base.sweep, &file_name)?.with_cli(&opts.sweep)?;
+    for axis in &sweep.axes {
+        if let Some(name) = axis.key.strip_prefix("model.params.")
+            && !base.model.params.contains_key(name)
+        {
+            bail!(
+                "{file_name}: sweep key `{}`: `{name}` is not in model.params (it has: {})",
+                axis.key,
+                base.model.params.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let variants = sweep.expand()?;
+
+    if variants.is_empty() {
+        let p = prepare(&opts.file, opts.overrides.clone())?;
+        let (device, notice) = device::open(device_for(&p.spec, opts.device.as_deref())?)?;
+        let (model, import) = build_model(&p.spec, &device)?;
+        // Everything is validated: only now does the run folder exist.
+        let dir = create_run_dir(opts, &p.spec.name, &p.sources)?;
+        let model_size = size(&model);
+        let result = train_variant(&p, &dir, model, &device, [notice, import], sinks("."));
+        let row = summary_row(".", "", model_size, result.as_ref().map_err(|e| format!("{e:#}")));
+        summary::write(&dir, &p.spec.name, &[row])?;
+        result?;
+        return Ok(dir);
+    }
+
+    // Validate every variant (config, data, shapes, weights) before the first one trains.
+    let mut prepared = Vec::with_capacity(variants.len());
+    for v in &variants {
+        let overrides: Vec<Override> = opts.overrides.iter().cloned().chain(v.overrides()).collect();
+        let p = prepare(&opts.file, overrides).with_context(|| format!("sweep variant {}", v.name))?;
+        let (model, _) =
+            build_model(&p.spec, &candle_core::Device::Cpu).with_context(|| format!("sweep variant {}", v.name))?;
+        prepared.push((p, size(&model)));
+    }
+    let dir = create_run_dir(opts, &base.name, &prepared[0].0.sources)?;
+    let log = RunLog::create(&dir.join("log.txt"), progress())?;
+    log.info(format!("sweep of {} variants into {}", variants.len(), dir.display()));
+    let values =
+        |v: &Variant| v.values.iter().map(|(k, x)| format!("{k}={}", format_value(x))).collect::<Vec<_>>().join(";");
+    let mut rows: Vec<SummaryRow> = variants
+        .iter()
+        .zip(&prepared)
+        .map(|(v, (_, sz))| summary_row(&v.name, &values(v), *sz, Err(String::new())))
+        .map(|r| SummaryRow { status: Status::Pending, error: None, ..r })
+        .collect();
+    summary::write(&dir, &base.name, &rows)?;
+    for (i, (v, (p, sz))) in variants.iter().zip(&prepared).enumerate() {
+        log.info(format!("variant {}/{}: {}", i + 1, variants.len(), v.name));
+        let vdir = dir.join(&v.name);
+        std::fs::create_dir(&vdir)?;
+        let result = device::open(device_for(&p.spec, opts.device.as_deref())?).and_then(|(device, notice)| {
+            let (model, import) = build_model(&p.spec, &device)?;
+            train_variant(p, &vdir, model, &device, [notice, import], sinks(&v.name))
+        });
+        rows[i] = summary_row(&v.name, &values(v), *sz, result.as_ref().map_err(|e| format!("{e:#}")));
+        summary::write(&dir, &base.name, &rows)?;
+        if let Err(e) = result {
+            log.info(format!("variant {} failed: {e:#}", v.name));
+            if opts.fail_fast {
+                return Err(e.context(format!("sweep variant {} failed (--fail-fast)", v.name)));
+            }
+        }
+    }
+    log.info(format!("summary:\n{}", summary::markdown(&base.name, &rows)));
+    let failed: Vec<&str> = rows.iter().filter(|r| r.status == Status::Failed).map(|r| r.variant.as_str()).collect();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} variants failed ({}); see {}",
+            failed.len(),
+            rows.len(),
+            failed.join(", "),
+            dir.join("summary.md").display()
+        );
+    }
+    Ok(dir)
+}
+
+fn create_run_dir(opts: &RunOptions, name: &str, sources: &Sources) -> anyhow::Result<PathBuf> {
+    let dir = run_dir::create(&opts.runs_dir, name, chrono::Local::now())
         .with_context(|| format!("cannot create a run folder under {}", opts.runs_dir.display()))?;
-    write_atomic(&dir.join("experiment.toml"), as_written(&p.sources)?.as_bytes())?;
+    let mut written = as_written(sources)?;
+    if !opts.sweep.is_empty() {
+        written.push_str(&opts.sweep.iter().map(|s| format!("# --sweep {s}\n")).collect::<String>());
+    }
+    write_atomic(&dir.join("experiment.toml"), written.as_bytes())?;
+    Ok(dir)
+}
+
+/// A model's size: total parameters and multiply-adds per image.
+fn size(model: &Model) -> (usize, u64) {
+    (model.summary().total_params(), model.summary().total_macs())
+}
+
+fn summary_row(
+    variant: &str,
+    values: &str,
+    (params, macs): (usize, u64),
+    result: Result<&FitOutcome, String>,
+) -> SummaryRow {
+    let (status, error, epochs) = match result {
+        Ok(o) => (Status::Ok, None, o.epochs.as_slice()),
+        Err(e) => (Status::Failed, Some(e), &[][..]),
+    };
+    let last = epochs.last();
+    SummaryRow {
+        variant: variant.into(),
+        values: values.into(),
+        params,
+        macs,
+        best_val_acc: epochs.iter().filter_map(|e| e.val_acc).reduce(f64::max),
+        final_train_loss: last.map(|e| e.train_loss),
+        images_per_sec: last.map(|e| e.images_per_sec),
+        seconds: (!epochs.is_empty()).then(|| epochs.iter().map(|e| e.seconds).sum()),
+        status,
+        error,
+    }
+}
+
+/// Trains one prepared experiment into `dir`: resolved config, log, metrics, event file,
+/// checkpoints and submission.
+fn train_variant(
+    p: &Prepared,
+    dir: &Path,
+    model: Model,
+    device: &candle_core::Device,
+    notes: [Option<String>; 2],
+    extra_sinks: Vec<Box<dyn MetricSink>>,
+) -> anyhow::Result<FitOutcome> {
+    let spec = &p.spec;
     write_atomic(&dir.join("config.toml"), resolved_toml(spec)?.as_bytes())?;
     let ckpt_dir = dir.join("checkpoints");
     std::fs::create_dir(&ckpt_dir)?;
     let log = RunLog::create(&dir.join("log.txt"), progress())?;
     log.info(format!("run folder: {}", dir.display()));
+    let [notice, import] = notes;
     if let Some(n) = notice {
         log.info(n);
     }
@@ -135,7 +272,23 @@ pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::
     if let Some(r) = import {
         log.info(r);
     }
+    let result = train_logged(p, dir, &ckpt_dir, &model, device, &log, extra_sinks);
+    if let Err(e) = &result {
+        log.info(format!("error: {e:#}"));
+    }
+    result
+}
 
+fn train_logged(
+    p: &Prepared,
+    dir: &Path,
+    ckpt_dir: &Path,
+    model: &Model,
+    device: &candle_core::Device,
+    log: &RunLog,
+    extra_sinks: Vec<Box<dyn MetricSink>>,
+) -> anyhow::Result<FitOutcome> {
+    let spec = &p.spec;
     let d = &spec.raw.data;
     let (train_idx, val_idx) = folder::split(&p.items, d.val_fraction, spec.seed);
     log.info(format!(
@@ -161,15 +314,15 @@ pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::
         val_idx,
     };
     let mut sinks: Vec<Box<dyn MetricSink>> =
-        vec![Box::new(CsvSink::create(&dir.join("metrics.csv"))?), Box::new(TensorBoardSink::create(&dir))];
+        vec![Box::new(CsvSink::create(&dir.join("metrics.csv"))?), Box::new(TensorBoardSink::create(dir))];
     sinks.extend(extra_sinks);
 
-    let outcome = train::fit(spec, &model, &splits, &device, &mut sinks, &ckpt_dir, &log)?;
+    let outcome = train::fit(spec, model, &splits, device, &mut sinks, ckpt_dir, log)?;
     drop(sinks); // closes the event file
 
     if let Some(test) = &p.test_items {
-        checkpoint::load(&model, &ckpt_dir.join("best.safetensors"))?;
-        let rows = predictions(&model, &loader(test.clone(), spec.eval_transforms.clone()), &device, &log)?;
+        checkpoint::load(model, &ckpt_dir.join("best.safetensors"))?;
+        let rows = predictions(model, &loader(test.clone(), spec.eval_transforms.clone()), device, log)?;
         submission::write(&dir.join("submission.csv"), &rows, &spec.class_names, &spec.raw.submission)?;
         log.info(format!(
             "submission.csv: {} test images, predicted with best.safetensors (epoch {})",
@@ -184,7 +337,7 @@ pub fn run(opts: &RunOptions, extra_sinks: Vec<Box<dyn MetricSink>>) -> anyhow::
         last.val_acc.map_or("-".into(), |v| format!("{v:.4}")),
         last.train_loss
     ));
-    Ok(dir)
+    Ok(outcome)
 }
 
 fn predictions(

@@ -19,19 +19,23 @@ fn overrides(set: &[String]) -> anyhow::Result<Vec<Override>> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { experiments, set, device, runs_dir } => overrides(&set).and_then(|overrides| {
-            for file in experiments {
-                let opts = RunOptions {
-                    file,
-                    overrides: overrides.clone(),
-                    device: device.clone(),
-                    runs_dir: runs_dir.clone(),
-                };
-                let dir = experiment::run(&opts, Vec::new())?;
-                println!("{}", dir.display());
-            }
-            Ok(())
-        }),
+        Command::Run { experiments, set, sweep, device, runs_dir, fail_fast } => {
+            overrides(&set).and_then(|overrides| {
+                for file in experiments {
+                    let opts = RunOptions {
+                        file,
+                        overrides: overrides.clone(),
+                        sweep: sweep.clone(),
+                        device: device.clone(),
+                        runs_dir: runs_dir.clone(),
+                        fail_fast,
+                    };
+                    let dir = experiment::run(&opts, &mut |_| Vec::new())?;
+                    println!("{}", dir.display());
+                }
+                Ok(())
+            })
+        }
         Command::Check { experiment: file, set } => {
             overrides(&set).and_then(|o| experiment::check(&file, o)).and_then(|(summary, weights)| {
                 println!("{summary}");

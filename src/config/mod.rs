@@ -3,6 +3,7 @@
 pub mod load;
 pub mod resolve;
 pub mod schema;
+pub mod sweep;
 
 use std::path::PathBuf;
 

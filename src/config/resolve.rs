@@ -263,6 +263,7 @@ fn transforms(list: &[TransformSpec], key: &str, training: bool) -> Result<Vec<T
 pub fn resolved_toml(spec: &Spec) -> Result<String, toml::ser::Error> {
     let mut exp = spec.raw.clone();
     exp.extends = None;
+    exp.sweep.clear(); // a variant's config holds its own values, not the sweep
     exp.data.root = spec.data_root.display().to_string();
     exp.data.classes = Some(spec.class_names.clone());
     toml::to_string_pretty(&exp)

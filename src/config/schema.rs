@@ -35,6 +35,9 @@ pub struct Experiment {
     /// Format of `submission.csv`.
     #[serde(default)]
     pub submission: SubmissionConfig,
+    /// Swept keys: `"model.params.groups" = [1, 2, 4]`, and `mode = "grid" | "zip"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sweep: BTreeMap<String, toml::Value>,
 }
 
 fn default_seed() -> u64 {

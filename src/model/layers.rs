@@ -248,7 +248,7 @@ fn spatial(shape: &[usize]) -> std::result::Result<(usize, usize, usize), String
     }
 }
 
-/// Builds every layer for `(3, h, w)` inputs, drawing weights from `seed` in layer order.
+/// Builds every layer for `(c, h, w)` inputs, drawing weights from `seed` in layer order.
 ///
 /// Names follow torchvision where the list has its shape: top-level convs `conv1`, `conv2`, ...,
 /// BatchNorms `bn1`, ..., stages `layer1`, ... with blocks `layer1.0.conv1`, and a single
@@ -256,7 +256,7 @@ fn spatial(shape: &[usize]) -> std::result::Result<(usize, usize, usize), String
 /// torchvision's ResNet initialisation for every conv; others PyTorch's layer defaults.
 pub(super) fn build(
     configs: &[LayerConfig],
-    (h, w): (usize, usize),
+    (c, h, w): (usize, usize, usize),
     seed: u64,
     device: &Device,
 ) -> std::result::Result<Built, ModelError> {
@@ -273,9 +273,9 @@ pub(super) fn build(
     let dropout_rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed.wrapping_add(0xD80))));
     let n_linear = configs.iter().filter(|c| matches!(c, LayerConfig::Linear(_))).count();
     let (mut n_conv, mut n_fc, mut n_bn, mut n_stage) = (0, 0, 0, 0);
-    let mut shape = vec![3usize, h, w];
+    let mut shape = vec![c, h, w];
     let mut layers = Vec::new();
-    let mut summary = Summary::new(vec![3, h, w]);
+    let mut summary = Summary::new(vec![c, h, w]);
 
     for (index, cfg) in configs.iter().enumerate() {
         let kind = cfg.kind();

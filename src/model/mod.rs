@@ -131,7 +131,18 @@ impl Model {
         seed: u64,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let built = layers::build(layers, input_hw, seed, device)?;
+        Self::build_for(layers, (3, input_hw.0, input_hw.1), seed, device)
+    }
+
+    /// [`Model::build`] for inputs of `(c, h, w)`, for networks that do not start from RGB
+    /// images (a benchmark of one stage, say).
+    pub fn build_for(
+        layers: &[LayerConfig],
+        input: (usize, usize, usize),
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self, ModelError> {
+        let built = layers::build(layers, input, seed, device)?;
         Ok(Self {
             layers: built.layers,
             params: built.params,

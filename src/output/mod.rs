@@ -6,6 +6,7 @@ pub mod log;
 pub mod run_dir;
 pub mod sink;
 pub mod submission;
+pub mod summary;
 pub mod tensorboard;
 
 use std::io::Write;

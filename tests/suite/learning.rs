@@ -15,8 +15,9 @@ fn run(exp: &std::path::Path, runs: &std::path::Path, set: &[&str]) -> (std::pat
         overrides: set.iter().map(|s| ablate::config::Override::parse(s).unwrap()).collect(),
         device: Some("cpu".into()),
         runs_dir: runs.to_path_buf(),
+        ..Default::default()
     };
-    let dir = experiment::run(&opts, vec![Box::new(sink.clone())]).unwrap();
+    let dir = experiment::run(&opts, &mut |_| vec![Box::new(sink.clone())]).unwrap();
     let records = sink.records.lock().unwrap().clone();
     (dir, records)
 }

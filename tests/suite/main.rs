@@ -7,5 +7,6 @@ mod config_errors;
 mod gradients;
 mod learning;
 mod shapes;
+mod sweep;
 mod tensorboard;
 mod weights;

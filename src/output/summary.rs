@@ -1,0 +1,122 @@
+//! The run summary: one row per variant (swept values, size, results, status) as
+//! `summary.csv` and `summary.md`, rewritten after every variant.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::write_atomic;
+use crate::model::summary::thousands;
+
+/// How a variant ended (or that it has not run yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pending,
+    Ok,
+    Failed,
+}
+
+/// One variant's line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Row {
+    /// Folder name (`groups=8`), or `.` for a run without a sweep.
+    pub variant: String,
+    /// `key=value` per swept key, `;`-separated.
+    pub values: String,
+    pub params: usize,
+    pub macs: u64,
+    pub best_val_acc: Option<f64>,
+    pub final_train_loss: Option<f64>,
+    pub images_per_sec: Option<f64>,
+    pub seconds: Option<f64>,
+    pub status: Status,
+    pub error: Option<String>,
+}
+
+/// Writes `summary.csv` and `summary.md` into `dir`.
+pub fn write(dir: &Path, title: &str, rows: &[Row]) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r)?;
+    }
+    write_atomic(&dir.join("summary.csv"), &w.into_inner()?)?;
+    write_atomic(&dir.join("summary.md"), markdown(title, rows).as_bytes())?;
+    Ok(())
+}
+
+/// Reads a `summary.csv`.
+pub fn read(path: &Path) -> anyhow::Result<Vec<Row>> {
+    let mut r = csv::Reader::from_path(path)?;
+    Ok(r.deserialize().collect::<Result<_, _>>()?)
+}
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// A markdown table of `rows`.
+pub fn markdown(title: &str, rows: &[Row]) -> String {
+    let mut s = format!(
+        "# {title}\n\n| variant | params | MACs | best val acc | final train loss | images/s | seconds | status |\n|---|---:|---:|---:|---:|---:|---:|---|\n"
+    );
+    for r in rows {
+        let status = match (&r.status, &r.error) {
+            (Status::Failed, Some(e)) => format!("failed: {}", e.replace('|', "\\|").replace('\n', " ")),
+            (st, _) => format!("{st:?}").to_lowercase(),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.variant,
+            thousands(r.params as u64),
+            thousands(r.macs),
+            opt(r.best_val_acc, 4),
+            opt(r.final_train_loss, 4),
+            opt(r.images_per_sec, 1),
+            opt(r.seconds, 1),
+            status
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn csv_round_trips_and_markdown_escapes_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows = vec![
+            Row {
+                variant: "groups=1".into(),
+                values: "model.params.groups=1".into(),
+                params: 1234,
+                macs: 5678,
+                best_val_acc: Some(0.9),
+                final_train_loss: Some(0.1),
+                images_per_sec: Some(10.0),
+                seconds: Some(3.0),
+                status: Status::Ok,
+                error: None,
+            },
+            Row {
+                variant: "groups=2".into(),
+                values: "model.params.groups=2".into(),
+                params: 1000,
+                macs: 4000,
+                best_val_acc: None,
+                final_train_loss: None,
+                images_per_sec: None,
+                seconds: None,
+                status: Status::Failed,
+                error: Some("loss | NaN".into()),
+            },
+        ];
+        write(dir.path(), "t", &rows).unwrap();
+        assert_eq!(read(&dir.path().join("summary.csv")).unwrap(), rows);
+        let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        assert!(md.contains("| groups=1 | 1,234 | 5,678 | 0.9000 |"), "{md}");
+        assert!(md.contains("failed: loss \\| NaN"), "{md}");
+    }
+}
