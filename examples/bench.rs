@@ -129,6 +129,7 @@ fn data_pipeline() -> anyhow::Result<(f64, usize)> {
 }
 
 fn main() -> anyhow::Result<()> {
+    ablate::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let workload = args.get(1).context("usage: bench <lenet|resnet18|resnext_g<G>|data> [steps]")?.as_str();
     let steps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);

@@ -4,6 +4,7 @@
 //! [`model`] builds the network from it, [`data`] feeds images, [`train`] drives both, and
 //! [`output`] records what happened under `runs/`. [`ops`] holds the CPU kernels the model uses.
 
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod data;

@@ -17,6 +17,7 @@ fn overrides(set: &[String]) -> anyhow::Result<Vec<Override>> {
 }
 
 fn main() -> ExitCode {
+    ablate::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { experiments, set, sweep, device, runs_dir, fail_fast } => {

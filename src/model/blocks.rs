@@ -10,6 +10,7 @@ use super::summary::SummaryRow;
 use super::{MidWidth, StageConfig};
 use crate::config::schema::{BlockKind, DownsampleKind};
 use crate::ops::conv::ConvParams;
+use crate::ops::norm::relu;
 use crate::ops::pool::{PoolKind, PoolParams, pool2d};
 
 /// The shortcut's projection when a block changes shape.
@@ -62,16 +63,16 @@ impl ModuleT for Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let (residual, ds) = match self {
             Block::Basic { conv1, bn1, conv2, bn2, downsample } => {
-                let y = conv_bn(conv1, bn1, xs, train)?.relu()?;
+                let y = relu(&conv_bn(conv1, bn1, xs, train)?)?;
                 (conv_bn(conv2, bn2, &y, train)?, downsample)
             }
             Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, downsample } => {
-                let y = conv_bn(conv1, bn1, xs, train)?.relu()?;
-                let y = conv_bn(conv2, bn2, &y, train)?.relu()?;
+                let y = relu(&conv_bn(conv1, bn1, xs, train)?)?;
+                let y = relu(&conv_bn(conv2, bn2, &y, train)?)?;
                 (conv_bn(conv3, bn3, &y, train)?, downsample)
             }
         };
-        (residual + shortcut(ds, xs, train)?)?.relu()
+        relu(&(residual + shortcut(ds, xs, train)?)?)
     }
 }
 

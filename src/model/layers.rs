@@ -13,6 +13,7 @@ use super::blocks::{self, Block};
 use super::summary::{Summary, SummaryRow};
 use super::{LayerConfig, ModelError};
 use crate::ops::conv::{ConvParams, conv2d};
+use crate::ops::norm::{BatchNormOp, ChannelStats, channel_bias, relu};
 use crate::ops::pool::{PoolParams, pool2d};
 
 /// A convolution with optional bias: `(n, c, h, w) -> (n, out, oh, ow)`.
@@ -26,7 +27,7 @@ impl Conv {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let y = conv2d(xs, &self.weight, self.params)?;
         match &self.bias {
-            Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
+            Some(b) => channel_bias(&y, b),
             None => Ok(y),
         }
     }
@@ -45,8 +46,35 @@ pub struct BatchNorm {
 }
 
 impl BatchNorm {
-    /// `(n, c, h, w)` or `(n, c)` -> same shape.
+    /// `(n, c, h, w)` or `(n, c)` -> same shape: fused kernels on CPU, candle ops elsewhere.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        if !xs.device().is_cpu() {
+            return self.forward_generic(xs, train);
+        }
+        let xs = xs.contiguous()?;
+        let affine = Tensor::stack(&[&self.weight, &self.bias], 0)?;
+        let (stats, batch_stats) = if train {
+            let stats = xs.detach().apply_op1_no_bwd(&ChannelStats)?;
+            let (c, count) = (xs.dim(1)?, xs.elem_count() / xs.dim(1)?);
+            let m = self.momentum;
+            let unbiased = (stats.get(1)? * (count as f64 / (count.max(2) - 1) as f64))?;
+            self.running_mean.set(&((self.running_mean.as_tensor() * (1.0 - m))? + (stats.get(0)? * m)?)?)?;
+            self.running_var.set(&((self.running_var.as_tensor() * (1.0 - m))? + (unbiased * m)?)?)?;
+            self.batches_tracked.fetch_add(1, Ordering::Relaxed);
+            debug_assert_eq!(stats.dims(), &[2, c]);
+            (stats, true)
+        } else {
+            // Detached: candle's backward expects a gradient for every tracked input, and the
+            // running statistics take none.
+            let stats = Tensor::stack(&[self.running_mean.as_tensor(), self.running_var.as_tensor()], 0)?;
+            (stats.detach(), false)
+        };
+        xs.apply_op3(&stats, &affine, BatchNormOp { eps: self.eps, batch_stats })
+    }
+
+    /// The same computation from candle's own ops (any device; the reference the fused CPU
+    /// kernels are tested against).
+    pub fn forward_generic(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let c = xs.dim(1)?;
         let shape: Vec<usize> = (0..xs.rank()).map(|i| if i == 1 { c } else { 1 }).collect();
         let (mean, var) = if train {
@@ -101,7 +129,7 @@ impl ModuleT for Layer {
             Layer::Pool(p) => pool2d(xs, *p),
             // (n, c, h, w) -> (n, c)
             Layer::GlobalAvgPool => xs.mean((2, 3)),
-            Layer::Relu => xs.relu(),
+            Layer::Relu => relu(xs),
             Layer::Flatten => xs.flatten_from(1),
             // (n, in) or (n, c, h, w) -> (n, out)
             Layer::Linear { weight, bias } => {

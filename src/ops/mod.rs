@@ -7,6 +7,7 @@
 //! callers fall back to candle's own kernels.
 
 pub mod conv;
+pub mod norm;
 pub mod pool;
 
 use candle_core::{CpuStorage, Layout, Result};
