@@ -198,25 +198,45 @@ fn transposed(ptr: &[f32], cols_of_original: usize) -> Mat {
     Mat { ptr: ptr.as_ptr(), rs: 1, cs: cols_of_original as isize }
 }
 
+thread_local! {
+    /// Per-thread im2col buffer, reused across calls.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with this thread's scratch buffer of `len` floats (contents arbitrary). Allocating
+/// a fresh multi-megabyte column buffer per sample made the kernel zero new pages on every
+/// call (a fifth of a ResNet18 step in perf); the buffer is kept instead.
+fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    SCRATCH.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.len() < len {
+            s.resize(len, 0.0);
+        }
+        f(&mut s[..len])
+    })
+}
+
 fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, l, og) = (g.k(), g.l(), g.og());
     let mut out = vec![0f32; g.n * g.out_len()];
+    let scratch = if g.is_pointwise() { 0 } else { k * l };
     out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
         let x_n = &x[n * g.in_len()..(n + 1) * g.in_len()];
-        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; k * l] };
-        for grp in 0..g.p.groups {
-            let c0 = grp * g.cg();
-            let cols: &[f32] = if g.is_pointwise() {
-                &x_n[c0 * l..(c0 + g.cg()) * l]
-            } else {
-                im2col(x_n, g, c0, &mut col);
-                &col
-            };
-            let w_g = &wt[grp * og * k..(grp + 1) * og * k];
-            let dst = &mut out_n[grp * og * l..(grp + 1) * og * l];
-            // SAFETY: w_g is og x k, cols is k x l, dst is og x l, all row-major.
-            unsafe { matmul(og, l, k, dst, false, row_major(w_g, k), row_major(cols, l)) };
-        }
+        with_scratch(scratch, |col| {
+            for grp in 0..g.p.groups {
+                let c0 = grp * g.cg();
+                let cols: &[f32] = if g.is_pointwise() {
+                    &x_n[c0 * l..(c0 + g.cg()) * l]
+                } else {
+                    im2col(x_n, g, c0, col);
+                    col
+                };
+                let w_g = &wt[grp * og * k..(grp + 1) * og * k];
+                let dst = &mut out_n[grp * og * l..(grp + 1) * og * l];
+                // SAFETY: w_g is og x k, cols is k x l, dst is og x l, all row-major.
+                unsafe { matmul(og, l, k, dst, false, row_major(w_g, k), row_major(cols, l)) };
+            }
+        })
     });
     out
 }
@@ -224,23 +244,25 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, l, og) = (g.k(), g.l(), g.og());
     let mut dx = vec![0f32; g.n * g.in_len()];
+    let scratch = if g.is_pointwise() { 0 } else { k * l };
     dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(n, dx_n)| {
         let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
-        let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; k * l] };
-        for grp in 0..g.p.groups {
-            let c0 = grp * g.cg();
-            let w_g = &wt[grp * og * k..(grp + 1) * og * k];
-            let dy_g = &dy_n[grp * og * l..(grp + 1) * og * l];
-            // dcol (k x l) = w_g^T (k x og) * dy_g (og x l)
-            // SAFETY: views as documented above, dst sized k x l.
-            if g.is_pointwise() {
-                let dst = &mut dx_n[c0 * l..(c0 + g.cg()) * l];
-                unsafe { matmul(k, l, og, dst, false, transposed(w_g, k), row_major(dy_g, l)) };
-            } else {
-                unsafe { matmul(k, l, og, &mut col, false, transposed(w_g, k), row_major(dy_g, l)) };
-                col2im(&col, g, c0, dx_n);
+        with_scratch(scratch, |col| {
+            for grp in 0..g.p.groups {
+                let c0 = grp * g.cg();
+                let w_g = &wt[grp * og * k..(grp + 1) * og * k];
+                let dy_g = &dy_n[grp * og * l..(grp + 1) * og * l];
+                // dcol (k x l) = w_g^T (k x og) * dy_g (og x l)
+                // SAFETY: views as documented above, dst sized k x l.
+                if g.is_pointwise() {
+                    let dst = &mut dx_n[c0 * l..(c0 + g.cg()) * l];
+                    unsafe { matmul(k, l, og, dst, false, transposed(w_g, k), row_major(dy_g, l)) };
+                } else {
+                    unsafe { matmul(k, l, og, col, false, transposed(w_g, k), row_major(dy_g, l)) };
+                    col2im(col, g, c0, dx_n);
+                }
             }
-        }
+        })
     });
     dx
 }
@@ -257,25 +279,26 @@ fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         .par_chunks(g.n.div_ceil(WEIGHT_GRAD_SLICES).max(1))
         .map(|slice| {
             let mut dw = vec![0f32; w_len];
-            let mut col = if g.is_pointwise() { Vec::new() } else { vec![0f32; k * l] };
-            for &n in slice {
-                let x_n = &x[n * g.in_len()..(n + 1) * g.in_len()];
-                let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
-                for grp in 0..g.p.groups {
-                    let c0 = grp * g.cg();
-                    let cols: &[f32] = if g.is_pointwise() {
-                        &x_n[c0 * l..(c0 + g.cg()) * l]
-                    } else {
-                        im2col(x_n, g, c0, &mut col);
-                        &col
-                    };
-                    let dy_g = &dy_n[grp * og * l..(grp + 1) * og * l];
-                    let dst = &mut dw[grp * og * k..(grp + 1) * og * k];
-                    // dw_g (og x k) += dy_g (og x l) * cols^T (l x k)
-                    // SAFETY: views as documented, dst sized og x k.
-                    unsafe { matmul(og, k, l, dst, true, row_major(dy_g, l), transposed(cols, l)) };
+            with_scratch(if g.is_pointwise() { 0 } else { k * l }, |col| {
+                for &n in slice {
+                    let x_n = &x[n * g.in_len()..(n + 1) * g.in_len()];
+                    let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
+                    for grp in 0..g.p.groups {
+                        let c0 = grp * g.cg();
+                        let cols: &[f32] = if g.is_pointwise() {
+                            &x_n[c0 * l..(c0 + g.cg()) * l]
+                        } else {
+                            im2col(x_n, g, c0, col);
+                            col
+                        };
+                        let dy_g = &dy_n[grp * og * l..(grp + 1) * og * l];
+                        let dst = &mut dw[grp * og * k..(grp + 1) * og * k];
+                        // dw_g (og x k) += dy_g (og x l) * cols^T (l x k)
+                        // SAFETY: views as documented, dst sized og x k.
+                        unsafe { matmul(og, k, l, dst, true, row_major(dy_g, l), transposed(cols, l)) };
+                    }
                 }
-            }
+            });
             dw
         })
         .collect();
