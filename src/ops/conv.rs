@@ -95,13 +95,26 @@ impl Geometry {
 
 /// Unfolds one sample's channels `[c0, c0 + cg)` into `col` (k x l, row-major).
 fn im2col(x: &[f32], g: &Geometry, c0: usize, col: &mut [f32]) {
-    let (l, s, p, d) = (g.l(), g.p.stride as isize, g.p.padding as isize, g.p.dilation as isize);
+    assert!(col.len() >= g.k() * g.l());
+    // SAFETY: col holds k rows of l floats and is exclusively borrowed.
+    unsafe { im2col_raw(x, g, c0, col.as_mut_ptr(), g.l()) }
+}
+
+/// [`im2col`] writing row `r` at `col + r * row_stride`, so that several samples can fill
+/// side-by-side column blocks of one `k x (n * l)` matrix.
+///
+/// # Safety
+/// `col + r * row_stride + j` must be valid for writes for every `r < k`, `j < l`, and
+/// written by no one else meanwhile.
+unsafe fn im2col_raw(x: &[f32], g: &Geometry, c0: usize, col: *mut f32, row_stride: usize) {
+    let (s, p, d) = (g.p.stride as isize, g.p.padding as isize, g.p.dilation as isize);
     for c in 0..g.cg() {
         let plane = &x[(c0 + c) * g.h * g.w..(c0 + c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = ((c * g.kh + ki) * g.kw + kj) * l;
-                let dst = &mut col[row..row + l];
+                let row = (c * g.kh + ki) * g.kw + kj;
+                // SAFETY: the caller guarantees this row of l floats is ours to write.
+                let dst = unsafe { std::slice::from_raw_parts_mut(col.add(row * row_stride), g.l()) };
                 for oy in 0..g.oh {
                     let iy = oy as isize * s - p + ki as isize * d;
                     let out_row = &mut dst[oy * g.ow..(oy + 1) * g.ow];
@@ -111,6 +124,11 @@ fn im2col(x: &[f32], g: &Geometry, c0: usize, col: &mut [f32]) {
                     }
                     let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                     let x0 = kj as isize * d - p;
+                    if s == 1 && x0 >= 0 && x0 as usize + g.ow <= g.w {
+                        // Interior of a stride-1 row: one copy.
+                        out_row.copy_from_slice(&src[x0 as usize..x0 as usize + g.ow]);
+                        continue;
+                    }
                     for (ox, v) in out_row.iter_mut().enumerate() {
                         let ix = ox as isize * s + x0;
                         *v = if ix >= 0 && ix < g.w as isize { src[ix as usize] } else { 0.0 };
@@ -121,14 +139,15 @@ fn im2col(x: &[f32], g: &Geometry, c0: usize, col: &mut [f32]) {
     }
 }
 
-/// Folds `col` (k x l) back onto one sample's channels `[c0, c0 + cg)`, adding overlaps.
-fn col2im(col: &[f32], g: &Geometry, c0: usize, dx: &mut [f32]) {
+/// Folds `col` (k rows of l, row `r` at `r * row_stride`) back onto one sample's channels
+/// `[c0, c0 + cg)`, adding overlaps.
+fn col2im(col: &[f32], g: &Geometry, c0: usize, dx: &mut [f32], row_stride: usize) {
     let (l, s, p, d) = (g.l(), g.p.stride as isize, g.p.padding as isize, g.p.dilation as isize);
     for c in 0..g.cg() {
         let plane = &mut dx[(c0 + c) * g.h * g.w..(c0 + c + 1) * g.h * g.w];
         for ki in 0..g.kh {
             for kj in 0..g.kw {
-                let row = ((c * g.kh + ki) * g.kw + kj) * l;
+                let row = ((c * g.kh + ki) * g.kw + kj) * row_stride;
                 let src = &col[row..row + l];
                 for oy in 0..g.oh {
                     let iy = oy as isize * s - p + ki as isize * d;
@@ -216,7 +235,155 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     })
 }
 
+/// Below this many output pixels per sample, the samples share one GEMM (`k x n*l` columns):
+/// a per-sample GEMM with a few hundred columns (ResNet's 14x14 and 7x7 stages) runs far
+/// below the GEMM's peak.
+const BATCH_BELOW: usize = 1024;
+
+fn batched(g: &Geometry) -> bool {
+    g.l() < BATCH_BELOW && g.n > 1
+}
+
+thread_local! {
+    /// The batched path's column matrix and its gathered output / gradient, reused.
+    static BATCH_COL: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static BATCH_TMP: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn with_batch_buffers<R>(col_len: usize, tmp_len: usize, f: impl FnOnce(&mut [f32], &mut [f32]) -> R) -> R {
+    BATCH_COL.with(|c| {
+        BATCH_TMP.with(|t| {
+            let (mut c, mut t) = (c.borrow_mut(), t.borrow_mut());
+            if c.len() < col_len {
+                c.resize(col_len, 0.0);
+            }
+            if t.len() < tmp_len {
+                t.resize(tmp_len, 0.0);
+            }
+            f(&mut c[..col_len], &mut t[..tmp_len])
+        })
+    })
+}
+
+/// A pointer that may cross threads: each task writes a disjoint set of positions.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used for writes to positions no other task touches (see the call sites).
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+/// Fills `col` (k x n*l) with every sample's columns for group channels `[c0, c0 + cg)`.
+fn im2col_batch(x: &[f32], g: &Geometry, c0: usize, col: &mut [f32]) {
+    assert!(col.len() >= g.k() * g.n * g.l());
+    let (nl, ptr) = (g.n * g.l(), SendPtr(col.as_mut_ptr()));
+    (0..g.n).into_par_iter().for_each(|n| {
+        let ptr = ptr;
+        // SAFETY: sample n writes columns [n*l, (n+1)*l) of each row, disjoint from the others.
+        unsafe { im2col_raw(&x[n * g.in_len()..(n + 1) * g.in_len()], g, c0, ptr.0.add(n * g.l()), nl) }
+    });
+}
+
+/// Gathers group `grp` of `t (n, o, l)` into `dst (og x n*l)`.
+fn gather_group(t: &[f32], g: &Geometry, grp: usize, dst: &mut [f32]) {
+    let (l, og, nl) = (g.l(), g.og(), g.n * g.l());
+    dst.par_chunks_mut(nl).enumerate().for_each(|(o, row)| {
+        for n in 0..g.n {
+            let src = n * g.out_len() + (grp * og + o) * l;
+            row[n * l..(n + 1) * l].copy_from_slice(&t[src..src + l]);
+        }
+    });
+}
+
+/// One GEMM on all cores: `dst (m x n) (+)= a * b`.
+///
+/// # Safety
+/// As [`matmul`].
+unsafe fn matmul_parallel(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.ptr,
+            a.cs,
+            a.rs,
+            b.ptr,
+            b.cs,
+            b.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(0),
+        )
+    }
+}
+
+fn conv_forward_batched(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, l, og, nl) = (g.k(), g.l(), g.og(), g.n * g.l());
+    let mut out = vec![0f32; g.n * g.out_len()];
+    with_batch_buffers(k * nl, og * nl, |col, tmp| {
+        for grp in 0..g.p.groups {
+            im2col_batch(x, g, grp * g.cg(), col);
+            let w_g = &wt[grp * og * k..(grp + 1) * og * k];
+            // SAFETY: w_g is og x k, col is k x nl, tmp is og x nl.
+            unsafe { matmul_parallel(og, nl, k, tmp, false, row_major(w_g, k), row_major(col, nl)) };
+            out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
+                for o in 0..og {
+                    let dst = (grp * og + o) * l;
+                    out_n[dst..dst + l].copy_from_slice(&tmp[o * nl + n * l..o * nl + (n + 1) * l]);
+                }
+            });
+        }
+    });
+    out
+}
+
+fn conv_weight_grad_batched(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, og, nl) = (g.k(), g.og(), g.n * g.l());
+    let mut dw = vec![0f32; g.o * k];
+    with_batch_buffers(k * nl, og * nl, |col, dy_g| {
+        for grp in 0..g.p.groups {
+            im2col_batch(x, g, grp * g.cg(), col);
+            gather_group(dy, g, grp, dy_g);
+            let dst = &mut dw[grp * og * k..(grp + 1) * og * k];
+            // dw_g (og x k) = dy_g (og x nl) * col^T (nl x k)
+            // SAFETY: views as documented, dst sized og x k.
+            unsafe { matmul_parallel(og, k, nl, dst, false, row_major(dy_g, nl), transposed(col, nl)) };
+        }
+    });
+    dw
+}
+
+fn conv_input_grad_batched(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    let (k, og, nl) = (g.k(), g.og(), g.n * g.l());
+    let mut dx = vec![0f32; g.n * g.in_len()];
+    with_batch_buffers(k * nl, og * nl, |col, dy_g| {
+        for grp in 0..g.p.groups {
+            gather_group(dy, g, grp, dy_g);
+            let w_g = &wt[grp * og * k..(grp + 1) * og * k];
+            // dcol (k x nl) = w_g^T (k x og) * dy_g (og x nl)
+            // SAFETY: views as documented, col sized k x nl.
+            unsafe { matmul_parallel(k, nl, og, col, false, transposed(w_g, k), row_major(dy_g, nl)) };
+            let col: &[f32] = col;
+            dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(n, dx_n)| {
+                col2im(&col[n * g.l()..], g, grp * g.cg(), dx_n, nl);
+            });
+        }
+    });
+    dx
+}
+
 fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    if batched(g) {
+        return conv_forward_batched(x, wt, g);
+    }
     let (k, l, og) = (g.k(), g.l(), g.og());
     let mut out = vec![0f32; g.n * g.out_len()];
     let scratch = if g.is_pointwise() { 0 } else { k * l };
@@ -242,6 +409,9 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    if batched(g) {
+        return conv_input_grad_batched(dy, wt, g);
+    }
     let (k, l, og) = (g.k(), g.l(), g.og());
     let mut dx = vec![0f32; g.n * g.in_len()];
     let scratch = if g.is_pointwise() { 0 } else { k * l };
@@ -259,7 +429,7 @@ fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
                     unsafe { matmul(k, l, og, dst, false, transposed(w_g, k), row_major(dy_g, l)) };
                 } else {
                     unsafe { matmul(k, l, og, col, false, transposed(w_g, k), row_major(dy_g, l)) };
-                    col2im(col, g, c0, dx_n);
+                    col2im(col, g, c0, dx_n, l);
                 }
             }
         })
@@ -272,6 +442,9 @@ fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 const WEIGHT_GRAD_SLICES: usize = 8;
 
 fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    if batched(g) {
+        return conv_weight_grad_batched(x, dy, g);
+    }
     let (k, l, og) = (g.k(), g.l(), g.og());
     let w_len = g.o * k;
     let samples: Vec<usize> = (0..g.n).collect();
