@@ -1,7 +1,8 @@
 //! Image transforms: decoded RGB image in, normalised CHW f32 tensor data out.
 
+use fast_image_resize as fir;
 use image::RgbImage;
-use image::imageops::{self, FilterType};
+use image::imageops;
 use rand::Rng;
 
 /// One validated transform step.
@@ -28,6 +29,22 @@ pub fn output_size(pipeline: &[Transform]) -> Option<(usize, usize)> {
     })
 }
 
+/// Bilinear resize with an antialiasing kernel when shrinking (what torchvision's `Resize`
+/// does on PIL images). fast_image_resize's SIMD convolution: the `image` crate's resize was
+/// over half of the data pipeline's time (perf).
+fn resize(img: RgbImage, w: u32, h: u32) -> RgbImage {
+    if img.dimensions() == (w, h) {
+        return img;
+    }
+    let (sw, sh) = img.dimensions();
+    let src = fir::images::Image::from_vec_u8(sw, sh, img.into_raw(), fir::PixelType::U8x3)
+        .expect("an RgbImage buffer holds w * h * 3 bytes");
+    let mut dst = fir::images::Image::new(w, h, fir::PixelType::U8x3);
+    let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
+    fir::Resizer::new().resize(&src, &mut dst, &options).expect("same pixel type, non-empty sizes");
+    RgbImage::from_raw(w, h, dst.into_vec()).expect("the resized buffer holds w * h * 3 bytes")
+}
+
 fn crop(img: &RgbImage, top: u32, left: u32, (h, w): (usize, usize)) -> RgbImage {
     imageops::crop_imm(img, left, top, w as u32, h as u32).to_image()
 }
@@ -42,15 +59,12 @@ pub fn apply(
     let mut norm = None;
     for t in pipeline {
         match t {
-            Transform::Resize((h, w)) => {
-                // Triangle = bilinear, torchvision's default interpolation.
-                img = imageops::resize(&img, *w as u32, *h as u32, FilterType::Triangle);
-            }
+            Transform::Resize((h, w)) => img = resize(img, *w as u32, *h as u32),
             Transform::ResizeShorter(side) => {
                 let (w, h) = img.dimensions();
                 let s = *side as f64 / w.min(h) as f64;
                 let (nw, nh) = (((w as f64 * s).round() as u32).max(1), ((h as f64 * s).round() as u32).max(1));
-                img = imageops::resize(&img, nw, nh, FilterType::Triangle);
+                img = resize(img, nw, nh);
             }
             Transform::CenterCrop(size) | Transform::RandomCrop(size) => {
                 let (w, h) = (img.width() as usize, img.height() as usize);
