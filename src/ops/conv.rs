@@ -272,14 +272,20 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// Through a method, so closures capture the whole (Send) wrapper, not its raw field.
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Fills `col` (k x n*l) with every sample's columns for group channels `[c0, c0 + cg)`.
 fn im2col_batch(x: &[f32], g: &Geometry, c0: usize, col: &mut [f32]) {
     assert!(col.len() >= g.k() * g.n * g.l());
     let (nl, ptr) = (g.n * g.l(), SendPtr(col.as_mut_ptr()));
     (0..g.n).into_par_iter().for_each(|n| {
-        let ptr = ptr;
         // SAFETY: sample n writes columns [n*l, (n+1)*l) of each row, disjoint from the others.
-        unsafe { im2col_raw(&x[n * g.in_len()..(n + 1) * g.in_len()], g, c0, ptr.0.add(n * g.l()), nl) }
+        unsafe { im2col_raw(&x[n * g.in_len()..(n + 1) * g.in_len()], g, c0, ptr.get().add(n * g.l()), nl) }
     });
 }
 
