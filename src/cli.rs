@@ -43,6 +43,9 @@ pub enum Command {
         experiment: PathBuf,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// Check these sweep axes too (as `run --sweep`).
+        #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+        sweep: Vec<String>,
     },
     /// Write a submission for a test folder from a run's saved checkpoint.
     Predict {
@@ -60,5 +63,15 @@ pub enum Command {
         /// `auto`, `cpu`, `cuda` or `cuda:N`.
         #[arg(long)]
         device: Option<String>,
+    },
+    /// One table across runs and their variants, from each run's summary.csv.
+    Compare {
+        /// Run folders made by `ablate run`.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// Sort by this column, best first: best_val_acc, final_train_loss, images_per_sec,
+        /// params, macs, seconds.
+        #[arg(long)]
+        sort: Option<String>,
     },
 }

@@ -117,17 +117,17 @@ fn progress() -> MultiProgress {
     MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
 }
 
-/// Extra metric sinks per variant (tests pass memory sinks); called with the variant's name.
-pub type SinkFactory<'a> = &'a mut dyn FnMut(&str) -> Vec<Box<dyn MetricSink>>;
-
-/// Runs one experiment into a new run folder and returns the folder. Without a sweep the run's
-/// files go straight into it; with one, every variant is validated first, then each trains
-/// into its own sub-folder, and `summary.csv` / `summary.md` are rewritten after each.
-pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
-    let chain = load::extends_chain(&opts.file)?;
-    let base = load::load(&Sources { files: chain, overrides: opts.overrides.clone(), env: true })?;
-    let file_name = opts.file.display().to_string();
-    let sweep = Sweep::from_table(&base.sweep, &file_name)?.with_cli(&opts.sweep)?;
+/// The experiment as loaded (with `overrides`) and its sweep's variants (none without a
+/// sweep). A `model.params` key must exist to be swept: a misspelt one would change nothing.
+fn sweep_variants(
+    file: &Path,
+    overrides: &[Override],
+    cli_sweep: &[String],
+) -> anyhow::Result<(crate::config::schema::Experiment, Vec<Variant>)> {
+    let chain = load::extends_chain(file)?;
+    let base = load::load(&Sources { files: chain, overrides: overrides.to_vec(), env: true })?;
+    let file_name = file.display().to_string();
+    let sweep = Sweep::from_table(&base.sweep, &file_name)?.with_cli(cli_sweep)?;
     for axis in &sweep.axes {
         if let Some(name) = axis.key.strip_prefix("model.params.")
             && !base.model.params.contains_key(name)
@@ -140,6 +140,17 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         }
     }
     let variants = sweep.expand()?;
+    Ok((base, variants))
+}
+
+/// Extra metric sinks per variant (tests pass memory sinks); called with the variant's name.
+pub type SinkFactory<'a> = &'a mut dyn FnMut(&str) -> Vec<Box<dyn MetricSink>>;
+
+/// Runs one experiment into a new run folder and returns the folder. Without a sweep the run's
+/// files go straight into it; with one, every variant is validated first, then each trains
+/// into its own sub-folder, and `summary.csv` / `summary.md` are rewritten after each.
+pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
+    let (base, variants) = sweep_variants(&opts.file, &opts.overrides, &opts.sweep)?;
 
     if variants.is_empty() {
         let p = prepare(&opts.file, opts.overrides.clone())?;
@@ -350,24 +361,44 @@ fn predictions(
     Ok(preds.into_iter().map(|(i, c)| (loader.items()[i].id.clone(), c)).collect())
 }
 
-/// `ablate check`: the validated model's per-layer summary, without training; then the
-/// `model.init` weights checked against it (the second result, so the summary shows either way).
-pub fn check(file: &Path, overrides: Vec<Override>) -> anyhow::Result<(String, anyhow::Result<Option<String>>)> {
-    let p = prepare(file, overrides)?;
-    let spec = &p.spec;
-    let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &candle_core::Device::Cpu)?;
-    let summary = format!(
-        "{}: {} classes ({}), {} labelled images, input 3x{}x{}\n{}",
-        file.display(),
-        spec.num_classes(),
-        spec.class_names.join(", "),
-        p.items.len(),
-        spec.input_hw.0,
-        spec.input_hw.1,
-        model.summary()
-    );
-    let weights = build_model(spec, &candle_core::Device::Cpu).map(|(_, report)| report);
-    Ok((summary, weights))
+/// `ablate check`: each variant's validated per-layer summary (one table without a sweep),
+/// without training; then the `model.init` weights checked against the model (the second
+/// result, so the summaries show either way).
+pub fn check(
+    file: &Path,
+    overrides: Vec<Override>,
+    cli_sweep: &[String],
+) -> anyhow::Result<(String, anyhow::Result<Option<String>>)> {
+    let (_, variants) = sweep_variants(file, &overrides, cli_sweep)?;
+    let runs: Vec<(String, Vec<Override>)> = if variants.is_empty() {
+        vec![(String::new(), overrides)]
+    } else {
+        variants
+            .iter()
+            .map(|v| (format!("variant {}: ", v.name), overrides.iter().cloned().chain(v.overrides()).collect()))
+            .collect()
+    };
+    let mut text = Vec::new();
+    let mut weights = Ok(None);
+    for (label, overrides) in runs {
+        let p = prepare(file, overrides).with_context(|| label.trim_end_matches(": ").to_string())?;
+        let spec = &p.spec;
+        let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &candle_core::Device::Cpu)?;
+        text.push(format!(
+            "{label}{}: {} classes ({}), {} labelled images, input 3x{}x{}\n{}",
+            file.display(),
+            spec.num_classes(),
+            spec.class_names.join(", "),
+            p.items.len(),
+            spec.input_hw.0,
+            spec.input_hw.1,
+            model.summary()
+        ));
+        if matches!(weights, Ok(None)) {
+            weights = build_model(spec, &candle_core::Device::Cpu).map(|(_, report)| report);
+        }
+    }
+    Ok((text.join("\n\n"), weights))
 }
 
 /// Which saved weights `predict` uses.
@@ -416,4 +447,38 @@ pub fn predict(
     let rows = predictions(&model, &loader, &device, &log)?;
     submission::write(&out, &rows, &spec.class_names, &spec.raw.submission)?;
     Ok(out)
+}
+
+/// `ablate compare`: every run's summary rows in one markdown table, optionally sorted by a
+/// column (accuracy, speed: highest first; loss, size, time: lowest first).
+pub fn compare(runs: &[PathBuf], sort: Option<&str>) -> anyhow::Result<String> {
+    let mut rows = Vec::new();
+    for run in runs {
+        let path = run.join("summary.csv");
+        let name = run.file_name().map_or_else(|| run.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let summary = summary::read(&path).with_context(|| format!("{} has no readable summary.csv", run.display()))?;
+        rows.extend(summary.into_iter().map(|mut r| {
+            r.variant = if r.variant == "." { name.clone() } else { format!("{name}/{}", r.variant) };
+            r
+        }));
+    }
+    if let Some(key) = sort {
+        let value = |r: &SummaryRow| -> Option<f64> {
+            match key {
+                "best_val_acc" => r.best_val_acc,
+                "images_per_sec" => r.images_per_sec,
+                "final_train_loss" => r.final_train_loss.map(|v| -v),
+                "seconds" => r.seconds.map(|v| -v),
+                "params" => Some(-(r.params as f64)),
+                "macs" => Some(-(r.macs as f64)),
+                _ => None,
+            }
+        };
+        if !["best_val_acc", "images_per_sec", "final_train_loss", "seconds", "params", "macs"].contains(&key) {
+            bail!("--sort {key}: expected best_val_acc, final_train_loss, images_per_sec, params, macs or seconds");
+        }
+        // Missing values (failed variants) last.
+        rows.sort_by(|a, b| value(b).unwrap_or(f64::NEG_INFINITY).total_cmp(&value(a).unwrap_or(f64::NEG_INFINITY)));
+    }
+    Ok(summary::markdown("comparison", &rows))
 }

@@ -37,12 +37,13 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Check { experiment: file, set } => {
-            overrides(&set).and_then(|o| experiment::check(&file, o)).and_then(|(summary, weights)| {
+        Command::Check { experiment: file, set, sweep } => {
+            overrides(&set).and_then(|o| experiment::check(&file, o, &sweep)).and_then(|(summary, weights)| {
                 println!("{summary}");
                 weights.map(|report| report.into_iter().for_each(|r| println!("{r}")))
             })
         }
+        Command::Compare { runs, sort } => experiment::compare(&runs, sort.as_deref()).map(|table| println!("{table}")),
         Command::Predict { run, checkpoint, data, out, device } => {
             experiment::predict(&run, checkpoint, data.as_deref(), out.as_deref(), device.as_deref())
                 .map(|out| println!("{}", out.display()))

@@ -111,3 +111,38 @@ fn bad_sweeps_fail_before_anything_is_written() {
     // 4 groups do not divide the 3 input channels: caught before the first variant trains.
     fails(&["--sweep", "model.layers.0.conv.groups=1,4"], "sweep variant groups=4");
 }
+
+#[test]
+fn check_shows_every_variant_and_compare_tables_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 4, 2, 14);
+    let exp = experiment(tmp.path(), &data, 1);
+    with_params(&exp);
+    ablate()
+        .arg("check")
+        .arg(&exp)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("variant width=2:").and(predicate::str::contains("variant width=6:")))
+        .stdout(
+            predicate::str::contains("total: 318 parameters").and(predicate::str::contains("total: 950 parameters")),
+        );
+
+    let runs = tmp.path().join("runs");
+    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&runs).assert().success();
+    let run = only_run(&runs);
+    let out = ablate().arg("compare").arg(&run).args(["--sort", "params"]).assert().success();
+    let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
+    let name = run.file_name().unwrap().to_str().unwrap();
+    // Smallest first when sorting by size.
+    let (a, b) = (text.find(&format!("{name}/width=2")).unwrap(), text.find(&format!("{name}/width=6")).unwrap());
+    assert!(a < b, "{text}");
+    ablate()
+        .arg("compare")
+        .arg(&run)
+        .args(["--sort", "colour"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("--sort colour"));
+}
