@@ -16,6 +16,7 @@ use crate::data::folder::{self, Item};
 use crate::data::loader::Loader;
 use crate::device::{self, DeviceChoice};
 use crate::model::{Model, weights};
+use crate::output::hparams;
 use crate::output::log::RunLog;
 use crate::output::sink::{CsvSink, MetricSink};
 use crate::output::summary::{self, Row as SummaryRow, Status};
@@ -159,7 +160,8 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         // Everything is validated: only now does the run folder exist.
         let dir = create_run_dir(opts, &p.spec.name, &p.sources)?;
         let model_size = size(&model);
-        let result = train_variant(&p, &dir, model, &device, [notice, import], sinks("."));
+        let session = Session { hparams: hparams::standard(&p.spec.raw), group: p.spec.name.clone() };
+        let result = train_variant(&p, &dir, model, &device, [notice, import], &session, sinks("."));
         let row = summary_row(".", "", model_size, result.as_ref().map_err(|e| format!("{e:#}")));
         summary::write(&dir, &p.spec.name, &[row])?;
         result?;
@@ -187,13 +189,30 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         .map(|r| SummaryRow { status: Status::Pending, error: None, ..r })
         .collect();
     summary::write(&dir, &base.name, &rows)?;
+    // The HParams experiment: swept keys with their values, then the standard ones.
+    let mut domains: Vec<(String, Vec<toml::Value>)> = Vec::new();
+    for v in &variants {
+        for (k, x) in v.values.iter().cloned().chain(hparams::standard(&base)) {
+            match domains.iter_mut().find(|(name, _)| *name == k) {
+                Some((_, vals)) if !vals.contains(&x) => vals.push(x),
+                Some(_) => {}
+                None => domains.push((k, vec![x])),
+            }
+        }
+    }
+    TensorBoardSink::create(&dir).add_summary(hparams::experiment(&domains, hparams::now_secs()));
     for (i, (v, (p, sz))) in variants.iter().zip(&prepared).enumerate() {
         log.info(format!("variant {}/{}: {}", i + 1, variants.len(), v.name));
         let vdir = dir.join(&v.name);
         std::fs::create_dir(&vdir)?;
         let result = device::open(device_for(&p.spec, opts.device.as_deref())?).and_then(|(device, notice)| {
             let (model, import) = build_model(&p.spec, &device)?;
-            train_variant(p, &vdir, model, &device, [notice, import], sinks(&v.name))
+            let mut values = v.values.clone();
+            values.extend(
+                hparams::standard(&p.spec.raw).into_iter().filter(|(k, _)| !v.values.iter().any(|(s, _)| s == k)),
+            );
+            let session = Session { hparams: values, group: v.name.clone() };
+            train_variant(p, &vdir, model, &device, [notice, import], &session, sinks(&v.name))
         });
         rows[i] = summary_row(&v.name, &values(v), *sz, result.as_ref().map_err(|e| format!("{e:#}")));
         summary::write(&dir, &base.name, &rows)?;
@@ -259,6 +278,12 @@ fn summary_row(
     }
 }
 
+/// A run's HParams session: its hyper-parameter values and group (the variant).
+struct Session {
+    hparams: Vec<(String, toml::Value)>,
+    group: String,
+}
+
 /// Trains one prepared experiment into `dir`: resolved config, log, metrics, event file,
 /// checkpoints and submission.
 fn train_variant(
@@ -267,6 +292,7 @@ fn train_variant(
     model: Model,
     device: &candle_core::Device,
     notes: [Option<String>; 2],
+    session: &Session,
     extra_sinks: Vec<Box<dyn MetricSink>>,
 ) -> anyhow::Result<FitOutcome> {
     let spec = &p.spec;
@@ -283,7 +309,7 @@ fn train_variant(
     if let Some(r) = import {
         log.info(r);
     }
-    let result = train_logged(p, dir, &ckpt_dir, &model, device, &log, extra_sinks);
+    let result = train_logged(p, dir, &ckpt_dir, &model, device, &log, session, extra_sinks);
     if let Err(e) = &result {
         log.info(format!("error: {e:#}"));
     }
@@ -297,6 +323,7 @@ fn train_logged(
     model: &Model,
     device: &candle_core::Device,
     log: &RunLog,
+    session: &Session,
     extra_sinks: Vec<Box<dyn MetricSink>>,
 ) -> anyhow::Result<FitOutcome> {
     let spec = &p.spec;
@@ -324,12 +351,18 @@ fn train_logged(
         val: loader(p.items.clone(), spec.eval_transforms.clone()),
         val_idx,
     };
-    let mut sinks: Vec<Box<dyn MetricSink>> =
-        vec![Box::new(CsvSink::create(&dir.join("metrics.csv"))?), Box::new(TensorBoardSink::create(dir))];
+    let mut sinks: Vec<Box<dyn MetricSink>> = vec![
+        Box::new(CsvSink::create(&dir.join("metrics.csv"))?),
+        Box::new(TensorBoardSink::with_session(dir, &session.hparams, &session.group)),
+    ];
     sinks.extend(extra_sinks);
 
-    let outcome = train::fit(spec, model, &splits, device, &mut sinks, ckpt_dir, log)?;
+    let outcome = train::fit(spec, model, &splits, device, &mut sinks, ckpt_dir, log);
+    for sink in &mut sinks {
+        sink.finish(outcome.is_ok())?;
+    }
     drop(sinks); // closes the event file
+    let outcome = outcome?;
 
     if let Some(test) = &p.test_items {
         checkpoint::load(model, &ckpt_dir.join("best.safetensors"))?;

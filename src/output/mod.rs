@@ -2,6 +2,7 @@
 //! checkpoints, the submission and the log.
 
 pub mod checkpoint;
+pub mod hparams;
 pub mod log;
 pub mod run_dir;
 pub mod sink;

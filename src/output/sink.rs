@@ -27,6 +27,10 @@ pub struct EpochMetrics {
 /// Receives each epoch's metrics as the run goes.
 pub trait MetricSink {
     fn record(&mut self, m: &EpochMetrics) -> anyhow::Result<()>;
+    /// The run ended (`ok` = trained to the end).
+    fn finish(&mut self, _ok: bool) -> anyhow::Result<()> {
+        Ok(())
+    }
 }
 
 /// `metrics.csv`, one row per epoch, flushed after each.

@@ -6,21 +6,41 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use protobuf::Message;
 use tensorboard_rs::masked_crc32c::masked_crc32c;
-use tensorboard_rs::summary_writer::SummaryWriter;
+use tensorboard_rs::summary::scalar;
+use tensorboard_rs::summary_writer::FileWriter;
 
 use super::sink::{EpochMetrics, MetricSink};
 
-/// Scalars per epoch: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `lr`, `images_per_sec`.
+/// Scalars per epoch: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `lr`, `images_per_sec`;
+/// with a session, the HParams session start and end and `best/val_acc` at the end.
 ///
 /// One writer per folder: tensorboard-rs names files by the second and the pid, so two writers
 /// opened on one folder in the same second would write the same file.
 pub struct TensorBoardSink {
-    writer: SummaryWriter,
+    writer: FileWriter,
+    session: bool,
+    best_val_acc: Option<f64>,
+    last_epoch: usize,
 }
 
 impl TensorBoardSink {
     pub fn create(dir: &Path) -> Self {
-        Self { writer: SummaryWriter::new(dir) }
+        Self { writer: FileWriter::new(dir), session: false, best_val_acc: None, last_epoch: 0 }
+    }
+
+    /// A sink that is also an HParams session with these values (`group`: the variant).
+    pub fn with_session(dir: &Path, hparams: &[(String, toml::Value)], group: &str) -> Self {
+        let mut sink = Self::create(dir);
+        sink.writer.add_summary(super::hparams::session_start(hparams, group, super::hparams::now_secs()), 0);
+        sink.writer.flush();
+        sink.session = true;
+        sink
+    }
+
+    /// Writes a summary into this sink's event file (the root's HParams experiment).
+    pub fn add_summary(&mut self, summary: tensorboard_proto::summary::Summary) {
+        self.writer.add_summary(summary, 0);
+        self.writer.flush();
     }
 }
 
@@ -35,7 +55,20 @@ impl MetricSink for TensorBoardSink {
         scalars.extend(m.val_loss.map(|v| ("val/loss", v)));
         scalars.extend(m.val_acc.map(|v| ("val/acc", v)));
         for (tag, v) in scalars {
-            self.writer.add_scalar(tag, v as f32, m.epoch);
+            self.writer.add_summary(scalar(tag, v as f32), m.epoch);
+        }
+        self.writer.flush();
+        self.best_val_acc = self.best_val_acc.into_iter().chain(m.val_acc).reduce(f64::max);
+        self.last_epoch = m.epoch;
+        Ok(())
+    }
+
+    fn finish(&mut self, ok: bool) -> anyhow::Result<()> {
+        if let Some(best) = self.best_val_acc {
+            self.writer.add_summary(scalar("best/val_acc", best as f32), self.last_epoch);
+        }
+        if self.session {
+            self.writer.add_summary(super::hparams::session_end(ok, super::hparams::now_secs()), self.last_epoch);
         }
         self.writer.flush();
         Ok(())

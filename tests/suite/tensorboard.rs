@@ -82,3 +82,57 @@ fn real_tensorboard_reads_the_scalars() {
         assert_eq!(got, want, "{tag} as TensorBoard reads it");
     }
 }
+
+/// TensorBoard's own HParams plugin backend serves a sweep: the swept key with its domain,
+/// one session group per variant with its value, metrics and status. Needs Python's
+/// `tensorboard` package (`make test` sets TB_PYTHON).
+#[test]
+#[ignore = "needs Python's tensorboard package: run through `make test`"]
+fn real_tensorboard_serves_the_hparams_of_a_sweep() {
+    let python = std::env::var("TB_PYTHON")
+        .expect("TB_PYTHON must name a Python with tensorboard installed (make test sets it)");
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 2, 15);
+    std::fs::write(data.join("train/red/broken.png"), b"garbage").unwrap();
+    let exp = experiment(tmp.path(), &data, 2);
+    let runs = tmp.path().join("runs");
+    ablate()
+        .arg("run")
+        .arg(&exp)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .args(["--sweep", "data.skip_bad=false,true"])
+        .assert()
+        .failure();
+    let run = only_run(&runs);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard_hparams.py");
+    let out = std::process::Command::new(python).arg(script).arg(&run).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let served: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let infos = served["experiment"]["hparamInfos"].as_array().unwrap();
+    let swept = infos.iter().find(|i| i["name"] == "data.skip_bad").expect("the swept key is a hyper-parameter");
+    assert_eq!(swept["domainDiscrete"], serde_json::json!([false, true]));
+    assert!(infos.iter().any(|i| i["name"] == "optimizer.lr"));
+    let metrics: Vec<&str> = served["experiment"]["metricInfos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"]["tag"].as_str().unwrap())
+        .collect();
+    assert!(metrics.contains(&"val/acc") && metrics.contains(&"best/val_acc"));
+
+    let groups = served["session_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 2);
+    let group =
+        |name: &str| groups.iter().find(|g| g["name"] == name).unwrap_or_else(|| panic!("no session group {name}"));
+    let ok = group("skip_bad=true");
+    assert_eq!(ok["hparams"]["data.skip_bad"], true);
+    assert_eq!(ok["sessions"][0]["status"], "STATUS_SUCCESS");
+    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
+    let best = ok["metricValues"].as_array().unwrap().iter().find(|m| m["name"]["tag"] == "best/val_acc").unwrap();
+    assert!((best["value"].as_f64().unwrap() - rows[1].best_val_acc.unwrap()).abs() < 1e-6);
+    let failed = group("skip_bad=false");
+    assert_eq!(failed["sessions"][0]["status"], "STATUS_FAILURE");
+}
