@@ -309,7 +309,7 @@ fn train_variant(
     if let Some(r) = import {
         log.info(r);
     }
-    let result = train_logged(p, dir, &ckpt_dir, &model, device, &log, session, extra_sinks);
+    let result = train_logged(p, dir, &model, device, &log, session, extra_sinks);
     if let Err(e) = &result {
         log.info(format!("error: {e:#}"));
     }
@@ -319,7 +319,6 @@ fn train_variant(
 fn train_logged(
     p: &Prepared,
     dir: &Path,
-    ckpt_dir: &Path,
     model: &Model,
     device: &candle_core::Device,
     log: &RunLog,
@@ -328,6 +327,7 @@ fn train_logged(
 ) -> anyhow::Result<FitOutcome> {
     let spec = &p.spec;
     let d = &spec.raw.data;
+    let ckpt_dir = &dir.join("checkpoints");
     let (train_idx, val_idx) = folder::split(&p.items, d.val_fraction, spec.seed);
     log.info(format!(
         "data: {} ({} classes: {}), {} train / {} validation images{}",
