@@ -10,10 +10,11 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 
 use crate::config::load::{self, Sources};
 use crate::config::resolve::resolved_toml;
+use crate::config::schema::CacheMode;
 use crate::config::sweep::{Sweep, Variant, format_value};
 use crate::config::{Override, Spec, resolve};
 use crate::data::folder::{self, Item};
-use crate::data::loader::Loader;
+use crate::data::loader::{ImageCache, Loader};
 use crate::device::{self, DeviceChoice};
 use crate::model::{Model, weights};
 use crate::output::hparams;
@@ -345,12 +346,18 @@ fn train_logged(
         l.seed = spec.seed;
         l
     };
-    let splits = Splits {
-        train: loader(p.items.clone(), spec.train_transforms.clone()),
-        train_idx,
-        val: loader(p.items.clone(), spec.eval_transforms.clone()),
-        val_idx,
-    };
+    let (mut train, mut val) =
+        (loader(p.items.clone(), spec.train_transforms.clone()), loader(p.items.clone(), spec.eval_transforms.clone()));
+    if d.cache == CacheMode::Memory {
+        let cache = Arc::new(ImageCache::new(p.items.len(), &spec.train_transforms));
+        let val_cache = if cache.fits(&spec.eval_transforms) {
+            cache.clone()
+        } else {
+            Arc::new(ImageCache::new(p.items.len(), &spec.eval_transforms))
+        };
+        (train, val) = (train.with_cache(cache), val.with_cache(val_cache));
+    }
+    let splits = Splits { train, train_idx, val, val_idx };
     let mut sinks: Vec<Box<dyn MetricSink>> = vec![
         Box::new(CsvSink::create(&dir.join("metrics.csv"))?),
         Box::new(TensorBoardSink::with_session(dir, &session.hparams, &session.group)),

@@ -71,6 +71,21 @@ pub struct DataConfig {
     /// Skip unreadable images with a warning instead of stopping with an error.
     #[serde(default)]
     pub skip_bad: bool,
+    /// Keep decoded, resized images between epochs: `none` or `memory`.
+    #[serde(default)]
+    pub cache: CacheMode,
+}
+
+/// Where decoded images are kept between epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Decode every image every epoch.
+    #[default]
+    None,
+    /// Keep each image as u8 after the pipeline's leading resize / centre crop, in RAM:
+    /// height x width x 3 bytes per image.
+    Memory,
 }
 
 fn default_train_dir() -> String {

@@ -2,8 +2,9 @@
 //! ahead of the trainer through a bounded queue.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
@@ -12,7 +13,7 @@ use rayon::prelude::*;
 
 use super::DataError;
 use super::folder::Item;
-use super::transforms::{Transform, apply};
+use super::transforms::{Transform, apply_image, deterministic_prefix, to_tensor};
 
 /// One batch: images `(n, 3, h, w)` on the CPU, their labels and their indices into the items.
 #[derive(Debug)]
@@ -37,11 +38,48 @@ fn image_rng(seed: u64, epoch: u64, index: usize) -> rand_chacha::ChaCha8Rng {
     s
 }
 
+/// Decoded images after a pipeline's deterministic prefix (resize, centre crop), kept in
+/// memory as u8 so later epochs decode nothing. Loaders whose pipelines share the prefix
+/// share one cache.
+pub struct ImageCache {
+    prefix: Vec<Transform>,
+    slots: Vec<OnceLock<Arc<image::RgbImage>>>,
+    /// Images decoded so far (a test and the log read it).
+    pub decodes: AtomicUsize,
+}
+
+impl ImageCache {
+    /// A cache for `n` items under the deterministic prefix of `pipeline`.
+    pub fn new(n: usize, pipeline: &[Transform]) -> Self {
+        let prefix = pipeline[..deterministic_prefix(pipeline)].to_vec();
+        Self { prefix, slots: (0..n).map(|_| OnceLock::new()).collect(), decodes: AtomicUsize::new(0) }
+    }
+
+    /// Whether this cache holds what `pipeline`'s prefix produces.
+    pub fn fits(&self, pipeline: &[Transform]) -> bool {
+        pipeline[..deterministic_prefix(pipeline)] == self.prefix[..]
+    }
+
+    fn get(&self, index: usize, path: &Path) -> Result<Arc<image::RgbImage>, DataError> {
+        if let Some(img) = self.slots[index].get() {
+            return Ok(img.clone());
+        }
+        self.decodes.fetch_add(1, Ordering::Relaxed);
+        // The prefix is deterministic: no random numbers are drawn.
+        let mut no_rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let img = apply_image(&self.prefix, decode(path)?, &mut no_rng)
+            .map_err(|message| DataError::Image { path: path.to_path_buf(), message })?;
+        // Two threads may race on one image; either result is the same.
+        Ok(self.slots[index].get_or_init(|| Arc::new(img)).clone())
+    }
+}
+
 /// Produces batches of one split with one pipeline.
 #[derive(Clone)]
 pub struct Loader {
     items: Arc<Vec<Item>>,
     transforms: Arc<Vec<Transform>>,
+    cache: Option<Arc<ImageCache>>,
     /// `(h, w)` every image must have after the transforms.
     pub input_hw: (usize, usize),
     pub batch_size: usize,
@@ -52,7 +90,24 @@ pub struct Loader {
 
 impl Loader {
     pub fn new(items: Arc<Vec<Item>>, transforms: Vec<Transform>, input_hw: (usize, usize), batch_size: usize) -> Self {
-        Self { items, transforms: Arc::new(transforms), input_hw, batch_size, prefetch: 2, skip_bad: false, seed: 0 }
+        Self {
+            items,
+            transforms: Arc::new(transforms),
+            cache: None,
+            input_hw,
+            batch_size,
+            prefetch: 2,
+            skip_bad: false,
+            seed: 0,
+        }
+    }
+
+    /// Reads images through `cache`, which must have been made for this pipeline's prefix.
+    pub fn with_cache(mut self, cache: Arc<ImageCache>) -> Self {
+        assert!(cache.fits(&self.transforms), "an image cache made for another pipeline");
+        assert_eq!(cache.slots.len(), self.items.len(), "an image cache made for other items");
+        self.cache = Some(cache);
+        self
     }
 
     pub fn items(&self) -> &[Item] {
@@ -62,10 +117,16 @@ impl Loader {
     /// One image through the pipeline.
     fn load(&self, index: usize, epoch: u64) -> Result<Vec<f32>, DataError> {
         let item = &self.items[index];
-        let img = decode(&item.path)?;
         let mut rng = image_rng(self.seed, epoch, index);
-        let (data, hw) = apply(&self.transforms, img, &mut rng)
-            .map_err(|message| DataError::Image { path: item.path.clone(), message })?;
+        let img = match &self.cache {
+            Some(cache) => {
+                let rest = &self.transforms[deterministic_prefix(&self.transforms)..];
+                apply_image(rest, cache.get(index, &item.path)?.as_ref().clone(), &mut rng)
+            }
+            None => apply_image(&self.transforms, decode(&item.path)?, &mut rng),
+        }
+        .map_err(|message| DataError::Image { path: item.path.clone(), message })?;
+        let (data, hw) = to_tensor(&img, &self.transforms);
         if hw != self.input_hw {
             return Err(DataError::Image {
                 path: item.path.clone(),

@@ -49,15 +49,19 @@ fn crop(img: &RgbImage, top: u32, left: u32, (h, w): (usize, usize)) -> RgbImage
     imageops::crop_imm(img, left, top, w as u32, h as u32).to_image()
 }
 
-/// Runs `pipeline` on `img` and returns CHW floats (in [0, 1] unless normalised) and `(h, w)`.
-/// Crops larger than the image are an error naming both sizes.
-pub fn apply(
-    pipeline: &[Transform],
-    mut img: RgbImage,
-    rng: &mut impl Rng,
-) -> Result<(Vec<f32>, (usize, usize)), String> {
-    let mut norm = None;
-    for t in pipeline {
+/// How many leading steps of `pipeline` are deterministic image operations (resize, centre
+/// crop): their result can be computed once and cached.
+pub fn deterministic_prefix(pipeline: &[Transform]) -> usize {
+    pipeline
+        .iter()
+        .take_while(|t| matches!(t, Transform::Resize(_) | Transform::ResizeShorter(_) | Transform::CenterCrop(_)))
+        .count()
+}
+
+/// Runs the image operations of `ops` (everything but `normalize`) on `img`. Crops larger
+/// than the image are an error naming both sizes.
+pub fn apply_image(ops: &[Transform], mut img: RgbImage, rng: &mut impl Rng) -> Result<RgbImage, String> {
+    for t in ops {
         match t {
             Transform::Resize((h, w)) => img = resize(img, *w as u32, *h as u32),
             Transform::ResizeShorter(side) => {
@@ -84,11 +88,19 @@ pub fn apply(
                     imageops::flip_horizontal_in_place(&mut img);
                 }
             }
-            Transform::Normalize { mean, std } => norm = Some((*mean, *std)),
+            Transform::Normalize { .. } => {}
         }
     }
+    Ok(img)
+}
+
+/// CHW floats in [0, 1], normalised when `pipeline` ends in `normalize`; and `(h, w)`.
+pub fn to_tensor(img: &RgbImage, pipeline: &[Transform]) -> (Vec<f32>, (usize, usize)) {
+    let (mean, std) = match pipeline.last() {
+        Some(Transform::Normalize { mean, std }) => (*mean, *std),
+        _ => ([0.0; 3], [1.0; 3]),
+    };
     let (w, h) = (img.width() as usize, img.height() as usize);
-    let (mean, std) = norm.unwrap_or(([0.0; 3], [1.0; 3]));
     let mut out = vec![0f32; 3 * h * w];
     let (r, rest) = out.split_at_mut(h * w);
     let (g, b) = rest.split_at_mut(h * w);
@@ -97,7 +109,13 @@ pub fn apply(
         g[i] = (px[1] as f32 / 255.0 - mean[1]) / std[1];
         b[i] = (px[2] as f32 / 255.0 - mean[2]) / std[2];
     }
-    Ok((out, (h, w)))
+    (out, (h, w))
+}
+
+/// Runs `pipeline` on `img` and returns CHW floats (in [0, 1] unless normalised) and `(h, w)`.
+pub fn apply(pipeline: &[Transform], img: RgbImage, rng: &mut impl Rng) -> Result<(Vec<f32>, (usize, usize)), String> {
+    let img = apply_image(pipeline, img, rng)?;
+    Ok(to_tensor(&img, pipeline))
 }
 
 #[cfg(test)]

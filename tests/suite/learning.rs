@@ -60,6 +60,12 @@ fn seeded_runs_are_bit_identical_and_checkpoints_reload_exactly() {
             "{f} differs between seeded runs"
         );
     }
+    // The memory cache changes nothing the model sees.
+    let (cached, _) = run(&exp, &runs, &[set[0], set[1], "data.cache=\"memory\""]);
+    assert_eq!(
+        std::fs::read(a.join("checkpoints/last.safetensors")).unwrap(),
+        std::fs::read(cached.join("checkpoints/last.safetensors")).unwrap()
+    );
     // A different seed gives different weights.
     let (c, _) = run(&exp, &runs, &[set[0], set[1], "seed=8"]);
     assert_ne!(
@@ -80,4 +86,37 @@ fn seeded_runs_are_bit_identical_and_checkpoints_reload_exactly() {
     let logits = |m: &Model| m.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(logits(&saved), logits(&other));
     assert_ne!(before.flatten_all().unwrap().to_vec1::<f32>().unwrap(), logits(&other));
+}
+
+#[test]
+fn memory_cache_decodes_each_image_once_and_changes_nothing() {
+    use ablate::data::loader::{ImageCache, Loader};
+    use ablate::data::transforms::Transform;
+    use std::sync::Arc;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 5, 1, 31);
+    let classes = vec!["blue".to_string(), "red".to_string()];
+    let items = Arc::new(ablate::data::folder::labelled(&data.join("train"), &classes).unwrap());
+    let pipeline = vec![Transform::Resize((18, 18)), Transform::RandomCrop((16, 16)), Transform::Hflip(0.5)];
+    let cache = Arc::new(ImageCache::new(items.len(), &pipeline));
+    let cached = Loader::new(items.clone(), pipeline.clone(), (16, 16), 4).with_cache(cache.clone());
+    let plain = Loader::new(items.clone(), pipeline, (16, 16), 4);
+    let order: Vec<usize> = (0..items.len()).collect();
+    for epoch in 0..3 {
+        let a: Vec<Vec<f32>> = cached
+            .batches(order.clone(), epoch)
+            .map(|b| b.unwrap().images.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        let b: Vec<Vec<f32>> = plain
+            .batches(order.clone(), epoch)
+            .map(|b| b.unwrap().images.flatten_all().unwrap().to_vec1().unwrap())
+            .collect();
+        assert_eq!(a, b, "epoch {epoch}: the cache must not change what the model sees");
+    }
+    assert_eq!(
+        cache.decodes.load(std::sync::atomic::Ordering::Relaxed),
+        items.len(),
+        "each image decoded once in 3 epochs"
+    );
 }
