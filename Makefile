@@ -10,13 +10,19 @@ BIN := target/release/ablate
 VENV := .venv
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: build exp check test lint bench tensorboard demo-data clean-venv
+.PHONY: build exp sweep check test lint bench tensorboard demo-data clean-venv
 
 build:
 	$(CARGO) build --release $(FEATURES)
 
 exp: build
 	$(BIN) run experiments/$(NAME).toml $(SETS)
+
+# Every experiment in experiments/ (but _*.toml) in one run folder with one summary: the
+# course's comparison table. resnet18 needs its ImageNet weights (see its file).
+EXPERIMENTS ?= experiments
+sweep: build
+	$(BIN) run $(EXPERIMENTS) $(SETS)
 
 check: build
 	$(BIN) check experiments/$(NAME).toml $(SETS)

@@ -16,9 +16,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Train the experiment(s) and write a new folder under runs/ for each.
+    /// Train the experiment(s) into a new folder under runs/ (several: one folder, one summary).
     Run {
-        /// Experiment files (TOML).
+        /// Experiment files (TOML), or folders of them (files starting with `_` skipped).
         #[arg(required = true)]
         experiments: Vec<PathBuf>,
         /// Override a config key: `--set optimizer.lr=3e-4` (values parse as TOML).

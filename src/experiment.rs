@@ -25,10 +25,11 @@ use crate::output::tensorboard::TensorBoardSink;
 use crate::output::{checkpoint, run_dir, submission, write_atomic};
 use crate::train::{self, FitOutcome, Splits};
 
-/// Options of `ablate run` for one experiment file.
+/// Options of `ablate run`.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    pub file: PathBuf,
+    /// Experiment files; several go into one run folder with one summary.
+    pub files: Vec<PathBuf>,
     pub overrides: Vec<Override>,
     /// `--sweep key=v1,v2` axes, added to (or replacing) the file's `[sweep]`.
     pub sweep: Vec<String>,
@@ -152,14 +153,20 @@ pub type SinkFactory<'a> = &'a mut dyn FnMut(&str) -> Vec<Box<dyn MetricSink>>;
 /// files go straight into it; with one, every variant is validated first, then each trains
 /// into its own sub-folder, and `summary.csv` / `summary.md` are rewritten after each.
 pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
-    let (base, variants) = sweep_variants(&opts.file, &opts.overrides, &opts.sweep)?;
-
-    if variants.is_empty() {
-        let p = prepare(&opts.file, opts.overrides.clone())?;
+    let mut plans = Vec::with_capacity(opts.files.len());
+    for file in &opts.files {
+        let (base, variants) = sweep_variants(file, &opts.overrides, &opts.sweep)?;
+        plans.push((file, base, variants));
+    }
+    if let [(file, _, variants)] = &plans[..]
+        && variants.is_empty()
+    {
+        let p = prepare(file, opts.overrides.clone())?;
         let (device, notice) = device::open(device_for(&p.spec, opts.device.as_deref())?)?;
         let (model, import) = build_model(&p.spec, &device)?;
         // Everything is validated: only now does the run folder exist.
-        let dir = create_run_dir(opts, &p.spec.name, &p.sources)?;
+        let dir = create_run_dir(opts, &p.spec.name)?;
+        write_atomic(&dir.join("experiment.toml"), as_written(&p.sources)?.as_bytes())?;
         let model_size = size(&model);
         let session = Session { hparams: hparams::standard(&p.spec.raw), group: p.spec.name.clone() };
         let result = train_variant(&p, &dir, model, &device, [notice, import], &session, sinks("."));
@@ -169,62 +176,99 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         return Ok(dir);
     }
 
-    // Validate every variant (config, data, shapes, weights) before the first one trains.
-    let mut prepared = Vec::with_capacity(variants.len());
-    for v in &variants {
-        let overrides: Vec<Override> = opts.overrides.iter().cloned().chain(v.overrides()).collect();
-        let p = prepare(&opts.file, overrides).with_context(|| format!("sweep variant {}", v.name))?;
-        let (model, _) =
-            build_model(&p.spec, &candle_core::Device::Cpu).with_context(|| format!("sweep variant {}", v.name))?;
-        prepared.push((p, size(&model)));
-    }
-    let dir = create_run_dir(opts, &base.name, &prepared[0].0.sources)?;
-    let log = RunLog::create(&dir.join("log.txt"), progress())?;
-    log.info(format!("sweep of {} variants into {}", variants.len(), dir.display()));
-    let values =
-        |v: &Variant| v.values.iter().map(|(k, x)| format!("{k}={}", format_value(x))).collect::<Vec<_>>().join(";");
-    let mut rows: Vec<SummaryRow> = variants
-        .iter()
-        .zip(&prepared)
-        .map(|(v, (_, sz))| summary_row(&v.name, &values(v), *sz, Err(String::new())))
-        .map(|r| SummaryRow { status: Status::Pending, error: None, ..r })
-        .collect();
-    summary::write(&dir, &base.name, &rows)?;
-    // The HParams experiment: swept keys with their values, then the standard ones.
-    let mut domains: Vec<(String, Vec<toml::Value>)> = Vec::new();
-    for v in &variants {
-        for (k, x) in v.values.iter().cloned().chain(hparams::standard(&base)) {
-            match domains.iter_mut().find(|(name, _)| *name == k) {
-                Some((_, vals)) if !vals.contains(&x) => vals.push(x),
-                Some(_) => {}
-                None => domains.push((k, vec![x])),
+    // Several experiments, or a sweep: validate every variant (config, data, shapes, weights)
+    // before the first one trains.
+    let multi = plans.len() > 1;
+    let mut entries: Vec<Entry> = Vec::new();
+    for (file, base, variants) in &plans {
+        let points: Vec<(String, Vec<(String, toml::Value)>)> = if variants.is_empty() {
+            vec![(String::new(), Vec::new())]
+        } else {
+            variants.iter().map(|v| (v.name.clone(), v.values.clone())).collect()
+        };
+        for (name, values) in points {
+            let folder = match (multi, name.is_empty()) {
+                (true, true) => base.name.clone(),
+                (true, false) => format!("{}/{name}", base.name),
+                (false, _) => name,
+            };
+            if entries.iter().any(|e| e.folder == folder) {
+                bail!("two experiments would both write {folder}/: give them different `name`s");
             }
+            let extra = values.iter().map(|(k, v)| Override { key: k.clone(), value: v.clone(), raw: format_value(v) });
+            let overrides: Vec<Override> = opts.overrides.iter().cloned().chain(extra).collect();
+            let what = || format!("{}: variant {folder}", file.display());
+            let p = prepare(file, overrides).with_context(what)?;
+            let (model, _) = build_model(&p.spec, &candle_core::Device::Cpu).with_context(what)?;
+            let mut session = values.clone();
+            if multi {
+                session.insert(0, ("experiment".into(), toml::Value::String(base.name.clone())));
+            }
+            session.extend(
+                hparams::standard(&p.spec.raw).into_iter().filter(|(k, _)| !values.iter().any(|(s, _)| s == k)),
+            );
+            entries.push(Entry { size: size(&model), folder, values, session, prepared: p });
+        }
+    }
+    let title = plans.iter().map(|(_, b, _)| b.name.as_str()).collect::<Vec<_>>().join("+");
+    let dir = create_run_dir(opts, &title)?;
+    if multi {
+        for (_, base, _) in &plans {
+            std::fs::create_dir(dir.join(&base.name))?;
+        }
+    }
+    for e in &entries {
+        // Each experiment's file as written, once, at the top of its folders.
+        let top = if multi { dir.join(e.folder.split('/').next().unwrap_or_default()) } else { dir.clone() };
+        if !top.join("experiment.toml").exists() {
+            let mut written = as_written(&e.prepared.sources)?;
+            written.push_str(&opts.sweep.iter().map(|s| format!("# --sweep {s}\n")).collect::<String>());
+            write_atomic(&top.join("experiment.toml"), written.as_bytes())?;
+        }
+    }
+    let log = RunLog::create(&dir.join("log.txt"), progress())?;
+    log.info(format!("{} variants into {}", entries.len(), dir.display()));
+    let values =
+        |e: &Entry| e.values.iter().map(|(k, x)| format!("{k}={}", format_value(x))).collect::<Vec<_>>().join(";");
+    let mut rows: Vec<SummaryRow> = entries
+        .iter()
+        .map(|e| SummaryRow {
+            status: Status::Pending,
+            error: None,
+            ..summary_row(&e.folder, &values(e), e.size, Err(String::new()))
+        })
+        .collect();
+    summary::write(&dir, &title, &rows)?;
+    // The HParams experiment: every hyper-parameter with the values it takes.
+    let mut domains: Vec<(String, Vec<toml::Value>)> = Vec::new();
+    for (k, x) in entries.iter().flat_map(|e| e.session.iter().cloned()) {
+        match domains.iter_mut().find(|(name, _)| *name == k) {
+            Some((_, vals)) if !vals.contains(&x) => vals.push(x),
+            Some(_) => {}
+            None => domains.push((k, vec![x])),
         }
     }
     TensorBoardSink::create(&dir).add_summary(hparams::experiment(&domains, hparams::now_secs()));
-    for (i, (v, (p, sz))) in variants.iter().zip(&prepared).enumerate() {
-        log.info(format!("variant {}/{}: {}", i + 1, variants.len(), v.name));
-        let vdir = dir.join(&v.name);
-        std::fs::create_dir(&vdir)?;
+    for (i, e) in entries.iter().enumerate() {
+        log.info(format!("variant {}/{}: {}", i + 1, entries.len(), e.folder));
+        let vdir = dir.join(&e.folder);
+        std::fs::create_dir_all(&vdir)?; // inside the fresh run folder: nothing to overwrite
+        let p = &e.prepared;
         let result = device::open(device_for(&p.spec, opts.device.as_deref())?).and_then(|(device, notice)| {
             let (model, import) = build_model(&p.spec, &device)?;
-            let mut values = v.values.clone();
-            values.extend(
-                hparams::standard(&p.spec.raw).into_iter().filter(|(k, _)| !v.values.iter().any(|(s, _)| s == k)),
-            );
-            let session = Session { hparams: values, group: v.name.clone() };
-            train_variant(p, &vdir, model, &device, [notice, import], &session, sinks(&v.name))
+            let session = Session { hparams: e.session.clone(), group: e.folder.clone() };
+            train_variant(p, &vdir, model, &device, [notice, import], &session, sinks(&e.folder))
         });
-        rows[i] = summary_row(&v.name, &values(v), *sz, result.as_ref().map_err(|e| format!("{e:#}")));
-        summary::write(&dir, &base.name, &rows)?;
-        if let Err(e) = result {
-            log.info(format!("variant {} failed: {e:#}", v.name));
+        rows[i] = summary_row(&e.folder, &values(e), e.size, result.as_ref().map_err(|e| format!("{e:#}")));
+        summary::write(&dir, &title, &rows)?;
+        if let Err(err) = result {
+            log.info(format!("variant {} failed: {err:#}", e.folder));
             if opts.fail_fast {
-                return Err(e.context(format!("sweep variant {} failed (--fail-fast)", v.name)));
+                return Err(err.context(format!("variant {} failed (--fail-fast)", e.folder)));
             }
         }
     }
-    log.info(format!("summary:\n{}", summary::markdown(&base.name, &rows)));
+    log.info(format!("summary:\n{}", summary::markdown(&title, &rows)));
     let failed: Vec<&str> = rows.iter().filter(|r| r.status == Status::Failed).map(|r| r.variant.as_str()).collect();
     if !failed.is_empty() {
         bail!(
@@ -238,15 +282,49 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn create_run_dir(opts: &RunOptions, name: &str, sources: &Sources) -> anyhow::Result<PathBuf> {
-    let dir = run_dir::create(&opts.runs_dir, name, chrono::Local::now())
-        .with_context(|| format!("cannot create a run folder under {}", opts.runs_dir.display()))?;
-    let mut written = as_written(sources)?;
-    if !opts.sweep.is_empty() {
-        written.push_str(&opts.sweep.iter().map(|s| format!("# --sweep {s}\n")).collect::<String>());
+/// The experiment files named by `args`: files as given, folders walked for `*.toml` files
+/// (sorted; names starting with `_`, such as shared bases, skipped).
+pub fn experiment_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for arg in args {
+        if !arg.is_dir() {
+            files.push(arg.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = walkdir::WalkDir::new(arg)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('_')))
+            .collect();
+        if found.is_empty() {
+            bail!("no experiment files (*.toml) in {}", arg.display());
+        }
+        found.sort();
+        files.extend(found);
     }
-    write_atomic(&dir.join("experiment.toml"), written.as_bytes())?;
-    Ok(dir)
+    Ok(files)
+}
+
+/// One training of a multi-variant run, validated before any trains.
+struct Entry {
+    /// Sub-folder: `groups=8`, or `<experiment>[/<variant>]` when several files run together.
+    folder: String,
+    /// The swept values.
+    values: Vec<(String, toml::Value)>,
+    /// HParams session values: the swept ones, then the standard ones.
+    session: Vec<(String, toml::Value)>,
+    prepared: Prepared,
+    size: (usize, u64),
+}
+
+fn create_run_dir(opts: &RunOptions, name: &str) -> anyhow::Result<PathBuf> {
+    // A long list of experiment names would make an unwieldy folder name.
+    let name = if name.len() > 60 { format!("{}-experiments", opts.files.len()) } else { name.to_string() };
+    run_dir::create(&opts.runs_dir, &name, chrono::Local::now())
+        .with_context(|| format!("cannot create a run folder under {}", opts.runs_dir.display()))
 }
 
 /// A model's size: total parameters and multiply-adds per image.

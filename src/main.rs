@@ -22,18 +22,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { experiments, set, sweep, device, runs_dir, fail_fast } => {
             overrides(&set).and_then(|overrides| {
-                for file in experiments {
-                    let opts = RunOptions {
-                        file,
-                        overrides: overrides.clone(),
-                        sweep: sweep.clone(),
-                        device: device.clone(),
-                        runs_dir: runs_dir.clone(),
-                        fail_fast,
-                    };
-                    let dir = experiment::run(&opts, &mut |_| Vec::new())?;
-                    println!("{}", dir.display());
-                }
+                let files = experiment::experiment_files(&experiments)?;
+                let opts = RunOptions { files, overrides, sweep, device, runs_dir, fail_fast };
+                let dir = experiment::run(&opts, &mut |_| Vec::new())?;
+                println!("{}", dir.display());
                 Ok(())
             })
         }

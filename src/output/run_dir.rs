@@ -7,7 +7,7 @@ use chrono::{DateTime, Local};
 /// Folder name for a run of `name` started at `when`; the name is made filesystem-safe.
 pub fn run_name(when: DateTime<Local>, name: &str) -> String {
     let safe: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=,".contains(c) { c } else { '_' }).collect();
+        name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=,+".contains(c) { c } else { '_' }).collect();
     format!("{}_{safe}", when.format("%Y-%m-%d_%H-%M-%S"))
 }
 

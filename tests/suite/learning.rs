@@ -11,7 +11,7 @@ use crate::common::{color_folder, experiment};
 fn run(exp: &std::path::Path, runs: &std::path::Path, set: &[&str]) -> (std::path::PathBuf, Vec<EpochMetrics>) {
     let sink = MemorySink::default();
     let opts = RunOptions {
-        file: exp.to_path_buf(),
+        files: vec![exp.to_path_buf()],
         overrides: set.iter().map(|s| ablate::config::Override::parse(s).unwrap()).collect(),
         device: Some("cpu".into()),
         runs_dir: runs.to_path_buf(),

@@ -109,7 +109,7 @@ fn bad_sweeps_fail_before_anything_is_written() {
     fails(&["--sweep", "optimizer.lrr=1,2"], "unknown key `optimizer.lrr`");
     fails(&["--sweep", "model.params.depth=1,2"], "`depth` is not in model.params");
     // 4 groups do not divide the 3 input channels: caught before the first variant trains.
-    fails(&["--sweep", "model.layers.0.conv.groups=1,4"], "sweep variant groups=4");
+    fails(&["--sweep", "model.layers.0.conv.groups=1,4"], "tiny.toml: variant groups=4");
 }
 
 #[test]
@@ -145,4 +145,29 @@ fn check_shows_every_variant_and_compare_tables_runs() {
         .assert()
         .failure()
         .stderr(predicate::str::contains("--sort colour"));
+}
+
+#[test]
+fn several_experiments_share_one_run_folder_and_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 4, 2, 16);
+    let dir = tmp.path().join("experiments");
+    std::fs::create_dir(&dir).unwrap();
+    let a = experiment(&dir, &data, 1);
+    let text = std::fs::read_to_string(&a).unwrap();
+    std::fs::write(dir.join("b.toml"), text.replace("name = \"tiny\"", "name = \"other\"")).unwrap();
+    // A shared base (leading underscore) is not an experiment of its own.
+    std::fs::write(dir.join("_base.toml"), "seed = 1\n").unwrap();
+    with_params(&a);
+    let runs = tmp.path().join("runs");
+    ablate().arg("run").arg(&dir).arg("--runs-dir").arg(&runs).assert().success();
+    let run = only_run(&runs);
+    assert!(run.file_name().unwrap().to_str().unwrap().ends_with("_other+tiny"));
+    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r.variant.as_str()).collect();
+    assert_eq!(names, ["other", "tiny/width=2", "tiny/width=6"]);
+    for f in ["other/metrics.csv", "other/experiment.toml", "tiny/experiment.toml", "tiny/width=6/metrics.csv"] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
 }
