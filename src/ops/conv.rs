@@ -182,6 +182,25 @@ struct Mat {
 /// # Safety
 /// `a`, `b` and `dst` must address valid `m x k`, `k x n` and `m x n` matrices.
 unsafe fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
+    // SAFETY: forwarded from the caller.
+    unsafe { gemm_with(m, n, k, dst, accumulate, a, b, gemm::Parallelism::None) }
+}
+
+/// `gemm::gemm` on our matrix views (its convention: `dst = alpha * dst + beta * a * b`).
+///
+/// # Safety
+/// As [`matmul`].
+#[allow(clippy::too_many_arguments)] // the GEMM's own shape: sizes, destination, operands, threads
+unsafe fn gemm_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    accumulate: bool,
+    a: Mat,
+    b: Mat,
+    par: gemm::Parallelism,
+) {
     debug_assert!(dst.len() >= m * n);
     // SAFETY: the caller guarantees the views; dst is a unique, correctly sized borrow.
     unsafe {
@@ -204,7 +223,7 @@ unsafe fn matmul(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            par,
         )
     }
 }
@@ -306,29 +325,7 @@ fn gather_group(t: &[f32], g: &Geometry, grp: usize, dst: &mut [f32]) {
 /// As [`matmul`].
 unsafe fn matmul_parallel(m: usize, n: usize, k: usize, dst: &mut [f32], accumulate: bool, a: Mat, b: Mat) {
     // SAFETY: forwarded from the caller.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.ptr,
-            a.cs,
-            a.rs,
-            b.ptr,
-            b.cs,
-            b.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::Rayon(0),
-        )
-    }
+    unsafe { gemm_with(m, n, k, dst, accumulate, a, b, gemm::Parallelism::Rayon(0)) }
 }
 
 fn conv_forward_batched(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
