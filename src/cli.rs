@@ -37,6 +37,21 @@ pub enum Command {
         /// Stop the sweep at the first failing variant (default: mark it failed and go on).
         #[arg(long)]
         fail_fast: bool,
+        /// Testing aid: stop as Ctrl-C would after this many training steps.
+        #[arg(long, hide = true)]
+        stop_after_steps: Option<usize>,
+    },
+    /// Finish an interrupted run or sweep: finished variants are kept, failed ones train again,
+    /// an interrupted one continues from its checkpoint.
+    Resume {
+        /// The run folder.
+        run: PathBuf,
+        /// `auto`, `cpu`, `cuda` or `cuda:N`.
+        #[arg(long)]
+        device: Option<String>,
+        /// Testing aid: stop as Ctrl-C would after this many training steps.
+        #[arg(long, hide = true)]
+        stop_after_steps: Option<usize>,
     },
     /// Validate an experiment and print each layer's output shape, parameters and multiply-adds.
     Check {

@@ -23,7 +23,7 @@ use crate::output::sink::{CsvSink, MetricSink};
 use crate::output::summary::{self, Row as SummaryRow, Status};
 use crate::output::tensorboard::TensorBoardSink;
 use crate::output::{checkpoint, run_dir, submission, write_atomic};
-use crate::train::{self, FitOutcome, Splits};
+use crate::train::{self, FitOutcome, Interrupted, Splits};
 
 /// Options of `ablate run`.
 #[derive(Debug, Clone, Default)]
@@ -50,7 +50,11 @@ pub struct Prepared {
 
 /// Loads `file` with `overrides`, finds its classes and images, validates everything.
 pub fn prepare(file: &Path, overrides: Vec<Override>) -> anyhow::Result<Prepared> {
-    let sources = Sources { files: load::extends_chain(file)?, overrides, env: true };
+    prepare_sources(Sources { files: load::extends_chain(file)?, overrides, env: true }, file)
+}
+
+/// [`prepare`] for sources already gathered (`file` names them in errors).
+fn prepare_sources(sources: Sources, file: &Path) -> anyhow::Result<Prepared> {
     let exp = load::load(&sources)?;
     let root = Path::new(&exp.data.root);
     let train_dir = root.join(&exp.data.train_dir);
@@ -168,11 +172,15 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         let dir = create_run_dir(opts, &p.spec.name)?;
         write_atomic(&dir.join("experiment.toml"), as_written(&p.sources)?.as_bytes())?;
         let model_size = size(&model);
-        let session = Session { hparams: hparams::standard(&p.spec.raw), group: p.spec.name.clone() };
+        let pending = summary_row(".", "", model_size, Err(String::new()));
+        summary::write(&dir, &p.spec.name, &[SummaryRow { status: Status::Pending, error: None, ..pending }])?;
+        let session = Session { hparams: hparams::standard(&p.spec.raw), group: p.spec.name.clone(), resume: false };
         let result = train_variant(&p, &dir, model, &device, [notice, import], &session, sinks("."));
-        let row = summary_row(".", "", model_size, result.as_ref().map_err(|e| format!("{e:#}")));
-        summary::write(&dir, &p.spec.name, &[row])?;
-        result?;
+        if !result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+            let row = summary_row(".", "", model_size, result.as_ref().map_err(|e| format!("{e:#}")));
+            summary::write(&dir, &p.spec.name, &[row])?;
+        }
+        result.map_err(|e| resume_hint(e, &dir))?;
         return Ok(dir);
     }
 
@@ -226,6 +234,13 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
             write_atomic(&top.join("experiment.toml"), written.as_bytes())?;
         }
     }
+    // Every variant's resolved config up front: `ablate resume` needs them for variants that
+    // never started.
+    for e in &entries {
+        let vdir = dir.join(&e.folder);
+        std::fs::create_dir_all(&vdir)?; // inside the fresh run folder: nothing to overwrite
+        write_atomic(&vdir.join("config.toml"), resolved_toml(&e.prepared.spec)?.as_bytes())?;
+    }
     let log = RunLog::create(&dir.join("log.txt"), progress())?;
     log.info(format!("{} variants into {}", entries.len(), dir.display()));
     let values =
@@ -252,13 +267,17 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
     for (i, e) in entries.iter().enumerate() {
         log.info(format!("variant {}/{}: {}", i + 1, entries.len(), e.folder));
         let vdir = dir.join(&e.folder);
-        std::fs::create_dir_all(&vdir)?; // inside the fresh run folder: nothing to overwrite
         let p = &e.prepared;
         let result = device::open(device_for(&p.spec, opts.device.as_deref())?).and_then(|(device, notice)| {
             let (model, import) = build_model(&p.spec, &device)?;
-            let session = Session { hparams: e.session.clone(), group: e.folder.clone() };
+            let session = Session { hparams: e.session.clone(), group: e.folder.clone(), resume: false };
             train_variant(p, &vdir, model, &device, [notice, import], &session, sinks(&e.folder))
         });
+        if let Err(err) = result.as_ref()
+            && err.is::<Interrupted>()
+        {
+            return Err(resume_hint(result.unwrap_err(), &dir));
+        }
         rows[i] = summary_row(&e.folder, &values(e), e.size, result.as_ref().map_err(|e| format!("{e:#}")));
         summary::write(&dir, &title, &rows)?;
         if let Err(err) = result {
@@ -306,6 +325,75 @@ pub fn experiment_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
         files.extend(found);
     }
     Ok(files)
+}
+
+/// Adds how to go on to an interruption.
+fn resume_hint(e: anyhow::Error, run: &Path) -> anyhow::Error {
+    if e.is::<Interrupted>() {
+        e.context(format!("stopped; continue with: ablate resume {}", run.display()))
+    } else {
+        e
+    }
+}
+
+/// `ablate resume`: finishes an interrupted run or sweep. Variants that finished are kept,
+/// failed ones train again from the start, an interrupted one continues from its checkpoint
+/// (model, optimizer, epoch and batch, generator positions) and ends with the weights an
+/// uninterrupted run would have. Each variant's own `config.toml` drives it; an edited one is
+/// refused.
+pub fn resume(run: &Path, device: Option<&str>, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
+    let path = run.join("summary.csv");
+    let mut rows =
+        summary::read(&path).with_context(|| format!("{}: not a run folder made by ablate run", run.display()))?;
+    let title = run.file_name().map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    let log = RunLog::append(&run.join("log.txt"), progress())?;
+    for i in 0..rows.len() {
+        if rows[i].status == Status::Ok {
+            continue;
+        }
+        let variant = rows[i].variant.clone();
+        let vdir = if variant == "." { run.to_path_buf() } else { run.join(&variant) };
+        let config = vdir.join("config.toml");
+        if !config.is_file() {
+            bail!("{}: no config.toml, cannot resume variant {variant}", vdir.display());
+        }
+        log.info(format!("resuming {variant}"));
+        let p = prepare_sources(Sources { files: vec![config.clone()], overrides: vec![], env: false }, &config)?;
+        let mut hp: Vec<(String, toml::Value)> = rows[i]
+            .values
+            .split(';')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| Override::parse(kv).ok())
+            .map(|o| (o.key, o.value))
+            .collect();
+        let standard: Vec<_> =
+            hparams::standard(&p.spec.raw).into_iter().filter(|(k, _)| !hp.iter().any(|(s, _)| s == k)).collect();
+        hp.extend(standard);
+        let result = device::open(device_for(&p.spec, device)?).and_then(|(dev, notice)| {
+            let (model, import) = build_model(&p.spec, &dev)?;
+            let session = Session {
+                hparams: hp,
+                group: if variant == "." { p.spec.name.clone() } else { variant.clone() },
+                resume: true,
+            };
+            let size = size(&model);
+            train_variant(&p, &vdir, model, &dev, [notice, import], &session, sinks(&variant)).map(|o| (o, size))
+        });
+        match result {
+            Err(e) if e.is::<Interrupted>() => return Err(resume_hint(e, run)),
+            Ok((outcome, size)) => rows[i] = summary_row(&variant, &rows[i].values.clone(), size, Ok(&outcome)),
+            Err(e) => {
+                log.info(format!("variant {variant} failed: {e:#}"));
+                rows[i] = SummaryRow { status: Status::Failed, error: Some(format!("{e:#}")), ..rows[i].clone() };
+            }
+        }
+        summary::write(run, &title, &rows)?;
+    }
+    let failed: Vec<&str> = rows.iter().filter(|r| r.status == Status::Failed).map(|r| r.variant.as_str()).collect();
+    if !failed.is_empty() {
+        bail!("{} of {} variants failed ({}); see {}", failed.len(), rows.len(), failed.join(", "), path.display());
+    }
+    Ok(run.to_path_buf())
 }
 
 /// One training of a multi-variant run, validated before any trains.
@@ -357,10 +445,12 @@ fn summary_row(
     }
 }
 
-/// A run's HParams session: its hyper-parameter values and group (the variant).
+/// One attempt at training a variant: its HParams session (values, group) and whether it
+/// continues an earlier, interrupted attempt.
 struct Session {
     hparams: Vec<(String, toml::Value)>,
     group: String,
+    resume: bool,
 }
 
 /// Trains one prepared experiment into `dir`: resolved config, log, metrics, event file,
@@ -377,8 +467,12 @@ fn train_variant(
     let spec = &p.spec;
     write_atomic(&dir.join("config.toml"), resolved_toml(spec)?.as_bytes())?;
     let ckpt_dir = dir.join("checkpoints");
-    std::fs::create_dir(&ckpt_dir)?;
-    let log = RunLog::create(&dir.join("log.txt"), progress())?;
+    std::fs::create_dir_all(&ckpt_dir)?;
+    let log = if session.resume {
+        RunLog::append(&dir.join("log.txt"), progress())?
+    } else {
+        RunLog::create(&dir.join("log.txt"), progress())?
+    };
     log.info(format!("run folder: {}", dir.display()));
     let [notice, import] = notes;
     if let Some(n) = notice {
@@ -436,15 +530,26 @@ fn train_logged(
         (train, val) = (train.with_cache(cache), val.with_cache(val_cache));
     }
     let splits = Splits { train, train_idx, val, val_idx };
-    let mut sinks: Vec<Box<dyn MetricSink>> = vec![
-        Box::new(CsvSink::create(&dir.join("metrics.csv"))?),
-        Box::new(TensorBoardSink::with_session(dir, &session.hparams, &session.group)),
-    ];
+    let config_text = resolved_toml(spec)?;
+    let previous = if session.resume { train::load_state(ckpt_dir)? } else { None };
+    let (csv, resume) = match previous {
+        Some(state) => {
+            let history = CsvSink::read(&dir.join("metrics.csv"))?;
+            (CsvSink::append(&dir.join("metrics.csv"))?, Some((state, history)))
+        }
+        None => (CsvSink::create(&dir.join("metrics.csv"))?, None),
+    };
+    let mut sinks: Vec<Box<dyn MetricSink>> =
+        vec![Box::new(csv), Box::new(TensorBoardSink::with_session(dir, &session.hparams, &session.group))];
     sinks.extend(extra_sinks);
 
-    let outcome = train::fit(spec, model, &splits, device, &mut sinks, ckpt_dir, log);
-    for sink in &mut sinks {
-        sink.finish(outcome.is_ok())?;
+    let outcome =
+        train::fit(spec, model, &splits, device, &mut sinks, ckpt_dir, log, resume, &train::fingerprint(&config_text));
+    // An interrupted session is not over: its resume finishes it.
+    if !outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+        for sink in &mut sinks {
+            sink.finish(outcome.is_ok())?;
+        }
     }
     drop(sinks); // closes the event file
     let outcome = outcome?;

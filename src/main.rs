@@ -5,6 +5,8 @@ use std::process::ExitCode;
 use ablate::cli::{Cli, Command};
 use ablate::config::Override;
 use ablate::experiment::{self, RunOptions};
+use std::sync::atomic::Ordering;
+
 use clap::Parser;
 
 /// glibc's malloc hands large freed buffers (im2col columns, activations) back to the OS and
@@ -16,11 +18,26 @@ fn overrides(set: &[String]) -> anyhow::Result<Vec<Override>> {
     Ok(set.iter().map(|s| Override::parse(s)).collect::<Result<_, _>>()?)
 }
 
+fn stop_after(steps: Option<usize>) {
+    if let Some(n) = steps {
+        ablate::train::STOP_AFTER_STEPS.store(n, Ordering::Relaxed);
+    }
+}
+
 fn main() -> ExitCode {
     ablate::alloc::keep_freed_memory();
+    // Ctrl-C: the trainer finishes its step, writes a resumable checkpoint and stops; a second
+    // Ctrl-C kills as usual.
+    let _ = ctrlc::set_handler(|| {
+        if ablate::train::STOP.swap(true, Ordering::Relaxed) {
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step (Ctrl-C again to kill)...");
+    });
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { experiments, set, sweep, device, runs_dir, fail_fast } => {
+        Command::Run { experiments, set, sweep, device, runs_dir, fail_fast, stop_after_steps } => {
+            stop_after(stop_after_steps);
             overrides(&set).and_then(|overrides| {
                 let files = experiment::experiment_files(&experiments)?;
                 let opts = RunOptions { files, overrides, sweep, device, runs_dir, fail_fast };
@@ -35,6 +52,10 @@ fn main() -> ExitCode {
                 weights.map(|report| report.into_iter().for_each(|r| println!("{r}")))
             })
         }
+        Command::Resume { run, device, stop_after_steps } => {
+            stop_after(stop_after_steps);
+            experiment::resume(&run, device.as_deref(), &mut |_| Vec::new()).map(|dir| println!("{}", dir.display()))
+        }
         Command::Compare { runs, sort } => experiment::compare(&runs, sort.as_deref()).map(|table| println!("{table}")),
         Command::Predict { run, checkpoint, data, out, device } => {
             experiment::predict(&run, checkpoint, data.as_deref(), out.as_deref(), device.as_deref())
@@ -48,7 +69,12 @@ fn main() -> ExitCode {
             for cause in e.chain().skip(1) {
                 eprintln!("  caused by: {cause}");
             }
-            ExitCode::FAILURE
+            // 130: interrupted (as a shell reports SIGINT), resumable.
+            if e.chain().any(|c| c.is::<ablate::train::Interrupted>()) {
+                ExitCode::from(130)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -262,6 +262,7 @@ impl<'a> Builder<'a> {
 }
 
 pub(super) struct Built {
+    pub dropout_rng: Arc<Mutex<ChaCha8Rng>>,
     pub layers: Vec<Layer>,
     pub params: BTreeMap<String, Var>,
     pub buffers: BTreeMap<String, Var>,
@@ -417,5 +418,5 @@ pub(super) fn build(
             ),
         });
     }
-    Ok(Built { layers, params: b.params, buffers: b.buffers, counters: b.counters, summary })
+    Ok(Built { dropout_rng, layers, params: b.params, buffers: b.buffers, counters: b.counters, summary })
 }

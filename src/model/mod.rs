@@ -7,8 +7,8 @@ pub mod summary;
 pub mod weights;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
@@ -114,6 +114,8 @@ pub struct Model {
     /// Name prefixes excluded from training.
     frozen: Vec<String>,
     summary: Summary,
+    /// The generator dropout masks come from (its position is saved for exact resumes).
+    dropout_rng: Arc<Mutex<rand_chacha::ChaCha8Rng>>,
 }
 
 /// `name` is `prefix` or lies under it (`layer1` covers `layer1.0.conv1.weight`, not `layer10`).
@@ -150,11 +152,22 @@ impl Model {
             counters: built.counters,
             frozen: Vec::new(),
             summary: built.summary,
+            dropout_rng: built.dropout_rng,
         })
     }
 
     pub fn summary(&self) -> &Summary {
         &self.summary
+    }
+
+    /// Where the dropout generator's stream stands.
+    pub fn dropout_word_pos(&self) -> u128 {
+        self.dropout_rng.lock().expect("dropout rng poisoned").get_word_pos()
+    }
+
+    /// Moves the dropout generator to a saved position.
+    pub fn set_dropout_word_pos(&self, pos: u128) {
+        self.dropout_rng.lock().expect("dropout rng poisoned").set_word_pos(pos);
     }
 
     /// Every parameter, sorted by name.

@@ -19,6 +19,12 @@ impl RunLog {
         Ok(Self { file: Some(Mutex::new(File::create(path)?)), progress })
     }
 
+    /// Logs to the end of `path` (created if missing), as a resumed run does.
+    pub fn append(path: &Path, progress: MultiProgress) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { file: Some(Mutex::new(file)), progress })
+    }
+
     /// Logs to the terminal only (before a run folder exists, or for `predict`).
     pub fn terminal(progress: MultiProgress) -> Self {
         Self { file: None, progress }

@@ -42,6 +42,24 @@ impl CsvSink {
     pub fn create(path: &Path) -> anyhow::Result<Self> {
         Ok(Self { writer: csv::Writer::from_path(path)? })
     }
+
+    /// Continues `path` (a resumed run): rows are appended, the header is not written again.
+    pub fn append(path: &Path) -> anyhow::Result<Self> {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        // The header goes out with the first row: an attempt stopped before its first epoch
+        // ended left an empty file.
+        let empty = file.metadata()?.len() == 0;
+        Ok(Self { writer: csv::WriterBuilder::new().has_headers(empty).from_writer(file) })
+    }
+
+    /// The rows of an existing `metrics.csv`.
+    pub fn read(path: &Path) -> anyhow::Result<Vec<EpochMetrics>> {
+        if !path.exists() {
+            return Ok(Vec::new());
+        }
+        let mut r = csv::Reader::from_path(path)?;
+        Ok(r.deserialize().collect::<Result<_, _>>()?)
+    }
 }
 
 impl MetricSink for CsvSink {

@@ -3,4 +3,7 @@
 pub mod optim;
 pub mod trainer;
 
-pub use trainer::{FitOutcome, Splits, evaluate, fit, predict};
+pub use trainer::{
+    FitOutcome, Interrupted, STOP, STOP_AFTER_STEPS, Splits, TrainState, evaluate, fingerprint, fit, load_state,
+    predict,
+};

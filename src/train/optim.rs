@@ -28,6 +28,43 @@ impl Optimizer {
         Self { cfg, params, state, steps: 0 }
     }
 
+    /// The optimizer's state by name (`<param>.m`, `<param>.v`, `<param>.momentum`, and
+    /// `steps`), for checkpoints that resume exactly.
+    pub fn state_dict(&self) -> Result<std::collections::HashMap<String, Tensor>> {
+        let mut out = std::collections::HashMap::new();
+        for ((name, _), state) in self.params.iter().zip(&self.state) {
+            match state {
+                State::None => {}
+                State::Adam { m, v } => {
+                    out.insert(format!("{name}.m"), m.clone());
+                    out.insert(format!("{name}.v"), v.clone());
+                }
+                State::Momentum(b) => {
+                    out.insert(format!("{name}.momentum"), b.clone());
+                }
+            }
+        }
+        out.insert("steps".into(), Tensor::new(self.steps as i64, &candle_core::Device::Cpu)?);
+        Ok(out)
+    }
+
+    /// Restores what [`Optimizer::state_dict`] saved.
+    pub fn load_state_dict(&mut self, state: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        self.steps = match state.get("steps") {
+            Some(t) => t.to_scalar::<i64>()? as u64,
+            None => candle_core::bail!("optimizer state without `steps`"),
+        };
+        for ((name, var), slot) in self.params.iter().zip(self.state.iter_mut()) {
+            let get = |k: &str| state.get(&format!("{name}.{k}")).map(|t| t.to_device(var.device()));
+            *slot = match (get("m"), get("v"), get("momentum")) {
+                (Some(m), Some(v), _) => State::Adam { m: m?, v: v? },
+                (_, _, Some(b)) => State::Momentum(b?),
+                _ => State::None,
+            };
+        }
+        Ok(())
+    }
+
     /// One update with learning rate `lr`; parameters without a gradient are left alone.
     pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
         self.steps += 1;

@@ -2,7 +2,10 @@
 //! every sink, `last` and `best` checkpoints.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
 
 use anyhow::{Context, bail};
 use candle_core::{D, DType, Device, Tensor};
@@ -25,6 +28,100 @@ pub struct Splits {
     pub train_idx: Vec<usize>,
     pub val: Loader,
     pub val_idx: Vec<usize>,
+}
+
+/// Set by Ctrl-C (and by the test hook below): the trainer finishes its current step, writes
+/// a checkpoint it can resume from, and stops with [`Interrupted`].
+pub static STOP: AtomicBool = AtomicBool::new(false);
+
+/// Testing and debugging aid: request a stop after this many steps of this process (0: never),
+/// exactly as Ctrl-C would.
+pub static STOP_AFTER_STEPS: AtomicUsize = AtomicUsize::new(0);
+
+/// Training steps taken by this process, over every variant (for [`STOP_AFTER_STEPS`]).
+static STEPS_TAKEN: AtomicUsize = AtomicUsize::new(0);
+
+/// A training stopped on request; its checkpoint resumes it exactly.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted after {batches_done} batches of epoch {epoch}; the checkpoint in {} resumes it", dir.display())]
+pub struct Interrupted {
+    pub epoch: usize,
+    pub batches_done: usize,
+    pub dir: std::path::PathBuf,
+}
+
+/// Everything needed to continue a training exactly where it stopped (`checkpoints/state.toml`,
+/// beside `last.safetensors` and `optimizer.safetensors`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Fingerprint of the resolved config the run started with.
+    pub fingerprint: String,
+    /// Epochs finished.
+    pub epochs_done: usize,
+    /// Batches finished in the next epoch (0 at an epoch boundary), with their partial sums.
+    pub batches_done: usize,
+    pub loss_sum: f64,
+    pub correct: usize,
+    pub seen: usize,
+    pub compute_secs: f64,
+    pub elapsed_secs: f64,
+    /// Optimizer steps taken (the schedule's position).
+    pub step: usize,
+    pub best_epoch: usize,
+    /// Best score so far (validation accuracy, or minus the training loss); absent before any.
+    pub best_score: Option<f64>,
+    /// Position of the dropout generator's stream (a u128, as text).
+    pub dropout_word_pos: String,
+}
+
+impl TrainState {
+    fn fresh(fingerprint: &str) -> Self {
+        Self {
+            fingerprint: fingerprint.into(),
+            epochs_done: 0,
+            batches_done: 0,
+            loss_sum: 0.0,
+            correct: 0,
+            seen: 0,
+            compute_secs: 0.0,
+            elapsed_secs: 0.0,
+            step: 0,
+            best_epoch: 0,
+            best_score: None,
+            dropout_word_pos: "0".into(),
+        }
+    }
+}
+
+/// FNV-1a of the resolved config text: a resume refuses a config that changed since the start.
+/// (Eight lines; no crate needed for a non-cryptographic fingerprint.)
+pub fn fingerprint(config_text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in config_text.bytes() {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Writes the resumable state: model, optimizer, then the state file that makes them a set.
+fn save_state(model: &Model, opt: &Optimizer, state: &TrainState, ckpt_dir: &Path) -> anyhow::Result<()> {
+    checkpoint::save(model, &ckpt_dir.join("last.safetensors"))?;
+    let tensors = opt.state_dict()?;
+    let bytes = safetensors::tensor::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)?;
+    crate::output::write_atomic(&ckpt_dir.join("optimizer.safetensors"), &bytes)?;
+    crate::output::write_atomic(&ckpt_dir.join("state.toml"), toml::to_string(state)?.as_bytes())?;
+    Ok(())
+}
+
+/// Reads what [`save_state`] wrote, if a previous attempt left it.
+pub fn load_state(ckpt_dir: &Path) -> anyhow::Result<Option<TrainState>> {
+    let path = ckpt_dir.join("state.toml");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&path)?;
+    Ok(Some(toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()))?))
 }
 
 /// How a finished training went.
@@ -91,7 +188,9 @@ pub fn predict(model: &Model, loader: &Loader, device: &Device, log: &RunLog) ->
 }
 
 /// Trains `model` for the spec's epochs; writes `last` and `best` checkpoints into `ckpt_dir`
-/// and each epoch's metrics to every sink.
+/// and each epoch's metrics to every sink. With `resume`, continues from that state (the
+/// model and optimizer are reloaded from `ckpt_dir`) and `history` holds the epochs before it.
+#[allow(clippy::too_many_arguments)] // the loop's inputs, each used; a struct would only rename them
 pub fn fit(
     spec: &Spec,
     model: &Model,
@@ -100,23 +199,41 @@ pub fn fit(
     sinks: &mut [Box<dyn MetricSink>],
     ckpt_dir: &Path,
     log: &RunLog,
+    resume: Option<(TrainState, Vec<EpochMetrics>)>,
+    config_fingerprint: &str,
 ) -> anyhow::Result<FitOutcome> {
     let cfg = &spec.raw;
     let epochs = cfg.train.epochs;
     let steps_per_epoch = data.train_idx.len().div_ceil(cfg.data.batch_size);
     let mut opt = Optimizer::new(cfg.optimizer.clone(), model.trainable());
-    let mut history = Vec::with_capacity(epochs);
-    let (mut best_epoch, mut best_score) = (0, f64::NEG_INFINITY);
-    let mut step = 0usize;
+    let (mut st, mut history) = match resume {
+        Some((st, history)) => {
+            if st.fingerprint != config_fingerprint {
+                bail!(
+                    "config.toml changed since this run started (fingerprint {} != {}): resume refuses to mix configurations",
+                    config_fingerprint,
+                    st.fingerprint
+                );
+            }
+            checkpoint::load(model, &ckpt_dir.join("last.safetensors"))?;
+            let tensors = candle_core::safetensors::load(ckpt_dir.join("optimizer.safetensors"), device)?;
+            opt.load_state_dict(&tensors)?;
+            model.set_dropout_word_pos(st.dropout_word_pos.parse().context("state.toml: dropout_word_pos")?);
+            log.info(format!("resuming after {} epochs and {} batches", st.epochs_done, st.batches_done));
+            (st, history)
+        }
+        None => (TrainState::fresh(config_fingerprint), Vec::with_capacity(epochs)),
+    };
     let mut lr = cfg.optimizer.lr;
 
-    for epoch in 1..=epochs {
-        let started = Instant::now();
+    for epoch in st.epochs_done + 1..=epochs {
+        let started = Instant::now() - std::time::Duration::from_secs_f64(st.elapsed_secs);
         let mut order = data.train_idx.clone();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed.wrapping_add(epoch as u64)));
+        // A resumed epoch skips the batches it already trained on (the order is seeded).
+        let order = order.split_off((st.batches_done * cfg.data.batch_size).min(order.len()));
         let pb = bar(log, steps_per_epoch, format!("epoch {epoch}/{epochs}"));
-        let (mut loss_sum, mut correct, mut seen) = (0f64, 0usize, 0usize);
-        let mut compute_secs = 0f64;
+        pb.set_position(st.batches_done as u64);
         for batch in data.train.batches(order, epoch as u64) {
             let batch = batch?;
             let t0 = Instant::now();
@@ -129,21 +246,36 @@ pub fn fit(
             if !loss_value.is_finite() {
                 bail!(
                     "the training loss became {loss_value} at epoch {epoch}, step {}: try a lower optimizer.lr",
-                    step + 1
+                    st.step + 1
                 );
             }
-            lr = lr_at(cfg.optimizer.lr, &cfg.train.lr_schedule, step, steps_per_epoch, epochs);
+            lr = lr_at(cfg.optimizer.lr, &cfg.train.lr_schedule, st.step, steps_per_epoch, epochs);
             opt.step(&loss.backward()?, lr)?;
-            correct += logits.argmax(D::Minus1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
-            loss_sum += loss_value * n as f64;
-            seen += n;
-            step += 1;
-            compute_secs += t0.elapsed().as_secs_f64();
-            pb.set_message(format!("loss {:.4} acc {:.3}", loss_sum / seen as f64, correct as f64 / seen as f64));
+            st.correct +=
+                logits.argmax(D::Minus1)?.eq(&y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize;
+            st.loss_sum += loss_value * n as f64;
+            st.seen += n;
+            st.step += 1;
+            st.batches_done += 1;
+            st.compute_secs += t0.elapsed().as_secs_f64();
+            pb.set_message(format!(
+                "loss {:.4} acc {:.3}",
+                st.loss_sum / st.seen as f64,
+                st.correct as f64 / st.seen as f64
+            ));
             pb.inc(1);
+            let taken = STEPS_TAKEN.fetch_add(1, Ordering::Relaxed) + 1;
+            let limit = STOP_AFTER_STEPS.load(Ordering::Relaxed);
+            if STOP.load(Ordering::Relaxed) || (limit > 0 && taken >= limit) {
+                pb.finish_and_clear();
+                st.elapsed_secs = started.elapsed().as_secs_f64();
+                st.dropout_word_pos = model.dropout_word_pos().to_string();
+                save_state(model, &opt, &st, ckpt_dir)?;
+                return Err(Interrupted { epoch, batches_done: st.batches_done, dir: ckpt_dir.to_path_buf() }.into());
+            }
         }
         pb.finish_and_clear();
-        if seen == 0 {
+        if st.seen == 0 {
             bail!("no training image could be read in epoch {epoch}");
         }
         let train_secs = started.elapsed().as_secs_f64();
@@ -151,12 +283,12 @@ pub fn fit(
             if data.val_idx.is_empty() { None } else { Some(evaluate(model, &data.val, &data.val_idx, device, log)?) };
         let m = EpochMetrics {
             epoch,
-            train_loss: loss_sum / seen as f64,
-            train_acc: correct as f64 / seen as f64,
+            train_loss: st.loss_sum / st.seen as f64,
+            train_acc: st.correct as f64 / st.seen as f64,
             val_loss: val.map(|v| v.0),
             val_acc: val.map(|v| v.1),
             lr,
-            images_per_sec: seen as f64 / train_secs,
+            images_per_sec: st.seen as f64 / train_secs,
             seconds: started.elapsed().as_secs_f64(),
         };
         for sink in sinks.iter_mut() {
@@ -170,19 +302,30 @@ pub fn fit(
             m.val_acc.map_or("-".into(), |v| format!("{v:.4}")),
             m.lr,
             m.images_per_sec,
-            seen as f64 / compute_secs.max(1e-9),
+            st.seen as f64 / st.compute_secs.max(1e-9),
             m.seconds
         ));
-        checkpoint::save(model, &ckpt_dir.join("last.safetensors"))?;
         // Best by validation accuracy (ties keep the earlier epoch); without a hold-out, by
         // training loss.
         let score = m.val_acc.unwrap_or(-m.train_loss);
-        if score > best_score {
-            best_score = score;
-            best_epoch = epoch;
+        if st.best_score.is_none_or(|b| score > b) {
+            st.best_score = Some(score);
+            st.best_epoch = epoch;
             checkpoint::save(model, &ckpt_dir.join("best.safetensors")).context("saving the best checkpoint")?;
         }
         history.push(m);
+        st = TrainState {
+            epochs_done: epoch,
+            batches_done: 0,
+            loss_sum: 0.0,
+            correct: 0,
+            seen: 0,
+            compute_secs: 0.0,
+            elapsed_secs: 0.0,
+            dropout_word_pos: model.dropout_word_pos().to_string(),
+            ..st
+        };
+        save_state(model, &opt, &st, ckpt_dir)?;
     }
-    Ok(FitOutcome { epochs: history, best_epoch })
+    Ok(FitOutcome { epochs: history, best_epoch: st.best_epoch })
 }

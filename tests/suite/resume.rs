@@ -1,0 +1,136 @@
+//! Interrupted runs and sweeps resume to exactly what an uninterrupted run produces.
+
+use std::path::Path;
+
+use predicates::prelude::*;
+
+use crate::common::{ablate, color_folder, experiment, only_run};
+
+/// Dropout, a random crop and flips: every seeded stream matters for an exact resume.
+const SET: [&str; 4] = [
+    "--set",
+    "model.layers=[{ conv = { out = 4, kernel = 3, padding = 1 } }, \"batch_norm\", \"relu\", { max_pool = { kernel = 2 } }, { dropout = 0.3 }, { linear = { out = \"$classes\" } }]",
+    "--set",
+    "transforms.train=[{ resize = [18, 18] }, { random_crop = [16, 16] }, { hflip = 0.5 }]",
+];
+
+fn same_files(a: &Path, b: &Path, files: &[&str]) {
+    for f in files {
+        assert!(std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(), "{f} differs after resume");
+    }
+}
+
+/// metrics.csv with its timing columns zeroed.
+fn metrics(dir: &Path) -> Vec<ablate::output::sink::EpochMetrics> {
+    let rows = ablate::output::sink::CsvSink::read(&dir.join("metrics.csv")).unwrap();
+    rows.into_iter().map(|m| ablate::output::sink::EpochMetrics { images_per_sec: 0.0, seconds: 0.0, ..m }).collect()
+}
+
+#[test]
+fn an_interrupted_run_resumes_to_the_same_weights() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 12, 3, 41);
+    let exp = experiment(tmp.path(), &data, 3);
+    let straight = tmp.path().join("straight");
+    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&straight).args(SET).assert().success();
+
+    // 18 training images, batch 8: 3 steps an epoch; stop in the middle of epoch 2.
+    let cut = tmp.path().join("cut");
+    ablate()
+        .arg("run")
+        .arg(&exp)
+        .arg("--runs-dir")
+        .arg(&cut)
+        .args(SET)
+        .args(["--stop-after-steps", "4"])
+        .assert()
+        .code(130)
+        .stderr(
+            predicate::str::contains("interrupted after 1 batches of epoch 2")
+                .and(predicate::str::contains("ablate resume")),
+        );
+    let run = only_run(&cut);
+    assert!(!run.join("submission.csv").exists());
+    // Resuming can itself be interrupted (in epoch 3 this time), then finished.
+    ablate().arg("resume").arg(&run).args(["--stop-after-steps", "3"]).assert().code(130);
+    ablate().arg("resume").arg(&run).assert().success();
+
+    let reference = only_run(&straight);
+    same_files(&reference, &run, &["checkpoints/last.safetensors", "checkpoints/best.safetensors", "submission.csv"]);
+    assert_eq!(metrics(&reference), metrics(&run));
+    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
+    assert_eq!(rows[0].status, ablate::output::summary::Status::Ok);
+}
+
+#[test]
+fn a_sweep_resumes_the_interrupted_variant_and_reruns_failed_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 8, 2, 42);
+    let exp = experiment(tmp.path(), &data, 2);
+    let sweep = ["--sweep", "optimizer.lr=0.01,0.003"];
+    let straight = tmp.path().join("straight");
+    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&straight).args(SET).args(sweep).assert().success();
+
+    let cut = tmp.path().join("cut");
+    // 12 training images, batch 8: 2 steps an epoch, 4 a variant: stop inside the second.
+    ablate()
+        .arg("run")
+        .arg(&exp)
+        .arg("--runs-dir")
+        .arg(&cut)
+        .args(SET)
+        .args(sweep)
+        .args(["--stop-after-steps", "5"])
+        .assert()
+        .code(130);
+    let run = only_run(&cut);
+    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
+    assert_eq!(rows[0].status, ablate::output::summary::Status::Ok);
+    assert_eq!(rows[1].status, ablate::output::summary::Status::Pending);
+    ablate().arg("resume").arg(&run).assert().success();
+    let reference = only_run(&straight);
+    for v in ["lr=0.01", "lr=0.003"] {
+        same_files(&reference.join(v), &run.join(v), &["checkpoints/last.safetensors", "submission.csv"]);
+        assert_eq!(metrics(&reference.join(v)), metrics(&run.join(v)), "{v}");
+    }
+
+    // A failed variant trains again from the start on resume.
+    let bad = data.join("train/red/broken.png");
+    std::fs::write(&bad, b"garbage").unwrap();
+    let failing = tmp.path().join("failing");
+    ablate()
+        .arg("run")
+        .arg(&exp)
+        .arg("--runs-dir")
+        .arg(&failing)
+        .args(["--sweep", "data.skip_bad=false,true"])
+        .assert()
+        .failure();
+    std::fs::remove_file(&bad).unwrap();
+    let run = only_run(&failing);
+    ablate().arg("resume").arg(&run).assert().success();
+    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.status == ablate::output::summary::Status::Ok), "{rows:?}");
+}
+
+#[test]
+fn resume_refuses_an_edited_config() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 8, 2, 43);
+    let exp = experiment(tmp.path(), &data, 2);
+    let runs = tmp.path().join("runs");
+    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&runs).args(["--stop-after-steps", "1"]).assert().code(130);
+    let run = only_run(&runs);
+    let config = run.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("lr = 0.01", "lr = 0.02")).unwrap();
+    ablate()
+        .arg("resume")
+        .arg(&run)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("config.toml changed since this run started"));
+}
