@@ -139,6 +139,17 @@ unsafe fn im2col_raw(x: &[f32], g: &Geometry, c0: usize, col: *mut f32, row_stri
     }
 }
 
+/// One sample's im2col matrix (k x l) for group channels `[c0, c0 + cg)`: the input itself for
+/// a pointwise conv, else unfolded into `col`.
+fn group_columns<'a>(x_n: &'a [f32], g: &Geometry, c0: usize, col: &'a mut [f32]) -> &'a [f32] {
+    if g.is_pointwise() {
+        &x_n[c0 * g.l()..(c0 + g.cg()) * g.l()]
+    } else {
+        im2col(x_n, g, c0, col);
+        col
+    }
+}
+
 /// Folds `col` (k rows of l, row `r` at `r * row_stride`) back onto one sample's channels
 /// `[c0, c0 + cg)`, adding overlaps.
 fn col2im(col: &[f32], g: &Geometry, c0: usize, dx: &mut [f32], row_stride: usize) {
@@ -395,12 +406,7 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
         with_scratch(scratch, |col| {
             for grp in 0..g.p.groups {
                 let c0 = grp * g.cg();
-                let cols: &[f32] = if g.is_pointwise() {
-                    &x_n[c0 * l..(c0 + g.cg()) * l]
-                } else {
-                    im2col(x_n, g, c0, col);
-                    col
-                };
+                let cols = group_columns(x_n, g, c0, col);
                 let w_g = &wt[grp * og * k..(grp + 1) * og * k];
                 let dst = &mut out_n[grp * og * l..(grp + 1) * og * l];
                 // SAFETY: w_g is og x k, cols is k x l, dst is og x l, all row-major.
@@ -461,12 +467,7 @@ fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
                     let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
                     for grp in 0..g.p.groups {
                         let c0 = grp * g.cg();
-                        let cols: &[f32] = if g.is_pointwise() {
-                            &x_n[c0 * l..(c0 + g.cg()) * l]
-                        } else {
-                            im2col(x_n, g, c0, col);
-                            col
-                        };
+                        let cols = group_columns(x_n, g, c0, col);
                         let dy_g = &dy_n[grp * og * l..(grp + 1) * og * l];
                         let dst = &mut dw[grp * og * k..(grp + 1) * og * k];
                         // dw_g (og x k) += dy_g (og x l) * cols^T (l x k)

@@ -314,16 +314,14 @@ pub fn fit(
             checkpoint::save(model, &ckpt_dir.join("best.safetensors")).context("saving the best checkpoint")?;
         }
         history.push(m);
+        // The epoch's sums start again; the run's position and best carry over.
         st = TrainState {
             epochs_done: epoch,
-            batches_done: 0,
-            loss_sum: 0.0,
-            correct: 0,
-            seen: 0,
-            compute_secs: 0.0,
-            elapsed_secs: 0.0,
+            step: st.step,
+            best_epoch: st.best_epoch,
+            best_score: st.best_score,
             dropout_word_pos: model.dropout_word_pos().to_string(),
-            ..st
+            ..TrainState::fresh(&st.fingerprint)
         };
         save_state(model, &opt, &st, ckpt_dir)?;
     }
