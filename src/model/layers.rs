@@ -14,7 +14,7 @@ use super::summary::{Summary, SummaryRow};
 use super::{LayerConfig, ModelError};
 use crate::ops::conv::{ConvParams, conv2d};
 use crate::ops::norm::{BatchNormOp, ChannelStats, channel_bias, relu};
-use crate::ops::pool::{PoolParams, pool2d};
+use crate::ops::pool::{PoolKind, PoolParams, pool2d};
 
 /// A convolution with optional bias: `(n, c, h, w) -> (n, out, oh, ow)`.
 pub struct Conv {
@@ -126,7 +126,17 @@ impl ModuleT for Layer {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             Layer::Conv(c) => c.forward(xs),
-            Layer::Pool(p) => pool2d(xs, *p),
+            Layer::Pool(p) => {
+                // Off the CPU max-pool is candle's, whose backward passes back count/k^2 of the
+                // gradient (0.11): refuse to train through it rather than learn from it.
+                if train && p.kind == PoolKind::Max && !xs.device().is_cpu() {
+                    candle_core::bail!(
+                        "training through max-pool on {:?} is not supported yet (candle's backward is wrong there); train on the CPU",
+                        xs.device().location()
+                    );
+                }
+                pool2d(xs, *p)
+            }
             // (n, c, h, w) -> (n, c)
             Layer::GlobalAvgPool => xs.mean((2, 3)),
             Layer::Relu => relu(xs),

@@ -174,12 +174,6 @@ pub fn pool2d(x: &Tensor, p: PoolParams) -> Result<Tensor> {
         candle_core::bail!("pooling with padding is implemented on CPU only for now");
     }
     match p.kind {
-        // candle 0.11's max-pool backward passes back count/k^2 of the gradient: refuse to train
-        // through it rather than learn from a wrong gradient. Inference is fine.
-        PoolKind::Max if x.track_op() => candle_core::bail!(
-            "training through max-pool on {:?} is not supported yet (candle's backward there is wrong); train on the CPU",
-            x.device().location()
-        ),
         PoolKind::Max => x.max_pool2d_with_stride(p.kernel, p.stride),
         PoolKind::Avg => x.avg_pool2d_with_stride(p.kernel, p.stride),
     }
