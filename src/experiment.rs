@@ -617,7 +617,10 @@ pub fn check(
             spec.input_hw.1,
             model.summary()
         ));
-        if matches!(weights, Ok(None)) {
+        // Only a model with weights to load or layers to freeze has more to check; the first
+        // problem found is the one reported.
+        let extra = spec.raw.model.init.is_some() || !spec.raw.model.freeze.is_empty();
+        if extra && weights.is_ok() {
             weights = build_model(spec, &candle_core::Device::Cpu).map(|(_, report)| report);
         }
     }

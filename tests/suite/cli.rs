@@ -2,7 +2,7 @@
 
 use predicates::prelude::*;
 
-use crate::common::{ablate, color_folder, experiment, only_run};
+use crate::common::{ablate, color_folder, experiment, only_run, run_in};
 
 #[test]
 fn run_leaves_the_whole_tree_and_predict_reproduces_the_submission() {
@@ -11,7 +11,7 @@ fn run_leaves_the_whole_tree_and_predict_reproduces_the_submission() {
     color_folder(&data, 12, 12, 1);
     let exp = experiment(tmp.path(), &data, 2);
     let runs = tmp.path().join("runs");
-    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&runs).arg("--set").arg("seed=3").assert().success();
+    run_in(&exp, &runs).arg("--set").arg("seed=3").assert().success();
 
     let run = only_run(&runs);
     let name = run.file_name().unwrap().to_str().unwrap();
@@ -89,19 +89,11 @@ fn an_unreadable_image_is_named_or_skipped_with_skip_bad() {
     std::fs::write(&bad, b"not a jpeg at all").unwrap();
     let exp = experiment(tmp.path(), &data, 1);
     let runs = tmp.path().join("runs");
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(&runs)
+    run_in(&exp, &runs)
         .assert()
         .failure()
         .stderr(predicates::str::contains("cannot read image").and(predicates::str::contains("broken.jpg")));
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(tmp.path().join("runs2"))
+    run_in(&exp, &tmp.path().join("runs2"))
         .args(["--set", "data.skip_bad=true"])
         .assert()
         .success()

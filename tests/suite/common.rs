@@ -81,3 +81,10 @@ pub fn only_run(runs: &Path) -> PathBuf {
     assert_eq!(dirs.len(), 1, "expected one run folder, found {dirs:?}");
     dirs.into_iter().next().unwrap()
 }
+
+/// `ablate run <experiment> --runs-dir <runs>`, ready for more arguments.
+pub fn run_in(experiment: &Path, runs: &Path) -> assert_cmd::Command {
+    let mut cmd = ablate();
+    cmd.arg("run").arg(experiment).arg("--runs-dir").arg(runs);
+    cmd
+}

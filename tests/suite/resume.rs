@@ -4,7 +4,7 @@ use std::path::Path;
 
 use predicates::prelude::*;
 
-use crate::common::{ablate, color_folder, experiment, only_run};
+use crate::common::{ablate, color_folder, experiment, only_run, run_in};
 
 /// Dropout, a random crop and flips: every seeded stream matters for an exact resume.
 const SET: [&str; 4] = [
@@ -33,23 +33,14 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     color_folder(&data, 12, 3, 41);
     let exp = experiment(tmp.path(), &data, 3);
     let straight = tmp.path().join("straight");
-    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&straight).args(SET).assert().success();
+    run_in(&exp, &straight).args(SET).assert().success();
 
     // 18 training images, batch 8: 3 steps an epoch; stop in the middle of epoch 2.
     let cut = tmp.path().join("cut");
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(&cut)
-        .args(SET)
-        .args(["--stop-after-steps", "4"])
-        .assert()
-        .code(130)
-        .stderr(
-            predicate::str::contains("interrupted after 1 batches of epoch 2")
-                .and(predicate::str::contains("ablate resume")),
-        );
+    run_in(&exp, &cut).args(SET).args(["--stop-after-steps", "4"]).assert().code(130).stderr(
+        predicate::str::contains("interrupted after 1 batches of epoch 2")
+            .and(predicate::str::contains("ablate resume")),
+    );
     let run = only_run(&cut);
     assert!(!run.join("submission.csv").exists());
     // Resuming can itself be interrupted (in epoch 3 this time), then finished.
@@ -71,20 +62,11 @@ fn a_sweep_resumes_the_interrupted_variant_and_reruns_failed_ones() {
     let exp = experiment(tmp.path(), &data, 2);
     let sweep = ["--sweep", "optimizer.lr=0.01,0.003"];
     let straight = tmp.path().join("straight");
-    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&straight).args(SET).args(sweep).assert().success();
+    run_in(&exp, &straight).args(SET).args(sweep).assert().success();
 
     let cut = tmp.path().join("cut");
     // 12 training images, batch 8: 2 steps an epoch, 4 a variant: stop inside the second.
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(&cut)
-        .args(SET)
-        .args(sweep)
-        .args(["--stop-after-steps", "5"])
-        .assert()
-        .code(130);
+    run_in(&exp, &cut).args(SET).args(sweep).args(["--stop-after-steps", "5"]).assert().code(130);
     let run = only_run(&cut);
     let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
     assert_eq!(rows[0].status, ablate::output::summary::Status::Ok);
@@ -100,14 +82,7 @@ fn a_sweep_resumes_the_interrupted_variant_and_reruns_failed_ones() {
     let bad = data.join("train/red/broken.png");
     std::fs::write(&bad, b"garbage").unwrap();
     let failing = tmp.path().join("failing");
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(&failing)
-        .args(["--sweep", "data.skip_bad=false,true"])
-        .assert()
-        .failure();
+    run_in(&exp, &failing).args(["--sweep", "data.skip_bad=false,true"]).assert().failure();
     std::fs::remove_file(&bad).unwrap();
     let run = only_run(&failing);
     ablate().arg("resume").arg(&run).assert().success();
@@ -122,7 +97,7 @@ fn resume_refuses_an_edited_config() {
     color_folder(&data, 8, 2, 43);
     let exp = experiment(tmp.path(), &data, 2);
     let runs = tmp.path().join("runs");
-    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&runs).args(["--stop-after-steps", "1"]).assert().code(130);
+    run_in(&exp, &runs).args(["--stop-after-steps", "1"]).assert().code(130);
     let run = only_run(&runs);
     let config = run.join("config.toml");
     let text = std::fs::read_to_string(&config).unwrap();

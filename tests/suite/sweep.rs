@@ -2,7 +2,7 @@
 
 use predicates::prelude::*;
 
-use crate::common::{ablate, color_folder, experiment, only_run};
+use crate::common::{ablate, color_folder, experiment, only_run, run_in};
 
 fn with_params(exp: &std::path::Path) {
     let text = std::fs::read_to_string(exp).unwrap();
@@ -21,14 +21,7 @@ fn grid_sweep_trains_every_variant_into_its_folder_with_a_summary() {
     let exp = experiment(tmp.path(), &data, 1);
     with_params(&exp);
     let runs = tmp.path().join("runs");
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(&runs)
-        .args(["--sweep", "optimizer.lr=0.01,0.001"])
-        .assert()
-        .success();
+    run_in(&exp, &runs).args(["--sweep", "optimizer.lr=0.01,0.001"]).assert().success();
     let run = only_run(&runs);
     // Axes sorted by key, the last varying fastest.
     let variants = ["width=2,lr=0.01", "width=2,lr=0.001", "width=6,lr=0.01", "width=6,lr=0.001"];
@@ -57,11 +50,7 @@ fn a_failing_variant_is_marked_and_the_sweep_goes_on_unless_fail_fast() {
     std::fs::write(data.join("train/red/broken.png"), b"garbage").unwrap();
     let exp = experiment(tmp.path(), &data, 1);
     let runs = tmp.path().join("runs");
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(&runs)
+    run_in(&exp, &runs)
         .args(["--sweep", "data.skip_bad=false,true"])
         .assert()
         .failure()
@@ -74,14 +63,7 @@ fn a_failing_variant_is_marked_and_the_sweep_goes_on_unless_fail_fast() {
     assert!(std::fs::read_to_string(run.join("skip_bad=false/log.txt")).unwrap().contains("broken.png"));
 
     let runs = tmp.path().join("runs-ff");
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(&runs)
-        .args(["--sweep", "data.skip_bad=false,true", "--fail-fast"])
-        .assert()
-        .failure();
+    run_in(&exp, &runs).args(["--sweep", "data.skip_bad=false,true", "--fail-fast"]).assert().failure();
     let rows = ablate::output::summary::read(&only_run(&runs).join("summary.csv")).unwrap();
     assert_eq!(rows[1].status, ablate::output::summary::Status::Pending, "fail-fast stops before the second");
 }
@@ -95,15 +77,7 @@ fn bad_sweeps_fail_before_anything_is_written() {
     with_params(&exp);
     let runs = tmp.path().join("runs");
     let fails = |args: &[&str], needle: &str| {
-        ablate()
-            .arg("run")
-            .arg(&exp)
-            .arg("--runs-dir")
-            .arg(&runs)
-            .args(args)
-            .assert()
-            .failure()
-            .stderr(predicate::str::contains(needle.to_string()));
+        run_in(&exp, &runs).args(args).assert().failure().stderr(predicate::str::contains(needle.to_string()));
         assert!(!runs.exists(), "nothing written for {args:?}");
     };
     fails(&["--sweep", "optimizer.lrr=1,2"], "unknown key `optimizer.lrr`");
@@ -130,7 +104,7 @@ fn check_shows_every_variant_and_compare_tables_runs() {
         );
 
     let runs = tmp.path().join("runs");
-    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&runs).assert().success();
+    run_in(&exp, &runs).assert().success();
     let run = only_run(&runs);
     let out = ablate().arg("compare").arg(&run).args(["--sort", "params"]).assert().success();
     let text = String::from_utf8(out.get_output().stdout.clone()).unwrap();
@@ -161,7 +135,7 @@ fn several_experiments_share_one_run_folder_and_summary() {
     std::fs::write(dir.join("_base.toml"), "seed = 1\n").unwrap();
     with_params(&a);
     let runs = tmp.path().join("runs");
-    ablate().arg("run").arg(&dir).arg("--runs-dir").arg(&runs).assert().success();
+    run_in(&dir, &runs).assert().success();
     let run = only_run(&runs);
     assert!(run.file_name().unwrap().to_str().unwrap().ends_with("_other+tiny"));
     let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();

@@ -1,7 +1,7 @@
 //! TensorBoard event files: framing and CRCs valid, scalars at the right steps with the values
 //! of metrics.csv; and (with `make test`) read by the real TensorBoard.
 
-use crate::common::{ablate, color_folder, experiment, only_run};
+use crate::common::{color_folder, experiment, only_run, run_in};
 
 fn one_run() -> (tempfile::TempDir, std::path::PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
@@ -9,7 +9,7 @@ fn one_run() -> (tempfile::TempDir, std::path::PathBuf) {
     color_folder(&data, 6, 2, 8);
     let exp = experiment(tmp.path(), &data, 3);
     let runs = tmp.path().join("runs");
-    ablate().arg("run").arg(&exp).arg("--runs-dir").arg(&runs).assert().success();
+    run_in(&exp, &runs).assert().success();
     let run = only_run(&runs);
     (tmp, run)
 }
@@ -97,14 +97,7 @@ fn real_tensorboard_serves_the_hparams_of_a_sweep() {
     std::fs::write(data.join("train/red/broken.png"), b"garbage").unwrap();
     let exp = experiment(tmp.path(), &data, 2);
     let runs = tmp.path().join("runs");
-    ablate()
-        .arg("run")
-        .arg(&exp)
-        .arg("--runs-dir")
-        .arg(&runs)
-        .args(["--sweep", "data.skip_bad=false,true"])
-        .assert()
-        .failure();
+    run_in(&exp, &runs).args(["--sweep", "data.skip_bad=false,true"]).assert().failure();
     let run = only_run(&runs);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard_hparams.py");
     let out = std::process::Command::new(python).arg(script).arg(&run).output().unwrap();
