@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::experiment::Which;
+use crate::scaleout::Shard;
 
 /// Deep-learning experiments on image folders, one TOML file per experiment.
 #[derive(Debug, Parser)]
@@ -37,9 +38,49 @@ pub enum Command {
         /// Stop the sweep at the first failing variant (default: mark it failed and go on).
         #[arg(long)]
         fail_fast: bool,
+        /// Train only the variants whose index is I modulo N (0 <= I < N) into the run folder
+        /// named by --run-id. Default: $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<Shard>,
+        /// Use the run folder <runs-dir>/<ID>_<name>, shared by the shards of one sweep.
+        /// Default: $SLURM_ARRAY_JOB_ID.
+        #[arg(long, value_name = "ID")]
+        run_id: Option<String>,
         /// Testing aid: stop as Ctrl-C would after this many training steps.
         #[arg(long, hide = true)]
         stop_after_steps: Option<usize>,
+    },
+    /// Merge a sharded run's summaries (or redraw a run's) into summary.csv, .md and .png.
+    Summarize {
+        /// The run folder.
+        run: PathBuf,
+    },
+    /// Print a bash script that submits the experiment(s) to Slurm: a job array with one
+    /// variant per task, then a job that runs `ablate summarize`.
+    Slurm {
+        /// Experiment files (TOML), or folders of them, as for `run`.
+        #[arg(required = true)]
+        experiments: Vec<PathBuf>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+        sweep: Vec<String>,
+        #[arg(long, default_value = "runs")]
+        runs_dir: PathBuf,
+        /// Slurm partition.
+        #[arg(long)]
+        partition: Option<String>,
+        /// GPUs per task (one variant per task).
+        #[arg(long)]
+        gpus_per_task: Option<u32>,
+        #[arg(long)]
+        cpus_per_task: Option<u32>,
+        /// Time limit per task, e.g. 4:00:00.
+        #[arg(long)]
+        time: Option<String>,
+        /// Any other #SBATCH option, e.g. --sbatch account=abc (repeatable).
+        #[arg(long, value_name = "OPTION")]
+        sbatch: Vec<String>,
     },
     /// Finish an interrupted run or sweep: finished variants are kept, failed ones train again,
     /// an interrupted one continues from its checkpoint.

@@ -23,6 +23,7 @@ use crate::output::sink::{CsvSink, MetricSink};
 use crate::output::summary::{self, Row as SummaryRow, Status};
 use crate::output::tensorboard::TensorBoardSink;
 use crate::output::{checkpoint, run_dir, submission, write_atomic};
+use crate::scaleout::Shard;
 use crate::train::{self, FitOutcome, Interrupted, Splits};
 
 /// Options of `ablate run`.
@@ -38,6 +39,11 @@ pub struct RunOptions {
     pub runs_dir: PathBuf,
     /// Stop at the first failing variant instead of marking it failed and going on.
     pub fail_fast: bool,
+    /// Train only this shard's variants (see [`Shard`]); needs `run_id`.
+    pub shard: Option<Shard>,
+    /// A fixed run folder `<runs_dir>/<run_id>_<name>` that several processes (shards) share,
+    /// instead of a fresh timestamped one.
+    pub run_id: Option<String>,
 }
 
 /// An experiment loaded, validated and matched with its dataset, before anything is written.
@@ -164,6 +170,7 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
     }
     if let [(file, _, variants)] = &plans[..]
         && variants.is_empty()
+        && opts.run_id.is_none()
     {
         let p = prepare(file, opts.overrides.clone())?;
         let (device, notice) = device::open(device_for(&p.spec, opts.device.as_deref())?)?;
@@ -198,7 +205,8 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
             let folder = match (multi, name.is_empty()) {
                 (true, true) => base.name.clone(),
                 (true, false) => format!("{}/{name}", base.name),
-                (false, _) => name,
+                (false, true) => ".".into(),
+                (false, false) => name,
             };
             if entries.iter().any(|e| e.folder == folder) {
                 bail!("two experiments would both write {folder}/: give them different `name`s");
@@ -219,10 +227,14 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         }
     }
     let title = plans.iter().map(|(_, b, _)| b.name.as_str()).collect::<Vec<_>>().join("+");
-    let dir = create_run_dir(opts, &title)?;
+    let shard = opts.shard.unwrap_or(Shard { index: 0, count: 1 });
+    let dir = match &opts.run_id {
+        Some(id) => shared_run_dir(opts, &title, id, shard)?,
+        None => create_run_dir(opts, &title)?,
+    };
     if multi {
         for (_, base, _) in &plans {
-            std::fs::create_dir(dir.join(&base.name))?;
+            std::fs::create_dir_all(dir.join(&base.name))?;
         }
     }
     for e in &entries {
@@ -235,14 +247,23 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         }
     }
     // Every variant's resolved config up front: `ablate resume` needs them for variants that
-    // never started.
+    // never started (every shard writes them all: the same text, so whichever lands is right).
     for e in &entries {
         let vdir = dir.join(&e.folder);
-        std::fs::create_dir_all(&vdir)?; // inside the fresh run folder: nothing to overwrite
-        write_atomic(&vdir.join("config.toml"), resolved_toml(&e.prepared.spec)?.as_bytes())?;
+        std::fs::create_dir_all(&vdir)?; // inside this run's folder: nothing else's to overwrite
+        if !vdir.join("config.toml").exists() {
+            write_atomic(&vdir.join("config.toml"), resolved_toml(&e.prepared.spec)?.as_bytes())?;
+        }
     }
-    let log = RunLog::create(&dir.join("log.txt"), progress())?;
-    log.info(format!("{} variants into {}", entries.len(), dir.display()));
+    let sharded = shard.count > 1;
+    let log_name = if sharded { format!("log.shard-{}-of-{}.txt", shard.index, shard.count) } else { "log.txt".into() };
+    let log = RunLog::create(&dir.join(log_name), progress())?;
+    let owned = (0..entries.len()).filter(|&i| shard.owns(i)).count();
+    if sharded {
+        log.info(format!("shard {shard}: {owned} of {} variants into {}", entries.len(), dir.display()));
+    } else {
+        log.info(format!("{} variants into {}", entries.len(), dir.display()));
+    }
     let values =
         |e: &Entry| e.values.iter().map(|(k, x)| format!("{k}={}", format_value(x))).collect::<Vec<_>>().join(";");
     let mut rows: Vec<SummaryRow> = entries
@@ -253,8 +274,19 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
             ..summary_row(&e.folder, &values(e), e.size, Err(String::new()))
         })
         .collect();
-    summary::write(&dir, &title, &rows)?;
-    // The HParams experiment: every hyper-parameter with the values it takes.
+    // A shard writes its own summary (every row, its own filled in); `ablate summarize` merges.
+    let write_summary = |rows: &[SummaryRow]| -> anyhow::Result<()> {
+        if sharded {
+            let shards = dir.join("shards");
+            std::fs::create_dir_all(&shards)?;
+            summary::write_csv(&shards.join(shard.summary_file()), rows)
+        } else {
+            summary::write(&dir, &title, rows)
+        }
+    };
+    write_summary(&rows)?;
+    // The HParams experiment: every hyper-parameter with the values it takes (one per run
+    // folder: the first shard writes it).
     let mut domains: Vec<(String, Vec<toml::Value>)> = Vec::new();
     for (k, x) in entries.iter().flat_map(|e| e.session.iter().cloned()) {
         match domains.iter_mut().find(|(name, _)| *name == k) {
@@ -263,8 +295,13 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
             None => domains.push((k, vec![x])),
         }
     }
-    TensorBoardSink::create(&dir).add_summary(hparams::experiment(&domains, hparams::now_secs()));
+    if shard.index == 0 {
+        TensorBoardSink::create(&dir).add_summary(hparams::experiment(&domains, hparams::now_secs()));
+    }
     for (i, e) in entries.iter().enumerate() {
+        if !shard.owns(i) {
+            continue;
+        }
         log.info(format!("variant {}/{}: {}", i + 1, entries.len(), e.folder));
         let vdir = dir.join(&e.folder);
         let p = &e.prepared;
@@ -279,7 +316,7 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
             return Err(resume_hint(result.unwrap_err(), &dir));
         }
         rows[i] = summary_row(&e.folder, &values(e), e.size, result.as_ref().map_err(|e| format!("{e:#}")));
-        summary::write(&dir, &title, &rows)?;
+        write_summary(&rows)?;
         if let Err(err) = result {
             log.info(format!("variant {} failed: {err:#}", e.folder));
             if opts.fail_fast {
@@ -287,18 +324,37 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
             }
         }
     }
-    log.info(format!("summary:\n{}", summary::markdown(&title, &rows)));
+    if sharded {
+        log.info(format!(
+            "shard {shard} done; once every shard is, merge their summaries with: ablate summarize {}",
+            dir.display()
+        ));
+    } else {
+        log.info(format!("summary:\n{}", summary::markdown(&title, &rows)));
+    }
     let failed: Vec<&str> = rows.iter().filter(|r| r.status == Status::Failed).map(|r| r.variant.as_str()).collect();
     if !failed.is_empty() {
         bail!(
-            "{} of {} variants failed ({}); see {}",
+            "{} of {owned} variants failed ({}); see {}",
             failed.len(),
-            rows.len(),
             failed.join(", "),
-            dir.join("summary.md").display()
+            dir.join(if sharded { "log.shard-*.txt" } else { "summary.md" }).display()
         );
     }
     Ok(dir)
+}
+
+/// The run folder title and number of variants `ablate run` would train for these files and
+/// overrides (every variant validated as a sweep key; data and shapes are checked by `run`).
+pub fn plan(files: &[PathBuf], overrides: &[Override], cli_sweep: &[String]) -> anyhow::Result<(String, usize)> {
+    let mut names = Vec::new();
+    let mut count = 0;
+    for file in files {
+        let (base, variants) = sweep_variants(file, overrides, cli_sweep)?;
+        names.push(base.name);
+        count += variants.len().max(1);
+    }
+    Ok((run_title(files.len(), &names.join("+")), count))
 }
 
 /// The experiment files named by `args`: files as given, folders walked for `*.toml` files
@@ -408,11 +464,84 @@ struct Entry {
     size: (usize, u64),
 }
 
-fn create_run_dir(opts: &RunOptions, name: &str) -> anyhow::Result<PathBuf> {
+/// The name part of a run folder for experiments titled `title`.
+pub fn run_title(files: usize, title: &str) -> String {
     // A long list of experiment names would make an unwieldy folder name.
-    let name = if name.len() > 60 { format!("{}-experiments", opts.files.len()) } else { name.to_string() };
-    run_dir::create(&opts.runs_dir, &name, chrono::Local::now())
+    if title.len() > 60 { format!("{files}-experiments") } else { title.to_string() }
+}
+
+fn create_run_dir(opts: &RunOptions, title: &str) -> anyhow::Result<PathBuf> {
+    run_dir::create(&opts.runs_dir, &run_title(opts.files.len(), title), chrono::Local::now())
         .with_context(|| format!("cannot create a run folder under {}", opts.runs_dir.display()))
+}
+
+/// `<runs_dir>/<id>_<title>`, shared by the shards of one sweep. A shard (or unsharded run)
+/// that already ran there is refused: a run id is used once.
+fn shared_run_dir(opts: &RunOptions, title: &str, id: &str, shard: Shard) -> anyhow::Result<PathBuf> {
+    let dir = opts.runs_dir.join(run_dir::shared_name(id, &run_title(opts.files.len(), title)));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create the run folder {}", dir.display()))?;
+    let mine = if shard.count > 1 { dir.join("shards").join(shard.summary_file()) } else { dir.join("summary.csv") };
+    for done in [&mine, &dir.join("summary.csv")] {
+        if done.exists() {
+            bail!(
+                "{} exists: run id {id} was used before (shard {shard}); pick another --run-id, or continue it with `ablate resume {}`",
+                done.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// `ablate summarize`: merges a sharded run's shard summaries (`shards/summary-I-of-N.csv`,
+/// row `i` taken from shard `i mod N`) into `summary.csv`, `summary.md` and `summary.png`, or
+/// redraws them from an unsharded run's `summary.csv`. Returns the markdown table and a note
+/// per shard that has not written its summary (its variants stay `pending`).
+pub fn summarize(run: &Path) -> anyhow::Result<(String, Vec<String>)> {
+    let title = run.file_name().map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned());
+    let shards_dir = run.join("shards");
+    let mut notes = Vec::new();
+    let rows = if shards_dir.is_dir() {
+        let mut found: Vec<(Shard, Vec<SummaryRow>)> = Vec::new();
+        for entry in std::fs::read_dir(&shards_dir)? {
+            let path = entry?.path();
+            let Some(shard) = path.file_name().and_then(|n| n.to_str()).and_then(Shard::from_summary_file) else {
+                continue;
+            };
+            let rows = summary::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            found.push((shard, rows));
+        }
+        let Some(count) = found.first().map(|(s, _)| s.count) else {
+            bail!("{}: no shard summaries (summary-I-of-N.csv) yet", shards_dir.display());
+        };
+        if let Some((s, _)) = found.iter().find(|(s, _)| s.count != count) {
+            bail!("{}: shard summaries of different shard counts ({count} and {})", shards_dir.display(), s.count);
+        }
+        let mut rows = found[0].1.clone();
+        if let Some((s, r)) = found.iter().find(|(_, r)| r.len() != rows.len()) {
+            bail!("{}: shard {s} lists {} variants, another {}", shards_dir.display(), r.len(), rows.len());
+        }
+        for index in 0..count {
+            match found.iter().find(|(s, _)| s.index == index) {
+                Some((s, theirs)) => {
+                    for (i, row) in rows.iter_mut().enumerate().filter(|(i, _)| s.owns(*i)) {
+                        *row = theirs[i].clone();
+                    }
+                }
+                None => notes.push(format!("shard {index}/{count} has not written its summary yet")),
+            }
+        }
+        rows
+    } else {
+        let path = run.join("summary.csv");
+        summary::read(&path).with_context(|| format!("{}: not a run folder made by ablate run", run.display()))?
+    };
+    let unfinished = rows.iter().filter(|r| r.status == Status::Pending).count();
+    if unfinished > 0 {
+        notes.push(format!("{unfinished} of {} variants not finished (pending)", rows.len()));
+    }
+    summary::write(run, &title, &rows)?;
+    Ok((summary::markdown(&title, &rows), notes))
 }
 
 /// A model's size: total parameters and multiply-adds per image.

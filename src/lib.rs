@@ -13,4 +13,5 @@ pub mod experiment;
 pub mod model;
 pub mod ops;
 pub mod output;
+pub mod scaleout;
 pub mod train;

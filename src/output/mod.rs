@@ -4,6 +4,7 @@
 pub mod checkpoint;
 pub mod hparams;
 pub mod log;
+pub mod plot;
 pub mod run_dir;
 pub mod sink;
 pub mod submission;

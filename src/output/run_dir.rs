@@ -6,9 +6,17 @@ use chrono::{DateTime, Local};
 
 /// Folder name for a run of `name` started at `when`; the name is made filesystem-safe.
 pub fn run_name(when: DateTime<Local>, name: &str) -> String {
-    let safe: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=,+".contains(c) { c } else { '_' }).collect();
-    format!("{}_{safe}", when.format("%Y-%m-%d_%H-%M-%S"))
+    format!("{}_{}", when.format("%Y-%m-%d_%H-%M-%S"), safe(name))
+}
+
+/// Folder name of a run with a fixed id (the shards of one sweep share it): `<id>_<name>`.
+pub fn shared_name(id: &str, name: &str) -> String {
+    format!("{id}_{}", safe(name))
+}
+
+/// `name` with characters other than letters, digits and `-_.=,+` replaced by `_`.
+pub fn safe(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=,+".contains(c) { c } else { '_' }).collect()
 }
 
 /// Creates a new run folder under `root`; when the name is taken (two runs in one second) a

@@ -1,5 +1,6 @@
 //! The run summary: one row per variant (swept values, size, results, status) as
-//! `summary.csv` and `summary.md`, rewritten after every variant.
+//! `summary.csv`, `summary.md` and `summary.png` (see [`super::plot`]), rewritten after every
+//! variant.
 
 use std::path::Path;
 
@@ -34,15 +35,20 @@ pub struct Row {
     pub error: Option<String>,
 }
 
-/// Writes `summary.csv` and `summary.md` into `dir`.
+/// Writes `summary.csv`, `summary.md` and `summary.png` into `dir`.
 pub fn write(dir: &Path, title: &str, rows: &[Row]) -> anyhow::Result<()> {
+    write_csv(&dir.join("summary.csv"), rows)?;
+    write_atomic(&dir.join("summary.md"), markdown(title, rows).as_bytes())?;
+    super::plot::write_png(&dir.join("summary.png"), title, rows)
+}
+
+/// Writes the rows as CSV to `path` (atomically).
+pub fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
         w.serialize(r)?;
     }
-    write_atomic(&dir.join("summary.csv"), &w.into_inner()?)?;
-    write_atomic(&dir.join("summary.md"), markdown(title, rows).as_bytes())?;
-    Ok(())
+    Ok(write_atomic(path, &w.into_inner()?)?)
 }
 
 /// Reads a `summary.csv`.

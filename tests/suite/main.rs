@@ -8,6 +8,7 @@ mod gradients;
 mod learning;
 mod resume;
 mod shapes;
+mod shards;
 mod sweep;
 mod tensorboard;
 mod weights;

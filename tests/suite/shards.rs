@@ -1,0 +1,184 @@
+//! Scale-out: shards of one sweep in parallel processes, one shared run folder, one merged
+//! summary; the Slurm submission script.
+
+use std::process::Command;
+
+use ablate::output::summary::{self, Status};
+use predicates::prelude::*;
+
+use crate::common::{ablate, color_folder, experiment};
+
+/// A three-variant sweep (width 2, 4, 6) on tiny data.
+fn sweep3(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("data");
+    color_folder(&data, 6, 3, 5);
+    let exp = experiment(dir, &data, 1);
+    let text = std::fs::read_to_string(&exp).unwrap();
+    let text = text.replace("[model]\n", "[model]\nparams = { width = 4 }\n").replace(
+        "{ conv = { out = 4, kernel = 3, padding = 1 } }",
+        "{ conv = { out = \"$width\", kernel = 3, padding = 1 } }",
+    );
+    std::fs::write(&exp, format!("{text}\n[sweep]\n\"model.params.width\" = [2, 4, 6]\n")).unwrap();
+    exp
+}
+
+#[test]
+fn two_shards_in_parallel_fill_one_run_folder_and_summarize_merges_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = sweep3(tmp.path());
+    let runs = tmp.path().join("runs");
+    let bin = assert_cmd::cargo::cargo_bin("ablate");
+    // Two processes at once, as two tasks of a Slurm job array would run; shard 1 gets its
+    // shard from the Slurm variables, shard 0 from the command line.
+    let spawn = |shard: Option<&str>| {
+        let mut c = Command::new(&bin);
+        c.arg("run").arg(&exp).arg("--runs-dir").arg(&runs);
+        for k in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_JOB_ID"] {
+            c.env_remove(k);
+        }
+        match shard {
+            Some(s) => c.args(["--shard", s, "--run-id", "job42"]),
+            None => {
+                c.env("SLURM_ARRAY_TASK_ID", "1").env("SLURM_ARRAY_TASK_COUNT", "2").env("SLURM_ARRAY_JOB_ID", "job42")
+            }
+        };
+        c.spawn().unwrap()
+    };
+    let (mut a, mut b) = (spawn(Some("0/2")), spawn(None));
+    assert!(a.wait().unwrap().success() && b.wait().unwrap().success());
+
+    let run = runs.join("job42_tiny");
+    let names: Vec<String> =
+        std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, ["job42_tiny"], "one shared folder");
+    // Shard 0 trained variants 0 and 2, shard 1 variant 1; each wrote its own log and summary.
+    for (v, log) in [("width=2", 0), ("width=4", 1), ("width=6", 0)] {
+        assert!(run.join(v).join("checkpoints/best.safetensors").is_file(), "{v}");
+        let text = std::fs::read_to_string(run.join(format!("log.shard-{log}-of-2.txt"))).unwrap();
+        assert!(text.contains(&format!(": {v}\n")), "{v} not in shard {log}'s log:\n{text}");
+    }
+    assert!(!run.join("summary.csv").exists(), "shards do not write the merged summary");
+    let shard0 = summary::read(&run.join("shards/summary-0-of-2.csv")).unwrap();
+    let statuses: Vec<Status> = shard0.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [Status::Ok, Status::Pending, Status::Ok]);
+
+    ablate().arg("summarize").arg(&run).assert().success().stdout(predicate::str::contains("| width=4 |"));
+    let rows = summary::read(&run.join("summary.csv")).unwrap();
+    assert_eq!(rows.iter().map(|r| r.variant.as_str()).collect::<Vec<_>>(), ["width=2", "width=4", "width=6"]);
+    assert!(rows.iter().all(|r| r.status == Status::Ok && r.best_val_acc.is_some()), "{rows:?}");
+    assert!(run.join("summary.md").is_file());
+    let png = image::open(run.join("summary.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
+
+    // The run id is used once: a shard run again into it is refused, nothing overwritten.
+    let before = std::fs::read(run.join("width=2/checkpoints/best.safetensors")).unwrap();
+    ablate()
+        .arg("run")
+        .arg(&exp)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .args(["--shard", "0/2", "--run-id", "job42"])
+        .env_remove("SLURM_ARRAY_JOB_ID")
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("run id job42 was used before"));
+    assert_eq!(std::fs::read(run.join("width=2/checkpoints/best.safetensors")).unwrap(), before);
+}
+
+#[test]
+fn summarize_reports_a_shard_that_has_not_finished() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = sweep3(tmp.path());
+    let runs = tmp.path().join("runs");
+    ablate()
+        .arg("run")
+        .arg(&exp)
+        .arg("--runs-dir")
+        .arg(&runs)
+        .args(["--shard", "2/3", "--run-id", "j7"])
+        .assert()
+        .success();
+    let run = runs.join("j7_tiny");
+    ablate()
+        .arg("summarize")
+        .arg(&run)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("shard 0/3 has not written its summary yet"))
+        .stderr(predicate::str::contains("2 of 3 variants not finished"));
+    let rows = summary::read(&run.join("summary.csv")).unwrap();
+    assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Pending, Status::Pending, Status::Ok]);
+    // Every variant's config is there, so `ablate resume` can finish the missing ones.
+    for v in ["width=2", "width=4", "width=6"] {
+        assert!(run.join(v).join("config.toml").is_file(), "{v}");
+    }
+    ablate().arg("resume").arg(&run).assert().success();
+    let rows = summary::read(&run.join("summary.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
+}
+
+/// Stand-ins for Slurm's commands: `sbatch` runs a job array's tasks at once (each with the
+/// array variables set) and returns when all have ended, so a dependent job runs after them,
+/// as `afterany` would; `srun` runs its command.
+const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
+set -e
+wrap=
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wrap) wrap="$2"; shift 2;;
+    *) shift;;
+  esac
+done
+if [ -n "$wrap" ]; then bash -c "$wrap" > summary.out 2>&1; echo 4243; exit 0; fi
+script=$(cat)
+last=$(printf '%s\n' "$script" | sed -n 's/^#SBATCH --array=0-\([0-9]*\)$/\1/p')
+pids=()
+for i in $(seq 0 "$last"); do
+  SLURM_ARRAY_JOB_ID=4242 SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_COUNT=$((last + 1)) \
+    bash -c "$script" > "task$i.out" 2>&1 &
+  pids+=($!)
+done
+for p in "${pids[@]}"; do wait "$p"; done
+echo "4242;cluster"
+"#;
+
+#[test]
+fn the_slurm_script_runs_one_task_per_variant_then_the_summary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = sweep3(tmp.path());
+    let script = ablate()
+        .current_dir(tmp.path())
+        .arg("slurm")
+        .arg("tiny.toml")
+        .args(["--partition", "gpu", "--gpus-per-task", "1", "--time", "1:00:00"])
+        .assert()
+        .success()
+        .get_output()
+        .stdout
+        .clone();
+    let script = String::from_utf8(script).unwrap();
+    assert!(exp.is_file());
+    for needle in ["#SBATCH --array=0-2\n", "#SBATCH --partition=gpu\n", " summarize runs/${array}_tiny\""] {
+        assert!(script.contains(needle), "missing {needle:?} in\n{script}");
+    }
+    // Submit it to the stand-in Slurm and check the merged result.
+    let bin = tmp.path().join("fake-slurm");
+    std::fs::create_dir(&bin).unwrap();
+    for (name, body) in [("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexec \"$@\"\n")] {
+        std::fs::write(bin.join(name), body).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(bin.join(name)).status().unwrap();
+    }
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new("bash").arg("-c").arg(&script).env("PATH", path).current_dir(tmp.path()).output().unwrap();
+    let task_logs = || {
+        (0..3)
+            .map(|i| std::fs::read_to_string(tmp.path().join(format!("task{i}.out"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), task_logs());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("runs/4242_tiny/summary.md"));
+    let rows = summary::read(&tmp.path().join("runs/4242_tiny/summary.csv")).unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}\n{}", task_logs());
+}
