@@ -6,6 +6,10 @@
 //! Workloads: `lenet` (256x256, batch 64), `resnet18` (224x224, batch 16), `resnext_g<G>` (a
 //! 3-block bottleneck stage, 256 channels at 32x32, 3x3 width 128 in G groups, batch 32), and
 //! `data` (decode + resize to 256x256 + normalise 2,000 JPEGs of 500x375).
+//!
+//! Options (the GPU check, bench/gpu-check.sh): `--device cuda:0`, `--batch N`, `--bf16`, and
+//! the workload `agree`: ResNet18's forward pass on the CPU and on `--device` with the same
+//! weights and batch, printing the largest difference (exit status 1 above 1e-3).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,8 +30,18 @@ use rand::{Rng, SeedableRng};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The project folder: where this was built, or (a binary carried to another machine) the
+/// current folder.
+fn root() -> PathBuf {
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"));
+    if built.join("experiments").is_dir() { built.to_path_buf() } else { PathBuf::from(".") }
+}
+
+/// Command-line options after the workload and step count.
+struct Opts {
+    device: Device,
+    batch: Option<usize>,
+    bf16: bool,
 }
 
 /// Peak resident set size of this process, from the kernel's high-water mark.
@@ -41,14 +55,13 @@ fn peak_rss_mb() -> f64 {
 }
 
 /// Builds a model from an experiment file's layers (its `init` is not loaded).
-fn model_from(file: &Path, input: (usize, usize, usize), overrides: &[&str]) -> anyhow::Result<Model> {
-    let overrides = overrides.iter().map(|s| ablate::config::Override::parse(s)).collect::<Result<Vec<_>, _>>()?;
-    let exp = load::load(&Sources { files: vec![file.to_path_buf()], overrides, env: false })?;
+fn model_from(file: &Path, input: (usize, usize, usize), device: &Device) -> anyhow::Result<Model> {
+    let exp = load::load(&Sources { files: vec![file.to_path_buf()], overrides: vec![], env: false })?;
     let spec = resolve(exp, &file.display().to_string(), vec!["a".into(), "b".into()])?;
-    Ok(Model::build_for(&spec.layers, input, 0, &Device::Cpu)?)
+    Ok(Model::build_for(&spec.layers, input, 0, device)?)
 }
 
-fn resnext_stage(groups: usize) -> anyhow::Result<Model> {
+fn resnext_stage(groups: usize, device: &Device) -> anyhow::Result<Model> {
     let tmp = std::env::temp_dir().join(format!("ablate-bench-resnext-{}.toml", std::process::id()));
     std::fs::write(
         &tmp,
@@ -56,19 +69,14 @@ fn resnext_stage(groups: usize) -> anyhow::Result<Model> {
             "name = \"stage\"\n[data]\nroot = \".\"\n[model]\ninput = [32, 32]\nlayers = [\n  {{ stage = {{ block = \"bottleneck\", repeat = 3, out = 256, mid = 128, groups = {groups} }} }},\n  \"global_avg_pool\", {{ linear = {{ out = 10 }} }},\n]\n"
         ),
     )?;
-    let m = model_from(&tmp, (256, 32, 32), &[]);
+    let m = model_from(&tmp, (256, 32, 32), device);
     std::fs::remove_file(&tmp)?;
     m
 }
 
 /// Median seconds per training step (forward, cross-entropy, backward, Adam) after warm-up.
 fn train_steps(model: &Model, input: (usize, usize, usize, usize), classes: u32, steps: usize) -> anyhow::Result<f64> {
-    let (n, c, h, w) = input;
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-    let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
-    let x = Tensor::from_vec(x, (n, c, h, w), &Device::Cpu)?;
-    let y: Vec<u32> = (0..n).map(|_| rng.gen_range(0..classes)).collect();
-    let y = Tensor::new(y.as_slice(), &Device::Cpu)?;
+    let (x, y) = batch(input, classes, model.device())?;
     let mut opt = Optimizer::new(Default::default(), model.trainable());
     let mut times = Vec::new();
     for i in 0..steps + 2 {
@@ -82,6 +90,40 @@ fn train_steps(model: &Model, input: (usize, usize, usize, usize), classes: u32,
     }
     times.sort_by(f64::total_cmp);
     Ok(times[times.len() / 2])
+}
+
+/// A seeded random batch and labels on `device`.
+fn batch(input: (usize, usize, usize, usize), classes: u32, device: &Device) -> anyhow::Result<(Tensor, Tensor)> {
+    let (n, c, h, w) = input;
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let x: Vec<f32> = (0..n * c * h * w).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    let x = Tensor::from_vec(x, (n, c, h, w), device)?;
+    let y: Vec<u32> = (0..n).map(|_| rng.gen_range(0..classes)).collect();
+    Ok((x, Tensor::new(y.as_slice(), device)?))
+}
+
+/// ResNet18's outputs on the CPU and on `device` for the same weights (same seed) and batch,
+/// in evaluation and in training mode: the largest absolute difference relative to the
+/// largest output.
+fn agree(device: &Device, n: usize) -> anyhow::Result<f64> {
+    let file = root().join("experiments/resnet18.toml");
+    let cpu = model_from(&file, (3, 224, 224), &Device::Cpu)?;
+    let dev = model_from(&file, (3, 224, 224), device)?;
+    let (x, _) = batch((n, 3, 224, 224), 2, &Device::Cpu)?;
+    let mut worst: f64 = 0.0;
+    for train in [false, true] {
+        let a = cpu.forward_t(&x, train)?;
+        let b = dev.forward_t(&x.to_device(device)?, train)?.to_device(&Device::Cpu)?;
+        let diff = (&a - &b)?.abs()?.max_all()?.to_scalar::<f32>()? as f64;
+        let scale = a.abs()?.max_all()?.to_scalar::<f32>()?.max(1e-6) as f64;
+        println!(
+            "resnet18 forward ({}): max |cpu - device| = {diff:.3e}, relative {:.3e}",
+            if train { "train" } else { "eval" },
+            diff / scale
+        );
+        worst = worst.max(diff / scale);
+    }
+    Ok(worst)
 }
 
 /// 2,000 JPEGs of 500x375 in two class folders (made once, shared with the PyTorch side).
@@ -131,18 +173,52 @@ fn data_pipeline() -> anyhow::Result<(f64, usize)> {
 fn main() -> anyhow::Result<()> {
     ablate::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
-    let workload = args.get(1).context("usage: bench <lenet|resnet18|resnext_g<G>|data> [steps]")?.as_str();
-    let steps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let usage = "usage: bench <lenet|resnet18|resnext_g<G>|data|agree> [steps] [--device D] [--batch N] [--bf16]";
+    let workload = args.get(1).context(usage)?.as_str();
+    let steps: usize = match args.get(2) {
+        Some(s) if !s.starts_with("--") => s.parse()?,
+        _ => 5,
+    };
+    let mut opts = Opts { device: Device::Cpu, batch: None, bf16: false };
+    let mut rest = args.iter().skip(2).skip_while(|a| !a.starts_with("--"));
+    while let Some(flag) = rest.next() {
+        match flag.as_str() {
+            "--device" => {
+                let choice = rest.next().context(usage)?.parse().map_err(anyhow::Error::msg)?;
+                opts.device = ablate::device::open(choice)?.0;
+            }
+            "--batch" => opts.batch = Some(rest.next().context(usage)?.parse()?),
+            "--bf16" => opts.bf16 = true,
+            other => bail!("unknown option {other}; {usage}"),
+        }
+    }
+    if opts.bf16 && opts.device.is_cpu() {
+        bail!("--bf16 is for CUDA devices (candle's CPU matmul has no bf16)");
+    }
+    let dev = opts.device.clone();
+    let prepare = |m: Model| {
+        m.set_bf16(opts.bf16);
+        m
+    };
     let (img_per_s, ms) = match workload {
+        "agree" => {
+            let worst = agree(&dev, opts.batch.unwrap_or(8))?;
+            if worst > 1e-3 {
+                bail!("CPU and {:?} disagree: relative difference {worst:.3e} > 1e-3", dev.location());
+            }
+            return Ok(());
+        }
         "lenet" => {
-            let m = model_from(&root().join("experiments/lenet.toml"), (3, 256, 256), &[])?;
-            let s = train_steps(&m, (64, 3, 256, 256), 2, steps)?;
-            (64.0 / s, s * 1e3)
+            let m = prepare(model_from(&root().join("experiments/lenet.toml"), (3, 256, 256), &dev)?);
+            let n = opts.batch.unwrap_or(64);
+            let s = train_steps(&m, (n, 3, 256, 256), 2, steps)?;
+            (n as f64 / s, s * 1e3)
         }
         "resnet18" => {
-            let m = model_from(&root().join("experiments/resnet18.toml"), (3, 224, 224), &[])?;
-            let s = train_steps(&m, (16, 3, 224, 224), 2, steps)?;
-            (16.0 / s, s * 1e3)
+            let m = prepare(model_from(&root().join("experiments/resnet18.toml"), (3, 224, 224), &dev)?);
+            let n = opts.batch.unwrap_or(16);
+            let s = train_steps(&m, (n, 3, 224, 224), 2, steps)?;
+            (n as f64 / s, s * 1e3)
         }
         "data" => {
             let (secs, n) = data_pipeline()?;
@@ -150,9 +226,10 @@ fn main() -> anyhow::Result<()> {
         }
         w if w.starts_with("resnext_g") => {
             let g: usize = w["resnext_g".len()..].parse()?;
-            let m = resnext_stage(g)?;
-            let s = train_steps(&m, (32, 256, 32, 32), 10, steps)?;
-            (32.0 / s, s * 1e3)
+            let m = prepare(resnext_stage(g, &dev)?);
+            let n = opts.batch.unwrap_or(32);
+            let s = train_steps(&m, (n, 256, 32, 32), 10, steps)?;
+            (n as f64 / s, s * 1e3)
         }
         other => bail!("unknown workload {other}"),
     };

@@ -10,7 +10,7 @@ use indicatif::{MultiProgress, ProgressDrawTarget};
 
 use crate::config::load::{self, Sources};
 use crate::config::resolve::resolved_toml;
-use crate::config::schema::CacheMode;
+use crate::config::schema::{CacheMode, Precision};
 use crate::config::sweep::{Sweep, Variant, format_value};
 use crate::config::{Override, Spec, resolve};
 use crate::data::folder::{self, Item};
@@ -175,6 +175,7 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         let p = prepare(file, opts.overrides.clone())?;
         let (device, notice) = device::open(device_for(&p.spec, opts.device.as_deref())?)?;
         let (model, import) = build_model(&p.spec, &device)?;
+        apply_precision(&p.spec, &model, &device)?;
         // Everything is validated: only now does the run folder exist.
         let dir = create_run_dir(opts, &p.spec.name)?;
         write_atomic(&dir.join("experiment.toml"), as_written(&p.sources)?.as_bytes())?;
@@ -594,6 +595,7 @@ fn train_variant(
     extra_sinks: Vec<Box<dyn MetricSink>>,
 ) -> anyhow::Result<FitOutcome> {
     let spec = &p.spec;
+    apply_precision(spec, &model, device)?;
     write_atomic(&dir.join("config.toml"), resolved_toml(spec)?.as_bytes())?;
     let ckpt_dir = dir.join("checkpoints");
     std::fs::create_dir_all(&ckpt_dir)?;
@@ -616,6 +618,19 @@ fn train_variant(
         log.info(format!("error: {e:#}"));
     }
     result
+}
+
+/// `train.precision`: bf16 autocast where it pays (CUDA); refused on the CPU, where candle
+/// has no fast bf16 kernels and ablate's own ops are f32.
+fn apply_precision(spec: &Spec, model: &Model, device: &candle_core::Device) -> anyhow::Result<()> {
+    match spec.raw.train.precision {
+        Precision::F32 => model.set_bf16(false),
+        Precision::Bf16 if device.is_cpu() => bail!(
+            "train.precision = \"bf16\" needs a CUDA device, but this run trains on the CPU (bf16 would be slower there, not faster): use precision = \"f32\", or a CUDA build and GPU (see the README)"
+        ),
+        Precision::Bf16 => model.set_bf16(true),
+    }
+    Ok(())
 }
 
 fn train_logged(

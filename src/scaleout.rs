@@ -236,7 +236,7 @@ mod tests {
             "#SBATCH --partition=gpu\n",
             "#SBATCH --gpus-per-task=1\n",
             "#SBATCH --time=4:00:00\n",
-            "srun /opt/ablate/bin/ablate run experiments/resnext.toml --set train.epochs=2 --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
+            "srun /opt/ablate/bin/ablate run experiments/resnext.toml --set 'train.epochs=2' --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
             "--dependency=afterany:\"$array\"",
             "/opt/ablate/bin/ablate summarize runs/${array}_resnext",
         ] {

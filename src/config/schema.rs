@@ -433,6 +433,19 @@ pub struct TrainConfig {
     /// `auto` (CUDA when built with it and present, else CPU), `cpu`, `cuda` or `cuda:N`.
     #[serde(default = "default_device")]
     pub device: String,
+    /// `f32`, or `bf16`: convolutions and linear layers computed in bf16 (CUDA only), weights,
+    /// BatchNorm statistics and the loss in f32.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// Arithmetic precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
 }
 
 fn default_epochs() -> usize {
@@ -444,7 +457,12 @@ fn default_device() -> String {
 
 impl Default for TrainConfig {
     fn default() -> Self {
-        Self { epochs: default_epochs(), lr_schedule: ScheduleConfig::default(), device: default_device() }
+        Self {
+            epochs: default_epochs(),
+            lr_schedule: ScheduleConfig::default(),
+            device: default_device(),
+            precision: Precision::default(),
+        }
     }
 }
 

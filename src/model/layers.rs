@@ -1,7 +1,7 @@
 //! Layer modules and the builder that walks the layer list, inferring each output shape.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use candle_core::{D, DType, Device, Result, Tensor, Var};
@@ -13,19 +13,38 @@ use super::blocks::{self, Block};
 use super::summary::{Summary, SummaryRow};
 use super::{LayerConfig, ModelError};
 use crate::ops::conv::{ConvParams, conv2d};
+use crate::ops::generic::in_dtype;
 use crate::ops::norm::{BatchNormOp, ChannelStats, channel_bias, relu};
-use crate::ops::pool::{PoolKind, PoolParams, pool2d};
+use crate::ops::pool::{PoolParams, pool2d};
+
+/// Mixed precision, shared by a model's convolutions and linear layers: when on, they multiply
+/// in bf16 (inputs and weights converted, results back to f32); weights, gradients,
+/// BatchNorm and the loss stay f32.
+#[derive(Clone, Default)]
+pub struct Autocast(Arc<AtomicBool>);
+
+impl Autocast {
+    pub fn set(&self, bf16: bool) {
+        self.0.store(bf16, Ordering::Relaxed);
+    }
+
+    /// The dtype to compute in, when not f32.
+    pub fn dtype(&self) -> Option<DType> {
+        self.0.load(Ordering::Relaxed).then_some(DType::BF16)
+    }
+}
 
 /// A convolution with optional bias: `(n, c, h, w) -> (n, out, oh, ow)`.
 pub struct Conv {
     weight: Tensor,
     bias: Option<Tensor>,
     params: ConvParams,
+    autocast: Autocast,
 }
 
 impl Conv {
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let y = conv2d(xs, &self.weight, self.params)?;
+        let y = in_dtype(self.autocast.dtype(), xs, &self.weight, |x, w| conv2d(x, w, self.params))?;
         match &self.bias {
             Some(b) => channel_bias(&y, b),
             None => Ok(y),
@@ -112,6 +131,7 @@ pub enum Layer {
     Linear {
         weight: Tensor,
         bias: Option<Tensor>,
+        autocast: Autocast,
     },
     /// Masks drawn from the model's seeded generator, so runs repeat exactly.
     Dropout {
@@ -126,25 +146,15 @@ impl ModuleT for Layer {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         match self {
             Layer::Conv(c) => c.forward(xs),
-            Layer::Pool(p) => {
-                // Off the CPU max-pool is candle's, whose backward passes back count/k^2 of the
-                // gradient (0.11): refuse to train through it rather than learn from it.
-                if train && p.kind == PoolKind::Max && !xs.device().is_cpu() {
-                    candle_core::bail!(
-                        "training through max-pool on {:?} is not supported yet (candle's backward is wrong there); train on the CPU",
-                        xs.device().location()
-                    );
-                }
-                pool2d(xs, *p)
-            }
+            Layer::Pool(p) => pool2d(xs, *p),
             // (n, c, h, w) -> (n, c)
             Layer::GlobalAvgPool => xs.mean((2, 3)),
             Layer::Relu => relu(xs),
             Layer::Flatten => xs.flatten_from(1),
             // (n, in) or (n, c, h, w) -> (n, out)
-            Layer::Linear { weight, bias } => {
+            Layer::Linear { weight, bias, autocast } => {
                 let x = if xs.rank() > 2 { xs.flatten_from(1)? } else { xs.clone() };
-                let y = x.matmul(&weight.t()?)?;
+                let y = in_dtype(autocast.dtype(), &x, weight, |x, w| x.matmul(&w.t()?))?;
                 match bias {
                     Some(b) => y.broadcast_add(b),
                     None => Ok(y),
@@ -184,6 +194,7 @@ pub struct Builder<'a> {
     pub params: BTreeMap<String, Var>,
     pub buffers: BTreeMap<String, Var>,
     pub counters: BTreeMap<String, Arc<AtomicI64>>,
+    pub autocast: Autocast,
 }
 
 impl<'a> Builder<'a> {
@@ -240,7 +251,7 @@ impl<'a> Builder<'a> {
         } else {
             None
         };
-        Ok(Conv { weight, bias, params })
+        Ok(Conv { weight, bias, params, autocast: self.autocast.clone() })
     }
 
     /// A BatchNorm named `name` over `c` channels: weight 1, bias 0, running stats 0 / 1.
@@ -267,7 +278,7 @@ impl<'a> Builder<'a> {
         } else {
             None
         };
-        Ok(Layer::Linear { weight, bias })
+        Ok(Layer::Linear { weight, bias, autocast: self.autocast.clone() })
     }
 }
 
@@ -278,6 +289,7 @@ pub(super) struct Built {
     pub buffers: BTreeMap<String, Var>,
     pub counters: BTreeMap<String, Arc<AtomicI64>>,
     pub summary: Summary,
+    pub autocast: Autocast,
 }
 
 fn spatial(shape: &[usize]) -> std::result::Result<(usize, usize, usize), String> {
@@ -307,6 +319,7 @@ pub(super) fn build(
         params: BTreeMap::new(),
         buffers: BTreeMap::new(),
         counters: BTreeMap::new(),
+        autocast: Autocast::default(),
     };
     // Dropout masks come from their own stream so adding dropout leaves the weights unchanged.
     let dropout_rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed.wrapping_add(0xD80))));
@@ -428,5 +441,13 @@ pub(super) fn build(
             ),
         });
     }
-    Ok(Built { dropout_rng, layers, params: b.params, buffers: b.buffers, counters: b.counters, summary })
+    Ok(Built {
+        dropout_rng,
+        layers,
+        params: b.params,
+        buffers: b.buffers,
+        counters: b.counters,
+        summary,
+        autocast: b.autocast,
+    })
 }

@@ -116,6 +116,8 @@ pub struct Model {
     summary: Summary,
     /// The generator dropout masks come from (its position is saved for exact resumes).
     dropout_rng: Arc<Mutex<rand_chacha::ChaCha8Rng>>,
+    autocast: layers::Autocast,
+    device: Device,
 }
 
 /// `name` is `prefix` or lies under it (`layer1` covers `layer1.0.conv1.weight`, not `layer10`).
@@ -153,7 +155,19 @@ impl Model {
             frozen: Vec::new(),
             summary: built.summary,
             dropout_rng: built.dropout_rng,
+            autocast: built.autocast,
+            device: device.clone(),
         })
+    }
+
+    /// Computes convolutions and linear layers in bf16 (`true`) or f32 (see [`layers::Autocast`]).
+    pub fn set_bf16(&self, on: bool) {
+        self.autocast.set(on);
+    }
+
+    /// Where the model's tensors live.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     pub fn summary(&self) -> &Summary {

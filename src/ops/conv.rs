@@ -555,13 +555,16 @@ impl CustomOp2 for ConvWeightGrad {
     }
 }
 
-/// Convolves `x (n, c, h, w)` with `weight (o, c/groups, kh, kw)`: our kernels on CPU, candle's
-/// `conv2d` elsewhere.
+/// Convolves `x (n, c, h, w)` with `weight (o, c/groups, kh, kw)`: our kernels for f32 on CPU;
+/// elsewhere (and for other dtypes) candle's `conv2d` (cuDNN with the `cudnn` feature) for one
+/// group, and the batched im2col of [`super::generic::conv2d`] for several.
 pub fn conv2d(x: &Tensor, weight: &Tensor, p: ConvParams) -> Result<Tensor> {
-    if x.device().is_cpu() {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
         x.contiguous()?.apply_op2(&weight.contiguous()?, Conv2d(p))
+    } else if p.groups == 1 {
+        x.conv2d(weight, p.padding, p.stride, p.dilation, 1)
     } else {
-        x.conv2d(weight, p.padding, p.stride, p.dilation, p.groups)
+        super::generic::conv2d(x, weight, p)
     }
 }
 

@@ -3,10 +3,12 @@
 //! candle 0.11's CPU convolution computes its input gradient with a direct transposed
 //! convolution (~80 % of a training step) and runs grouped convolutions one group at a time;
 //! its `max_pool2d` passes back 1/4 of the true gradient for 2x2 windows and cannot
-//! back-propagate when kernel != stride. These ops replace both on CPU; on other devices the
-//! callers fall back to candle's own kernels.
+//! back-propagate when kernel != stride. These ops replace both on CPU; on other devices
+//! (CUDA) [`generic`] composes pooling and grouped convolution from candle's tensor ops, and
+//! the rest falls back to candle's own kernels.
 
 pub mod conv;
+pub mod generic;
 pub mod norm;
 pub mod pool;
 

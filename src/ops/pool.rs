@@ -164,19 +164,11 @@ impl CustomOp2 for Pool2dGrad {
     }
 }
 
-/// Pools `x (n, c, h, w)`: our kernels on CPU; candle's (no padding, and a max-pool backward
-/// that is wrong) elsewhere, refused where they would train incorrectly.
+/// Pools `x (n, c, h, w)`: our kernels on CPU, candle ops composed to the same result
+/// elsewhere ([`super::generic::pool2d`]; candle's own `max_pool2d` has no padding and a wrong
+/// backward).
 pub fn pool2d(x: &Tensor, p: PoolParams) -> Result<Tensor> {
-    if x.device().is_cpu() {
-        return x.contiguous()?.apply_op1(Pool2d(p));
-    }
-    if p.padding != (0, 0) {
-        candle_core::bail!("pooling with padding is implemented on CPU only for now");
-    }
-    match p.kind {
-        PoolKind::Max => x.max_pool2d_with_stride(p.kernel, p.stride),
-        PoolKind::Avg => x.avg_pool2d_with_stride(p.kernel, p.stride),
-    }
+    if x.device().is_cpu() { x.contiguous()?.apply_op1(Pool2d(p)) } else { super::generic::pool2d(x, p) }
 }
 
 #[cfg(test)]

@@ -111,3 +111,28 @@ fn grey_alpha_and_16_bit_images_are_read_as_rgb() {
     assert_eq!((g.width(), g.height(), g.get_pixel(0, 0).0), (3, 2, [255, 255, 255]));
     assert_eq!(ablate::data::loader::decode(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
 }
+
+/// Device choices a CPU-only build must answer clearly, before any run folder exists.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_requests_and_bf16_on_the_cpu_are_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 4, 2, 3);
+    let exp = experiment(tmp.path(), &data, 1);
+    let runs = tmp.path().join("runs");
+    for (args, needle) in [
+        (vec!["--device", "cuda:1"], "device cuda:1 requested, but this ablate was built without CUDA"),
+        (vec!["--set", "train.device=\"cuda\""], "rebuild with `cargo build --release --features cuda`"),
+        (vec!["--device", "tpu"], "--device: unknown device \"tpu\""),
+        (vec!["--set", "train.precision=\"bf16\""], "train.precision = \"bf16\" needs a CUDA device"),
+        (vec!["--set", "train.precision=\"fp8\""], "train.precision"),
+    ] {
+        run_in(&exp, &runs).args(&args).assert().failure().stderr(predicate::str::contains(needle));
+        assert!(!runs.exists() || std::fs::read_dir(&runs).unwrap().next().is_none(), "{args:?} left a run folder");
+    }
+    // auto falls back to the CPU, saying so once in the log.
+    run_in(&exp, &runs).assert().success();
+    let log = std::fs::read_to_string(only_run(&runs).join("log.txt")).unwrap();
+    assert_eq!(log.matches("no CUDA GPU available to this build, training on the CPU").count(), 1, "{log}");
+}
