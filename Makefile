@@ -10,7 +10,7 @@ BIN := target/release/ablate
 VENV := .venv
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: build exp sweep check test lint bench tensorboard demo-data clean-venv
+.PHONY: build exp sweep check test lint bench tensorboard demo-data clean-venv check-cuda build-cuda gpu-check
 
 build:
 	$(CARGO) build --release $(FEATURES)
@@ -48,6 +48,19 @@ lint:
 bench:
 	$(CARGO) build --release --example bench
 	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
+
+# CUDA without a GPU: type-check with --features cuda (CUDA 13.4 from NVIDIA's PyPI wheels into
+# .cuda-venv; about 10 minutes the first time), or build binaries for a GPU machine
+# (target/cuda/dist), linked against stubs of the CUDA libraries. See the README.
+check-cuda:
+	scripts/cuda-build.sh check
+
+build-cuda:
+	scripts/cuda-build.sh build
+
+# On a GPU machine, with target/cuda/dist from build-cuda: bench/gpu-check.sh's four checks.
+gpu-check:
+	bench/gpu-check.sh target/cuda/dist
 
 tensorboard: $(VENV)/.tensorboard-installed
 	$(VENV)/bin/tensorboard --logdir runs
