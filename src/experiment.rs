@@ -664,14 +664,18 @@ fn train_logged(
     };
     let (mut train, mut val) =
         (loader(p.items.clone(), spec.train_transforms.clone()), loader(p.items.clone(), spec.eval_transforms.clone()));
-    if d.cache == CacheMode::Memory {
-        let cache = Arc::new(ImageCache::new(p.items.len(), &spec.train_transforms));
-        let val_cache = if cache.fits(&spec.eval_transforms) {
-            cache.clone()
-        } else {
-            Arc::new(ImageCache::new(p.items.len(), &spec.eval_transforms))
-        };
-        (train, val) = (train.with_cache(cache), val.with_cache(val_cache));
+    let cache = |pipeline: &[crate::data::transforms::Transform]| -> anyhow::Result<Arc<ImageCache>> {
+        Ok(Arc::new(match d.cache {
+            CacheMode::Disk => ImageCache::on_disk(p.items.len(), pipeline, &dir.join("cache"))
+                .with_context(|| format!("cannot create the image cache under {}", dir.join("cache").display()))?,
+            _ => ImageCache::new(p.items.len(), pipeline),
+        }))
+    };
+    if d.cache != CacheMode::None {
+        let train_cache = cache(&spec.train_transforms)?;
+        let val_cache =
+            if train_cache.fits(&spec.eval_transforms) { train_cache.clone() } else { cache(&spec.eval_transforms)? };
+        (train, val) = (train.with_cache(train_cache), val.with_cache(val_cache));
     }
     let splits = Splits { train, train_idx, val, val_idx };
     let config_text = resolved_toml(spec)?;

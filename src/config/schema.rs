@@ -71,7 +71,7 @@ pub struct DataConfig {
     /// Skip unreadable images with a warning instead of stopping with an error.
     #[serde(default)]
     pub skip_bad: bool,
-    /// Keep decoded, resized images between epochs: `none` or `memory`.
+    /// Keep decoded, resized images between epochs: `none`, `memory` or `disk`.
     #[serde(default)]
     pub cache: CacheMode,
 }
@@ -86,6 +86,9 @@ pub enum CacheMode {
     /// Keep each image as u8 after the pipeline's leading resize / centre crop, in RAM:
     /// height x width x 3 bytes per image.
     Memory,
+    /// The same bytes in a file under the run folder (`cache/`), removed when the run ends;
+    /// the kernel's page cache keeps what fits in RAM.
+    Disk,
 }
 
 fn default_train_dir() -> String {

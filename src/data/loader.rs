@@ -1,10 +1,10 @@
 //! Batches: images decoded and transformed in parallel (rayon) on a producer thread that runs
 //! ahead of the trainer through a bounded queue.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 
 use candle_core::{Device, Tensor};
@@ -38,21 +38,81 @@ fn image_rng(seed: u64, epoch: u64, index: usize) -> rand_chacha::ChaCha8Rng {
     s
 }
 
-/// Decoded images after a pipeline's deterministic prefix (resize, centre crop), kept in
-/// memory as u8 so later epochs decode nothing. Loaders whose pipelines share the prefix
-/// share one cache.
+/// Decoded images after a pipeline's deterministic prefix (resize, centre crop), kept as u8
+/// so later epochs decode nothing: in memory, or in a file on disk. Loaders whose pipelines
+/// share the prefix share one cache.
 pub struct ImageCache {
     prefix: Vec<Transform>,
-    slots: Vec<OnceLock<Arc<image::RgbImage>>>,
+    store: Store,
     /// Images decoded so far (a test and the log read it).
     pub decodes: AtomicUsize,
 }
 
+enum Store {
+    Memory(Vec<OnceLock<Arc<image::RgbImage>>>),
+    Disk(DiskStore),
+}
+
+/// Images appended to one file as they are first decoded, read back with positioned reads.
+/// (Not a memory map: the file grows while the first epoch runs, and positioned reads go
+/// through the same page cache without remapping; the kernel keeps what fits in RAM.)
+struct DiskStore {
+    path: PathBuf,
+    file: std::fs::File,
+    /// End of the data written so far; the lock also serialises the appends.
+    end: Mutex<u64>,
+    /// Where each image lies: offset, width, height.
+    slots: Vec<OnceLock<(u64, u32, u32)>>,
+}
+
+impl DiskStore {
+    fn read(&self, (offset, w, h): (u64, u32, u32)) -> std::io::Result<image::RgbImage> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; w as usize * h as usize * 3];
+        self.file.read_exact_at(&mut buf, offset)?;
+        Ok(image::RgbImage::from_raw(w, h, buf).expect("the buffer holds w * h * 3 bytes"))
+    }
+
+    fn append(&self, img: &image::RgbImage) -> std::io::Result<(u64, u32, u32)> {
+        use std::os::unix::fs::FileExt;
+        let mut end = self.end.lock().unwrap_or_else(|e| e.into_inner());
+        self.file.write_all_at(img.as_raw(), *end)?;
+        let at = *end;
+        *end += img.as_raw().len() as u64;
+        Ok((at, img.width(), img.height()))
+    }
+}
+
+impl Drop for DiskStore {
+    /// The file is only good for this process's run: remove it (it can be gigabytes).
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl ImageCache {
-    /// A cache for `n` items under the deterministic prefix of `pipeline`.
+    /// An in-memory cache for `n` items under the deterministic prefix of `pipeline`.
     pub fn new(n: usize, pipeline: &[Transform]) -> Self {
         let prefix = pipeline[..deterministic_prefix(pipeline)].to_vec();
-        Self { prefix, slots: (0..n).map(|_| OnceLock::new()).collect(), decodes: AtomicUsize::new(0) }
+        let store = Store::Memory((0..n).map(|_| OnceLock::new()).collect());
+        Self { prefix, store, decodes: AtomicUsize::new(0) }
+    }
+
+    /// A cache for `n` items in a new file under `dir`, named by a hash of the prefix
+    /// (`images-<hash>.u8`); the file is removed when the cache is dropped.
+    pub fn on_disk(n: usize, pipeline: &[Transform], dir: &Path) -> std::io::Result<Self> {
+        let prefix = pipeline[..deterministic_prefix(pipeline)].to_vec();
+        std::fs::create_dir_all(dir)?;
+        // FNV-1a of the prefix's description: one file per distinct prefix.
+        let key = format!("{prefix:?}")
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+        let path = dir.join(format!("images-{key:016x}.u8"));
+        // A file left by a killed earlier attempt (a resume) is stale: start it afresh.
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path)?;
+        let store =
+            Store::Disk(DiskStore { path, file, end: Mutex::new(0), slots: (0..n).map(|_| OnceLock::new()).collect() });
+        Ok(Self { prefix, store, decodes: AtomicUsize::new(0) })
     }
 
     /// Whether this cache holds what `pipeline`'s prefix produces.
@@ -60,17 +120,44 @@ impl ImageCache {
         pipeline[..deterministic_prefix(pipeline)] == self.prefix[..]
     }
 
-    fn get(&self, index: usize, path: &Path) -> Result<Arc<image::RgbImage>, DataError> {
-        if let Some(img) = self.slots[index].get() {
-            return Ok(img.clone());
+    fn len(&self) -> usize {
+        match &self.store {
+            Store::Memory(slots) => slots.len(),
+            Store::Disk(d) => d.slots.len(),
         }
+    }
+
+    fn decode_prefix(&self, path: &Path) -> Result<image::RgbImage, DataError> {
         self.decodes.fetch_add(1, Ordering::Relaxed);
         // The prefix is deterministic: no random numbers are drawn.
         let mut no_rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        let img = apply_image(&self.prefix, decode(path)?, &mut no_rng)
-            .map_err(|message| DataError::Image { path: path.to_path_buf(), message })?;
-        // Two threads may race on one image; either result is the same.
-        Ok(self.slots[index].get_or_init(|| Arc::new(img)).clone())
+        apply_image(&self.prefix, decode(path)?, &mut no_rng)
+            .map_err(|message| DataError::Image { path: path.to_path_buf(), message })
+    }
+
+    fn get(&self, index: usize, path: &Path) -> Result<Arc<image::RgbImage>, DataError> {
+        let io =
+            |e: std::io::Error| DataError::Image { path: path.to_path_buf(), message: format!("image cache: {e}") };
+        match &self.store {
+            Store::Memory(slots) => {
+                if let Some(img) = slots[index].get() {
+                    return Ok(img.clone());
+                }
+                let img = self.decode_prefix(path)?;
+                // Two threads may race on one image; either result is the same.
+                Ok(slots[index].get_or_init(|| Arc::new(img)).clone())
+            }
+            Store::Disk(disk) => {
+                if let Some(&at) = disk.slots[index].get() {
+                    return Ok(Arc::new(disk.read(at).map_err(io)?));
+                }
+                let img = self.decode_prefix(path)?;
+                let at = disk.append(&img).map_err(io)?;
+                // A racing thread's copy is written too but never read: harmless.
+                disk.slots[index].get_or_init(|| at);
+                Ok(Arc::new(img))
+            }
+        }
     }
 }
 
@@ -105,7 +192,7 @@ impl Loader {
     /// Reads images through `cache`, which must have been made for this pipeline's prefix.
     pub fn with_cache(mut self, cache: Arc<ImageCache>) -> Self {
         assert!(cache.fits(&self.transforms), "an image cache made for another pipeline");
-        assert_eq!(cache.slots.len(), self.items.len(), "an image cache made for other items");
+        assert_eq!(cache.len(), self.items.len(), "an image cache made for other items");
         self.cache = Some(cache);
         self
     }

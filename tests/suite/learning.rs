@@ -89,7 +89,7 @@ fn seeded_runs_are_bit_identical_and_checkpoints_reload_exactly() {
 }
 
 #[test]
-fn memory_cache_decodes_each_image_once_and_changes_nothing() {
+fn caches_decode_each_image_once_and_change_nothing() {
     use ablate::data::loader::{ImageCache, Loader};
     use ablate::data::transforms::Transform;
     use std::sync::Arc;
@@ -99,24 +99,34 @@ fn memory_cache_decodes_each_image_once_and_changes_nothing() {
     let classes = vec!["blue".to_string(), "red".to_string()];
     let items = Arc::new(ablate::data::folder::labelled(&data.join("train"), &classes).unwrap());
     let pipeline = vec![Transform::Resize((18, 18)), Transform::RandomCrop((16, 16)), Transform::Hflip(0.5)];
-    let cache = Arc::new(ImageCache::new(items.len(), &pipeline));
-    let cached = Loader::new(items.clone(), pipeline.clone(), (16, 16), 4).with_cache(cache.clone());
-    let plain = Loader::new(items.clone(), pipeline, (16, 16), 4);
+    let plain = Loader::new(items.clone(), pipeline.clone(), (16, 16), 4);
     let order: Vec<usize> = (0..items.len()).collect();
-    for epoch in 0..3 {
-        let a: Vec<Vec<f32>> = cached
-            .batches(order.clone(), epoch)
-            .map(|b| b.unwrap().images.flatten_all().unwrap().to_vec1().unwrap())
-            .collect();
-        let b: Vec<Vec<f32>> = plain
-            .batches(order.clone(), epoch)
-            .map(|b| b.unwrap().images.flatten_all().unwrap().to_vec1().unwrap())
-            .collect();
-        assert_eq!(a, b, "epoch {epoch}: the cache must not change what the model sees");
+    let cache_dir = tmp.path().join("run/cache");
+    let on_disk = Arc::new(ImageCache::on_disk(items.len(), &pipeline, &cache_dir).unwrap());
+    for (cache, disk) in [(Arc::new(ImageCache::new(items.len(), &pipeline)), false), (on_disk, true)] {
+        let cached = Loader::new(items.clone(), pipeline.clone(), (16, 16), 4).with_cache(cache.clone());
+        for epoch in 0..3 {
+            let a: Vec<Vec<f32>> = cached
+                .batches(order.clone(), epoch)
+                .map(|b| b.unwrap().images.flatten_all().unwrap().to_vec1().unwrap())
+                .collect();
+            let b: Vec<Vec<f32>> = plain
+                .batches(order.clone(), epoch)
+                .map(|b| b.unwrap().images.flatten_all().unwrap().to_vec1().unwrap())
+                .collect();
+            assert_eq!(a, b, "epoch {epoch}: the cache must not change what the model sees");
+        }
+        assert_eq!(
+            cache.decodes.load(std::sync::atomic::Ordering::Relaxed),
+            items.len(),
+            "each image decoded once in 3 epochs"
+        );
+        if disk {
+            let file = std::fs::read_dir(&cache_dir).unwrap().next().unwrap().unwrap().path();
+            assert_eq!(std::fs::metadata(file).unwrap().len() as usize, items.len() * 18 * 18 * 3);
+        }
+        drop(cached);
     }
-    assert_eq!(
-        cache.decodes.load(std::sync::atomic::Ordering::Relaxed),
-        items.len(),
-        "each image decoded once in 3 epochs"
-    );
+    // The disk cache held 18x18x3 bytes per image while it lived, and is gone with it.
+    assert_eq!(std::fs::read_dir(&cache_dir).unwrap().count(), 0, "the cache file is removed");
 }
