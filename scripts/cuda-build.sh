@@ -6,7 +6,8 @@
 # Linking needs libcuda, libnvrtc, libcurand, libcublas and libcublasLt, which only a GPU
 # machine has: `build` links against stub libraries generated from cudarc's own declarations
 # (every function, no body) under the real sonames, so the binary loads the real libraries on
-# the GPU machine (driver >= CUDA 13.4's, toolkit 13.x libraries on LD_LIBRARY_PATH).
+# the GPU machine (driver >= CUDA 13.4's, toolkit 13.x libraries on LD_LIBRARY_PATH; the
+# runtime, libcudart.so.13, is copied next to the binaries).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-check}
@@ -38,6 +39,8 @@ curand curand libcurand.so.10
 cublas cublas libcublas.so.13
 cublaslt cublasLt libcublasLt.so.13
 LIBS
+  # candle-kernels' static kernels also need the CUDA runtime: the wheel's real library.
+  ln -sf ../libcudart.so.13 "$out/libcudart.so"
 }
 
 case "$mode" in
@@ -53,6 +56,8 @@ case "$mode" in
     for f in "$CARGO_TARGET_DIR/release/ablate" "$CARGO_TARGET_DIR/release/examples/bench"; do
       strip -o "$dist/$(basename "$f")" "$f"
     done
+    # The runtime library it was linked with travels along (bench/gpu-check.sh falls back to it).
+    cp -L "$cuda/lib/libcudart.so.13" "$dist/"
     ls -l "$dist"
     echo "needs on the GPU machine:"; readelf -d "$dist/ablate" | grep NEEDED
     ;;
