@@ -4,6 +4,7 @@
 #   scripts/cuda-build.sh build        # -> target/cuda/dist/{ablate,bench}
 # then, in the project folder on the GPU machine:
 #   bench/gpu-check.sh [target/cuda/dist] [output folder]
+# (target/cuda/dist.tar.xz is unpacked into target/cuda/dist when only it was carried.)
 # It (1) trains the demo LeNet for one epoch on cuda:0 and checks the loss fell below chance,
 # (2) checks CPU and GPU forward passes of ResNet18 agree to 1e-3 (same weights and batch),
 # (3) times ResNet18 training steps at 224x224, batch 64, in f32 and bf16, and the ResNeXt
@@ -15,12 +16,17 @@ dist=${1:-target/cuda/dist}
 out=${2:-${OUT:-/tmp/ablate-gpu-check}}
 mkdir -p "$out"
 failed=0
+if [ ! -x "$dist/ablate" ] && [ -f "$dist.tar.xz" ]; then
+  mkdir -p "$dist" && tar -C "$dist" -xJf "$dist.tar.xz"
+fi
 fail() { echo "FAIL: $*"; failed=$((failed + 1)); }
 
 # CUDA's libraries: the usual install folders, then whatever ldconfig knows.
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib /usr/lib/x86_64-linux-gnu; do
   [ -d "$d" ] && export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:+$LD_LIBRARY_PATH:}$d"
 done
+# Last: the CUDA runtime the binaries were linked with, if the machine's is missing.
+export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$(realpath "$dist")"
 echo "== machine"
 date -u
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader

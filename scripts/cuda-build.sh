@@ -2,6 +2,7 @@
 # ablate with `--features cuda` on a machine without a GPU or a CUDA install:
 #   scripts/cuda-build.sh check   type-checks everything (lib, bin, tests, examples)
 #   scripts/cuda-build.sh build   builds and links target/cuda/dist/{ablate,bench} for a GPU machine
+#                                 (and target/cuda/dist.tar.xz, the same compressed)
 # The CUDA 13.4 toolkit (nvcc, cicc, headers) comes from NVIDIA's PyPI wheels into .cuda-venv.
 # Linking needs libcuda, libnvrtc, libcurand, libcublas and libcublasLt, which only a GPU
 # machine has: `build` links against stub libraries generated from cudarc's own declarations
@@ -58,7 +59,9 @@ case "$mode" in
     done
     # The runtime library it was linked with travels along (bench/gpu-check.sh falls back to it).
     cp -L "$cuda/lib/libcudart.so.13" "$dist/"
-    ls -l "$dist"
+    # ~120 MB (candle's kernels ride in each binary) compress to ~16 MB for the trip.
+    tar -C "$dist" -cJf "$CARGO_TARGET_DIR/dist.tar.xz" ablate bench libcudart.so.13
+    ls -l "$dist" "$CARGO_TARGET_DIR/dist.tar.xz"
     echo "needs on the GPU machine:"; readelf -d "$dist/ablate" | grep NEEDED
     ;;
   *)
