@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{direct, f32_slice};
 
 /// Geometry of one convolution; the same struct describes forward and both gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,6 +84,20 @@ impl Geometry {
     /// A 1x1, stride-1, unpadded conv reads its input as the im2col matrix itself.
     fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.p.stride == 1 && self.p.padding == 0
+    }
+    /// The direct kernels' dims, when they apply (see [`super::direct::applies`]).
+    fn direct(&self) -> Option<direct::Dims> {
+        let d = direct::Dims {
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            o: self.o,
+            kh: self.kh,
+            kw: self.kw,
+            oh: self.oh,
+            ow: self.ow,
+        };
+        direct::applies(self.p.stride, self.p.padding, self.p.dilation, self.p.groups, &d).then_some(d)
     }
     fn in_len(&self) -> usize {
         self.c * self.h * self.w
@@ -395,6 +409,13 @@ fn conv_input_grad_batched(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    if let Some(d) = g.direct() {
+        let mut out = vec![0f32; g.n * g.out_len()];
+        out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
+            direct::forward(&x[n * g.in_len()..(n + 1) * g.in_len()], wt, d, out_n);
+        });
+        return out;
+    }
     if batched(g) {
         return conv_forward_batched(x, wt, g);
     }
@@ -418,6 +439,16 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    if let Some(d) = g.direct() {
+        let mut dx = vec![0f32; g.n * g.in_len()];
+        let flipped = direct::flip_weights(wt, &d);
+        dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(n, dx_n)| {
+            with_scratch(direct::input_grad_scratch(&d), |padded| {
+                direct::input_grad(&dy[n * g.out_len()..(n + 1) * g.out_len()], &flipped, d, dx_n, padded);
+            });
+        });
+        return dx;
+    }
     if batched(g) {
         return conv_input_grad_batched(dy, wt, g);
     }
@@ -451,16 +482,25 @@ fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 const WEIGHT_GRAD_SLICES: usize = 8;
 
 fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
-    if batched(g) {
+    if batched(g) && g.direct().is_none() {
         return conv_weight_grad_batched(x, dy, g);
     }
     let (k, l, og) = (g.k(), g.l(), g.og());
     let w_len = g.o * k;
     let samples: Vec<usize> = (0..g.n).collect();
+    let direct = g.direct();
     let partials: Vec<Vec<f32>> = samples
         .par_chunks(g.n.div_ceil(WEIGHT_GRAD_SLICES).max(1))
         .map(|slice| {
             let mut dw = vec![0f32; w_len];
+            if let Some(d) = direct {
+                for &n in slice {
+                    let (x_n, dy_n) =
+                        (&x[n * g.in_len()..(n + 1) * g.in_len()], &dy[n * g.out_len()..(n + 1) * g.out_len()]);
+                    direct::weight_grad(x_n, dy_n, d, &mut dw);
+                }
+                return dw;
+            }
             with_scratch(if g.is_pointwise() { 0 } else { k * l }, |col| {
                 for &n in slice {
                     let x_n = &x[n * g.in_len()..(n + 1) * g.in_len()];
@@ -595,6 +635,11 @@ mod tests {
         // (n, c, h, w, o, k, stride, padding, dilation, groups)
         let cases = [
             (2, 3, 9, 7, 4, 3, 1, 1, 1, 1),
+            // The direct kernels (few channels, stride 1, no padding): LeNet's shapes, with
+            // output widths of 16 lanes and more plus a tail.
+            (2, 3, 9, 70, 6, 5, 1, 0, 1, 1),
+            (3, 6, 7, 90, 16, 5, 1, 0, 1, 1),
+            (1, 2, 5, 66, 7, 3, 1, 0, 1, 1),
             (1, 4, 8, 8, 6, 3, 2, 1, 1, 2),
             (3, 8, 7, 9, 8, 3, 1, 1, 1, 8),
             (2, 6, 11, 10, 4, 5, 1, 0, 1, 1),

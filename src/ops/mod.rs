@@ -8,6 +8,7 @@
 //! the rest falls back to candle's own kernels.
 
 pub mod conv;
+mod direct;
 pub mod generic;
 pub mod norm;
 pub mod pool;

@@ -2,6 +2,8 @@
 //! backward is right: max-pool routes each output's gradient to its window's first argmax;
 //! avg-pool spreads it evenly (PyTorch's `count_include_pad = true`: divisor kh * kw).
 
+use std::sync::{Arc, OnceLock};
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -82,9 +84,44 @@ fn argmax_plane(p: &PoolParams, d: &Dims, x: &[f32], mut visit: impl FnMut(usize
     }
 }
 
-/// Pooling forward: `(n, c, h, w) -> (n, c, oh, ow)`.
-#[derive(Debug, Clone, Copy)]
-pub struct Pool2d(pub PoolParams);
+/// [`argmax_plane`] for the common 2x2, stride-2, unpadded window, branch-free: the same
+/// values and argmaxes (first maximum; NaN wins as there).
+fn max_2x2_plane(x: &[f32], d: &Dims, o: &mut [f32], am: &mut [u32]) {
+    for oy in 0..d.oh {
+        let (r0, r1) = (2 * oy * d.w, (2 * oy + 1) * d.w);
+        let (row0, row1) = (&x[r0..r0 + 2 * d.ow], &x[r1..r1 + 2 * d.ow]);
+        let (o_row, am_row) = (&mut o[oy * d.ow..(oy + 1) * d.ow], &mut am[oy * d.ow..(oy + 1) * d.ow]);
+        for ox in 0..d.ow {
+            let mut best = (f32::NEG_INFINITY, r0 + 2 * ox);
+            for (v, at) in [
+                (row0[2 * ox], r0 + 2 * ox),
+                (row0[2 * ox + 1], r0 + 2 * ox + 1),
+                (row1[2 * ox], r1 + 2 * ox),
+                (row1[2 * ox + 1], r1 + 2 * ox + 1),
+            ] {
+                if v > best.0 || v.is_nan() {
+                    best = (v, at);
+                }
+            }
+            o_row[ox] = best.0;
+            am_row[ox] = best.1 as u32;
+        }
+    }
+}
+
+/// Pooling forward: `(n, c, h, w) -> (n, c, oh, ow)`. Max-pool keeps each output's argmax
+/// (index within its plane) for the backward pass, which then only scatters.
+#[derive(Debug)]
+pub struct Pool2d {
+    params: PoolParams,
+    argmax: OnceLock<Arc<Vec<u32>>>,
+}
+
+impl Pool2d {
+    pub fn new(params: PoolParams) -> Self {
+        Self { params, argmax: OnceLock::new() }
+    }
+}
 
 impl CustomOp1 for Pool2d {
     fn name(&self) -> &'static str {
@@ -92,38 +129,94 @@ impl CustomOp1 for Pool2d {
     }
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = &self.0;
+        let p = &self.params;
         let d = dims(p, l.shape())?;
         let x = f32_slice(self.name(), s, l)?;
         let (plane_in, plane_out) = (d.h * d.w, d.oh * d.ow);
+        if plane_in > u32::MAX as usize {
+            candle_core::bail!("pool: planes of more than 2^32 pixels are not supported");
+        }
         let mut out = vec![0f32; d.planes * plane_out];
         let area = (p.kernel.0 * p.kernel.1) as f32;
-        out.par_chunks_mut(plane_out).enumerate().for_each(|(i, o)| {
-            let xp = &x[i * plane_in..(i + 1) * plane_in];
-            match p.kind {
-                PoolKind::Max => argmax_plane(p, &d, xp, |oi, _, v| o[oi] = v),
-                PoolKind::Avg => {
-                    for oy in 0..d.oh {
-                        let (y0, y1) = PoolParams::window(oy, p.kernel.0, p.stride.0, p.padding.0, d.h);
-                        for ox in 0..d.ow {
-                            let (x0, x1) = PoolParams::window(ox, p.kernel.1, p.stride.1, p.padding.1, d.w);
-                            let sum: f32 = (y0..y1).map(|y| xp[y * d.w + x0..y * d.w + x1].iter().sum::<f32>()).sum();
-                            o[oy * d.ow + ox] = sum / area;
+        match p.kind {
+            PoolKind::Max => {
+                let mut argmax = vec![0u32; d.planes * plane_out];
+                let two_by_two = p.kernel == (2, 2) && p.stride == (2, 2) && p.padding == (0, 0);
+                out.par_chunks_mut(plane_out).zip(argmax.par_chunks_mut(plane_out)).enumerate().for_each(
+                    |(i, (o, am))| {
+                        let xp = &x[i * plane_in..(i + 1) * plane_in];
+                        if two_by_two {
+                            max_2x2_plane(xp, &d, o, am);
+                        } else {
+                            argmax_plane(p, &d, xp, |oi, at, v| {
+                                o[oi] = v;
+                                am[oi] = at as u32;
+                            });
                         }
+                    },
+                );
+                // One op value serves one forward call (see `pool2d`): set once.
+                let _ = self.argmax.set(Arc::new(argmax));
+            }
+            PoolKind::Avg => out.par_chunks_mut(plane_out).enumerate().for_each(|(i, o)| {
+                let xp = &x[i * plane_in..(i + 1) * plane_in];
+                for oy in 0..d.oh {
+                    let (y0, y1) = PoolParams::window(oy, p.kernel.0, p.stride.0, p.padding.0, d.h);
+                    for ox in 0..d.ow {
+                        let (x0, x1) = PoolParams::window(ox, p.kernel.1, p.stride.1, p.padding.1, d.w);
+                        let sum: f32 = (y0..y1).map(|y| xp[y * d.w + x0..y * d.w + x1].iter().sum::<f32>()).sum();
+                        o[oy * d.ow + ox] = sum / area;
                     }
                 }
-            }
-        });
+            }),
+        }
         let (n, c, _, _) = l.shape().dims4()?;
         Ok((CpuStorage::F32(out), Shape::from((n, c, d.oh, d.ow))))
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &Pool2dGrad(self.0))?))
+        let dy = dy.contiguous()?;
+        match self.argmax.get() {
+            Some(argmax) => {
+                Ok(Some(dy.apply_op1_no_bwd(&MaxUnpool { argmax: argmax.clone(), input: x.shape().clone() })?))
+            }
+            None => Ok(Some(x.apply_op2_no_bwd(&dy, &Pool2dGrad(self.params))?)),
+        }
     }
 }
 
-/// Pooling backward: `(x, dy) -> dx`. Max-pool needs `x` to find each window's argmax again.
+/// Max-pool backward from the forward's argmax: each output's gradient goes to its window's
+/// first maximum. `dy (n, c, oh, ow) -> dx (n, c, h, w)`.
+struct MaxUnpool {
+    argmax: Arc<Vec<u32>>,
+    input: Shape,
+}
+
+impl CustomOp1 for MaxUnpool {
+    fn name(&self) -> &'static str {
+        "ablate-max-unpool"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let dy = f32_slice(self.name(), s, l)?;
+        let (n, c, h, w) = self.input.dims4()?;
+        if dy.len() != self.argmax.len() {
+            candle_core::bail!("max-unpool: gradient of {} values for {} argmaxes", dy.len(), self.argmax.len());
+        }
+        let plane_out = dy.len() / (n * c).max(1);
+        let mut dx = vec![0f32; n * c * h * w];
+        dx.par_chunks_mut(h * w).enumerate().for_each(|(i, g)| {
+            let span = i * plane_out..(i + 1) * plane_out;
+            for (v, &at) in dy[span.clone()].iter().zip(&self.argmax[span]) {
+                g[at as usize] += v;
+            }
+        });
+        Ok((CpuStorage::F32(dx), self.input.clone()))
+    }
+}
+
+/// Pooling backward: `(x, dy) -> dx` (avg-pool; max-pool when no argmax was kept: it finds
+/// each window's argmax again from `x`).
 struct Pool2dGrad(PoolParams);
 
 impl CustomOp2 for Pool2dGrad {
@@ -168,7 +261,7 @@ impl CustomOp2 for Pool2dGrad {
 /// elsewhere ([`super::generic::pool2d`]; candle's own `max_pool2d` has no padding and a wrong
 /// backward).
 pub fn pool2d(x: &Tensor, p: PoolParams) -> Result<Tensor> {
-    if x.device().is_cpu() { x.contiguous()?.apply_op1(Pool2d(p)) } else { super::generic::pool2d(x, p) }
+    if x.device().is_cpu() { x.contiguous()?.apply_op1(Pool2d::new(p)) } else { super::generic::pool2d(x, p) }
 }
 
 #[cfg(test)]
@@ -207,6 +300,25 @@ mod tests {
                 analytic[i]
             );
         }
+    }
+
+    #[test]
+    fn fast_2x2_max_pool_equals_the_general_window_walk() {
+        let p = PoolParams { kind: PoolKind::Max, kernel: (2, 2), stride: (2, 2), padding: (0, 0) };
+        let (h, w) = (7, 9);
+        let d = dims(&p, &Shape::from((1, 1, h, w))).unwrap();
+        // Ties (rounded values) and a NaN: the same winner as the general loop.
+        let mut x: Vec<f32> = (0..h * w).map(|i| ((i * 37 % 11) as f32 / 3.0).round()).collect();
+        x[20] = f32::NAN;
+        let (mut o1, mut a1) = (vec![0f32; d.oh * d.ow], vec![0u32; d.oh * d.ow]);
+        max_2x2_plane(&x, &d, &mut o1, &mut a1);
+        let (mut o2, mut a2) = (vec![0f32; d.oh * d.ow], vec![0u32; d.oh * d.ow]);
+        argmax_plane(&p, &d, &x, |oi, at, v| {
+            o2[oi] = v;
+            a2[oi] = at as u32;
+        });
+        assert_eq!(a1, a2);
+        assert_eq!(format!("{o1:?}"), format!("{o2:?}"));
     }
 
     #[test]

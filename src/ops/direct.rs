@@ -1,0 +1,266 @@
+//! Direct convolution for few channels (LeNet's 3 -> 6 -> 16 with 5x5 kernels): stride 1, no
+//! padding, one group. There im2col + GEMM spends most of its time writing and packing a
+//! (c*kh*kw) x (oh*ow) matrix for a GEMM whose other side has 6 or 16 rows; these kernels
+//! instead walk the image row by row with 16-lane accumulators that stay in L1, so the three
+//! passes (forward, input gradient, weight gradient) do their multiply-adds straight from the
+//! input rows. No BLAS-like crate offers small-channel direct convolution, hence by hand.
+//!
+//! The loops are plain Rust written so that LLVM vectorises them; each public kernel is
+//! compiled three times (AVX-512, AVX2+FMA, baseline) and picked at run time.
+
+/// Shape of one image's convolution: input (c, h, w), weight (o, c, k, k'), output (o, oh, ow).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub o: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+const LANES: usize = 16;
+/// Output columns per forward block: four 16-lane registers per output channel.
+const COLS: usize = 64;
+/// Output channels per block: 4 x 4 accumulators plus the loads fit in 32 registers.
+const OB: usize = 4;
+
+/// Whether the direct kernels beat im2col + GEMM for this geometry: few output channels and
+/// few taps per output (measured on LeNet; ResNet's convs have hundreds of channels).
+pub(super) fn applies(stride: usize, padding: usize, dilation: usize, groups: usize, d: &Dims) -> bool {
+    stride == 1
+        && padding == 0
+        && dilation == 1
+        && groups == 1
+        && d.o <= 32
+        && d.c * d.kh * d.kw <= 400
+        && d.ow >= COLS
+        && matches!(d.kw, 3 | 5)
+}
+
+/// Multiply-add: fused where the CPU has FMA (compiled per target, see `dispatch!`).
+trait Mac {
+    fn mac(a: f32, b: f32, c: f32) -> f32;
+}
+struct Fused;
+impl Mac for Fused {
+    #[inline(always)]
+    fn mac(a: f32, b: f32, c: f32) -> f32 {
+        a.mul_add(b, c)
+    }
+}
+struct Plain;
+impl Mac for Plain {
+    #[inline(always)]
+    fn mac(a: f32, b: f32, c: f32) -> f32 {
+        a * b + c
+    }
+}
+
+/// Calls the AVX-512, AVX2+FMA or baseline build of a kernel generic over [`Mac`].
+macro_rules! dispatch {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        pub(super) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) {
+                    $body::<Fused>($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) {
+                    $body::<Fused>($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            $body::<Plain>($($arg),*)
+        }
+    };
+}
+
+/// `B` output channels from `o0`, output row `oy`, columns `[j0, j0 + COLS)`: the
+/// accumulators stay in registers across every tap.
+#[inline(always)]
+fn forward_block<M: Mac, const B: usize>(
+    x: &[f32],
+    wt: &[f32],
+    d: &Dims,
+    oy: usize,
+    o0: usize,
+    j0: usize,
+    out: &mut [f32],
+) {
+    let taps = d.c * d.kh * d.kw;
+    let mut acc = [[0f32; COLS]; B];
+    for c in 0..d.c {
+        for ki in 0..d.kh {
+            let row = &x[(c * d.h + oy + ki) * d.w + j0..];
+            for kj in 0..d.kw {
+                let xs: &[f32; COLS] = row[kj..kj + COLS].try_into().expect("a block of columns");
+                let t = (c * d.kh + ki) * d.kw + kj;
+                for (b, acc) in acc.iter_mut().enumerate() {
+                    let a = wt[(o0 + b) * taps + t];
+                    for l in 0..COLS {
+                        acc[l] = M::mac(a, xs[l], acc[l]);
+                    }
+                }
+            }
+        }
+    }
+    for (b, acc) in acc.iter().enumerate() {
+        let at = ((o0 + b) * d.oh + oy) * d.ow + j0;
+        out[at..at + COLS].copy_from_slice(acc);
+    }
+}
+
+/// Forward of one image: `out (o, oh, ow) = x (c, h, w) * wt (o, c, kh, kw)` (cross-correlation,
+/// as every framework's conv). The last column block is anchored at `ow - COLS` and recomputes
+/// a few columns: the same values, written again.
+#[inline(always)]
+fn forward_body<M: Mac>(x: &[f32], wt: &[f32], d: Dims, out: &mut [f32]) {
+    let starts = (0..d.ow - COLS).step_by(COLS).chain(std::iter::once(d.ow - COLS));
+    let starts: Vec<usize> = starts.collect();
+    for oy in 0..d.oh {
+        let mut o0 = 0;
+        while o0 < d.o {
+            for &j0 in &starts {
+                match d.o - o0 {
+                    1 => forward_block::<M, 1>(x, wt, &d, oy, o0, j0, out),
+                    2 => forward_block::<M, 2>(x, wt, &d, oy, o0, j0, out),
+                    3 => forward_block::<M, 3>(x, wt, &d, oy, o0, j0, out),
+                    _ => forward_block::<M, OB>(x, wt, &d, oy, o0, j0, out),
+                }
+            }
+            o0 += OB;
+        }
+    }
+}
+dispatch!(forward, forward_body, (x: &[f32], wt: &[f32], d: Dims, out: &mut [f32]));
+
+/// Input gradient of one image: the full correlation of `dy` with the flipped kernel, i.e. the
+/// forward kernel on `dy` padded by `k - 1` with the weights transposed (o <-> c) and flipped.
+/// `wt_flipped` is [`flip_weights`]'s, `padded` scratch of [`input_grad_scratch`] floats.
+pub(super) fn input_grad(dy: &[f32], wt_flipped: &[f32], d: Dims, dx: &mut [f32], padded: &mut [f32]) {
+    let (ph, pw) = (d.kh - 1, d.kw - 1);
+    let (hp, wp) = (d.oh + 2 * ph, d.ow + 2 * pw);
+    padded.fill(0.0);
+    for o in 0..d.o {
+        for oy in 0..d.oh {
+            let src = &dy[(o * d.oh + oy) * d.ow..(o * d.oh + oy + 1) * d.ow];
+            let at = (o * hp + oy + ph) * wp + pw;
+            padded[at..at + d.ow].copy_from_slice(src);
+        }
+    }
+    let t = Dims { c: d.o, h: hp, w: wp, o: d.c, kh: d.kh, kw: d.kw, oh: d.h, ow: d.w };
+    forward(padded, wt_flipped, t, dx);
+}
+
+/// Scratch floats [`input_grad`] needs.
+pub(super) fn input_grad_scratch(d: &Dims) -> usize {
+    d.o * (d.oh + 2 * (d.kh - 1)) * (d.ow + 2 * (d.kw - 1))
+}
+
+/// `wt (o, c, kh, kw)` as `(c, o, kh, kw)`, each kernel rotated by 180 degrees.
+pub(super) fn flip_weights(wt: &[f32], d: &Dims) -> Vec<f32> {
+    let taps = d.kh * d.kw;
+    let mut out = vec![0f32; wt.len()];
+    for o in 0..d.o {
+        for c in 0..d.c {
+            for t in 0..taps {
+                out[(c * d.o + o) * taps + (taps - 1 - t)] = wt[(o * d.c + c) * taps + t];
+            }
+        }
+    }
+    out
+}
+
+/// `acc += g * x`, lane by lane: one vector multiply-add.
+#[inline(always)]
+fn fma16<M: Mac>(acc: &mut [f32; LANES], g: &[f32; LANES], x: &[f32; LANES]) {
+    for l in 0..LANES {
+        acc[l] = M::mac(g[l], x[l], acc[l]);
+    }
+}
+
+/// Weight gradient sums for output channels `[o0, o0 + B)`, input channel `c`, kernel row
+/// `ki` and every kernel column (`K` of them), in 16 lanes each, over the whole image.
+#[inline(always)]
+fn weight_grad_block<M: Mac, const B: usize, const K: usize>(
+    x: &[f32],
+    dy: &[f32],
+    d: &Dims,
+    o0: usize,
+    c: usize,
+    ki: usize,
+    dw: &mut [f32],
+) {
+    let full = d.ow / LANES * LANES;
+    let mut acc = [[[0f32; LANES]; K]; B];
+    let mut tail = [[0f32; K]; B];
+    for oy in 0..d.oh {
+        let row = &x[(c * d.h + oy + ki) * d.w..(c * d.h + oy + ki + 1) * d.w];
+        let g: [&[f32]; B] =
+            std::array::from_fn(|b| &dy[((o0 + b) * d.oh + oy) * d.ow..((o0 + b) * d.oh + oy + 1) * d.ow]);
+        for j in (0..full).step_by(LANES) {
+            let gv: [[f32; LANES]; B] = std::array::from_fn(|b| g[b][j..j + LANES].try_into().expect("16 lanes"));
+            for kj in 0..K {
+                let xv: [f32; LANES] = row[j + kj..j + kj + LANES].try_into().expect("16 lanes");
+                for b in 0..B {
+                    fma16::<M>(&mut acc[b][kj], &gv[b], &xv);
+                }
+            }
+        }
+        for j in full..d.ow {
+            for kj in 0..K {
+                for b in 0..B {
+                    tail[b][kj] = M::mac(g[b][j], row[j + kj], tail[b][kj]);
+                }
+            }
+        }
+    }
+    let taps = d.c * d.kh * d.kw;
+    for b in 0..B {
+        for kj in 0..K {
+            dw[(o0 + b) * taps + (c * d.kh + ki) * d.kw + kj] += acc[b][kj].iter().sum::<f32>() + tail[b][kj];
+        }
+    }
+}
+
+#[inline(always)]
+fn weight_grad_k<M: Mac, const K: usize>(x: &[f32], dy: &[f32], d: &Dims, dw: &mut [f32]) {
+    let mut o0 = 0;
+    while o0 < d.o {
+        for c in 0..d.c {
+            for ki in 0..d.kh {
+                match d.o - o0 {
+                    1 => weight_grad_block::<M, 1, K>(x, dy, d, o0, c, ki, dw),
+                    2 => weight_grad_block::<M, 2, K>(x, dy, d, o0, c, ki, dw),
+                    3 => weight_grad_block::<M, 3, K>(x, dy, d, o0, c, ki, dw),
+                    _ => weight_grad_block::<M, OB, K>(x, dy, d, o0, c, ki, dw),
+                }
+            }
+        }
+        o0 += OB;
+    }
+}
+
+/// Weight gradient of one image, added to `dw (o, c, kh, kw)`:
+/// `dw[o, c, ki, kj] += sum over (oy, ox) of dy[o, oy, ox] * x[c, oy + ki, ox + kj]`.
+#[inline(always)]
+fn weight_grad_body<M: Mac>(x: &[f32], dy: &[f32], d: Dims, dw: &mut [f32]) {
+    match d.kw {
+        3 => weight_grad_k::<M, 3>(x, dy, &d, dw),
+        5 => weight_grad_k::<M, 5>(x, dy, &d, dw),
+        k => unreachable!("applies() admits kernel widths 3 and 5, not {k}"),
+    }
+}
+dispatch!(weight_grad, weight_grad_body, (x: &[f32], dy: &[f32], d: Dims, dw: &mut [f32]));
