@@ -96,7 +96,7 @@ impl Cost {
 
 /// The 3x3 conv width of a bottleneck with `out` output channels.
 pub fn bottleneck_width(out: usize, groups: usize, mid: MidWidth) -> std::result::Result<usize, String> {
-    if out % 4 != 0 {
+    if !out.is_multiple_of(4) {
         return Err(format!("a bottleneck's out ({out}) must be 4 x its planes: a multiple of 4"));
     }
     let width = match mid {
