@@ -15,20 +15,27 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The experiments `run` and `slurm` take, with their overrides and sweep axes.
+#[derive(Debug, clap::Args)]
+pub struct Experiments {
+    /// Experiment files (TOML), or folders of them (files starting with `_` skipped).
+    #[arg(required = true)]
+    pub experiments: Vec<PathBuf>,
+    /// Override a config key: `--set optimizer.lr=3e-4` (values parse as TOML).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// Sweep a key over values: `--sweep model.params.groups=1,2,4` (adds to or replaces an
+    /// axis of the file's [sweep]).
+    #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
+    pub sweep: Vec<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train the experiment(s) into a new folder under runs/ (several: one folder, one summary).
     Run {
-        /// Experiment files (TOML), or folders of them (files starting with `_` skipped).
-        #[arg(required = true)]
-        experiments: Vec<PathBuf>,
-        /// Override a config key: `--set optimizer.lr=3e-4` (values parse as TOML).
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Sweep a key over values: `--sweep model.params.groups=1,2,4` (adds to or replaces an
-        /// axis of the file's [sweep]).
-        #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
-        sweep: Vec<String>,
+        #[command(flatten)]
+        what: Experiments,
         /// `auto`, `cpu`, `cuda` or `cuda:N` (overrides train.device).
         #[arg(long)]
         device: Option<String>,
@@ -58,13 +65,8 @@ pub enum Command {
     /// Print a bash script that submits the experiment(s) to Slurm: a job array with one
     /// variant per task, then a job that runs `ablate summarize`.
     Slurm {
-        /// Experiment files (TOML), or folders of them, as for `run`.
-        #[arg(required = true)]
-        experiments: Vec<PathBuf>,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
-        sweep: Vec<String>,
+        #[command(flatten)]
+        what: Experiments,
         #[arg(long, default_value = "runs")]
         runs_dir: PathBuf,
         /// Slurm partition.

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use ablate::cli::{Cli, Command};
+use ablate::cli::{Cli, Command, Experiments};
 use ablate::config::Override;
 use ablate::experiment::{self, RunOptions};
 use ablate::scaleout;
@@ -37,7 +37,15 @@ fn main() -> ExitCode {
     });
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { experiments, set, sweep, device, runs_dir, fail_fast, shard, run_id, stop_after_steps } => {
+        Command::Run {
+            what: Experiments { experiments, set, sweep },
+            device,
+            runs_dir,
+            fail_fast,
+            shard,
+            run_id,
+            stop_after_steps,
+        } => {
             stop_after(stop_after_steps);
             overrides(&set).and_then(|overrides| {
                 let files = experiment::experiment_files(&experiments)?;
@@ -63,29 +71,35 @@ fn main() -> ExitCode {
             println!("{table}");
             notes.iter().for_each(|n| eprintln!("note: {n}"));
         }),
-        Command::Slurm { experiments, set, sweep, runs_dir, partition, gpus_per_task, cpus_per_task, time, sbatch } => {
-            overrides(&set).and_then(|o| {
-                let files = experiment::experiment_files(&experiments)?;
-                let (name, variants) = experiment::plan(&files, &o, &sweep)?;
-                let exe = std::env::current_exe()?;
-                let cwd = std::env::current_dir()?;
-                let mut run_args: Vec<String> = experiments.iter().map(|p| p.display().to_string()).collect();
-                run_args.extend(set.iter().flat_map(|s| ["--set".to_string(), s.clone()]));
-                run_args.extend(sweep.iter().flat_map(|s| ["--sweep".to_string(), s.clone()]));
-                run_args.extend(["--runs-dir".to_string(), runs_dir.display().to_string()]);
-                let sub = scaleout::Submission {
-                    ablate: &exe.display().to_string(),
-                    workdir: &cwd.display().to_string(),
-                    run_args: &run_args,
-                    runs_dir: &runs_dir.display().to_string(),
-                    name: &ablate::output::run_dir::safe(&name),
-                    variants,
-                };
-                let opts = scaleout::SlurmOptions { partition, gpus_per_task, cpus_per_task, time, sbatch };
-                print!("{}", scaleout::script(&sub, &opts));
-                Ok(())
-            })
-        }
+        Command::Slurm {
+            what: Experiments { experiments, set, sweep },
+            runs_dir,
+            partition,
+            gpus_per_task,
+            cpus_per_task,
+            time,
+            sbatch,
+        } => overrides(&set).and_then(|o| {
+            let files = experiment::experiment_files(&experiments)?;
+            let (name, variants) = experiment::plan(&files, &o, &sweep)?;
+            let exe = std::env::current_exe()?;
+            let cwd = std::env::current_dir()?;
+            let mut run_args: Vec<String> = experiments.iter().map(|p| p.display().to_string()).collect();
+            run_args.extend(set.iter().flat_map(|s| ["--set".to_string(), s.clone()]));
+            run_args.extend(sweep.iter().flat_map(|s| ["--sweep".to_string(), s.clone()]));
+            run_args.extend(["--runs-dir".to_string(), runs_dir.display().to_string()]);
+            let sub = scaleout::Submission {
+                ablate: &exe.display().to_string(),
+                workdir: &cwd.display().to_string(),
+                run_args: &run_args,
+                runs_dir: &runs_dir.display().to_string(),
+                name: &ablate::output::run_dir::safe(&name),
+                variants,
+            };
+            let opts = scaleout::SlurmOptions { partition, gpus_per_task, cpus_per_task, time, sbatch };
+            print!("{}", scaleout::script(&sub, &opts));
+            Ok(())
+        }),
         Command::Compare { runs, sort } => experiment::compare(&runs, sort.as_deref()).map(|table| println!("{table}")),
         Command::Predict { run, checkpoint, data, out, device } => {
             experiment::predict(&run, checkpoint, data.as_deref(), out.as_deref(), device.as_deref())

@@ -614,11 +614,7 @@ mod tests {
     use candle_core::{Device, Var};
 
     fn seeded(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        crate::ops::testing::uniform(shape, seed, -1.0, 1.0)
     }
 
     fn max_rel_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -141,18 +141,13 @@ pub fn in_dtype(
 
 #[cfg(test)]
 mod tests {
-    use candle_core::{Device, Var};
+    use candle_core::Var;
 
     use super::*;
     use crate::ops::{conv, pool};
 
     fn seeded(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        // Distinct values: no ties for max-pool to break differently.
-        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(-1.0..1.0)).collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        crate::ops::testing::uniform(shape, seed, -1.0, 1.0)
     }
 
     fn assert_close(a: &Tensor, b: &Tensor, what: &str) {

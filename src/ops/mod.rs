@@ -25,3 +25,19 @@ pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&
         None => candle_core::bail!("{op}: input must be contiguous (call .contiguous() first)"),
     }
 }
+
+/// Test inputs shared by the ops' tests.
+#[cfg(test)]
+pub(crate) mod testing {
+    use candle_core::{Device, Tensor};
+    use rand::{Rng, SeedableRng};
+
+    /// A CPU tensor of `shape` with seeded values uniform in `[lo, hi)` (distinct in practice:
+    /// no ties for max-pool to break differently).
+    pub fn uniform(shape: &[usize], seed: u64, lo: f32, hi: f32) -> Tensor {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let n: usize = shape.iter().product();
+        let v: Vec<f32> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).expect("shape matches the values")
+    }
+}

@@ -310,13 +310,10 @@ pub fn channel_bias(x: &Tensor, bias: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{D, Device, Var};
+    use candle_core::{D, Var};
 
     fn seeded(shape: &[usize], seed: u64) -> Tensor {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let n: usize = shape.iter().product();
-        Tensor::from_vec((0..n).map(|_| rng.gen_range(-2.0f32..3.0)).collect::<Vec<_>>(), shape, &Device::Cpu).unwrap()
+        crate::ops::testing::uniform(shape, seed, -2.0, 3.0)
     }
 
     fn close(a: &Tensor, b: &Tensor, what: &str) {
