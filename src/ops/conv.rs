@@ -138,9 +138,17 @@ unsafe fn im2col_raw(x: &[f32], g: &Geometry, c0: usize, col: *mut f32, row_stri
                     }
                     let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                     let x0 = kj as isize * d - p;
-                    if s == 1 && x0 >= 0 && x0 as usize + g.ow <= g.w {
-                        // Interior of a stride-1 row: one copy.
-                        out_row.copy_from_slice(&src[x0 as usize..x0 as usize + g.ow]);
+                    if s == 1 {
+                        // Stride 1: zeros where the window hangs over the padding, one copy of
+                        // the in-bounds run between.
+                        let lo = ((-x0).max(0) as usize).min(g.ow);
+                        let hi = ((g.w as isize - x0).max(0) as usize).clamp(lo, g.ow);
+                        out_row[..lo].fill(0.0);
+                        if lo < hi {
+                            let at = (lo as isize + x0) as usize;
+                            out_row[lo..hi].copy_from_slice(&src[at..at + (hi - lo)]);
+                        }
+                        out_row[hi..].fill(0.0);
                         continue;
                     }
                     for (ox, v) in out_row.iter_mut().enumerate() {
@@ -181,6 +189,17 @@ fn col2im(col: &[f32], g: &Geometry, c0: usize, dx: &mut [f32], row_stride: usiz
                     }
                     let dst = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
                     let x0 = kj as isize * d - p;
+                    if s == 1 {
+                        // Stride 1: the in-bounds outputs map to one run of the input row.
+                        let lo = (-x0).max(0) as usize;
+                        let hi = (g.w as isize - x0).clamp(0, g.ow as isize) as usize;
+                        if lo < hi {
+                            let at = (lo as isize + x0) as usize;
+                            let run = &src[oy * g.ow + lo..oy * g.ow + hi];
+                            dst[at..at + run.len()].iter_mut().zip(run).for_each(|(a, v)| *a += v);
+                        }
+                        continue;
+                    }
                     for (ox, v) in src[oy * g.ow..(oy + 1) * g.ow].iter().enumerate() {
                         let ix = ox as isize * s + x0;
                         if ix >= 0 && ix < g.w as isize {
@@ -660,6 +679,8 @@ mod tests {
         // (n, c, h, w, o, k, stride, padding, dilation, groups)
         let cases = [
             (2, 3, 9, 7, 4, 3, 1, 1, 1, 1),
+            (2, 4, 9, 9, 4, 3, 1, 2, 2, 1),
+            (1, 2, 4, 5, 3, 5, 1, 2, 1, 1),
             // The direct kernels (few channels, stride 1, no padding): LeNet's shapes, with
             // output widths of 16 lanes and more plus a tail.
             (2, 3, 9, 70, 6, 5, 1, 0, 1, 1),
