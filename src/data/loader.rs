@@ -49,7 +49,7 @@ pub struct ImageCache {
 }
 
 enum Store {
-    Memory(Vec<OnceLock<Arc<image::RgbImage>>>),
+    Memory(Vec<OnceLock<image::RgbImage>>),
     Disk(DiskStore),
 }
 
@@ -135,7 +135,8 @@ impl ImageCache {
             .map_err(|message| DataError::Image { path: path.to_path_buf(), message })
     }
 
-    fn get(&self, index: usize, path: &Path) -> Result<Arc<image::RgbImage>, DataError> {
+    /// The image after the prefix, owned (the rest of the pipeline transforms it in place).
+    fn get(&self, index: usize, path: &Path) -> Result<image::RgbImage, DataError> {
         let io =
             |e: std::io::Error| DataError::Image { path: path.to_path_buf(), message: format!("image cache: {e}") };
         match &self.store {
@@ -145,17 +146,17 @@ impl ImageCache {
                 }
                 let img = self.decode_prefix(path)?;
                 // Two threads may race on one image; either result is the same.
-                Ok(slots[index].get_or_init(|| Arc::new(img)).clone())
+                Ok(slots[index].get_or_init(|| img).clone())
             }
             Store::Disk(disk) => {
                 if let Some(&at) = disk.slots[index].get() {
-                    return Ok(Arc::new(disk.read(at).map_err(io)?));
+                    return disk.read(at).map_err(io);
                 }
                 let img = self.decode_prefix(path)?;
                 let at = disk.append(&img).map_err(io)?;
                 // A racing thread's copy is written too but never read: harmless.
                 disk.slots[index].get_or_init(|| at);
-                Ok(Arc::new(img))
+                Ok(img)
             }
         }
     }
@@ -208,7 +209,7 @@ impl Loader {
         let img = match &self.cache {
             Some(cache) => {
                 let rest = &self.transforms[deterministic_prefix(&self.transforms)..];
-                apply_image(rest, cache.get(index, &item.path)?.as_ref().clone(), &mut rng)
+                apply_image(rest, cache.get(index, &item.path)?, &mut rng)
             }
             None => apply_image(&self.transforms, decode(&item.path)?, &mut rng),
         }

@@ -4,7 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
@@ -176,11 +176,13 @@ impl CustomOp1 for Pool2d {
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         let dy = dy.contiguous()?;
-        match self.argmax.get() {
-            Some(argmax) => {
-                Ok(Some(dy.apply_op1_no_bwd(&MaxUnpool { argmax: argmax.clone(), input: x.shape().clone() })?))
+        let input = x.shape().clone();
+        match (self.params.kind, self.argmax.get()) {
+            (PoolKind::Max, Some(argmax)) => {
+                Ok(Some(dy.apply_op1_no_bwd(&MaxUnpool { argmax: argmax.clone(), input })?))
             }
-            None => Ok(Some(x.apply_op2_no_bwd(&dy, &Pool2dGrad(self.params))?)),
+            (PoolKind::Max, None) => candle_core::bail!("max-pool backward before its forward ran"),
+            (PoolKind::Avg, _) => Ok(Some(dy.apply_op1_no_bwd(&AvgPoolGrad { params: self.params, input })?)),
         }
     }
 }
@@ -215,45 +217,39 @@ impl CustomOp1 for MaxUnpool {
     }
 }
 
-/// Pooling backward: `(x, dy) -> dx` (avg-pool; max-pool when no argmax was kept: it finds
-/// each window's argmax again from `x`).
-struct Pool2dGrad(PoolParams);
+/// Avg-pool backward: `dy (n, c, oh, ow) -> dx (n, c, h, w)`, each output's gradient spread
+/// evenly over its window.
+struct AvgPoolGrad {
+    params: PoolParams,
+    input: Shape,
+}
 
-impl CustomOp2 for Pool2dGrad {
+impl CustomOp1 for AvgPoolGrad {
     fn name(&self) -> &'static str {
-        "ablate-pool2d-grad"
+        "ablate-avg-pool-grad"
     }
 
-    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let p = &self.0;
-        let d = dims(p, l1.shape())?;
-        let x = f32_slice(self.name(), s1, l1)?;
-        let dy = f32_slice(self.name(), s2, l2)?;
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let p = &self.params;
+        let d = dims(p, &self.input)?;
+        let dy = f32_slice(self.name(), s, l)?;
         let (plane_in, plane_out) = (d.h * d.w, d.oh * d.ow);
         let mut dx = vec![0f32; d.planes * plane_in];
         let area = (p.kernel.0 * p.kernel.1) as f32;
         dx.par_chunks_mut(plane_in).enumerate().for_each(|(i, g)| {
             let dyp = &dy[i * plane_out..(i + 1) * plane_out];
-            match p.kind {
-                PoolKind::Max => {
-                    let xp = &x[i * plane_in..(i + 1) * plane_in];
-                    argmax_plane(p, &d, xp, |oi, at, _| g[at] += dyp[oi]);
-                }
-                PoolKind::Avg => {
-                    for oy in 0..d.oh {
-                        let (y0, y1) = PoolParams::window(oy, p.kernel.0, p.stride.0, p.padding.0, d.h);
-                        for ox in 0..d.ow {
-                            let (x0, x1) = PoolParams::window(ox, p.kernel.1, p.stride.1, p.padding.1, d.w);
-                            let share = dyp[oy * d.ow + ox] / area;
-                            for y in y0..y1 {
-                                g[y * d.w + x0..y * d.w + x1].iter_mut().for_each(|v| *v += share);
-                            }
-                        }
+            for oy in 0..d.oh {
+                let (y0, y1) = PoolParams::window(oy, p.kernel.0, p.stride.0, p.padding.0, d.h);
+                for ox in 0..d.ow {
+                    let (x0, x1) = PoolParams::window(ox, p.kernel.1, p.stride.1, p.padding.1, d.w);
+                    let share = dyp[oy * d.ow + ox] / area;
+                    for y in y0..y1 {
+                        g[y * d.w + x0..y * d.w + x1].iter_mut().for_each(|v| *v += share);
                     }
                 }
             }
         });
-        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+        Ok((CpuStorage::F32(dx), self.input.clone()))
     }
 }
 
