@@ -63,6 +63,51 @@ def train_steps(model, shape, classes, steps):
     return statistics.median(times)
 
 
+RESNET18_CONVS = [
+    ("stem 7x7/2", 3, 64, 7, 2, 3, 224, 1, False),
+    ("l1 3x3", 64, 64, 3, 1, 1, 56, 4, True),
+    ("l2 3x3/2", 64, 128, 3, 2, 1, 56, 1, True),
+    ("l2 3x3", 128, 128, 3, 1, 1, 28, 3, True),
+    ("l2 1x1/2", 64, 128, 1, 2, 0, 56, 1, True),
+    ("l3 3x3/2", 128, 256, 3, 2, 1, 28, 1, True),
+    ("l3 3x3", 256, 256, 3, 1, 1, 14, 3, True),
+    ("l3 1x1/2", 128, 256, 1, 2, 0, 28, 1, True),
+    ("l4 3x3/2", 256, 512, 3, 2, 1, 14, 1, True),
+    ("l4 3x3", 512, 512, 3, 1, 1, 7, 3, True),
+    ("l4 1x1/2", 256, 512, 1, 2, 0, 14, 1, True),
+]
+
+
+def convs(n, steps):
+    """Per-layer timing of ResNet18's convolutions, as examples/bench.rs `convs`."""
+    total_f = total_b = 0.0
+    for name, c, o, k, s, p, hw, count, dgrad in RESNET18_CONVS:
+        conv = nn.Conv2d(c, o, k, s, p, bias=False)
+        x = torch.rand(n, c, hw, hw) * 2 - 1
+        x.requires_grad_(dgrad)
+        f, b = [], []
+        for i in range(steps + 1):
+            t0 = time.perf_counter()
+            y = conv(x)
+            t1 = time.perf_counter()
+            y.sum().backward()
+            t2 = time.perf_counter()
+            conv.weight.grad = None
+            x.grad = None
+            if i > 0:
+                f.append(t1 - t0)
+                b.append(t2 - t1)
+        f, b = statistics.median(f) * 1e3, statistics.median(b) * 1e3
+        oh = (hw + 2 * p - k) // s + 1
+        gflop = 2 * n * o * oh * oh * c * k * k / 1e9
+        passes = 2 if dgrad else 1
+        print(f"{name:>10} x{count}: forward {f:6.1f} ms ({gflop / f * 1e3:3.0f} GFLOP/s), "
+              f"backward {b:6.1f} ms ({passes * gflop / b * 1e3:3.0f} GFLOP/s)")
+        total_f += f * count
+        total_b += b * count
+    print(f"total: forward {total_f:.0f} ms, backward {total_b:.0f} ms")
+
+
 def data_pipeline():
     from torchvision import transforms as T
     tf = T.Compose([T.Resize((256, 256)), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
@@ -76,6 +121,8 @@ def data_pipeline():
 def main():
     workload = sys.argv[1]
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
+    if workload == "convs":
+        return convs(16, steps)
     if workload == "lenet":
         s = train_steps(lenet(), (64, 3, 256, 256), 2, steps)
         img, ms = 64 / s, s * 1e3

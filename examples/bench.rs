@@ -126,6 +126,106 @@ fn agree(device: &Device, n: usize) -> anyhow::Result<f64> {
     Ok(worst)
 }
 
+/// One convolution of a network, for `convs`.
+struct ConvShape {
+    name: &'static str,
+    c: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    /// Input side.
+    hw: usize,
+    /// How many times the network has it.
+    count: usize,
+    /// Whether the network needs its input gradient (not for the first layer).
+    dgrad: bool,
+}
+
+#[allow(clippy::too_many_arguments)] // one table row, positional like the table
+const fn conv(
+    name: &'static str,
+    c: usize,
+    o: usize,
+    k: usize,
+    stride: usize,
+    padding: usize,
+    hw: usize,
+    count: usize,
+    dgrad: bool,
+) -> ConvShape {
+    ConvShape { name, c, o, k, stride, padding, hw, count, dgrad }
+}
+
+/// ResNet18's convolution shapes (224x224 input).
+const RESNET18_CONVS: [ConvShape; 11] = [
+    conv("stem 7x7/2", 3, 64, 7, 2, 3, 224, 1, false),
+    conv("l1 3x3", 64, 64, 3, 1, 1, 56, 4, true),
+    conv("l2 3x3/2", 64, 128, 3, 2, 1, 56, 1, true),
+    conv("l2 3x3", 128, 128, 3, 1, 1, 28, 3, true),
+    conv("l2 1x1/2", 64, 128, 1, 2, 0, 56, 1, true),
+    conv("l3 3x3/2", 128, 256, 3, 2, 1, 28, 1, true),
+    conv("l3 3x3", 256, 256, 3, 1, 1, 14, 3, true),
+    conv("l3 1x1/2", 128, 256, 1, 2, 0, 28, 1, true),
+    conv("l4 3x3/2", 256, 512, 3, 2, 1, 14, 1, true),
+    conv("l4 3x3", 512, 512, 3, 1, 1, 7, 3, true),
+    conv("l4 1x1/2", 256, 512, 1, 2, 0, 14, 1, true),
+];
+
+/// Per-layer timing of ResNet18's convolutions (forward, and backward through candle's
+/// autograd: weight gradient, plus the input gradient where the network needs one), median
+/// of `steps`; prints one line per shape and the network's total. `convs:<prefix>` times the
+/// shapes whose name starts with the prefix.
+fn convs(n: usize, steps: usize, only: &str) -> anyhow::Result<()> {
+    use ablate::ops::conv::{ConvParams, conv2d};
+    let mut total = (0.0, 0.0);
+    for ConvShape { name, c, o, k, stride: s, padding: p, hw, count, dgrad } in RESNET18_CONVS {
+        if !name.starts_with(only) {
+            continue;
+        }
+        let (x, _) = batch((n, c, hw, hw), 2, &Device::Cpu)?;
+        let w = candle_core::Var::from_tensor(&(Tensor::randn(0f32, 0.1, (o, c, k, k), &Device::Cpu)?))?;
+        let xv = candle_core::Var::from_tensor(&x)?;
+        let x = if dgrad { xv.as_tensor().clone() } else { x };
+        let params = ConvParams { padding: p, stride: s, dilation: 1, groups: 1 };
+        let (mut f, mut b, mut bw) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..steps + 1 {
+            let t0 = Instant::now();
+            let y = conv2d(&x, w.as_tensor(), params)?;
+            let t1 = Instant::now();
+            let g = y.sum_all()?.backward()?;
+            let t2 = Instant::now();
+            drop(g);
+            // The weight gradient alone: the same conv on an input that needs no gradient.
+            let t3 = Instant::now();
+            let g = conv2d(&x.detach(), w.as_tensor(), params)?.sum_all()?.backward()?;
+            let t4 = Instant::now() - (t1 - t0);
+            drop(g);
+            if i > 0 {
+                f.push((t1 - t0).as_secs_f64());
+                b.push((t2 - t1).as_secs_f64());
+                bw.push((t4 - t3).as_secs_f64());
+            }
+        }
+        let med = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2] * 1e3
+        };
+        let (f, b, bw) = (med(&mut f), med(&mut b), med(&mut bw));
+        let oh = (hw + 2 * p - k) / s + 1;
+        let gflop = 2.0 * (n * o * oh * oh * c * k * k) as f64 / 1e9;
+        let passes = if dgrad { 2.0 } else { 1.0 };
+        println!(
+            "{name:>10} x{count}: forward {f:6.1} ms ({:3.0} GFLOP/s), backward {b:6.1} ms ({:3.0} GFLOP/s), of which weight gradient ~{bw:5.1} ms",
+            gflop / f * 1e3,
+            passes * gflop / b * 1e3
+        );
+        total = (total.0 + f * count as f64, total.1 + b * count as f64);
+    }
+    println!("total: forward {:.0} ms, backward {:.0} ms", total.0, total.1);
+    Ok(())
+}
+
 /// 2,000 JPEGs of 500x375 in two class folders (made once, shared with the PyTorch side).
 pub fn jpeg_folder() -> anyhow::Result<PathBuf> {
     let dir = root().join("target/bench-data/jpegs");
@@ -207,6 +307,9 @@ fn main() -> anyhow::Result<()> {
                 bail!("CPU and {:?} disagree: relative difference {worst:.3e} > 1e-3", dev.location());
             }
             return Ok(());
+        }
+        w if w.starts_with("convs") => {
+            return convs(opts.batch.unwrap_or(16), steps, w["convs".len()..].trim_start_matches(':'));
         }
         "lenet" => {
             let m = prepare(model_from(&root().join("experiments/lenet.toml"), (3, 256, 256), &dev)?);

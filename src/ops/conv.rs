@@ -9,7 +9,7 @@
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{direct, f32_slice};
+use super::{direct, f32_slice, implicit};
 
 /// Geometry of one convolution; the same struct describes forward and both gradients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,22 @@ impl Geometry {
             ow: self.ow,
         };
         direct::applies(self.p.stride, self.p.padding, self.p.dilation, self.p.groups, &d).then_some(d)
+    }
+    /// The implicit-GEMM kernels' dims, when they apply (see [`super::implicit::applies`]).
+    fn implicit(&self) -> Option<implicit::Dims> {
+        let d = implicit::Dims {
+            n: self.n,
+            groups: self.p.groups,
+            cg: self.cg(),
+            og: self.og(),
+            h: self.h,
+            w: self.w,
+            kh: self.kh,
+            kw: self.kw,
+            ph: self.p.padding,
+            pw: self.p.padding,
+        };
+        implicit::applies(self.p.stride, self.p.dilation, &d).then_some(d)
     }
     fn in_len(&self) -> usize {
         self.c * self.h * self.w
@@ -428,6 +444,9 @@ fn conv_input_grad_batched(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    if let Some(d) = g.implicit() {
+        return implicit::forward(x, wt, &d);
+    }
     if let Some(d) = g.direct() {
         let mut out = vec![0f32; g.n * g.out_len()];
         out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
@@ -458,6 +477,9 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    if let Some(d) = g.implicit() {
+        return implicit::input_grad(dy, wt, &d);
+    }
     if let Some(d) = g.direct() {
         let mut dx = vec![0f32; g.n * g.in_len()];
         let flipped = direct::flip_weights(wt, &d);
@@ -523,6 +545,9 @@ fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut Vec<f32>) {
 }
 
 fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    if let Some(d) = g.implicit() {
+        return implicit::weight_grad(x, dy, &d);
+    }
     if batched(g) && g.direct().is_none() {
         return conv_weight_grad_batched(x, dy, g);
     }
@@ -693,6 +718,14 @@ mod tests {
             (1, 4, 10, 10, 4, 3, 2, 2, 2, 1),
             (2, 4, 5, 5, 8, 1, 2, 0, 1, 1),
             (1, 3, 13, 13, 5, 7, 3, 3, 1, 1),
+            // The implicit-GEMM kernels (stride 1, 16k channels per group): 3x3 with padding
+            // 1 and 0, 5x5 with 2, odd sizes, two groups, batch 1, 48 output channels (a
+            // one-vector tail in the weight gradient), and a map of one grid tile or less.
+            (2, 16, 9, 11, 32, 3, 1, 1, 1, 1),
+            (1, 32, 7, 5, 16, 3, 1, 0, 1, 1),
+            (3, 16, 8, 13, 48, 5, 1, 2, 1, 1),
+            (2, 64, 6, 7, 32, 3, 1, 1, 1, 2),
+            (2, 16, 3, 3, 16, 3, 1, 1, 1, 1),
         ];
         for (i, &(n, c, h, w, o, k, stride, padding, dilation, groups)) in cases.iter().enumerate() {
             let p = ConvParams { stride, padding, dilation, groups };

@@ -10,6 +10,7 @@
 pub mod conv;
 mod direct;
 pub mod generic;
+mod implicit;
 pub mod norm;
 pub mod pool;
 

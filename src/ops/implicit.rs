@@ -1,0 +1,465 @@
+//! Implicit-GEMM convolution for stride 1 and dilation 1 (ResNet's and ResNeXt's 3x3 convs),
+//! on AVX-512: the three passes multiply straight out of a zero-padded copy of the input, with
+//! no im2col matrix and no GEMM packing of it.
+//!
+//! Why by hand: im2col + `gemm` wrote a 9x copy of every activation, and `gemm` then packed
+//! that copy again; together a quarter of a ResNet18 step (perf), with the multiply-adds
+//! themselves at the GEMM's peak. No BLAS-like crate takes an implicit (shifted-window)
+//! operand, so the blocking and the two register tiles below are ours.
+//!
+//! The trick: pad each input plane to `hp x wp` and compute the output on the padded width,
+//! `oh x wp` ("the grid", its last `wp - ow` columns garbage, cropped afterwards). Then the
+//! input under tap `(ky, kx)` for grid pixel `q` is `plane[q + ky * wp + kx]`: every tap is
+//! the same contiguous run, shifted. So
+//! - forward: `grid[o][q] = sum over (c, ky, kx) of w[o][c][ky][kx] * xpad[c][q + ky*wp + kx]`,
+//!   16 grid pixels per vector load, weights broadcast;
+//! - input gradient: the same with `dy` padded by `k - 1 - p` and the weights flipped and
+//!   transposed (a stride-1 conv's input gradient is a full correlation);
+//! - weight gradient: `dw[o][c][ky][kx] = sum over q of dy[o][q] * xpad[c][q + ky*wp + kx]`,
+//!   16 output channels per vector load from `dy` transposed to `(q, o)` (zero on garbage
+//!   columns), input values broadcast.
+//!
+//! All three keep their accumulators in registers over a block of the reduction that stays
+//! in L1/L2 (channel chunks for the weights, pixel chunks for the weight gradient).
+
+use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+use std::arch::x86_64::*;
+
+/// Grid pixels per forward tile: two 16-lane vectors.
+const MR: usize = 32;
+/// Output channels per forward tile (and taps per weight-gradient tile): 8 broadcasts
+/// against 2 vectors, 16 accumulators.
+const NR: usize = 8;
+/// Target size of the weights one channel chunk of the forward sweeps (floats): 256 KiB, a
+/// quarter of this machine's L2, so they stay cached across the chunk's pixel tiles.
+const WEIGHT_CHUNK: usize = 64 * 1024;
+/// Target size of one pixel chunk of `dy` transposed, for the weight gradient, and of one
+/// weight-gradient task's rows (floats).
+const DY_CHUNK: usize = 64 * 1024;
+
+/// One stride-1, dilation-1 convolution, per group sizes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    pub n: usize,
+    pub groups: usize,
+    /// Input channels per group.
+    pub cg: usize,
+    /// Output channels per group.
+    pub og: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub ph: usize,
+    pub pw: usize,
+}
+
+impl Dims {
+    fn oh(&self) -> usize {
+        self.h + 2 * self.ph + 1 - self.kh
+    }
+    fn ow(&self) -> usize {
+        self.w + 2 * self.pw + 1 - self.kw
+    }
+    fn taps(&self) -> usize {
+        self.kh * self.kw
+    }
+}
+
+/// Output maps smaller than this (pixels) stay with im2col + GEMM: on ResNet18's 7x7 stage
+/// the grid's padded columns and tile rounding waste a third of these kernels' work
+/// (measured there: 12 + 36 ms against 12 + 24 ms per conv); from 14x14 up they win.
+const MIN_PIXELS: usize = 100;
+
+/// Whether these kernels take the convolution: stride 1, dilation 1, a real window, channel
+/// counts per group in whole vectors, padding no wider than the window, a map of at least
+/// [`MIN_PIXELS`], and a CPU with AVX-512 (elsewhere im2col + GEMM does).
+pub(super) fn applies(stride: usize, dilation: usize, d: &Dims) -> bool {
+    stride == 1
+        && dilation == 1
+        && d.taps() > 1
+        && d.cg.is_multiple_of(16)
+        && d.og.is_multiple_of(16)
+        && d.ph < d.kh
+        && d.pw < d.kw
+        && d.oh() * d.ow() >= MIN_PIXELS
+        && has_avx512()
+}
+
+fn has_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// A batch of zero-padded planes `(n, ch, hp, wp)`, each sample followed by zeroed slack so
+/// that tiles running past the last grid pixel read zeros, not past the buffer.
+struct Padded {
+    data: Vec<f32>,
+    ch: usize,
+    hp: usize,
+    wp: usize,
+    /// Floats from one sample to the next.
+    sample: usize,
+}
+
+impl Padded {
+    fn plane(&self) -> usize {
+        self.hp * self.wp
+    }
+}
+
+/// The output grid of a `kh x kw` window over `p`: rows, and floats per channel (rows x wp,
+/// rounded up to whole tiles).
+fn grid_len(hp: usize, wp: usize, kh: usize) -> (usize, usize) {
+    let rows = hp + 1 - kh;
+    (rows, (rows * wp).div_ceil(MR) * MR)
+}
+
+/// Pads `src (n, ch, h, w)` by `(ph, pw)` on each side, with slack for a `kh x kw` window.
+fn pad(
+    src: &[f32],
+    n: usize,
+    ch: usize,
+    (h, w): (usize, usize),
+    (ph, pw): (usize, usize),
+    (kh, kw): (usize, usize),
+) -> Padded {
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    let (rows, lr) = grid_len(hp, wp, kh);
+    // The furthest read: last channel, last tap, last grid pixel of the last tile.
+    let slack = lr - rows * wp + kw + MR;
+    let sample = ch * hp * wp + slack;
+    let mut data = vec![0f32; n * sample];
+    data.par_chunks_mut(sample).enumerate().for_each(|(i, dst)| {
+        for c in 0..ch {
+            let plane = &src[(i * ch + c) * h * w..(i * ch + c + 1) * h * w];
+            for y in 0..h {
+                let at = c * hp * wp + (y + ph) * wp + pw;
+                dst[at..at + w].copy_from_slice(&plane[y * w..(y + 1) * w]);
+            }
+        }
+    });
+    Padded { data, ch, hp, wp, sample }
+}
+
+/// `off[c * taps + ky * kw + kx] = c * plane + ky * wp + kx`: where each reduction index reads.
+fn offsets(ch: usize, plane: usize, wp: usize, kh: usize, kw: usize) -> Vec<usize> {
+    let mut off = Vec::with_capacity(ch * kh * kw);
+    for c in 0..ch {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                off.push(c * plane + ky * wp + kx);
+            }
+        }
+    }
+    off
+}
+
+/// Weights packed for the forward tile: per group, per block of [`NR`] outputs, the
+/// reduction index `kk` major and the block's outputs minor. `at(grp, out, kk)` reads the
+/// weight of group-local output `out` at reduction index `kk`.
+fn pack(groups: usize, outs: usize, k: usize, at: impl Fn(usize, usize, usize) -> f32 + Sync) -> Vec<f32> {
+    let mut packed = vec![0f32; groups * outs * k];
+    packed.par_chunks_mut(NR * k).enumerate().for_each(|(blk, dst)| {
+        let (grp, o0) = (blk / (outs / NR), blk % (outs / NR) * NR);
+        for kk in 0..k {
+            for i in 0..NR {
+                dst[kk * NR + i] = at(grp, o0 + i, kk);
+            }
+        }
+    });
+    packed
+}
+
+/// `grid (n, groups * outs, lr)` of the window `kh x kw` over `x`: per group,
+/// `grid[o][q] = sum over kk of packed[o][kk] * x[off[kk] + q]`.
+fn forward_grid(x: &Padded, groups: usize, outs: usize, (kh, kw): (usize, usize), packed: &[f32]) -> (Vec<f32>, usize) {
+    let n = x.data.len() / x.sample;
+    let cg = x.ch / groups;
+    let taps = kh * kw;
+    let k = cg * taps;
+    let (_, lr) = grid_len(x.hp, x.wp, kh);
+    let off = offsets(cg, x.plane(), x.wp, kh, kw);
+    let chunk = (WEIGHT_CHUNK / (taps * outs)).clamp(1, cg);
+    let per_sample = groups * outs * lr;
+    let mut grid = vec![0f32; n * per_sample];
+    // A few samples per task: each channel chunk's weights serve them all while cached.
+    let slice = n.div_ceil(2 * rayon::current_num_threads()).max(1);
+    grid.par_chunks_mut(slice * per_sample).enumerate().for_each(|(s, grid_s)| {
+        for grp in 0..groups {
+            for c0 in (0..cg).step_by(chunk) {
+                let (kk0, kk1) = (c0 * taps, (c0 + chunk).min(cg) * taps);
+                for (j, grid_n) in grid_s.chunks_mut(per_sample).enumerate() {
+                    let xs = &x.data[(s * slice + j) * x.sample + grp * cg * x.plane()..];
+                    for q0 in (0..lr).step_by(MR) {
+                        for ob in 0..outs / NR {
+                            let w = &packed[((grp * outs / NR + ob) * k + kk0) * NR..];
+                            let o0 = grp * outs + ob * NR;
+                            // SAFETY: reads x at off[kk] + q0 + [0, MR), inside the sample's
+                            // slack by construction of `pad`; w holds (kk1 - kk0) * NR floats;
+                            // the tile's NR rows of MR floats at o0 * lr + q0 lie in grid_n.
+                            unsafe {
+                                forward_tile(
+                                    xs.as_ptr().add(q0),
+                                    &off[kk0..kk1],
+                                    w.as_ptr(),
+                                    grid_n.as_mut_ptr().add(o0 * lr + q0),
+                                    lr,
+                                    c0 > 0,
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    (grid, lr)
+}
+
+/// `acc[i][0..MR] (+)= sum over kk of w[kk * NR + i] * x[off[kk] + 0..MR]`, stored to
+/// `out + i * ld`.
+///
+/// # Safety
+/// AVX-512F present; the reads and writes described are in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn forward_tile(x: *const f32, off: &[usize], w: *const f32, out: *mut f32, ld: usize, accumulate: bool) {
+    // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); 2]; NR];
+        if accumulate {
+            for (i, a) in acc.iter_mut().enumerate() {
+                a[0] = _mm512_loadu_ps(out.add(i * ld));
+                a[1] = _mm512_loadu_ps(out.add(i * ld + 16));
+            }
+        }
+        let mut wk = w;
+        for &o in off {
+            let p = x.add(o);
+            let (a0, a1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let b = _mm512_set1_ps(*wk.add(i));
+                a[0] = _mm512_fmadd_ps(a0, b, a[0]);
+                a[1] = _mm512_fmadd_ps(a1, b, a[1]);
+            }
+            wk = wk.add(NR);
+        }
+        for (i, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(i * ld), a[0]);
+            _mm512_storeu_ps(out.add(i * ld + 16), a[1]);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn forward_tile(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: bool) {
+    unreachable!("applies() requires AVX-512")
+}
+
+/// `out (n, ch, rows, cols)` from the grid `(n, ch, lr)` of row width `wp`.
+fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (usize, usize)) -> Vec<f32> {
+    let mut out = vec![0f32; n * ch * rows * cols];
+    out.par_chunks_mut(ch * rows * cols).enumerate().for_each(|(i, out_n)| {
+        for (c, plane) in out_n.chunks_mut(rows * cols).enumerate() {
+            let src = &grid[(i * ch + c) * lr..];
+            for y in 0..rows {
+                plane[y * cols..(y + 1) * cols].copy_from_slice(&src[y * wp..y * wp + cols]);
+            }
+        }
+    });
+    out
+}
+
+/// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
+pub(super) fn forward(x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+    let (taps, k) = (d.taps(), d.cg * d.taps());
+    let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), (d.kh, d.kw));
+    let packed = pack(d.groups, d.og, k, |grp, o, kk| wt[(grp * d.og + o) * k + kk]);
+    debug_assert_eq!(k % taps, 0);
+    let (grid, lr) = forward_grid(&xp, d.groups, d.og, (d.kh, d.kw), &packed);
+    crop(&grid, d.n, d.groups * d.og, lr, xp.wp, (d.oh(), d.ow()))
+}
+
+/// Input gradient: `dy (n, groups * og, oh, ow)` -> `dx (n, groups * cg, h, w)`, the full
+/// correlation of `dy` with the flipped, transposed weights.
+pub(super) fn input_grad(dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+    let (taps, kin) = (d.taps(), d.og * d.taps());
+    let (qh, qw) = (d.kh - 1 - d.ph, d.kw - 1 - d.pw);
+    let dyp = pad(dy, d.n, d.groups * d.og, (d.oh(), d.ow()), (qh, qw), (d.kh, d.kw));
+    // Reduction index kk = (o, ky', kx') of the flipped window; outputs are input channels.
+    let packed = pack(d.groups, d.cg, kin, |grp, c, kk| {
+        let (o, t) = (kk / taps, kk % taps);
+        wt[((grp * d.og + o) * d.cg + c) * taps + (taps - 1 - t)]
+    });
+    let (grid, lr) = forward_grid(&dyp, d.groups, d.cg, (d.kh, d.kw), &packed);
+    crop(&grid, d.n, d.groups * d.cg, lr, dyp.wp, (d.h, d.w))
+}
+
+/// Weight gradient: `x`, `dy` -> `dw (groups * og, cg, kh, kw)`.
+///
+/// Parallel over blocks of the reduction index `kk` (each task owns its rows of `dw`, so no
+/// per-thread partial weights and a fixed summation order whatever the thread count). Each
+/// task walks the batch's grid pixels in chunks of about [`DY_CHUNK`] floats of `dy`, its
+/// rows of `dw` and the chunk staying in L2.
+pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
+    let (taps, o_all) = (d.taps(), d.groups * d.og);
+    let k = d.cg * taps;
+    let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), (d.kh, d.kw));
+    let (oh, ow, wp) = (d.oh(), d.ow(), xp.wp);
+    let (_, lr) = grid_len(xp.hp, wp, d.kh);
+    let off = offsets(d.cg, xp.plane(), wp, d.kh, d.kw);
+    let mut dyt = vec![0f32; d.n * lr * o_all];
+    dyt.par_chunks_mut(lr * o_all).enumerate().for_each(|(n, dst)| {
+        transpose_dy(&dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
+    });
+    // Segments (sample, q0, q1) of the batch's grids, grouped into chunks.
+    let q_chunk = (DY_CHUNK / o_all / MR).max(1) * MR;
+    let mut chunks: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new()];
+    let mut filled = 0;
+    for n in 0..d.n {
+        for q0 in (0..lr).step_by(q_chunk) {
+            let q1 = (q0 + q_chunk).min(lr);
+            if filled > 0 && filled + q1 - q0 > q_chunk {
+                chunks.push(Vec::new());
+                filled = 0;
+            }
+            chunks.last_mut().expect("one chunk at least").push((n, q0, q1));
+            filled += q1 - q0;
+        }
+    }
+    // Rows of dw^T per task: a few tasks per thread at least, else about one L2's worth.
+    let tasks = (4 * rayon::current_num_threads()).max(k * d.og / DY_CHUNK).min(k / NR).max(1);
+    let rows = (k / NR).div_ceil(tasks) * NR;
+    // dw transposed, per group: (groups, k, og).
+    let mut dwt = vec![0f32; d.groups * k * d.og];
+    let jobs: Vec<(usize, &mut [f32])> = dwt
+        .chunks_mut(k * d.og)
+        .enumerate()
+        .flat_map(|(grp, g)| g.chunks_mut(rows * d.og).map(move |r| (grp, r)))
+        .collect();
+    jobs.into_par_iter().enumerate().for_each(|(j, (grp, dst))| {
+        let kb0 = (j % k.div_ceil(rows)) * rows;
+        for chunk in &chunks {
+            let segs: Vec<Segment> = chunk
+                .iter()
+                .map(|&(n, q0, q1)| Segment {
+                    x: xp.data[n * xp.sample + grp * d.cg * xp.plane() + q0..].as_ptr(),
+                    dyt: dyt[(n * lr + q0) * o_all + grp * d.og..].as_ptr(),
+                    len: q1 - q0,
+                })
+                .collect();
+            for kb in (0..dst.len() / d.og).step_by(NR) {
+                let offs: [usize; NR] = std::array::from_fn(|i| off[kb0 + kb + i]);
+                for ob in (0..d.og).step_by(32) {
+                    let at = dst[kb * d.og + ob..].as_mut_ptr();
+                    // SAFETY: x reads at offs[i] + [0, len) stay inside each sample's slack
+                    // (as in the forward); each segment's dyt rows hold o_all floats from the
+                    // group's first output; at holds NR rows of og from ob.
+                    unsafe {
+                        if d.og - ob >= 32 {
+                            weight_tile::<2>(&segs, &offs, o_all, ob, at, d.og);
+                        } else {
+                            weight_tile::<1>(&segs, &offs, o_all, ob, at, d.og);
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let mut dw = vec![0f32; o_all * k];
+    dw.par_chunks_mut(d.og * k).zip(dwt.par_chunks(k * d.og)).for_each(|(dst, src)| transpose(src, k, d.og, dst));
+    dw
+}
+
+/// `dst (cols x rows) = src (rows x cols)^T`, in cache-sized tiles.
+fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+/// A run of grid pixels for the weight gradient: the input at its first pixel (before the
+/// tap offsets), its rows of `dy` transposed (from the group's first output), its length.
+struct Segment {
+    x: *const f32,
+    dyt: *const f32,
+    len: usize,
+}
+
+/// `dyt[q][o] = dy[o][q / wp][q % wp]` over one sample's grid, zero on its garbage columns
+/// and past its last row.
+fn transpose_dy(dy: &[f32], o_all: usize, (oh, ow): (usize, usize), wp: usize, dyt: &mut [f32]) {
+    const TILE: usize = 16;
+    for o0 in (0..o_all).step_by(TILE) {
+        for y in 0..oh {
+            for x in 0..ow {
+                let row = &mut dyt[(y * wp + x) * o_all..];
+                for o in o0..(o0 + TILE).min(o_all) {
+                    row[o] = dy[(o * oh + y) * ow + x];
+                }
+            }
+        }
+    }
+}
+
+/// `dst[i * ld_dst + 0..16 NV] += sum over the segments' pixels q of
+/// x[offs[i] + q] * dyt[q * ld + ob + 0..16 NV]`.
+///
+/// # Safety
+/// AVX-512F present; the reads and writes described are in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn weight_tile<const NV: usize>(
+    segs: &[Segment],
+    offs: &[usize; NR],
+    ld: usize,
+    ob: usize,
+    dst: *mut f32,
+    ld_dst: usize,
+) {
+    // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
+    unsafe {
+        let mut acc = [[_mm512_setzero_ps(); NV]; NR];
+        for seg in segs {
+            let xs: [*const f32; NR] = std::array::from_fn(|i| seg.x.add(offs[i]));
+            let dyt = seg.dyt.add(ob);
+            for q in 0..seg.len {
+                let row = dyt.add(q * ld);
+                let a: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(row.add(16 * v)));
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    let b = _mm512_set1_ps(*xs[i].add(q));
+                    for v in 0..NV {
+                        acc_i[v] = _mm512_fmadd_ps(a[v], b, acc_i[v]);
+                    }
+                }
+            }
+        }
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (v, a) in acc_i.iter().enumerate() {
+                let p = dst.add(i * ld_dst + 16 * v);
+                _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), *a));
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn weight_tile<const NV: usize>(_: &[Segment], _: &[usize; NR], _: usize, _: usize, _: *mut f32, _: usize) {
+    unreachable!("applies() requires AVX-512")
+}
