@@ -165,3 +165,22 @@ fn bottleneck_block_matches_finite_differences() {
     let basic = StageConfig { block: BlockKind::Basic, groups: 1, mid: MidWidth::PerGroup(64), stride: 1, ..stage };
     check(vec![LayerConfig::Stage(basic), LayerConfig::GlobalAvgPool, linear(2)], (5, 5), true);
 }
+
+/// candle's backward as vendored (vendor/README.md) stores a node's first gradient as it is
+/// and adds the later ones: a tensor with several consumers, multiplied by itself, and
+/// broadcast, must still get every contribution.
+#[test]
+fn backward_sums_every_contribution() {
+    let x = Var::new(&[1.0f32, -2.0, 3.0], &Device::Cpu).unwrap();
+    let b = Var::new(&[[0.5f32], [2.0]], &Device::Cpu).unwrap();
+    let xb = x.broadcast_as((2, 3)).unwrap().broadcast_mul(&b).unwrap();
+    let y = ((x.mul(&x).unwrap() + x.affine(3.0, 0.0).unwrap()).unwrap().sum_all().unwrap() + xb.sum_all().unwrap())
+        .unwrap();
+    let grads = y.backward().unwrap();
+    // d/dx = 2x + 3 + (0.5 + 2.0); d/db = sum(x) for each row.
+    let dx = grads.get(&x).unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(dx, vec![7.5, 1.5, 11.5]);
+    let db = grads.get(&b).unwrap().to_vec2::<f32>().unwrap();
+    assert_eq!(db, vec![vec![2.0], vec![2.0]]);
+    assert!(grads.get(&x).unwrap().is_contiguous());
+}
