@@ -64,7 +64,9 @@ fn dims(p: &PoolParams, shape: &Shape) -> Result<Dims> {
     Ok(Dims { planes: n * c, h, w, oh, ow })
 }
 
-/// For every output of one plane, the window's first argmax (flat index into the plane).
+/// For every output of one plane, the window's first argmax (flat index into the plane): the
+/// plain window walk, kept as the reference the fast kernels are tested against.
+#[cfg(test)]
 fn argmax_plane(p: &PoolParams, d: &Dims, x: &[f32], mut visit: impl FnMut(usize, usize, f32)) {
     for oy in 0..d.oh {
         let (y0, y1) = PoolParams::window(oy, p.kernel.0, p.stride.0, p.padding.0, d.h);
@@ -109,6 +111,45 @@ fn max_2x2_plane(x: &[f32], d: &Dims, o: &mut [f32], am: &mut [u32]) {
     }
 }
 
+/// [`argmax_plane`] in two passes: the maximum (and its column) of each output's columns in
+/// every input row, then the maximum of those over each output's rows. The same values and
+/// argmaxes (the first maximum in row-major order; the last NaN, as there), with selects
+/// instead of branches and the second pass vectorised over a row of outputs: the window walk
+/// of ResNet's 3x3/2 stem pool took 3 % of a training step.
+fn max_plane_separable(p: &PoolParams, d: &Dims, x: &[f32], o: &mut [f32], am: &mut [u32]) {
+    let mut row_max = vec![0f32; d.h * d.ow];
+    let mut row_at = vec![0u32; d.h * d.ow];
+    let cols: Vec<(usize, usize)> =
+        (0..d.ow).map(|ox| PoolParams::window(ox, p.kernel.1, p.stride.1, p.padding.1, d.w)).collect();
+    for y in 0..d.h {
+        let row = &x[y * d.w..(y + 1) * d.w];
+        for (ox, &(x0, x1)) in cols.iter().enumerate() {
+            let (mut best, mut at) = (f32::NEG_INFINITY, x0);
+            for (i, &v) in row[x0..x1].iter().enumerate() {
+                let take = v > best || v.is_nan();
+                best = if take { v } else { best };
+                at = if take { x0 + i } else { at };
+            }
+            row_max[y * d.ow + ox] = best;
+            row_at[y * d.ow + ox] = (y * d.w + at) as u32;
+        }
+    }
+    for oy in 0..d.oh {
+        let (y0, y1) = PoolParams::window(oy, p.kernel.0, p.stride.0, p.padding.0, d.h);
+        let (o_row, am_row) = (&mut o[oy * d.ow..(oy + 1) * d.ow], &mut am[oy * d.ow..(oy + 1) * d.ow]);
+        o_row.fill(f32::NEG_INFINITY);
+        am_row.copy_from_slice(&row_at[y0 * d.ow..(y0 + 1) * d.ow]);
+        for y in y0..y1 {
+            let (vals, ats) = (&row_max[y * d.ow..(y + 1) * d.ow], &row_at[y * d.ow..(y + 1) * d.ow]);
+            for (((best, at), &v), &i) in o_row.iter_mut().zip(am_row.iter_mut()).zip(vals).zip(ats) {
+                let take = v > *best || v.is_nan();
+                *best = if take { v } else { *best };
+                *at = if take { i } else { *at };
+            }
+        }
+    }
+}
+
 /// Pooling forward: `(n, c, h, w) -> (n, c, oh, ow)`. Max-pool keeps each output's argmax
 /// (index within its plane) for the backward pass, which then only scatters.
 #[derive(Debug)]
@@ -148,10 +189,7 @@ impl CustomOp1 for Pool2d {
                         if two_by_two {
                             max_2x2_plane(xp, &d, o, am);
                         } else {
-                            argmax_plane(p, &d, xp, |oi, at, v| {
-                                o[oi] = v;
-                                am[oi] = at as u32;
-                            });
+                            max_plane_separable(p, &d, xp, o, am);
                         }
                     },
                 );
@@ -315,6 +353,29 @@ mod tests {
         });
         assert_eq!(a1, a2);
         assert_eq!(format!("{o1:?}"), format!("{o2:?}"));
+    }
+
+    #[test]
+    fn separable_max_pool_equals_the_general_window_walk() {
+        // Ties (rounded values), NaNs, padding, overlapping and gapped windows.
+        for (k, s, pad) in [(3, 2, 1), (3, 1, 1), (2, 3, 0), (3, 3, 1), (1, 1, 0), (4, 2, 2)] {
+            let p = PoolParams { kind: PoolKind::Max, kernel: (k, k + 1), stride: (s, s), padding: (pad, pad) };
+            let (h, w) = (9, 11);
+            let d = dims(&p, &Shape::from((1, 1, h, w))).unwrap();
+            let mut x: Vec<f32> = (0..h * w).map(|i| ((i * 37 % 11) as f32 / 3.0).round()).collect();
+            x[20] = f32::NAN;
+            x[23] = f32::NAN;
+            x[60] = f32::NEG_INFINITY;
+            let (mut o1, mut a1) = (vec![0f32; d.oh * d.ow], vec![0u32; d.oh * d.ow]);
+            max_plane_separable(&p, &d, &x, &mut o1, &mut a1);
+            let (mut o2, mut a2) = (vec![0f32; d.oh * d.ow], vec![0u32; d.oh * d.ow]);
+            argmax_plane(&p, &d, &x, |oi, at, v| {
+                o2[oi] = v;
+                a2[oi] = at as u32;
+            });
+            assert_eq!(a1, a2, "{p:?}");
+            assert_eq!(format!("{o1:?}"), format!("{o2:?}"), "{p:?}");
+        }
     }
 
     #[test]
