@@ -19,27 +19,42 @@ fn ncs(shape: &Shape) -> Result<(usize, usize, usize)> {
     Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
-/// Per-channel sums of `f(i, value)` over every sample and position: `(n, c, s)` layout.
-fn channel_sums<const K: usize>(
+/// Per-channel sums of `f(channel, [inputs[0][i], ...])` over every sample and position of
+/// `(n, c, s)` inputs. Each row is summed in 16 independent f32 lanes (a single running sum
+/// is one dependent add per element, which the compiler may not reorder into vectors), the
+/// lanes and rows folded in f64.
+fn channel_sums<const M: usize, const K: usize>(
     (n, c, s): (usize, usize, usize),
-    f: impl Fn(usize, usize) -> [f64; K] + Sync,
+    inputs: [&[f32]; M],
+    f: impl Fn(usize, [f32; M]) -> [f32; K] + Sync,
 ) -> Vec<[f64; K]> {
+    const LANES: usize = 16;
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let mut acc = [0f64; K];
             for b in 0..n {
                 let start = (b * c + ch) * s;
-                // Sum each row in f32 lanes, then fold into f64: accurate and vectorisable.
-                let mut row = [0f32; K];
-                for i in start..start + s {
-                    let v = f(ch, i);
+                let rows: [&[f32]; M] = inputs.map(|a| &a[start..start + s]);
+                let mut lanes = [[0f32; LANES]; K];
+                let full = s / LANES * LANES;
+                for j0 in (0..full).step_by(LANES) {
+                    let chunk: [&[f32]; M] = rows.map(|r| &r[j0..j0 + LANES]);
+                    for j in 0..LANES {
+                        let v = f(ch, std::array::from_fn(|m| chunk[m][j]));
+                        for k in 0..K {
+                            lanes[k][j] += v[k];
+                        }
+                    }
+                }
+                for j in full..s {
+                    let v = f(ch, std::array::from_fn(|m| rows[m][j]));
                     for k in 0..K {
-                        row[k] += v[k] as f32;
+                        acc[k] += v[k] as f64;
                     }
                 }
                 for k in 0..K {
-                    acc[k] += row[k] as f64;
+                    acc[k] += lanes[k].iter().map(|&v| v as f64).sum::<f64>();
                 }
             }
             acc
@@ -59,11 +74,12 @@ impl CustomOp1 for ChannelStats {
         let x = f32_slice(self.name(), s, l)?;
         let (n, c, sp) = ncs(l.shape())?;
         let m = (n * sp) as f64;
-        let sums = channel_sums((n, c, sp), |_, i| [x[i] as f64]);
+        let sums = channel_sums((n, c, sp), [x], |_, [v]| [v]);
         let mean: Vec<f64> = sums.iter().map(|v| v[0] / m).collect();
         // Second pass around the mean: no catastrophic cancellation for large means.
-        let sq = channel_sums((n, c, sp), |ch, i| {
-            let d = x[i] as f64 - mean[ch];
+        let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
+        let sq = channel_sums((n, c, sp), [x], |ch, [v]| {
+            let d = v - mean32[ch];
             [d * d]
         });
         let mut out: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
@@ -169,11 +185,9 @@ impl CustomOp3 for BatchNormGrad {
         let (n, c, sp) = ncs(l1.shape())?;
         let m = (n * sp) as f64;
         let inv: Vec<f64> = (0..c).map(|ch| 1.0 / (p[c + ch] as f64 + self.eps).sqrt()).collect();
-        // sum(dy) and sum(dy * xhat) per channel
-        let sums = channel_sums((n, c, sp), |ch, i| {
-            let xhat = (x[i] as f64 - p[ch] as f64) * inv[ch];
-            [dy[i] as f64, dy[i] as f64 * xhat]
-        });
+        // sum(dy) and sum(dy * xhat) per channel, xhat = (x - mean) * inv
+        let sums = channel_sums((n, c, sp), [x, dy], |ch, [xv, g]| [g, g * (xv - p[ch])]);
+        let sums: Vec<[f64; 2]> = sums.iter().enumerate().map(|(ch, s)| [s[0], s[1] * inv[ch]]).collect();
         // dx = w * inv / m * (m * dy - sum_dy - xhat * sum_dy_xhat) with batch statistics,
         // dx = w * inv * dy with constant ones.
         let coef: Vec<(f32, f32, f32, f32)> = (0..c)
@@ -245,7 +259,7 @@ impl CustomOp1 for ChannelSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), s, l)?;
         let dims = ncs(l.shape())?;
-        let sums = channel_sums(dims, |_, i| [x[i] as f64]);
+        let sums = channel_sums(dims, [x], |_, [v]| [v]);
         Ok((CpuStorage::F32(sums.iter().map(|v| v[0] as f32).collect()), Shape::from(dims.1)))
     }
 }
