@@ -47,6 +47,7 @@ fn channel_sums<const M: usize, const K: usize>(
                         }
                     }
                 }
+                #[allow(clippy::needless_range_loop)] // j indexes all M rows at once
                 for j in full..s {
                     let v = f(ch, std::array::from_fn(|m| rows[m][j]));
                     for k in 0..K {
