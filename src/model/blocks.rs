@@ -10,7 +10,7 @@ use super::summary::SummaryRow;
 use super::{MidWidth, StageConfig};
 use crate::config::schema::{BlockKind, DownsampleKind};
 use crate::ops::conv::ConvParams;
-use crate::ops::norm::relu;
+use crate::ops::norm::add_relu;
 use crate::ops::pool::{PoolKind, PoolParams, pool2d};
 
 /// The shortcut's projection when a block changes shape.
@@ -45,6 +45,11 @@ fn conv_bn(conv: &Conv, bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tens
     bn.forward_t(&conv.forward(xs)?, train)
 }
 
+/// `relu(conv_bn(..))`, the ReLU fused into the BatchNorm.
+fn conv_bn_relu(conv: &Conv, bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
+    bn.forward_relu_t(&conv.forward(xs)?, train)
+}
+
 fn shortcut(ds: &Option<Downsample>, xs: &Tensor, train: bool) -> Result<Tensor> {
     match ds {
         None => Ok(xs.clone()),
@@ -63,16 +68,16 @@ impl ModuleT for Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let (residual, ds) = match self {
             Block::Basic { conv1, bn1, conv2, bn2, downsample } => {
-                let y = relu(&conv_bn(conv1, bn1, xs, train)?)?;
+                let y = conv_bn_relu(conv1, bn1, xs, train)?;
                 (conv_bn(conv2, bn2, &y, train)?, downsample)
             }
             Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, downsample } => {
-                let y = relu(&conv_bn(conv1, bn1, xs, train)?)?;
-                let y = relu(&conv_bn(conv2, bn2, &y, train)?)?;
+                let y = conv_bn_relu(conv1, bn1, xs, train)?;
+                let y = conv_bn_relu(conv2, bn2, &y, train)?;
                 (conv_bn(conv3, bn3, &y, train)?, downsample)
             }
         };
-        relu(&(residual + shortcut(ds, xs, train)?)?)
+        add_relu(&residual, &shortcut(ds, xs, train)?)
     }
 }
 

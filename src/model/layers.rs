@@ -67,8 +67,18 @@ pub struct BatchNorm {
 impl BatchNorm {
     /// `(n, c, h, w)` or `(n, c)` -> same shape: fused kernels on CPU, candle ops elsewhere.
     pub fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_fused(xs, train, false)
+    }
+
+    /// `relu(self.forward_t(xs, train))`, on CPU in the same pass (and one backward pass).
+    pub fn forward_relu_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.forward_fused(xs, train, true)
+    }
+
+    fn forward_fused(&self, xs: &Tensor, train: bool, relu_after: bool) -> Result<Tensor> {
         if !xs.device().is_cpu() {
-            return self.forward_generic(xs, train);
+            let y = self.forward_generic(xs, train)?;
+            return if relu_after { relu(&y) } else { Ok(y) };
         }
         let xs = xs.contiguous()?;
         let affine = Tensor::stack(&[&self.weight, &self.bias], 0)?;
@@ -88,7 +98,7 @@ impl BatchNorm {
             let stats = Tensor::stack(&[self.running_mean.as_tensor(), self.running_var.as_tensor()], 0)?;
             (stats.detach(), false)
         };
-        xs.apply_op3(&stats, &affine, BatchNormOp { eps: self.eps, batch_stats })
+        xs.apply_op3(&stats, &affine, BatchNormOp { eps: self.eps, batch_stats, relu: relu_after })
     }
 
     /// The same computation from candle's own ops (any device; the reference the fused CPU

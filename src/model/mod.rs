@@ -275,6 +275,18 @@ impl Model {
 impl ModuleT for Model {
     /// `(n, 3, h, w)` -> logits `(n, classes)`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.layers.iter().try_fold(xs.clone(), |x, layer| layer.forward_t(&x, train))
+        let mut x = xs.clone();
+        let mut layers = self.layers.iter().peekable();
+        while let Some(layer) = layers.next() {
+            x = match (layer, layers.peek()) {
+                // A BatchNorm followed by a ReLU: one fused op (the ReLU's pass saved).
+                (Layer::BatchNorm(bn), Some(Layer::Relu)) => {
+                    layers.next();
+                    bn.forward_relu_t(&x, train)?
+                }
+                _ => layer.forward_t(&x, train)?,
+            };
+        }
+        Ok(x)
     }
 }

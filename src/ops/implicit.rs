@@ -27,10 +27,12 @@ use rayon::prelude::*;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// Grid pixels per forward tile: two 16-lane vectors.
-const MR: usize = 32;
+/// 16-lane vectors of grid pixels per forward tile.
+const NV: usize = 2;
+/// Grid pixels per forward tile.
+const MR: usize = 16 * NV;
 /// Output channels per forward tile (and taps per weight-gradient tile): 8 broadcasts
-/// against 2 vectors, 16 accumulators.
+/// against NV vectors, 8 NV accumulators.
 const NR: usize = 8;
 /// Target size of the weights one channel chunk of the forward sweeps (floats): 256 KiB, a
 /// quarter of this machine's L2, so they stay cached across the chunk's pixel tiles.
@@ -235,27 +237,30 @@ fn forward_grid(x: &Padded, groups: usize, outs: usize, (kh, kw): (usize, usize)
 unsafe fn forward_tile(x: *const f32, off: &[usize], w: *const f32, out: *mut f32, ld: usize, accumulate: bool) {
     // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); 2]; NR];
+        let mut acc = [[_mm512_setzero_ps(); NV]; NR];
         if accumulate {
             for (i, a) in acc.iter_mut().enumerate() {
-                a[0] = _mm512_loadu_ps(out.add(i * ld));
-                a[1] = _mm512_loadu_ps(out.add(i * ld + 16));
+                for (v, a) in a.iter_mut().enumerate() {
+                    *a = _mm512_loadu_ps(out.add(i * ld + 16 * v));
+                }
             }
         }
         let mut wk = w;
         for &o in off {
             let p = x.add(o);
-            let (a0, a1) = (_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16)));
-            for (i, a) in acc.iter_mut().enumerate() {
+            let a: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(p.add(16 * v)));
+            for (i, acc_i) in acc.iter_mut().enumerate() {
                 let b = _mm512_set1_ps(*wk.add(i));
-                a[0] = _mm512_fmadd_ps(a0, b, a[0]);
-                a[1] = _mm512_fmadd_ps(a1, b, a[1]);
+                for v in 0..NV {
+                    acc_i[v] = _mm512_fmadd_ps(a[v], b, acc_i[v]);
+                }
             }
             wk = wk.add(NR);
         }
-        for (i, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(i * ld), a[0]);
-            _mm512_storeu_ps(out.add(i * ld + 16), a[1]);
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (v, a) in acc_i.iter().enumerate() {
+                _mm512_storeu_ps(out.add(i * ld + 16 * v), *a);
+            }
         }
     }
 }
@@ -322,7 +327,7 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
         transpose_dy(&dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
     });
     // Segments (sample, q0, q1) of the batch's grids, grouped into chunks.
-    let q_chunk = (DY_CHUNK / o_all / MR).max(1) * MR;
+    let q_chunk = (std::env::var("QCH").ok().and_then(|v| v.parse().ok()).unwrap_or(DY_CHUNK) / o_all / MR).max(1) * MR;
     let mut chunks: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new()];
     let mut filled = 0;
     for n in 0..d.n {

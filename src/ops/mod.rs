@@ -7,14 +7,48 @@
 //! (CUDA) [`generic`] composes pooling and grouped convolution from candle's tensor ops, and
 //! the rest falls back to candle's own kernels.
 
+use candle_core::{CpuStorage, Layout, Result};
+
+/// Defines `fn $name(args) -> ret` running `$body` compiled for AVX-512, AVX2+FMA or the
+/// baseline, whichever this CPU has. The crate builds for baseline x86-64 (SSE2), where an
+/// element-wise loop with a select (a ReLU mask) may compile to a mispredicted branch per
+/// element; with the wider features it vectorises with masked selects. `$body` must be
+/// `#[inline(always)]` so that each copy is compiled with its features. Same arithmetic in
+/// every copy (no contraction to FMA), so results do not depend on the CPU.
+macro_rules! simd_dispatch {
+    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident) => {
+        $(#[$doc])*
+        fn $name($($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+                unsafe fn v4($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn v3($($arg: $ty),*) -> $ret {
+                    $body($($arg),*)
+                }
+                use std::arch::is_x86_feature_detected as has;
+                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
+                    // SAFETY: the CPU has the features the function was compiled for.
+                    return unsafe { v4($($arg),*) };
+                }
+                if has!("avx2") && has!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { v3($($arg),*) };
+                }
+            }
+            $body($($arg),*)
+        }
+    };
+}
 pub mod conv;
 mod direct;
 pub mod generic;
 mod implicit;
 pub mod norm;
 pub mod pool;
-
-use candle_core::{CpuStorage, Layout, Result};
 
 /// The contiguous f32 data behind a storage + layout, or an error naming the op.
 pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {

@@ -19,20 +19,22 @@ fn ncs(shape: &Shape) -> Result<(usize, usize, usize)> {
     Ok((dims[0], dims[1], dims[2..].iter().product()))
 }
 
-/// Per-channel sums of `f(channel, [inputs[0][i], ...])` over every sample and position of
-/// `(n, c, s)` inputs. Each row is summed in 16 independent f32 lanes (a single running sum
-/// is one dependent add per element, which the compiler may not reorder into vectors), the
-/// lanes and rows folded in f64.
-fn channel_sums<const M: usize, const K: usize>(
+/// Per-channel sums of `f(channel)([inputs[0][i], ...])` over every sample and position of
+/// `(n, c, s)` inputs (`f(channel)` once per row: the per-element function then only holds
+/// that channel's constants, and vectorises). Each row is summed in 16 independent f32 lanes
+/// (a single running sum is one dependent add per element, which the compiler may not
+/// reorder into vectors), the lanes and rows folded in f64.
+fn channel_sums<const M: usize, const K: usize, G: Fn([f32; M]) -> [f32; K]>(
     (n, c, s): (usize, usize, usize),
     inputs: [&[f32]; M],
-    f: impl Fn(usize, [f32; M]) -> [f32; K] + Sync,
+    f: impl Fn(usize) -> G + Sync,
 ) -> Vec<[f64; K]> {
     const LANES: usize = 16;
     (0..c)
         .into_par_iter()
         .map(|ch| {
             let mut acc = [0f64; K];
+            let f = f(ch);
             for b in 0..n {
                 let start = (b * c + ch) * s;
                 let rows: [&[f32]; M] = inputs.map(|a| &a[start..start + s]);
@@ -41,7 +43,7 @@ fn channel_sums<const M: usize, const K: usize>(
                 for j0 in (0..full).step_by(LANES) {
                     let chunk: [&[f32]; M] = rows.map(|r| &r[j0..j0 + LANES]);
                     for j in 0..LANES {
-                        let v = f(ch, std::array::from_fn(|m| chunk[m][j]));
+                        let v = f(std::array::from_fn(|m| chunk[m][j]));
                         for k in 0..K {
                             lanes[k][j] += v[k];
                         }
@@ -49,7 +51,7 @@ fn channel_sums<const M: usize, const K: usize>(
                 }
                 #[allow(clippy::needless_range_loop)] // j indexes all M rows at once
                 for j in full..s {
-                    let v = f(ch, std::array::from_fn(|m| rows[m][j]));
+                    let v = f(std::array::from_fn(|m| rows[m][j]));
                     for k in 0..K {
                         acc[k] += v[k] as f64;
                     }
@@ -75,13 +77,13 @@ impl CustomOp1 for ChannelStats {
         let x = f32_slice(self.name(), s, l)?;
         let (n, c, sp) = ncs(l.shape())?;
         let m = (n * sp) as f64;
-        let sums = channel_sums((n, c, sp), [x], |_, [v]| [v]);
+        let sums = channel_sums((n, c, sp), [x], |_| |[v]| [v]);
         let mean: Vec<f64> = sums.iter().map(|v| v[0] / m).collect();
         // Second pass around the mean: no catastrophic cancellation for large means.
         let mean32: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
-        let sq = channel_sums((n, c, sp), [x], |ch, [v]| {
-            let d = v - mean32[ch];
-            [d * d]
+        let sq = channel_sums((n, c, sp), [x], |ch| {
+            let mean = mean32[ch];
+            move |[v]| [(v - mean) * (v - mean)]
         });
         let mut out: Vec<f32> = mean.iter().map(|&v| v as f32).collect();
         out.extend(sq.iter().map(|v| (v[0] / m) as f32));
@@ -92,10 +94,13 @@ impl CustomOp1 for ChannelStats {
 /// `y = (x - mean) / sqrt(var + eps) * weight + bias` for inputs `(x, stats (2, c), affine (2, c))`
 /// with `affine = [weight; bias]`. With `batch_stats`, `stats` are `x`'s own batch statistics
 /// and the backward includes their dependence on `x` (training); otherwise they are constants
-/// (evaluation with running statistics).
+/// (evaluation with running statistics). With `relu`, `max(y, 0)` in the same pass, and the
+/// backward masks `dy` where the normalised value was not positive (recomputed from `x`, the
+/// same arithmetic as the forward): the ReLU after a BatchNorm costs no pass of its own.
 pub struct BatchNormOp {
     pub eps: f64,
     pub batch_stats: bool,
+    pub relu: bool,
 }
 
 /// Per-channel `(scale, shift)` with `y = x * scale + shift`.
@@ -128,11 +133,12 @@ impl CustomOp3 for BatchNormOp {
         let affine = f32_slice(self.name(), s3, l3)?;
         let (_, c, sp) = ncs(l1.shape())?;
         let ss = scale_shift(stats, affine, c, self.eps);
+        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
         let mut y = vec![0f32; x.len()];
         y.par_chunks_mut(c * sp).zip(x.par_chunks(c * sp)).for_each(|(yb, xb)| {
             for (ch, &(scale, shift)) in ss.iter().enumerate() {
                 let r = ch * sp..(ch + 1) * sp;
-                yb[r.clone()].iter_mut().zip(&xb[r]).for_each(|(y, &x)| *y = x * scale + shift);
+                yb[r.clone()].iter_mut().zip(&xb[r]).for_each(|(y, &x)| *y = (x * scale + shift).max(floor));
             }
         });
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -148,11 +154,11 @@ impl CustomOp3 for BatchNormOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let numel = x.elem_count();
         let c = stats.dim(1)?;
-        let packed = Tensor::cat(&[stats, &affine.narrow(0, 0, 1)?], 0)?; // (3, c): mean, var, weight
+        let packed = Tensor::cat(&[stats, affine], 0)?; // (4, c): mean, var, weight, bias
         let out = x.apply_op3_no_bwd(
             &dy.contiguous()?,
             &packed,
-            &BatchNormGrad { eps: self.eps, batch_stats: self.batch_stats },
+            &BatchNormGrad { eps: self.eps, batch_stats: self.batch_stats, relu: self.relu },
         )?;
         let dx = out.narrow(0, 0, numel)?.reshape(x.shape())?;
         let d_affine = out.narrow(0, numel, 2 * c)?.reshape((2, c))?;
@@ -160,10 +166,12 @@ impl CustomOp3 for BatchNormOp {
     }
 }
 
-/// Backward of [`BatchNormOp`]: `(x, dy, [mean; var; weight]) -> [dx (flat); d_weight; d_bias]`.
+/// Backward of [`BatchNormOp`]: `(x, dy, [mean; var; weight; bias]) -> [dx (flat); d_weight;
+/// d_bias]`.
 struct BatchNormGrad {
     eps: f64,
     batch_stats: bool,
+    relu: bool,
 }
 
 impl CustomOp3 for BatchNormGrad {
@@ -186,9 +194,23 @@ impl CustomOp3 for BatchNormGrad {
         let (n, c, sp) = ncs(l1.shape())?;
         let m = (n * sp) as f64;
         let inv: Vec<f64> = (0..c).map(|ch| 1.0 / (p[c + ch] as f64 + self.eps).sqrt()).collect();
+        // With the fused ReLU, dy only where the forward's x * scale + shift was positive;
+        // without, (0, 1): always positive. One branch-free loop either way.
+        let mask =
+            if self.relu { scale_shift(&p[..2 * c], &p[2 * c..4 * c], c, self.eps) } else { vec![(0.0, 1.0); c] };
         // sum(dy) and sum(dy * xhat) per channel, xhat = (x - mean) * inv
-        let sums = channel_sums((n, c, sp), [x, dy], |ch, [xv, g]| [g, g * (xv - p[ch])]);
-        let sums: Vec<[f64; 2]> = sums.iter().enumerate().map(|(ch, s)| [s[0], s[1] * inv[ch]]).collect();
+        let sums: Vec<[f64; 2]> = (0..c)
+            .into_par_iter()
+            .map(|ch| {
+                let mut acc = [0f64; 2];
+                for b in 0..n {
+                    let r = (b * c + ch) * sp..(b * c + ch + 1) * sp;
+                    let s = masked_sums(&x[r.clone()], &dy[r], mask[ch], p[ch]);
+                    acc = [acc[0] + s[0], acc[1] + s[1]];
+                }
+                [acc[0], acc[1] * inv[ch]]
+            })
+            .collect();
         // dx = w * inv / m * (m * dy - sum_dy - xhat * sum_dy_xhat) with batch statistics,
         // dx = w * inv * dy with constant ones.
         let coef: Vec<(f32, f32, f32, f32)> = (0..c)
@@ -205,12 +227,9 @@ impl CustomOp3 for BatchNormGrad {
         let mut out = vec![0f32; x.len() + 2 * c];
         let (dx, dparams) = out.split_at_mut(x.len());
         dx.par_chunks_mut(c * sp).zip(x.par_chunks(c * sp).zip(dy.par_chunks(c * sp))).for_each(|(dxb, (xb, dyb))| {
-            for (ch, &(k, a, b, mean)) in coef.iter().enumerate() {
+            for (ch, (&coef, &mask)) in coef.iter().zip(&mask).enumerate() {
                 let r = ch * sp..(ch + 1) * sp;
-                // dx = k * dy + a + b * (x - mean), with a = -k mean(dy), b = -k inv mean(dy xhat)
-                for ((d, &x), &g) in dxb[r.clone()].iter_mut().zip(&xb[r.clone()]).zip(&dyb[r]) {
-                    *d = k * g + a + b * (x - mean);
-                }
+                masked_dx(&xb[r.clone()], &dyb[r.clone()], &mut dxb[r], mask, coef);
             }
         });
         for ch in 0..c {
@@ -220,6 +239,55 @@ impl CustomOp3 for BatchNormGrad {
         Ok((CpuStorage::F32(out), Shape::from(x.len() + 2 * c)))
     }
 }
+
+/// `g = dy` where `x * scale + shift > 0`, else 0; returns `[sum(g), sum(g * (x - mean))]`
+/// over one row, in 16 independent lanes folded in f64.
+#[inline(always)]
+fn masked_sums_body(x: &[f32], dy: &[f32], (scale, shift): (f32, f32), mean: f32) -> [f64; 2] {
+    const LANES: usize = 16;
+    let (mut s0, mut s1) = ([0f32; LANES], [0f32; LANES]);
+    let (xc, gc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
+    let (xr, gr) = (xc.remainder(), gc.remainder());
+    for (xs, gs) in xc.zip(gc) {
+        for j in 0..LANES {
+            let g = if xs[j] * scale + shift > 0.0 { gs[j] } else { 0.0 };
+            s0[j] += g;
+            s1[j] += g * (xs[j] - mean);
+        }
+    }
+    let mut acc = [s0.iter().map(|&v| v as f64).sum(), s1.iter().map(|&v| v as f64).sum()];
+    for (&x, &g) in xr.iter().zip(gr) {
+        let g = if x * scale + shift > 0.0 { g } else { 0.0 };
+        acc[0] += g as f64;
+        acc[1] += (g * (x - mean)) as f64;
+    }
+    acc
+}
+
+simd_dispatch!(
+    /// [`masked_sums_body`] for this CPU.
+    fn masked_sums(x: &[f32], dy: &[f32], mask: (f32, f32), mean: f32) -> [f64; 2] = masked_sums_body
+);
+
+/// `dx = k * g + a + b * (x - mean)` over one row, `g` masked as in [`masked_sums_body`].
+#[inline(always)]
+fn masked_dx_body(
+    x: &[f32],
+    dy: &[f32],
+    dx: &mut [f32],
+    (scale, shift): (f32, f32),
+    (k, a, b, mean): (f32, f32, f32, f32),
+) {
+    for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
+        let g = if x * scale + shift > 0.0 { g } else { 0.0 };
+        *d = k * g + a + b * (x - mean);
+    }
+}
+
+simd_dispatch!(
+    /// [`masked_dx_body`] for this CPU.
+    fn masked_dx(x: &[f32], dy: &[f32], dx: &mut [f32], mask: (f32, f32), coef: (f32, f32, f32, f32)) -> () = masked_dx_body
+);
 
 /// `y = x + bias[c]` for `x (n, c, ...)`, `bias (c)`; backward: `dx = dy`, `dbias = sum of dy
 /// per channel`.
@@ -260,7 +328,7 @@ impl CustomOp1 for ChannelSum {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), s, l)?;
         let dims = ncs(l.shape())?;
-        let sums = channel_sums(dims, [x], |_, [v]| [v]);
+        let sums = channel_sums(dims, [x], |_| |[v]| [v]);
         Ok((CpuStorage::F32(sums.iter().map(|v| v[0] as f32).collect()), Shape::from(dims.1)))
     }
 }
@@ -303,6 +371,43 @@ impl CustomOp2 for ReluGrad {
             d.iter_mut().zip(y.iter().zip(g)).for_each(|(d, (&y, &g))| *d = if y > 0.0 { g } else { 0.0 });
         });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
+/// `max(a + b, 0)` (a residual block's output) in one pass; backward: `dy * (y > 0)` for
+/// both inputs, one tensor.
+struct AddRelu;
+
+impl CustomOp2 for AddRelu {
+    fn name(&self) -> &'static str {
+        "ablate-add-relu"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let a = f32_slice(self.name(), s1, l1)?;
+        let b = f32_slice(self.name(), s2, l2)?;
+        if l1.shape() != l2.shape() {
+            candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
+        }
+        let mut y = vec![0f32; a.len()];
+        y.par_chunks_mut(1 << 16).zip(a.par_chunks(1 << 16).zip(b.par_chunks(1 << 16))).for_each(|(y, (a, b))| {
+            y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (&a, &b))| *y = (a + b).max(0.0));
+        });
+        Ok((CpuStorage::F32(y), l1.shape().clone()))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, res: &Tensor, dy: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let g = res.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)?;
+        Ok((a.track_op().then(|| g.clone()), b.track_op().then_some(g)))
+    }
+}
+
+/// `relu(a + b)`: one fused op on CPU, candle's elsewhere.
+pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.device().is_cpu() && a.dtype() == candle_core::DType::F32 {
+        a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
+    } else {
+        (a + b)?.relu()
     }
 }
 
@@ -379,17 +484,21 @@ mod tests {
             for train in [true, false] {
                 let stats = if train { x.detach().apply_op1_no_bwd(&ChannelStats).unwrap() } else { running.clone() };
                 let affine = Tensor::stack(&[w.as_tensor(), b.as_tensor()], 0).unwrap();
-                let ours = x.apply_op3(&stats, &affine, BatchNormOp { eps: 1e-5, batch_stats: train }).unwrap();
-                let theirs = reference(&x, &w, &b, (!train).then_some(&running));
-                close(&ours, &theirs, "forward");
-                let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-                for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
-                    close(
-                        g1.get(v).unwrap(),
-                        g2.get(v).unwrap(),
-                        &format!("{name} gradient, train {train}, {shape:?}"),
-                    );
+                for relu in [false, true] {
+                    let op = BatchNormOp { eps: 1e-5, batch_stats: train, relu };
+                    let ours = x.apply_op3(&stats, &affine, op).unwrap();
+                    let theirs = reference(&x, &w, &b, (!train).then_some(&running));
+                    let theirs = if relu { theirs.relu().unwrap() } else { theirs };
+                    close(&ours, &theirs, "forward");
+                    let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    for (name, v) in [("x", &x), ("weight", &w), ("bias", &b)] {
+                        close(
+                            g1.get(v).unwrap(),
+                            g2.get(v).unwrap(),
+                            &format!("{name} gradient, train {train}, relu {relu}, {shape:?}"),
+                        );
+                    }
                 }
             }
         }
@@ -407,5 +516,23 @@ mod tests {
         let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), "x gradient");
         close(g1.get(&b).unwrap(), g2.get(&b).unwrap(), "bias gradient");
+    }
+
+    #[test]
+    fn add_relu_matches_candle() {
+        let a = Var::from_tensor(&seeded(&[3, 4, 5, 2], 10)).unwrap();
+        let b = Var::from_tensor(&seeded(&[3, 4, 5, 2], 11)).unwrap();
+        let probe = seeded(&[3, 4, 5, 2], 12);
+        let ours = add_relu(&a, &b).unwrap();
+        let theirs = (a.as_tensor() + b.as_tensor()).unwrap().relu().unwrap();
+        close(&ours, &theirs, "forward");
+        let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+        close(g1.get(&a).unwrap(), g2.get(&a).unwrap(), "a gradient");
+        close(g1.get(&b).unwrap(), g2.get(&b).unwrap(), "b gradient");
+        // Both inputs the same tensor (x + x): both contributions summed.
+        let g = add_relu(&a, &a).unwrap().sum_all().unwrap().backward().unwrap();
+        let twice = (a.as_tensor() + a.as_tensor()).unwrap().relu().unwrap().sum_all().unwrap().backward().unwrap();
+        close(g.get(&a).unwrap(), twice.get(&a).unwrap(), "x + x gradient");
     }
 }

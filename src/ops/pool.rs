@@ -116,22 +116,30 @@ fn max_2x2_plane(x: &[f32], d: &Dims, o: &mut [f32], am: &mut [u32]) {
 /// argmaxes (the first maximum in row-major order; the last NaN, as there), with selects
 /// instead of branches and the second pass vectorised over a row of outputs: the window walk
 /// of ResNet's 3x3/2 stem pool took 3 % of a training step.
-fn max_plane_separable(p: &PoolParams, d: &Dims, x: &[f32], o: &mut [f32], am: &mut [u32]) {
+#[inline(always)]
+fn max_plane_separable_body(p: &PoolParams, d: &Dims, x: &[f32], o: &mut [f32], am: &mut [u32]) {
     let mut row_max = vec![0f32; d.h * d.ow];
     let mut row_at = vec![0u32; d.h * d.ow];
-    let cols: Vec<(usize, usize)> =
-        (0..d.ow).map(|ox| PoolParams::window(ox, p.kernel.1, p.stride.1, p.padding.1, d.w)).collect();
+    // Each row padded with -inf (never taken) to every window's full width, so that the
+    // column pass is the same loop for every output, vectorisable over outputs.
+    let (kw, sw, pw) = (p.kernel.1, p.stride.1, p.padding.1);
+    let mut padded = vec![f32::NEG_INFINITY; (d.ow - 1) * sw + kw];
     for y in 0..d.h {
         let row = &x[y * d.w..(y + 1) * d.w];
-        for (ox, &(x0, x1)) in cols.iter().enumerate() {
-            let (mut best, mut at) = (f32::NEG_INFINITY, x0);
-            for (i, &v) in row[x0..x1].iter().enumerate() {
-                let take = v > best || v.is_nan();
-                best = if take { v } else { best };
-                at = if take { x0 + i } else { at };
-            }
-            row_max[y * d.ow + ox] = best;
-            row_at[y * d.ow + ox] = (y * d.w + at) as u32;
+        let n = d.w.min(padded.len() - pw);
+        padded[pw..pw + n].copy_from_slice(&row[..n]);
+        let (best, at) = (&mut row_max[y * d.ow..(y + 1) * d.ow], &mut row_at[y * d.ow..(y + 1) * d.ow]);
+        match sw {
+            1 => row_pass(&padded, kw, 1, best, at),
+            2 => row_pass(&padded, kw, 2, best, at),
+            _ => row_pass(&padded, kw, sw, best, at),
+        }
+        // Padded column -> plane index. A window of only padding keeps its first in-bounds
+        // column, as the window walk does.
+        for (ox, a) in at.iter_mut().enumerate() {
+            let first = (ox * sw).max(pw).min(pw + d.w - 1);
+            let col = if *a == u32::MAX { first } else { *a as usize };
+            *a = (y * d.w + col - pw) as u32;
         }
     }
     for oy in 0..d.oh {
@@ -146,6 +154,28 @@ fn max_plane_separable(p: &PoolParams, d: &Dims, x: &[f32], o: &mut [f32], am: &
                 *best = if take { v } else { *best };
                 *at = if take { i } else { *at };
             }
+        }
+    }
+}
+
+simd_dispatch!(
+    /// [`max_plane_separable_body`] for this CPU.
+    fn max_plane_separable(p: &PoolParams, d: &Dims, x: &[f32], o: &mut [f32], am: &mut [u32]) -> () = max_plane_separable_body
+);
+
+/// The column pass of [`max_plane_separable_body`]: `best[ox]`, `at[ox]` = the maximum of
+/// `padded[ox * s .. ox * s + kw]` and its (padded) column, `u32::MAX` if none beats -inf.
+/// Select-based and inlined where `s` is a constant, so the compiler vectorises it over `ox`.
+#[inline(always)]
+fn row_pass(padded: &[f32], kw: usize, s: usize, best: &mut [f32], at: &mut [u32]) {
+    best.fill(f32::NEG_INFINITY);
+    at.fill(u32::MAX);
+    for kx in 0..kw {
+        let cols = padded[kx..].iter().step_by(s);
+        for (ox, ((b, a), &v)) in best.iter_mut().zip(at.iter_mut()).zip(cols).enumerate() {
+            let take = v > *b || v.is_nan();
+            *b = if take { v } else { *b };
+            *a = if take { (ox * s + kx) as u32 } else { *a };
         }
     }
 }
