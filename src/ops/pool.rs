@@ -124,22 +124,27 @@ fn max_plane_separable_body(p: &PoolParams, d: &Dims, x: &[f32], o: &mut [f32], 
     // column pass is the same loop for every output, vectorisable over outputs.
     let (kw, sw, pw) = (p.kernel.1, p.stride.1, p.padding.1);
     let mut padded = vec![f32::NEG_INFINITY; (d.ow - 1) * sw + kw];
+    // The padded row split into its `sw` phases (`phases[r][i] = padded[sw * i + r]`), so that
+    // tap kx of every window is one contiguous run: phases[kx % sw][kx / sw..][..ow].
+    let phase_len = d.ow + (kw - 1) / sw;
+    let mut phases = vec![f32::NEG_INFINITY; sw * phase_len];
     for y in 0..d.h {
         let row = &x[y * d.w..(y + 1) * d.w];
         let n = d.w.min(padded.len() - pw);
         padded[pw..pw + n].copy_from_slice(&row[..n]);
-        let (best, at) = (&mut row_max[y * d.ow..(y + 1) * d.ow], &mut row_at[y * d.ow..(y + 1) * d.ow]);
-        match sw {
-            1 => row_pass(&padded, kw, 1, best, at),
-            2 => row_pass(&padded, kw, 2, best, at),
-            _ => row_pass(&padded, kw, sw, best, at),
+        for (r, phase) in phases.chunks_mut(phase_len).enumerate() {
+            for (v, &src) in phase.iter_mut().zip(padded[r..].iter().step_by(sw)) {
+                *v = src;
+            }
         }
+        let (best, at) = (&mut row_max[y * d.ow..(y + 1) * d.ow], &mut row_at[y * d.ow..(y + 1) * d.ow]);
+        row_pass(&phases, phase_len, kw, sw, best, at);
         // Padded column -> plane index. A window of only padding keeps its first in-bounds
         // column, as the window walk does.
         for (ox, a) in at.iter_mut().enumerate() {
-            let first = (ox * sw).max(pw).min(pw + d.w - 1);
-            let col = if *a == u32::MAX { first } else { *a as usize };
-            *a = (y * d.w + col - pw) as u32;
+            let first = (ox * sw).max(pw).min(pw + d.w - 1) as u32;
+            let col = if *a == u32::MAX { first } else { *a };
+            *a = (y * d.w) as u32 + col - pw as u32;
         }
     }
     for oy in 0..d.oh {
@@ -164,14 +169,16 @@ simd_dispatch!(
 );
 
 /// The column pass of [`max_plane_separable_body`]: `best[ox]`, `at[ox]` = the maximum of
-/// `padded[ox * s .. ox * s + kw]` and its (padded) column, `u32::MAX` if none beats -inf.
-/// Select-based and inlined where `s` is a constant, so the compiler vectorises it over `ox`.
+/// `padded[ox * s .. ox * s + kw]` and its (padded) column, `u32::MAX` if none beats -inf,
+/// reading the row's phases (`phase_len` each). Contiguous runs and selects: it vectorises.
 #[inline(always)]
-fn row_pass(padded: &[f32], kw: usize, s: usize, best: &mut [f32], at: &mut [u32]) {
+fn row_pass(phases: &[f32], phase_len: usize, kw: usize, s: usize, best: &mut [f32], at: &mut [u32]) {
     best.fill(f32::NEG_INFINITY);
     at.fill(u32::MAX);
+    let ow = best.len();
     for kx in 0..kw {
-        let cols = padded[kx..].iter().step_by(s);
+        let start = (kx % s) * phase_len + kx / s;
+        let cols = &phases[start..start + ow];
         for (ox, ((b, a), &v)) in best.iter_mut().zip(at.iter_mut()).zip(cols).enumerate() {
             let take = v > *b || v.is_nan();
             *b = if take { v } else { *b };
