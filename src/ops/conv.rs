@@ -719,13 +719,16 @@ mod tests {
             (2, 4, 5, 5, 8, 1, 2, 0, 1, 1),
             (1, 3, 13, 13, 5, 7, 3, 3, 1, 1),
             // The implicit-GEMM kernels (stride 1, 16k channels per group): 3x3 with padding
-            // 1 and 0, 5x5 with 2, odd sizes, two groups, batch 1, 48 output channels (a
-            // one-vector tail in the weight gradient), and a map of one grid tile or less.
+            // 1 and 0, 5x5 with 2 (400 taps: a pair tail after the blocks of 6), odd sizes, two
+            // groups, batch 1, 48 output channels (a one-vector tail in the weight gradient),
+            // and a map of one grid tile or less.
             (2, 16, 9, 11, 32, 3, 1, 1, 1, 1),
             (1, 32, 7, 5, 16, 3, 1, 0, 1, 1),
             (3, 16, 8, 13, 48, 5, 1, 2, 1, 1),
             (2, 64, 6, 7, 32, 3, 1, 1, 1, 2),
             (2, 16, 3, 3, 16, 3, 1, 1, 1, 1),
+            // 80 outputs: a four-vector weight-gradient tile and a one-vector tail.
+            (2, 16, 6, 9, 80, 3, 1, 1, 1, 1),
         ];
         for (i, &(n, c, h, w, o, k, stride, padding, dilation, groups)) in cases.iter().enumerate() {
             let p = ConvParams { stride, padding, dilation, groups };

@@ -34,6 +34,9 @@ const MR: usize = 16 * NV;
 /// Output channels per forward tile (and taps per weight-gradient tile): 8 broadcasts
 /// against NV vectors, 8 NV accumulators.
 const NR: usize = 8;
+/// Taps per weight-gradient tile: 6 broadcasts against up to 4 vectors of output channels,
+/// 24 accumulators (each `dy` row loaded serves 6 taps); the last few taps go in pairs.
+const NK: usize = 6;
 /// Target size of the weights one channel chunk of the forward sweeps (floats): 256 KiB, a
 /// quarter of this machine's L2, so they stay cached across the chunk's pixel tiles.
 const WEIGHT_CHUNK: usize = 64 * 1024;
@@ -342,8 +345,8 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
         }
     }
     // Rows of dw^T per task: a few tasks per thread at least, else about one L2's worth.
-    let tasks = (4 * rayon::current_num_threads()).max(k * d.og / DY_CHUNK).min(k / NR).max(1);
-    let rows = (k / NR).div_ceil(tasks) * NR;
+    let tasks = (4 * rayon::current_num_threads()).max(k * d.og / DY_CHUNK).min(k / NK).max(1);
+    let rows = (k / NK).div_ceil(tasks) * NK;
     // dw transposed, per group: (groups, k, og).
     let mut dwt = vec![0f32; d.groups * k * d.og];
     let jobs: Vec<(usize, &mut [f32])> = dwt
@@ -362,21 +365,16 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
                     len: q1 - q0,
                 })
                 .collect();
-            for kb in (0..dst.len() / d.og).step_by(NR) {
-                let offs: [usize; NR] = std::array::from_fn(|i| off[kb0 + kb + i]);
-                for ob in (0..d.og).step_by(32) {
-                    let at = dst[kb * d.og + ob..].as_mut_ptr();
-                    // SAFETY: x reads at offs[i] + [0, len) stay inside each sample's slack
-                    // (as in the forward); each segment's dyt rows hold o_all floats from the
-                    // group's first output; at holds NR rows of og from ob.
-                    unsafe {
-                        if d.og - ob >= 32 {
-                            weight_tile::<2>(&segs, &offs, o_all, ob, at, d.og);
-                        } else {
-                            weight_tile::<1>(&segs, &offs, o_all, ob, at, d.og);
-                        }
-                    }
-                }
+            let rows_here = dst.len() / d.og;
+            let mut kb = 0;
+            while kb < rows_here {
+                // Blocks of NK taps, then pairs (k is even: cg is a multiple of 16).
+                let taps_done = if rows_here - kb >= NK {
+                    weight_rows::<NK>(&segs, std::array::from_fn(|i| off[kb0 + kb + i]), dst, kb, d.og, o_all)
+                } else {
+                    weight_rows::<2>(&segs, std::array::from_fn(|i| off[kb0 + kb + i]), dst, kb, d.og, o_all)
+                };
+                kb += taps_done;
             }
         }
     });
@@ -397,6 +395,35 @@ fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
             }
         }
     }
+}
+
+/// `NT` rows (taps) of `dw^T` from row `kb` of `dst`, every output channel, through the
+/// widest tiles that fit. Returns `NT`.
+fn weight_rows<const NT: usize>(
+    segs: &[Segment],
+    offs: [usize; NT],
+    dst: &mut [f32],
+    kb: usize,
+    og: usize,
+    o_all: usize,
+) -> usize {
+    assert!(dst.len() >= (kb + NT) * og);
+    let mut ob = 0;
+    while ob < og {
+        let at = dst[kb * og + ob..].as_mut_ptr();
+        // SAFETY: x reads at offs[i] + [0, len) stay inside each sample's slack (as in the
+        // forward); each segment's dyt rows hold o_all floats from the group's first output;
+        // at holds NT rows of og from ob (asserted), and og - ob covers the tile's 16 NV
+        // columns (og is a multiple of 16).
+        unsafe {
+            ob += match og - ob {
+                64.. => weight_tile::<4, NT>(segs, &offs, o_all, ob, at, og),
+                32.. => weight_tile::<2, NT>(segs, &offs, o_all, ob, at, og),
+                _ => weight_tile::<1, NT>(segs, &offs, o_all, ob, at, og),
+            };
+        }
+    }
+    NT
 }
 
 /// A run of grid pixels for the weight gradient: the input at its first pixel (before the
@@ -424,25 +451,25 @@ fn transpose_dy(dy: &[f32], o_all: usize, (oh, ow): (usize, usize), wp: usize, d
 }
 
 /// `dst[i * ld_dst + 0..16 NV] += sum over the segments' pixels q of
-/// x[offs[i] + q] * dyt[q * ld + ob + 0..16 NV]`.
+/// x[offs[i] + q] * dyt[q * ld + ob + 0..16 NV]`; returns the columns done (16 NV).
 ///
 /// # Safety
 /// AVX-512F present; the reads and writes described are in bounds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn weight_tile<const NV: usize>(
+unsafe fn weight_tile<const NV: usize, const NT: usize>(
     segs: &[Segment],
-    offs: &[usize; NR],
+    offs: &[usize; NT],
     ld: usize,
     ob: usize,
     dst: *mut f32,
     ld_dst: usize,
-) {
+) -> usize {
     // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
     unsafe {
-        let mut acc = [[_mm512_setzero_ps(); NV]; NR];
+        let mut acc = [[_mm512_setzero_ps(); NV]; NT];
         for seg in segs {
-            let xs: [*const f32; NR] = std::array::from_fn(|i| seg.x.add(offs[i]));
+            let xs: [*const f32; NT] = std::array::from_fn(|i| seg.x.add(offs[i]));
             let dyt = seg.dyt.add(ob);
             for q in 0..seg.len {
                 let row = dyt.add(q * ld);
@@ -462,9 +489,17 @@ unsafe fn weight_tile<const NV: usize>(
             }
         }
     }
+    16 * NV
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn weight_tile<const NV: usize>(_: &[Segment], _: &[usize; NR], _: usize, _: usize, _: *mut f32, _: usize) {
+unsafe fn weight_tile<const NV: usize, const NT: usize>(
+    _: &[Segment],
+    _: &[usize; NT],
+    _: usize,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+) -> usize {
     unreachable!("applies() requires AVX-512")
 }
