@@ -126,50 +126,24 @@ fn agree(device: &Device, n: usize) -> anyhow::Result<f64> {
     Ok(worst)
 }
 
-/// One convolution of a network, for `convs`.
-struct ConvShape {
-    name: &'static str,
-    c: usize,
-    o: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
-    /// Input side.
-    hw: usize,
-    /// How many times the network has it.
-    count: usize,
-    /// Whether the network needs its input gradient (not for the first layer).
-    dgrad: bool,
-}
-
-#[allow(clippy::too_many_arguments)] // one table row, positional like the table
-const fn conv(
-    name: &'static str,
-    c: usize,
-    o: usize,
-    k: usize,
-    stride: usize,
-    padding: usize,
-    hw: usize,
-    count: usize,
-    dgrad: bool,
-) -> ConvShape {
-    ConvShape { name, c, o, k, stride, padding, hw, count, dgrad }
-}
+/// One convolution of a network, for `convs`: name, input channels, outputs, kernel side,
+/// stride, padding, input side, how many times the network has it, and whether the network
+/// needs its input gradient (not the first layer's).
+type ConvShape = (&'static str, usize, usize, usize, usize, usize, usize, usize, bool);
 
 /// ResNet18's convolution shapes (224x224 input).
 const RESNET18_CONVS: [ConvShape; 11] = [
-    conv("stem 7x7/2", 3, 64, 7, 2, 3, 224, 1, false),
-    conv("l1 3x3", 64, 64, 3, 1, 1, 56, 4, true),
-    conv("l2 3x3/2", 64, 128, 3, 2, 1, 56, 1, true),
-    conv("l2 3x3", 128, 128, 3, 1, 1, 28, 3, true),
-    conv("l2 1x1/2", 64, 128, 1, 2, 0, 56, 1, true),
-    conv("l3 3x3/2", 128, 256, 3, 2, 1, 28, 1, true),
-    conv("l3 3x3", 256, 256, 3, 1, 1, 14, 3, true),
-    conv("l3 1x1/2", 128, 256, 1, 2, 0, 28, 1, true),
-    conv("l4 3x3/2", 256, 512, 3, 2, 1, 14, 1, true),
-    conv("l4 3x3", 512, 512, 3, 1, 1, 7, 3, true),
-    conv("l4 1x1/2", 256, 512, 1, 2, 0, 14, 1, true),
+    ("stem 7x7/2", 3, 64, 7, 2, 3, 224, 1, false),
+    ("l1 3x3", 64, 64, 3, 1, 1, 56, 4, true),
+    ("l2 3x3/2", 64, 128, 3, 2, 1, 56, 1, true),
+    ("l2 3x3", 128, 128, 3, 1, 1, 28, 3, true),
+    ("l2 1x1/2", 64, 128, 1, 2, 0, 56, 1, true),
+    ("l3 3x3/2", 128, 256, 3, 2, 1, 28, 1, true),
+    ("l3 3x3", 256, 256, 3, 1, 1, 14, 3, true),
+    ("l3 1x1/2", 128, 256, 1, 2, 0, 28, 1, true),
+    ("l4 3x3/2", 256, 512, 3, 2, 1, 14, 1, true),
+    ("l4 3x3", 512, 512, 3, 1, 1, 7, 3, true),
+    ("l4 1x1/2", 256, 512, 1, 2, 0, 14, 1, true),
 ];
 
 /// Per-layer timing of ResNet18's convolutions (forward, and backward through candle's
@@ -179,7 +153,7 @@ const RESNET18_CONVS: [ConvShape; 11] = [
 fn convs(n: usize, steps: usize, only: &str) -> anyhow::Result<()> {
     use ablate::ops::conv::{ConvParams, conv2d};
     let mut total = (0.0, 0.0);
-    for ConvShape { name, c, o, k, stride: s, padding: p, hw, count, dgrad } in RESNET18_CONVS {
+    for (name, c, o, k, s, p, hw, count, dgrad) in RESNET18_CONVS {
         if !name.starts_with(only) {
             continue;
         }

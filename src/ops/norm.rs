@@ -355,6 +355,16 @@ impl CustomOp1 for Relu {
     }
 }
 
+/// `f` of two same-length slices, element by element, in parallel chunks.
+fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    const CHUNK: usize = 1 << 16;
+    let mut out = vec![0f32; a.len()];
+    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
+        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b));
+    });
+    out
+}
+
 /// `(y, dy) -> dy * (y > 0)`.
 struct ReluGrad;
 
@@ -366,10 +376,7 @@ impl CustomOp2 for ReluGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let y = f32_slice(self.name(), s1, l1)?;
         let dy = f32_slice(self.name(), s2, l2)?;
-        let mut dx = vec![0f32; y.len()];
-        dx.par_chunks_mut(1 << 16).zip(y.par_chunks(1 << 16).zip(dy.par_chunks(1 << 16))).for_each(|(d, (y, g))| {
-            d.iter_mut().zip(y.iter().zip(g)).for_each(|(d, (&y, &g))| *d = if y > 0.0 { g } else { 0.0 });
-        });
+        let dx = map2(y, dy, |y, g| if y > 0.0 { g } else { 0.0 });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -389,10 +396,7 @@ impl CustomOp2 for AddRelu {
         if l1.shape() != l2.shape() {
             candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
         }
-        let mut y = vec![0f32; a.len()];
-        y.par_chunks_mut(1 << 16).zip(a.par_chunks(1 << 16).zip(b.par_chunks(1 << 16))).for_each(|(y, (a, b))| {
-            y.iter_mut().zip(a.iter().zip(b)).for_each(|(y, (&a, &b))| *y = (a + b).max(0.0));
-        });
+        let y = map2(a, b, |a, b| (a + b).max(0.0));
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
