@@ -330,7 +330,7 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
         transpose_dy(&dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
     });
     // Segments (sample, q0, q1) of the batch's grids, grouped into chunks.
-    let q_chunk = (std::env::var("QCH").ok().and_then(|v| v.parse().ok()).unwrap_or(DY_CHUNK) / o_all / MR).max(1) * MR;
+    let q_chunk = (DY_CHUNK / o_all / MR).max(1) * MR;
     let mut chunks: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new()];
     let mut filled = 0;
     for n in 0..d.n {
