@@ -103,6 +103,7 @@ impl Geometry {
     fn implicit(&self) -> Option<implicit::Dims> {
         let d = implicit::Dims {
             n: self.n,
+            stride: self.p.stride,
             groups: self.p.groups,
             cg: self.cg(),
             og: self.og(),
@@ -113,7 +114,7 @@ impl Geometry {
             ph: self.p.padding,
             pw: self.p.padding,
         };
-        implicit::applies(self.p.stride, self.p.dilation, &d).then_some(d)
+        implicit::applies(self.p.dilation, &d).then_some(d)
     }
     fn in_len(&self) -> usize {
         self.c * self.h * self.w
@@ -477,7 +478,7 @@ fn conv_forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
 }
 
 fn conv_input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
-    if let Some(d) = g.implicit() {
+    if let Some(d) = g.implicit().filter(|d| d.stride == 1) {
         return implicit::input_grad(dy, wt, &d);
     }
     if let Some(d) = g.direct() {
@@ -729,6 +730,11 @@ mod tests {
             (2, 16, 3, 3, 16, 3, 1, 1, 1, 1),
             // 80 outputs: a four-vector weight-gradient tile and a one-vector tail.
             (2, 16, 6, 9, 80, 3, 1, 1, 1, 1),
+            // Stride 2 (forward and weight gradient over the input's phases): 3x3 with
+            // padding 1, odd and even sizes, two groups, and 5x5 with padding 2.
+            (1, 16, 21, 23, 16, 3, 2, 1, 1, 1),
+            (2, 32, 20, 22, 32, 3, 2, 1, 1, 2),
+            (1, 16, 21, 21, 16, 5, 2, 2, 1, 1),
         ];
         for (i, &(n, c, h, w, o, k, stride, padding, dilation, groups)) in cases.iter().enumerate() {
             let p = ConvParams { stride, padding, dilation, groups };

@@ -44,10 +44,11 @@ const WEIGHT_CHUNK: usize = 64 * 1024;
 /// weight-gradient task's rows (floats).
 const DY_CHUNK: usize = 64 * 1024;
 
-/// One stride-1, dilation-1 convolution, per group sizes.
+/// One dilation-1 convolution, per group sizes.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Dims {
     pub n: usize,
+    pub stride: usize,
     pub groups: usize,
     /// Input channels per group.
     pub cg: usize,
@@ -63,10 +64,10 @@ pub(super) struct Dims {
 
 impl Dims {
     fn oh(&self) -> usize {
-        self.h + 2 * self.ph + 1 - self.kh
+        (self.h + 2 * self.ph - self.kh) / self.stride + 1
     }
     fn ow(&self) -> usize {
-        self.w + 2 * self.pw + 1 - self.kw
+        (self.w + 2 * self.pw - self.kw) / self.stride + 1
     }
     fn taps(&self) -> usize {
         self.kh * self.kw
@@ -78,11 +79,12 @@ impl Dims {
 /// (measured there: 12 + 36 ms against 12 + 24 ms per conv); from 14x14 up they win.
 const MIN_PIXELS: usize = 100;
 
-/// Whether these kernels take the convolution: stride 1, dilation 1, a real window, channel
-/// counts per group in whole vectors, padding no wider than the window, a map of at least
-/// [`MIN_PIXELS`], and a CPU with AVX-512 (elsewhere im2col + GEMM does).
-pub(super) fn applies(stride: usize, dilation: usize, d: &Dims) -> bool {
-    stride == 1
+/// Whether these kernels take the convolution's forward and weight gradient: stride 1 or 2,
+/// dilation 1, a real window, channel counts per group in whole vectors, padding no wider
+/// than the window, a map of at least [`MIN_PIXELS`], and a CPU with AVX-512 (elsewhere
+/// im2col + GEMM does). The input gradient, [`input_grad`], takes stride 1 only.
+pub(super) fn applies(dilation: usize, d: &Dims) -> bool {
+    matches!(d.stride, 1 | 2)
         && dilation == 1
         && d.taps() > 1
         && d.cg.is_multiple_of(16)
@@ -104,64 +106,90 @@ fn has_avx512() -> bool {
     }
 }
 
-/// A batch of zero-padded planes `(n, ch, hp, wp)`, each sample followed by zeroed slack so
-/// that tiles running past the last grid pixel read zeros, not past the buffer.
+/// A batch of zero-padded planes, each split into its `s x s` stride phases: per sample and
+/// channel, phase `(ry, rx)` is the `hq x wq` plane `phase[i][j] = padded[s*i + ry][s*j + rx]`
+/// (for stride 1, the padded plane itself). A stride-`s` window then reads, for tap
+/// `(ky, kx)`, phase `(ky % s, kx % s)` shifted by `(ky / s, kx / s)`: every tap is again one
+/// contiguous run over the output grid. Each sample is followed by zeroed slack so that tiles
+/// running past the last grid pixel read zeros, not past the buffer.
 struct Padded {
     data: Vec<f32>,
     ch: usize,
-    hp: usize,
-    wp: usize,
+    s: usize,
+    hq: usize,
+    wq: usize,
     /// Floats from one sample to the next.
     sample: usize,
 }
 
 impl Padded {
     fn plane(&self) -> usize {
-        self.hp * self.wp
+        self.hq * self.wq
+    }
+    /// Floats from one channel to the next (its `s * s` phases).
+    fn channel(&self) -> usize {
+        self.s * self.s * self.plane()
     }
 }
 
-/// The output grid of a `kh x kw` window over `p`: rows, and floats per channel (rows x wp,
-/// rounded up to whole tiles).
-fn grid_len(hp: usize, wp: usize, kh: usize) -> (usize, usize) {
-    let rows = hp + 1 - kh;
-    (rows, (rows * wp).div_ceil(MR) * MR)
+/// Floats per channel of an output grid of `rows` rows of width `wq`, rounded up to whole
+/// tiles.
+fn grid_len(rows: usize, wq: usize) -> usize {
+    (rows * wq).div_ceil(MR) * MR
 }
 
-/// Pads `src (n, ch, h, w)` by `(ph, pw)` on each side, with slack for a `kh x kw` window.
+/// Pads `src (n, ch, h, w)` by `(ph, pw)` on each side and splits it into stride-`s` phases,
+/// with slack for an output grid of `rows` rows under a `kh x kw` window.
 fn pad(
     src: &[f32],
     n: usize,
     ch: usize,
     (h, w): (usize, usize),
     (ph, pw): (usize, usize),
-    (kh, kw): (usize, usize),
+    s: usize,
+    (rows, kh, kw): (usize, usize, usize),
 ) -> Padded {
-    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-    let (rows, lr) = grid_len(hp, wp, kh);
-    // The furthest read: last channel, last tap, last grid pixel of the last tile.
-    let slack = lr - rows * wp + kw + MR;
-    let sample = ch * hp * wp + slack;
+    let (hq, wq) = ((h + 2 * ph).div_ceil(s), (w + 2 * pw).div_ceil(s));
+    let plane = hq * wq;
+    // The furthest read: last channel and phase, last tap, last grid pixel of the last tile.
+    let slack = grid_len(rows, wq) + kh * wq + kw + MR;
+    let sample = ch * s * s * plane + slack;
     let mut data = vec![0f32; n * sample];
     data.par_chunks_mut(sample).enumerate().for_each(|(i, dst)| {
         for c in 0..ch {
-            let plane = &src[(i * ch + c) * h * w..(i * ch + c + 1) * h * w];
-            for y in 0..h {
-                let at = c * hp * wp + (y + ph) * wp + pw;
-                dst[at..at + w].copy_from_slice(&plane[y * w..(y + 1) * w]);
+            let src_c = &src[(i * ch + c) * h * w..(i * ch + c + 1) * h * w];
+            for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
+                let base = (c * s * s + ry * s + rx) * plane;
+                for qy in 0..hq {
+                    let Some(y) = (s * qy + ry).checked_sub(ph).filter(|&y| y < h) else { continue };
+                    let row = &src_c[y * w..(y + 1) * w];
+                    let out = &mut dst[base + qy * wq..base + (qy + 1) * wq];
+                    if s == 1 {
+                        out[pw..pw + w].copy_from_slice(row);
+                        continue;
+                    }
+                    for (qx, v) in out.iter_mut().enumerate() {
+                        if let Some(&x) = (s * qx + rx).checked_sub(pw).and_then(|x| row.get(x)) {
+                            *v = x;
+                        }
+                    }
+                }
             }
         }
     });
-    Padded { data, ch, hp, wp, sample }
+    Padded { data, ch, s, hq, wq, sample }
 }
 
-/// `off[c * taps + ky * kw + kx] = c * plane + ky * wp + kx`: where each reduction index reads.
-fn offsets(ch: usize, plane: usize, wp: usize, kh: usize, kw: usize) -> Vec<usize> {
-    let mut off = Vec::with_capacity(ch * kh * kw);
-    for c in 0..ch {
+/// `off[c * taps + ky * kw + kx]`: where each reduction index reads, relative to the group's
+/// first channel and the grid pixel: channel `c`, phase `(ky % s, kx % s)`, shifted by
+/// `(ky / s, kx / s)`.
+fn offsets(cg: usize, p: &Padded, kh: usize, kw: usize) -> Vec<usize> {
+    let s = p.s;
+    let mut off = Vec::with_capacity(cg * kh * kw);
+    for c in 0..cg {
         for ky in 0..kh {
             for kx in 0..kw {
-                off.push(c * plane + ky * wp + kx);
+                off.push(c * p.channel() + ((ky % s) * s + kx % s) * p.plane() + (ky / s) * p.wq + kx / s);
             }
         }
     }
@@ -184,15 +212,22 @@ fn pack(groups: usize, outs: usize, k: usize, at: impl Fn(usize, usize, usize) -
     packed
 }
 
-/// `grid (n, groups * outs, lr)` of the window `kh x kw` over `x`: per group,
-/// `grid[o][q] = sum over kk of packed[o][kk] * x[off[kk] + q]`.
-fn forward_grid(x: &Padded, groups: usize, outs: usize, (kh, kw): (usize, usize), packed: &[f32]) -> (Vec<f32>, usize) {
+/// `grid (n, groups * outs, lr)` of the window `kh x kw` over `x`, `rows` output rows: per
+/// group, `grid[o][q] = sum over kk of packed[o][kk] * x[off[kk] + q]`.
+fn forward_grid(
+    x: &Padded,
+    groups: usize,
+    outs: usize,
+    (kh, kw): (usize, usize),
+    rows: usize,
+    packed: &[f32],
+) -> (Vec<f32>, usize) {
     let n = x.data.len() / x.sample;
     let cg = x.ch / groups;
     let taps = kh * kw;
     let k = cg * taps;
-    let (_, lr) = grid_len(x.hp, x.wp, kh);
-    let off = offsets(cg, x.plane(), x.wp, kh, kw);
+    let lr = grid_len(rows, x.wq);
+    let off = offsets(cg, x, kh, kw);
     let chunk = (WEIGHT_CHUNK / (taps * outs)).clamp(1, cg);
     let per_sample = groups * outs * lr;
     let mut grid = vec![0f32; n * per_sample];
@@ -203,7 +238,7 @@ fn forward_grid(x: &Padded, groups: usize, outs: usize, (kh, kw): (usize, usize)
             for c0 in (0..cg).step_by(chunk) {
                 let (kk0, kk1) = (c0 * taps, (c0 + chunk).min(cg) * taps);
                 for (j, grid_n) in grid_s.chunks_mut(per_sample).enumerate() {
-                    let xs = &x.data[(s * slice + j) * x.sample + grp * cg * x.plane()..];
+                    let xs = &x.data[(s * slice + j) * x.sample + grp * cg * x.channel()..];
                     for q0 in (0..lr).step_by(MR) {
                         for ob in 0..outs / NR {
                             let w = &packed[((grp * outs / NR + ob) * k + kk0) * NR..];
@@ -290,26 +325,27 @@ fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
 pub(super) fn forward(x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     let (taps, k) = (d.taps(), d.cg * d.taps());
-    let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), (d.kh, d.kw));
+    let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), d.stride, (d.oh(), d.kh, d.kw));
     let packed = pack(d.groups, d.og, k, |grp, o, kk| wt[(grp * d.og + o) * k + kk]);
     debug_assert_eq!(k % taps, 0);
-    let (grid, lr) = forward_grid(&xp, d.groups, d.og, (d.kh, d.kw), &packed);
-    crop(&grid, d.n, d.groups * d.og, lr, xp.wp, (d.oh(), d.ow()))
+    let (grid, lr) = forward_grid(&xp, d.groups, d.og, (d.kh, d.kw), d.oh(), &packed);
+    crop(&grid, d.n, d.groups * d.og, lr, xp.wq, (d.oh(), d.ow()))
 }
 
-/// Input gradient: `dy (n, groups * og, oh, ow)` -> `dx (n, groups * cg, h, w)`, the full
-/// correlation of `dy` with the flipped, transposed weights.
+/// Input gradient of a stride-1 convolution: `dy (n, groups * og, oh, ow)` -> `dx (n,
+/// groups * cg, h, w)`, the full correlation of `dy` with the flipped, transposed weights.
 pub(super) fn input_grad(dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+    assert_eq!(d.stride, 1, "the implicit input gradient is for stride-1 convolutions");
     let (taps, kin) = (d.taps(), d.og * d.taps());
     let (qh, qw) = (d.kh - 1 - d.ph, d.kw - 1 - d.pw);
-    let dyp = pad(dy, d.n, d.groups * d.og, (d.oh(), d.ow()), (qh, qw), (d.kh, d.kw));
+    let dyp = pad(dy, d.n, d.groups * d.og, (d.oh(), d.ow()), (qh, qw), 1, (d.h, d.kh, d.kw));
     // Reduction index kk = (o, ky', kx') of the flipped window; outputs are input channels.
     let packed = pack(d.groups, d.cg, kin, |grp, c, kk| {
         let (o, t) = (kk / taps, kk % taps);
         wt[((grp * d.og + o) * d.cg + c) * taps + (taps - 1 - t)]
     });
-    let (grid, lr) = forward_grid(&dyp, d.groups, d.cg, (d.kh, d.kw), &packed);
-    crop(&grid, d.n, d.groups * d.cg, lr, dyp.wp, (d.h, d.w))
+    let (grid, lr) = forward_grid(&dyp, d.groups, d.cg, (d.kh, d.kw), d.h, &packed);
+    crop(&grid, d.n, d.groups * d.cg, lr, dyp.wq, (d.h, d.w))
 }
 
 /// Weight gradient: `x`, `dy` -> `dw (groups * og, cg, kh, kw)`.
@@ -321,10 +357,11 @@ pub(super) fn input_grad(dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
 pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
     let (taps, o_all) = (d.taps(), d.groups * d.og);
     let k = d.cg * taps;
-    let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), (d.kh, d.kw));
-    let (oh, ow, wp) = (d.oh(), d.ow(), xp.wp);
-    let (_, lr) = grid_len(xp.hp, wp, d.kh);
-    let off = offsets(d.cg, xp.plane(), wp, d.kh, d.kw);
+    let (oh, ow) = (d.oh(), d.ow());
+    let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), d.stride, (oh, d.kh, d.kw));
+    let wp = xp.wq;
+    let lr = grid_len(oh, wp);
+    let off = offsets(d.cg, &xp, d.kh, d.kw);
     let mut dyt = vec![0f32; d.n * lr * o_all];
     dyt.par_chunks_mut(lr * o_all).enumerate().for_each(|(n, dst)| {
         transpose_dy(&dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
@@ -360,7 +397,7 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
             let segs: Vec<Segment> = chunk
                 .iter()
                 .map(|&(n, q0, q1)| Segment {
-                    x: xp.data[n * xp.sample + grp * d.cg * xp.plane() + q0..].as_ptr(),
+                    x: xp.data[n * xp.sample + grp * d.cg * xp.channel() + q0..].as_ptr(),
                     dyt: dyt[(n * lr + q0) * o_all + grp * d.og..].as_ptr(),
                     len: q1 - q0,
                 })
