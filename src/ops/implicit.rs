@@ -1,6 +1,7 @@
-//! Implicit-GEMM convolution for stride 1 and dilation 1 (ResNet's and ResNeXt's 3x3 convs),
-//! on AVX-512: the three passes multiply straight out of a zero-padded copy of the input, with
-//! no im2col matrix and no GEMM packing of it.
+//! Implicit-GEMM convolution for dilation 1 (ResNet's and ResNeXt's 3x3 convs), on AVX-512:
+//! the passes multiply straight out of a zero-padded copy of the input, with no im2col matrix
+//! and no GEMM packing of it. Stride 1: forward, input and weight gradients; stride 2: forward
+//! and weight gradient (the input gradient stays on im2col + GEMM + col2im).
 //!
 //! Why by hand: im2col + `gemm` wrote a 9x copy of every activation, and `gemm` then packed
 //! that copy again; together a quarter of a ResNet18 step (perf), with the multiply-adds
@@ -18,6 +19,10 @@
 //! - weight gradient: `dw[o][c][ky][kx] = sum over q of dy[o][q] * xpad[c][q + ky*wp + kx]`,
 //!   16 output channels per vector load from `dy` transposed to `(q, o)` (zero on garbage
 //!   columns), input values broadcast.
+//!
+//! Stride 2: the padded plane is split into its 4 phases (even/odd rows x even/odd columns);
+//! tap `(ky, kx)` reads phase `(ky % 2, kx % 2)` shifted by `(ky / 2, kx / 2)`, again one
+//! contiguous run over a grid of the phase's width (see [`Padded`]).
 //!
 //! All three keep their accumulators in registers over a block of the reduction that stays
 //! in L1/L2 (channel chunks for the weights, pixel chunks for the weight gradient).
