@@ -531,9 +531,8 @@ const WEIGHT_GRAD_SLICES: usize = 8;
 const TRANSPOSE_COLS_BELOW: usize = 32;
 
 /// `dst (cols x rows) = src (rows x cols)^T`, in cache-sized tiles.
-fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut Vec<f32>) {
+pub(super) fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     const TILE: usize = 32;
-    dst.resize(rows * cols, 0.0);
     for r0 in (0..rows).step_by(TILE) {
         for c0 in (0..cols).step_by(TILE) {
             for r in r0..(r0 + TILE).min(rows) {
@@ -580,7 +579,8 @@ fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
                         let dst = &mut dw[grp * og * k..(grp + 1) * og * k];
                         // dw_g (og x k) += dy_g (og x l) * cols^T (l x k)
                         let rhs = if og <= TRANSPOSE_COLS_BELOW {
-                            transpose_into(cols, k, l, &mut cols_t);
+                            cols_t.resize(k * l, 0.0);
+                            transpose(cols, k, l, &mut cols_t);
                             row_major(&cols_t, k)
                         } else {
                             transposed(cols, l)

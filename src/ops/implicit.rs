@@ -29,6 +29,8 @@
 
 use rayon::prelude::*;
 
+use super::conv::transpose;
+
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
@@ -423,20 +425,6 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
     let mut dw = vec![0f32; o_all * k];
     dw.par_chunks_mut(d.og * k).zip(dwt.par_chunks(k * d.og)).for_each(|(dst, src)| transpose(src, k, d.og, dst));
     dw
-}
-
-/// `dst (cols x rows) = src (rows x cols)^T`, in cache-sized tiles.
-fn transpose(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
-    const TILE: usize = 32;
-    for r0 in (0..rows).step_by(TILE) {
-        for c0 in (0..cols).step_by(TILE) {
-            for r in r0..(r0 + TILE).min(rows) {
-                for c in c0..(c0 + TILE).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
-                }
-            }
-        }
-    }
 }
 
 /// `NT` rows (taps) of `dw^T` from row `kb` of `dst`, every output channel, through the
