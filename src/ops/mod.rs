@@ -9,16 +9,17 @@
 
 use candle_core::{CpuStorage, Layout, Result};
 
-/// Defines `fn $name(args) -> ret` running `$body` compiled for AVX-512, AVX2+FMA or the
-/// baseline, whichever this CPU has. The crate builds for baseline x86-64 (SSE2), where an
-/// element-wise loop with a select (a ReLU mask) may compile to a mispredicted branch per
-/// element; with the wider features it vectorises with masked selects. `$body` must be
-/// `#[inline(always)]` so that each copy is compiled with its features. Same arithmetic in
-/// every copy (no contraction to FMA), so results do not depend on the CPU.
+/// Defines `fn $name(isa, args) -> ret` running `$body` compiled for AVX-512, AVX2+FMA or
+/// the baseline, as `isa` says (an [`isa::Isa`] exists only for levels this CPU runs). The
+/// crate builds for baseline x86-64 (SSE2), where an element-wise loop with a select (a ReLU
+/// mask) may compile to a mispredicted branch per element; with the wider features it
+/// vectorises with masked selects. `$body` must be `#[inline(always)]` so that each copy is
+/// compiled with its features. Same arithmetic in every copy (Rust never contracts to FMA),
+/// so results do not depend on the build.
 macro_rules! simd_dispatch {
     ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident) => {
         $(#[$doc])*
-        fn $name($($arg: $ty),*) -> $ret {
+        fn $name(isa: $crate::ops::isa::Isa, $($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
@@ -29,24 +30,22 @@ macro_rules! simd_dispatch {
                 unsafe fn v3($($arg: $ty),*) -> $ret {
                     $body($($arg),*)
                 }
-                use std::arch::is_x86_feature_detected as has;
-                if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") {
-                    // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { v4($($arg),*) };
-                }
-                if has!("avx2") && has!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { v3($($arg),*) };
+                match isa.level() {
+                    // SAFETY: `isa` proves the CPU has the features v4 was compiled for.
+                    $crate::ops::isa::Level::Avx512 => return unsafe { v4($($arg),*) },
+                    // SAFETY: as above, for v3.
+                    $crate::ops::isa::Level::Avx2 => return unsafe { v3($($arg),*) },
+                    $crate::ops::isa::Level::Baseline => {}
                 }
             }
+            let _ = isa;
             $body($($arg),*)
         }
     };
 }
 pub mod conv;
-mod direct;
 pub mod generic;
-mod implicit;
+pub mod isa;
 pub mod norm;
 pub mod pool;
 

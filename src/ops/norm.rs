@@ -192,6 +192,7 @@ impl CustomOp3 for BatchNormGrad {
         let dy = f32_slice(self.name(), s2, l2)?;
         let p = f32_slice(self.name(), s3, l3)?;
         let (n, c, sp) = ncs(l1.shape())?;
+        let isa = super::isa::Isa::current();
         let m = (n * sp) as f64;
         let inv: Vec<f64> = (0..c).map(|ch| 1.0 / (p[c + ch] as f64 + self.eps).sqrt()).collect();
         // With the fused ReLU, dy only where the forward's x * scale + shift was positive;
@@ -205,7 +206,7 @@ impl CustomOp3 for BatchNormGrad {
                 let mut acc = [0f64; 2];
                 for b in 0..n {
                     let r = (b * c + ch) * sp..(b * c + ch + 1) * sp;
-                    let s = masked_sums(&x[r.clone()], &dy[r], mask[ch], p[ch]);
+                    let s = masked_sums(isa, &x[r.clone()], &dy[r], mask[ch], p[ch]);
                     acc = [acc[0] + s[0], acc[1] + s[1]];
                 }
                 [acc[0], acc[1] * inv[ch]]
@@ -229,7 +230,7 @@ impl CustomOp3 for BatchNormGrad {
         dx.par_chunks_mut(c * sp).zip(x.par_chunks(c * sp).zip(dy.par_chunks(c * sp))).for_each(|(dxb, (xb, dyb))| {
             for (ch, (&coef, &mask)) in coef.iter().zip(&mask).enumerate() {
                 let r = ch * sp..(ch + 1) * sp;
-                masked_dx(&xb[r.clone()], &dyb[r.clone()], &mut dxb[r], mask, coef);
+                masked_dx(isa, &xb[r.clone()], &dyb[r.clone()], &mut dxb[r], mask, coef);
             }
         });
         for ch in 0..c {

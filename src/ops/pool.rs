@@ -219,6 +219,7 @@ impl CustomOp1 for Pool2d {
         match p.kind {
             PoolKind::Max => {
                 let mut argmax = vec![0u32; d.planes * plane_out];
+                let isa = super::isa::Isa::current();
                 let two_by_two = p.kernel == (2, 2) && p.stride == (2, 2) && p.padding == (0, 0);
                 out.par_chunks_mut(plane_out).zip(argmax.par_chunks_mut(plane_out)).enumerate().for_each(
                     |(i, (o, am))| {
@@ -226,7 +227,7 @@ impl CustomOp1 for Pool2d {
                         if two_by_two {
                             max_2x2_plane(xp, &d, o, am);
                         } else {
-                            max_plane_separable(p, &d, xp, o, am);
+                            max_plane_separable(isa, p, &d, xp, o, am);
                         }
                     },
                 );
@@ -403,15 +404,20 @@ mod tests {
             x[20] = f32::NAN;
             x[23] = f32::NAN;
             x[60] = f32::NEG_INFINITY;
-            let (mut o1, mut a1) = (vec![0f32; d.oh * d.ow], vec![0u32; d.oh * d.ow]);
-            max_plane_separable(&p, &d, &x, &mut o1, &mut a1);
             let (mut o2, mut a2) = (vec![0f32; d.oh * d.ow], vec![0u32; d.oh * d.ow]);
             argmax_plane(&p, &d, &x, |oi, at, v| {
                 o2[oi] = v;
                 a2[oi] = at as u32;
             });
-            assert_eq!(a1, a2, "{p:?}");
-            assert_eq!(format!("{o1:?}"), format!("{o2:?}"), "{p:?}");
+            // Every SIMD build this CPU runs.
+            for level in crate::ops::isa::available() {
+                let isa = crate::ops::isa::with_cap(level, crate::ops::isa::Isa::current);
+                assert_eq!(isa.level(), level);
+                let (mut o1, mut a1) = (vec![0f32; d.oh * d.ow], vec![0u32; d.oh * d.ow]);
+                max_plane_separable(isa, &p, &d, &x, &mut o1, &mut a1);
+                assert_eq!(a1, a2, "{p:?}, {level:?}");
+                assert_eq!(format!("{o1:?}"), format!("{o2:?}"), "{p:?}, {level:?}");
+            }
         }
     }
 

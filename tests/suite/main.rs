@@ -6,6 +6,7 @@ mod common;
 mod config_errors;
 mod gradients;
 mod learning;
+mod parity;
 mod resume;
 mod shapes;
 mod shards;

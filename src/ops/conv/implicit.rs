@@ -29,7 +29,8 @@
 
 use rayon::prelude::*;
 
-use super::conv::transpose;
+use super::gemm::transpose;
+use crate::ops::isa::Avx512;
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -88,8 +89,9 @@ const MIN_PIXELS: usize = 100;
 
 /// Whether these kernels take the convolution's forward and weight gradient: stride 1 or 2,
 /// dilation 1, a real window, channel counts per group in whole vectors, padding no wider
-/// than the window, a map of at least [`MIN_PIXELS`], and a CPU with AVX-512 (elsewhere
-/// im2col + GEMM does). The input gradient, [`input_grad`], takes stride 1 only.
+/// than the window and a map of at least [`MIN_PIXELS`] (the plan also asks for an AVX-512
+/// CPU, which the kernels take as proof). The input gradient, [`input_grad`], takes stride 1
+/// only.
 pub(super) fn applies(dilation: usize, d: &Dims) -> bool {
     matches!(d.stride, 1 | 2)
         && dilation == 1
@@ -99,18 +101,6 @@ pub(super) fn applies(dilation: usize, d: &Dims) -> bool {
         && d.ph < d.kh
         && d.pw < d.kw
         && d.oh() * d.ow() >= MIN_PIXELS
-        && has_avx512()
-}
-
-fn has_avx512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 /// A batch of zero-padded planes, each split into its `s x s` stride phases: per sample and
@@ -222,6 +212,7 @@ fn pack(groups: usize, outs: usize, k: usize, at: impl Fn(usize, usize, usize) -
 /// `grid (n, groups * outs, lr)` of the window `kh x kw` over `x`, `rows` output rows: per
 /// group, `grid[o][q] = sum over kk of packed[o][kk] * x[off[kk] + q]`.
 fn forward_grid(
+    _cpu: Avx512,
     x: &Padded,
     groups: usize,
     outs: usize,
@@ -250,7 +241,7 @@ fn forward_grid(
                         for ob in 0..outs / NR {
                             let w = &packed[((grp * outs / NR + ob) * k + kk0) * NR..];
                             let o0 = grp * outs + ob * NR;
-                            // SAFETY: reads x at off[kk] + q0 + [0, MR), inside the sample's
+                            // SAFETY: `_cpu` proves AVX-512F; reads x at off[kk] + q0 + [0, MR), inside the sample's
                             // slack by construction of `pad`; w holds (kk1 - kk0) * NR floats;
                             // the tile's NR rows of MR floats at o0 * lr + q0 lie in grid_n.
                             unsafe {
@@ -330,18 +321,18 @@ fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (
 }
 
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
-pub(super) fn forward(x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+pub(super) fn forward(cpu: Avx512, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     let (taps, k) = (d.taps(), d.cg * d.taps());
     let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), d.stride, (d.oh(), d.kh, d.kw));
     let packed = pack(d.groups, d.og, k, |grp, o, kk| wt[(grp * d.og + o) * k + kk]);
     debug_assert_eq!(k % taps, 0);
-    let (grid, lr) = forward_grid(&xp, d.groups, d.og, (d.kh, d.kw), d.oh(), &packed);
+    let (grid, lr) = forward_grid(cpu, &xp, d.groups, d.og, (d.kh, d.kw), d.oh(), &packed);
     crop(&grid, d.n, d.groups * d.og, lr, xp.wq, (d.oh(), d.ow()))
 }
 
 /// Input gradient of a stride-1 convolution: `dy (n, groups * og, oh, ow)` -> `dx (n,
 /// groups * cg, h, w)`, the full correlation of `dy` with the flipped, transposed weights.
-pub(super) fn input_grad(dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+pub(super) fn input_grad(cpu: Avx512, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     assert_eq!(d.stride, 1, "the implicit input gradient is for stride-1 convolutions");
     let (taps, kin) = (d.taps(), d.og * d.taps());
     let (qh, qw) = (d.kh - 1 - d.ph, d.kw - 1 - d.pw);
@@ -351,7 +342,7 @@ pub(super) fn input_grad(dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
         let (o, t) = (kk / taps, kk % taps);
         wt[((grp * d.og + o) * d.cg + c) * taps + (taps - 1 - t)]
     });
-    let (grid, lr) = forward_grid(&dyp, d.groups, d.cg, (d.kh, d.kw), d.h, &packed);
+    let (grid, lr) = forward_grid(cpu, &dyp, d.groups, d.cg, (d.kh, d.kw), d.h, &packed);
     crop(&grid, d.n, d.groups * d.cg, lr, dyp.wq, (d.h, d.w))
 }
 
@@ -361,7 +352,7 @@ pub(super) fn input_grad(dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
 /// per-thread partial weights and a fixed summation order whatever the thread count). Each
 /// task walks the batch's grid pixels in chunks of about [`DY_CHUNK`] floats of `dy`, its
 /// rows of `dw` and the chunk staying in L2.
-pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
+pub(super) fn weight_grad(cpu: Avx512, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
     let (taps, o_all) = (d.taps(), d.groups * d.og);
     let k = d.cg * taps;
     let (oh, ow) = (d.oh(), d.ow());
@@ -414,9 +405,9 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
             while kb < rows_here {
                 // Blocks of NK taps, then pairs (k is even: cg is a multiple of 16).
                 let taps_done = if rows_here - kb >= NK {
-                    weight_rows::<NK>(&segs, std::array::from_fn(|i| off[kb0 + kb + i]), dst, kb, d.og, o_all)
+                    weight_rows::<NK>(cpu, &segs, std::array::from_fn(|i| off[kb0 + kb + i]), dst, kb, d.og, o_all)
                 } else {
-                    weight_rows::<2>(&segs, std::array::from_fn(|i| off[kb0 + kb + i]), dst, kb, d.og, o_all)
+                    weight_rows::<2>(cpu, &segs, std::array::from_fn(|i| off[kb0 + kb + i]), dst, kb, d.og, o_all)
                 };
                 kb += taps_done;
             }
@@ -430,6 +421,7 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
 /// `NT` rows (taps) of `dw^T` from row `kb` of `dst`, every output channel, through the
 /// widest tiles that fit. Returns `NT`.
 fn weight_rows<const NT: usize>(
+    _cpu: Avx512,
     segs: &[Segment],
     offs: [usize; NT],
     dst: &mut [f32],
@@ -441,7 +433,7 @@ fn weight_rows<const NT: usize>(
     let mut ob = 0;
     while ob < og {
         let at = dst[kb * og + ob..].as_mut_ptr();
-        // SAFETY: x reads at offs[i] + [0, len) stay inside each sample's slack (as in the
+        // SAFETY: `_cpu` proves AVX-512F; x reads at offs[i] + [0, len) stay inside each sample's slack (as in the
         // forward); each segment's dyt rows hold o_all floats from the group's first output;
         // at holds NT rows of og from ob (asserted), and og - ob covers the tile's 16 NV
         // columns (og is a multiple of 16).

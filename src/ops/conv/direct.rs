@@ -21,6 +21,8 @@ pub(super) struct Dims {
     pub ow: usize,
 }
 
+use crate::ops::isa::{Isa, Level};
+
 const LANES: usize = 16;
 /// Output columns per forward block: four 16-lane registers per output channel.
 const COLS: usize = 64;
@@ -59,10 +61,11 @@ impl Mac for Plain {
     }
 }
 
-/// Calls the AVX-512, AVX2+FMA or baseline build of a kernel generic over [`Mac`].
+/// Calls the AVX-512, AVX2+FMA or baseline build of a kernel generic over [`Mac`], as `isa`
+/// says (FMA in the first two, separate multiply and add in the baseline).
 macro_rules! dispatch {
     ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
-        pub(super) fn $name($($arg: $ty),*) {
+        pub(super) fn $name(isa: Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -73,15 +76,15 @@ macro_rules! dispatch {
                 unsafe fn v3($($arg: $ty),*) {
                     $body::<Fused>($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU has the features the function was compiled for.
-                    return unsafe { v4($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { v3($($arg),*) };
+                match isa.level() {
+                    // SAFETY: `isa` proves the CPU has the features v4 was compiled for.
+                    Level::Avx512 => return unsafe { v4($($arg),*) },
+                    // SAFETY: as above, for v3.
+                    Level::Avx2 => return unsafe { v3($($arg),*) },
+                    Level::Baseline => {}
                 }
             }
+            let _ = isa;
             $body::<Plain>($($arg),*)
         }
     };
@@ -149,7 +152,7 @@ dispatch!(forward, forward_body, (x: &[f32], wt: &[f32], d: Dims, out: &mut [f32
 /// Input gradient of one image: the full correlation of `dy` with the flipped kernel, i.e. the
 /// forward kernel on `dy` padded by `k - 1` with the weights transposed (o <-> c) and flipped.
 /// `wt_flipped` is [`flip_weights`]'s, `padded` scratch of [`input_grad_scratch`] floats.
-pub(super) fn input_grad(dy: &[f32], wt_flipped: &[f32], d: Dims, dx: &mut [f32], padded: &mut [f32]) {
+pub(super) fn input_grad(isa: Isa, dy: &[f32], wt_flipped: &[f32], d: Dims, dx: &mut [f32], padded: &mut [f32]) {
     let (ph, pw) = (d.kh - 1, d.kw - 1);
     let (hp, wp) = (d.oh + 2 * ph, d.ow + 2 * pw);
     padded.fill(0.0);
@@ -161,7 +164,7 @@ pub(super) fn input_grad(dy: &[f32], wt_flipped: &[f32], d: Dims, dx: &mut [f32]
         }
     }
     let t = Dims { c: d.o, h: hp, w: wp, o: d.c, kh: d.kh, kw: d.kw, oh: d.h, ow: d.w };
-    forward(padded, wt_flipped, t, dx);
+    forward(isa, padded, wt_flipped, t, dx);
 }
 
 /// Scratch floats [`input_grad`] needs.

@@ -1,0 +1,153 @@
+//! The convolution's kernel plan: the one place that decides, per geometry and pass, which
+//! algorithm runs (and with which SIMD build), so that forward and both gradients follow the
+//! same ladder, tests can force each algorithm on the same case and see which one ran.
+//!
+//! The ladder, first that applies:
+//! 1. [`Algo::Implicit`]: implicit GEMM on AVX-512 (dilation 1, 16k channels per group, maps
+//!    of 100+ pixels; the input gradient for stride 1 only);
+//! 2. [`Algo::Direct`]: LeNet-sized convs (stride 1, no padding, one group, few channels);
+//! 3. [`Algo::Batched`]: im2col + one GEMM over the whole batch, for maps under
+//!    [`BATCH_BELOW`] pixels;
+//! 4. [`Algo::PerSample`]: im2col + one GEMM per sample, parallel over the batch.
+
+use std::cell::{Cell, RefCell};
+
+use super::{Geometry, direct, implicit};
+use crate::ops::isa::{Avx512, Isa, Level};
+
+/// A convolution algorithm (see the module docs for when each runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Algo {
+    Implicit,
+    Direct,
+    Batched,
+    PerSample,
+}
+
+impl Algo {
+    pub const ALL: [Algo; 4] = [Algo::Implicit, Algo::Direct, Algo::Batched, Algo::PerSample];
+}
+
+/// One of a convolution's three computations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Forward,
+    InputGrad,
+    WeightGrad,
+}
+
+/// Below this many output pixels per sample, the samples share one GEMM (`k x n*l` columns):
+/// a per-sample GEMM with a few hundred columns (ResNet's 14x14 and 7x7 stages) runs far
+/// below the GEMM's peak.
+pub const BATCH_BELOW: usize = 1024;
+
+/// A chosen algorithm with what it needs to run: the specialised kernels' dimensions and, for
+/// the AVX-512 one, the proof that the CPU has it.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Kernel {
+    Implicit(Avx512, implicit::Dims),
+    Direct(Isa, direct::Dims),
+    Batched,
+    PerSample,
+}
+
+impl Kernel {
+    pub(super) fn algo(&self) -> Algo {
+        match self {
+            Kernel::Implicit(..) => Algo::Implicit,
+            Kernel::Direct(..) => Algo::Direct,
+            Kernel::Batched => Algo::Batched,
+            Kernel::PerSample => Algo::PerSample,
+        }
+    }
+}
+
+/// `algo` for `pass` of `g` on `isa`, if it can run it.
+fn kernel(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Option<Kernel> {
+    match algo {
+        Algo::Implicit => {
+            let d = g.implicit()?;
+            if pass == Pass::InputGrad && d.stride != 1 {
+                return None;
+            }
+            Some(Kernel::Implicit(isa.avx512()?, d))
+        }
+        Algo::Direct => g.direct().map(|d| Kernel::Direct(isa, d)),
+        Algo::Batched => Some(Kernel::Batched),
+        Algo::PerSample => Some(Kernel::PerSample),
+    }
+}
+
+/// What the ladder picks for `pass` of `g` on `isa`.
+fn choose(pass: Pass, g: &Geometry, isa: Isa) -> Kernel {
+    let batched = g.l() < BATCH_BELOW && g.n > 1;
+    kernel(Algo::Implicit, pass, g, isa).or_else(|| kernel(Algo::Direct, pass, g, isa)).unwrap_or(if batched {
+        Kernel::Batched
+    } else {
+        Kernel::PerSample
+    })
+}
+
+/// One convolution pass that ran: what [`record`] collects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ran {
+    pub pass: Pass,
+    pub algo: Algo,
+    /// The SIMD build of ablate's own kernels (the `gemm` crate picks its own).
+    pub level: Level,
+}
+
+thread_local! {
+    static FORCED: Cell<Option<Algo>> = const { Cell::new(None) };
+    static RECORD: RefCell<Option<Vec<Ran>>> = const { RefCell::new(None) };
+}
+
+/// The kernel for `pass` of `g`, on this thread's SIMD level: the algorithm [`with_forced`]
+/// asks for where it can run this pass, else the ladder's choice.
+pub(super) fn plan(pass: Pass, g: &Geometry) -> Kernel {
+    let isa = Isa::current();
+    let forced = FORCED.with(Cell::get).and_then(|algo| kernel(algo, pass, g, isa));
+    let k = forced.unwrap_or_else(|| choose(pass, g, isa));
+    RECORD.with(|r| {
+        if let Some(v) = r.borrow_mut().as_mut() {
+            v.push(Ran { pass, algo: k.algo(), level: isa.level() });
+        }
+    });
+    k
+}
+
+/// What the ladder picks for `pass` of a convolution of `x` by `w` with `p` on this thread's
+/// SIMD level (`None` for shapes that do not fit).
+pub fn ladder(pass: Pass, x: &[usize], w: &[usize], p: super::ConvParams) -> Option<Algo> {
+    let g = Geometry::new(&x.into(), &w.into(), p).ok()?;
+    Some(choose(pass, &g, Isa::current()).algo())
+}
+
+/// Whether `algo` can run `pass` of a convolution of `x` by `w` with `p` on this thread's
+/// SIMD level.
+pub fn supports(algo: Algo, pass: Pass, x: &[usize], w: &[usize], p: super::ConvParams) -> bool {
+    let Ok(g) = Geometry::new(&x.into(), &w.into(), p) else { return false };
+    kernel(algo, pass, &g, Isa::current()).is_some()
+}
+
+/// Runs `f` with every convolution pass on this thread that `algo` can run using it (ops run
+/// on the calling thread, backward passes included); the others follow the ladder.
+/// Restores the previous setting.
+pub fn with_forced<R>(algo: Algo, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Algo>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            FORCED.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(FORCED.with(|c| c.replace(Some(algo))));
+    f()
+}
+
+/// Runs `f` and returns, with its result, every convolution pass it ran on this thread.
+pub fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<Ran>) {
+    let outer = RECORD.with(|r| r.borrow_mut().replace(Vec::new()));
+    let out = f();
+    let ran = RECORD.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer)).unwrap_or_default();
+    (out, ran)
+}

@@ -1,0 +1,229 @@
+"""Reference tensors for ablate's differential tests against PyTorch (tests/suite/parity.rs).
+
+    /usr/bin/python3 tests/parity/reference.py ops OUT_DIR
+
+writes OUT_DIR/ops.json (the cases) and OUT_DIR/ops.safetensors: for every case its f32
+inputs and, for each output (forward and gradients), PyTorch's result in float64 (the truth,
+computed from the same f32 inputs) and in float32 (the yardstick: ablate may be at most a
+small factor further from float64 than PyTorch float32 is).
+
+Inputs avoid the places where an op is discontinuous, so that a float32 rounding cannot
+legitimately flip a decision there: pre-activations of a ReLU stay at least MARGIN from zero
+and max-pool windows have no near-ties (the whole-network tests treat such flips
+explicitly).
+"""
+import json
+import os
+import sys
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import st  # noqa: E402
+
+MARGIN = 1e-4
+
+# (n, c, h, w, o, k, stride, padding, dilation, groups): a table that crosses every threshold
+# of the kernel plan (src/ops/conv/plan.rs): the implicit GEMM's 100-pixel floor (99, 100,
+# 110 pixels) and its 16-channel multiples, the direct kernels' 64-column block and channel
+# limits, the batched GEMM's 1024-pixel ceiling, batch 1 (never batched), pointwise 1x1,
+# grouped and depthwise, dilation, odd and tiny maps.
+CONV_CASES = [
+    # implicit, stride 1: 3x3 at 10x10 (100 px), 10x11 (110), 9x11 (99: just below)
+    (2, 16, 10, 10, 16, 3, 1, 1, 1, 1),
+    (2, 16, 10, 11, 32, 3, 1, 1, 1, 1),
+    (2, 16, 9, 11, 16, 3, 1, 1, 1, 1),
+    # implicit: 5x5 / padding 2, 48 and 80 outputs (weight-gradient tile tails), batch 1
+    (3, 16, 12, 13, 48, 5, 1, 2, 1, 1),
+    (1, 32, 12, 12, 80, 3, 1, 1, 1, 1),
+    (1, 16, 16, 16, 64, 3, 1, 0, 1, 1),
+    # implicit, grouped (2 and 4 groups of 16+) and stride 2 (odd, even sizes; 7x7 stem-like)
+    (2, 64, 12, 12, 64, 3, 1, 1, 1, 2),
+    (2, 64, 12, 12, 128, 3, 1, 1, 1, 4),
+    (1, 16, 21, 23, 16, 3, 2, 1, 1, 1),
+    (2, 32, 22, 22, 32, 3, 2, 1, 1, 2),
+    (1, 16, 25, 25, 32, 7, 2, 3, 1, 1),
+    # channels not multiples of 16 (im2col), RGB stems, 7x7 stride 2 padding 3
+    (2, 3, 32, 32, 16, 7, 2, 3, 1, 1),
+    (2, 3, 31, 31, 8, 3, 1, 1, 1, 1),
+    (2, 20, 12, 12, 24, 3, 1, 1, 1, 1),
+    # direct (LeNet): stride 1, no padding, few channels, 64-column blocks and tails
+    (2, 3, 12, 70, 6, 5, 1, 0, 1, 1),
+    (2, 6, 9, 68, 16, 5, 1, 0, 1, 1),
+    (1, 3, 8, 64, 4, 3, 1, 0, 1, 1),
+    (2, 4, 7, 90, 32, 3, 1, 0, 1, 1),
+    # batched GEMM (maps under 1024 px, batch > 1) and per sample (32x32 = 1024 px, batch 1)
+    (4, 64, 4, 4, 64, 3, 1, 1, 1, 1),
+    (4, 64, 2, 2, 128, 3, 2, 1, 1, 1),
+    (8, 32, 1, 1, 32, 1, 1, 0, 1, 1),
+    (2, 8, 32, 32, 8, 3, 1, 1, 1, 1),
+    (1, 8, 31, 31, 8, 3, 1, 1, 1, 1),
+    # pointwise 1x1 (per sample and batched), strided 1x1 downsample
+    (2, 32, 33, 32, 16, 1, 1, 0, 1, 1),
+    (4, 32, 8, 8, 64, 1, 2, 0, 1, 1),
+    (2, 64, 16, 16, 32, 1, 1, 0, 1, 4),
+    # depthwise and 32 groups, dilation 2, padding 0..3, stride 3
+    (2, 32, 11, 11, 32, 3, 1, 1, 1, 32),
+    (2, 64, 10, 10, 64, 3, 2, 1, 1, 32),
+    (2, 8, 12, 12, 8, 3, 1, 2, 2, 1),
+    (1, 4, 13, 13, 6, 5, 3, 3, 1, 2),
+    (2, 16, 10, 10, 16, 3, 1, 3, 1, 1),
+]
+
+# (n, c, h, w, kind, kernel, stride, padding)
+POOL_CASES = [
+    (2, 3, 8, 8, "max", 2, 2, 0),
+    (2, 4, 9, 11, "max", 3, 2, 1),
+    (1, 2, 7, 7, "max", 3, 1, 1),
+    (2, 3, 8, 10, "avg", 2, 2, 0),
+    (2, 3, 9, 9, "avg", 3, 2, 1),
+]
+
+# (n, c, h, w, relu): BatchNorm in training mode, alone and with the fused ReLU; (n, c) for
+# BatchNorm after a linear layer.
+BN_CASES = [(4, 8, 5, 6, False), (4, 8, 5, 6, True), (16, 64, 2, 2, True), (2, 16, 17, 17, True), (6, 5, 0, 0, True)]
+
+ADD_RELU_CASES = [(2, 8, 6, 6), (3, 64, 4, 4)]
+
+
+def uniform(gen, shape, lo=-1.0, hi=1.0):
+    return torch.rand(shape, generator=gen, dtype=torch.float32) * (hi - lo) + lo
+
+
+def both(fn, inputs):
+    """fn on the f32 inputs in float64 and float32: {name: (r64, r32)}."""
+    out = {}
+    for dt, slot in [(torch.float64, 0), (torch.float32, 1)]:
+        xs = {k: v.to(dt).requires_grad_(v.is_floating_point() and k not in ("dy",)) for k, v in inputs.items()}
+        res = fn(xs)
+        for k, v in res.items():
+            out.setdefault(k, [None, None])[slot] = v.detach().to(torch.float64)
+    return out
+
+
+def conv_case(gen, case):
+    n, c, h, w, o, k, s, p, d, g = case
+    inputs = {"x": uniform(gen, (n, c, h, w)), "w": uniform(gen, (o, c // g, k, k)) / (c // g * k * k) ** 0.5}
+    oh, ow = (h + 2 * p - d * (k - 1) - 1) // s + 1, (w + 2 * p - d * (k - 1) - 1) // s + 1
+    inputs["dy"] = uniform(gen, (n, o, oh, ow))
+
+    def fn(t):
+        y = F.conv2d(t["x"], t["w"], stride=s, padding=p, dilation=d, groups=g)
+        dx, dw = torch.autograd.grad((y * t["dy"]).sum(), [t["x"], t["w"]])
+        return {"y": y, "dx": dx, "dw": dw}
+
+    meta = dict(zip(["n", "c", "h", "w", "o", "k", "stride", "padding", "dilation", "groups"], case))
+    return {"kind": "conv", **meta}, inputs, both(fn, inputs)
+
+
+def distinct(gen, shape):
+    """Values in [-1, 1) with no two within 1e-3 of each other per plane: no near-ties."""
+    n = 1
+    for s in shape:
+        n *= s
+    plane = shape[-1] * shape[-2]
+    vals = torch.cat([torch.randperm(plane, generator=gen) for _ in range(n // plane)]).to(torch.float32)
+    return (vals / plane * 2 - 1 + uniform(gen, (n,), 0, 1e-4)).reshape(shape)
+
+
+def pool_case(gen, case):
+    n, c, h, w, kind, k, s, p = case
+    inputs = {"x": distinct(gen, (n, c, h, w))}
+    oh, ow = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+    inputs["dy"] = uniform(gen, (n, c, oh, ow))
+
+    def fn(t):
+        pool = F.max_pool2d if kind == "max" else F.avg_pool2d
+        y = pool(t["x"], k, s, p)
+        (dx,) = torch.autograd.grad((y * t["dy"]).sum(), [t["x"]])
+        return {"y": y, "dx": dx}
+
+    return dict(kind="pool", n=n, c=c, h=h, w=w, pool=kind, k=k, stride=s, padding=p), inputs, both(fn, inputs)
+
+
+def bn_case(gen, case):
+    n, c, h, w, relu = case
+    shape = (n, c, h, w) if h else (n, c)
+    inputs = {
+        "x": uniform(gen, shape, -2, 3),
+        "weight": uniform(gen, (c,), 0.5, 1.5),
+        "bias": uniform(gen, (c,), -0.5, 0.5),
+        "running_mean": uniform(gen, (c,), -0.2, 0.2),
+        "running_var": uniform(gen, (c,), 0.5, 1.5),
+        "dy": uniform(gen, shape),
+    }
+    if relu:
+        # Push the few pre-activations near zero away from it (moving the batch statistics by
+        # far less than the margin), until none is left.
+        view = (1, c) + (1,) * (len(shape) - 2)
+        for _ in range(20):
+            x = inputs["x"].double()
+            pre = F.batch_norm(x, None, None, inputs["weight"].double(), inputs["bias"].double(), True)
+            near = pre.abs() < MARGIN
+            if not near.any():
+                break
+            dims = [0] + list(range(2, len(shape)))
+            slope = inputs["weight"].double().view(view) / (x.var(dims, unbiased=False, keepdim=True) + 1e-5).sqrt()
+            push = torch.where(pre >= 0, 1.0, -1.0) * 3 * MARGIN / slope
+            inputs["x"] = torch.where(near, x + push, x).float()
+        else:
+            raise RuntimeError(f"could not keep every pre-activation {MARGIN} from zero for {case}")
+
+    def fn(t):
+        rm, rv = t["running_mean"].detach().clone(), t["running_var"].detach().clone()
+        y = F.batch_norm(t["x"], rm, rv, t["weight"], t["bias"], training=True, momentum=0.1, eps=1e-5)
+        if relu:
+            y = F.relu(y)
+        dx, dwt, db = torch.autograd.grad((y * t["dy"]).sum(), [t["x"], t["weight"], t["bias"]])
+        return {"y": y, "dx": dx, "dweight": dwt, "dbias": db, "new_running_mean": rm, "new_running_var": rv}
+
+    return dict(kind="batch_norm", n=n, c=c, h=h, w=w, relu=relu), inputs, both(fn, inputs)
+
+
+def add_relu_case(gen, case):
+    shape = case
+    inputs = {"a": uniform(gen, shape), "b": uniform(gen, shape)}
+    total = inputs["a"].double() + inputs["b"].double()
+    push = torch.where(total >= 0, 1.0, -1.0) * 3 * MARGIN
+    inputs["a"] = torch.where(total.abs() < MARGIN, inputs["a"].double() + push, inputs["a"].double()).float()
+    inputs["dy"] = uniform(gen, shape)
+
+    def fn(t):
+        y = F.relu(t["a"] + t["b"])
+        da, db = torch.autograd.grad((y * t["dy"]).sum(), [t["a"], t["b"]])
+        return {"y": y, "da": da, "db": db}
+
+    n, c, h, w = shape
+    return dict(kind="add_relu", n=n, c=c, h=h, w=w), inputs, both(fn, inputs)
+
+
+def ops(out_dir):
+    gen = torch.Generator().manual_seed(20261202)
+    cases, tensors = [], {}
+    builders = (
+        [(conv_case, c) for c in CONV_CASES]
+        + [(pool_case, c) for c in POOL_CASES]
+        + [(bn_case, c) for c in BN_CASES]
+        + [(add_relu_case, c) for c in ADD_RELU_CASES]
+    )
+    for i, (build, case) in enumerate(builders):
+        meta, inputs, outputs = build(gen, case)
+        meta["id"] = i
+        meta["outputs"] = sorted(outputs)
+        cases.append(meta)
+        for k, v in inputs.items():
+            tensors[f"{i}.in.{k}"] = v
+        for k, (r64, r32) in outputs.items():
+            tensors[f"{i}.f64.{k}"] = r64
+            tensors[f"{i}.f32.{k}"] = r32
+    os.makedirs(out_dir, exist_ok=True)
+    st.save(os.path.join(out_dir, "ops.safetensors"), tensors)
+    with open(os.path.join(out_dir, "ops.json"), "w") as f:
+        json.dump(cases, f, indent=1)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(2)
+    what, out = sys.argv[1], sys.argv[2]
+    {"ops": ops}[what](out)

@@ -1,0 +1,313 @@
+//! Differential tests against PyTorch: tests/parity/reference.py (run by Debian's
+//! `/usr/bin/python3` with `python3-torch`) writes inputs and PyTorch's results in float64 (the
+//! truth) and float32 (the yardstick); ablate computes the same and may be at most
+//! [`FACTOR`] times further from float64 than PyTorch float32 is, on every tensor (floor
+//! [`FLOOR`]).
+//!
+//! Every convolution case runs through every algorithm of the kernel plan that can take it
+//! and, for ablate's own SIMD kernels, every build this CPU has; each run asserts which
+//! algorithm and build actually ran, and the table must exercise every (algorithm, pass) pair
+//! the plan has.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use ablate::model::{LayerConfig, Model};
+use ablate::ops::conv::plan::{self, Algo, Pass};
+use ablate::ops::conv::{ConvParams, conv2d};
+use ablate::ops::isa::{self, Isa, Level};
+use ablate::ops::pool::{PoolKind, PoolParams, pool2d};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::ModuleT;
+use serde_json::Value;
+
+/// How much further from float64 than PyTorch float32 ablate may be.
+const FACTOR: f64 = 10.0;
+/// Errors below this (relative to the tensor's largest value) always pass.
+const FLOOR: f64 = 1e-5;
+
+/// The Python that has PyTorch: Debian's, unless `ABLATE_PARITY_PYTHON` names another.
+fn python() -> String {
+    std::env::var("ABLATE_PARITY_PYTHON").unwrap_or_else(|_| "/usr/bin/python3".into())
+}
+
+/// Runs `reference.py <what> <dir>` once per test process and returns the directory.
+fn references(what: &str) -> PathBuf {
+    static DONE: OnceLock<std::sync::Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let done = DONE.get_or_init(Default::default);
+    let mut done = done.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(dir) = done.get(what) {
+        return dir.clone();
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("parity").join(what);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/reference.py");
+    let out = std::process::Command::new(python())
+        .arg(&script)
+        .arg(what)
+        .arg(&dir)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {} (PyTorch's reference): {e}", python()));
+    assert!(
+        out.status.success(),
+        "{} {} {what} failed (it needs Debian's python3-torch and python3-torchvision):\n{}",
+        python(),
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    done.insert(what.into(), dir.clone());
+    dir
+}
+
+/// The reference file's cases and tensors.
+struct Refs {
+    cases: Vec<Value>,
+    tensors: HashMap<String, Tensor>,
+}
+
+impl Refs {
+    fn load(what: &str) -> Self {
+        let dir = references(what);
+        let cases: Vec<Value> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join(format!("{what}.json"))).unwrap()).unwrap();
+        let tensors = candle_core::safetensors::load(dir.join(format!("{what}.safetensors")), &Device::Cpu).unwrap();
+        Self { cases, tensors }
+    }
+    fn get(&self, case: &Value, name: &str) -> Tensor {
+        let key = format!("{}.{name}", case["id"]);
+        self.tensors.get(&key).unwrap_or_else(|| panic!("no tensor {key} in the reference")).clone()
+    }
+}
+
+fn usize_of(case: &Value, key: &str) -> usize {
+    case[key].as_u64().unwrap_or_else(|| panic!("case {case}: no integer `{key}`")) as usize
+}
+
+fn vec64(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
+/// `max |a - b| / max |b|`: the error of `a` against the truth `b`, on the tensor's scale.
+fn error(a: &[f64], truth: &[f64]) -> f64 {
+    assert_eq!(a.len(), truth.len(), "tensor sizes differ");
+    let scale = truth.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-30);
+    a.iter().zip(truth).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
+}
+
+/// One compared tensor.
+struct Row {
+    what: String,
+    ours: f64,
+    torch: f64,
+}
+
+impl Row {
+    fn ok(&self) -> bool {
+        self.ours <= (FACTOR * self.torch).max(FLOOR)
+    }
+}
+
+/// Compares every named output with the case's float64 and float32 references.
+fn compare(refs: &Refs, case: &Value, label: &str, outputs: &[(&str, Tensor)], rows: &mut Vec<Row>) {
+    for (name, ours) in outputs {
+        let truth = vec64(&refs.get(case, &format!("f64.{name}")));
+        let torch = vec64(&refs.get(case, &format!("f32.{name}")));
+        rows.push(Row {
+            what: format!("{label} {name}"),
+            ours: error(&vec64(ours), &truth),
+            torch: error(&torch, &truth),
+        });
+    }
+}
+
+/// Fails with the whole table if any row is over its bound; prints it either way.
+fn report(title: &str, rows: &[Row]) {
+    let mut text = format!("{title}: ablate's error against float64 next to PyTorch float32's\n");
+    for r in rows {
+        let flag = if r.ok() { "" } else { "   <-- over the bound" };
+        text += &format!("  {:70} ablate {:9.2e}  torch {:9.2e}{flag}\n", r.what, r.ours, r.torch);
+    }
+    println!("{text}");
+    let bad = rows.iter().filter(|r| !r.ok()).count();
+    assert_eq!(bad, 0, "{bad} tensors over {FACTOR}x PyTorch float32's error (floor {FLOOR}):\n{text}");
+}
+
+/// The ablate runs of one case: which SIMD builds to try for each algorithm. The `gemm`
+/// crate picks its own build, so the GEMM algorithms run once, at this CPU's level.
+fn levels_for(algo: Algo) -> Vec<Level> {
+    match algo {
+        Algo::Direct => isa::available(),
+        _ => vec![Isa::detected().level()],
+    }
+}
+
+#[test]
+fn convolutions_match_pytorch_on_every_algorithm_and_build() {
+    let refs = Refs::load("ops");
+    let mut rows = Vec::new();
+    let mut ladder_ran = BTreeSet::new();
+    let mut forced_ran = BTreeSet::new();
+    for case in refs.cases.iter().filter(|c| c["kind"] == "conv") {
+        let p = ConvParams {
+            stride: usize_of(case, "stride"),
+            padding: usize_of(case, "padding"),
+            dilation: usize_of(case, "dilation"),
+            groups: usize_of(case, "groups"),
+        };
+        let (x, w, dy) = (refs.get(case, "in.x"), refs.get(case, "in.w"), refs.get(case, "in.dy"));
+        let run = || {
+            let (xv, wv) = (Var::from_tensor(&x).unwrap(), Var::from_tensor(&w).unwrap());
+            let y = conv2d(&xv, &wv, p).unwrap();
+            let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+            let (dx, dw) = (grads.get(&xv).unwrap().clone(), grads.get(&wv).unwrap().clone());
+            vec![("y", y), ("dx", dx), ("dw", dw)]
+        };
+        let passes = [Pass::Forward, Pass::InputGrad, Pass::WeightGrad];
+        let geometry =
+            format!("x{:?} w{:?} s{} p{} d{} g{}", x.dims(), w.dims(), p.stride, p.padding, p.dilation, p.groups);
+
+        // The ladder's own choice: what production runs.
+        let (outputs, ran) = plan::record(run);
+        for (r, pass) in ran.iter().zip(passes) {
+            assert_eq!(r.pass, pass, "{geometry}: passes ran as {ran:?}");
+            assert_eq!(Some(r.algo), plan::ladder(pass, x.dims(), w.dims(), p), "{geometry}: {pass:?}");
+            ladder_ran.insert(format!("{:?} {pass:?}", r.algo));
+        }
+        compare(&refs, case, &format!("{geometry} planned"), &outputs, &mut rows);
+
+        // Every other algorithm and build that can take it.
+        for algo in Algo::ALL {
+            for level in levels_for(algo) {
+                let supported: Vec<bool> = isa::with_cap(level, || {
+                    passes.iter().map(|&pass| plan::supports(algo, pass, x.dims(), w.dims(), p)).collect()
+                });
+                if !supported.iter().any(|&s| s) {
+                    continue;
+                }
+                let (outputs, ran) = isa::with_cap(level, || plan::with_forced(algo, || plan::record(run)));
+                for ((r, pass), ok) in ran.iter().zip(passes).zip(&supported) {
+                    assert_eq!(r.level, level, "{geometry}: {pass:?} ran on {:?}, forced {level:?}", r.level);
+                    if *ok {
+                        assert_eq!(r.algo, algo, "{geometry}: {pass:?} ran {:?}, forced {algo:?}", r.algo);
+                        forced_ran.insert(format!("{algo:?} {pass:?}"));
+                    }
+                }
+                compare(&refs, case, &format!("{geometry} {algo:?} {level:?}"), &outputs, &mut rows);
+            }
+        }
+    }
+    report("convolutions", &rows);
+
+    // Coverage: the table must reach every algorithm and pass the plan has on this CPU.
+    let mut expected = BTreeSet::new();
+    for algo in Algo::ALL {
+        if algo == Algo::Implicit && Isa::detected().avx512().is_none() {
+            eprintln!(
+                "WARNING: this CPU has no AVX-512: the implicit-GEMM kernels were NOT tested here \
+                 (levels available: {:?})",
+                isa::available()
+            );
+            continue;
+        }
+        for pass in [Pass::Forward, Pass::InputGrad, Pass::WeightGrad] {
+            expected.insert(format!("{algo:?} {pass:?}"));
+        }
+    }
+    let missing: Vec<_> = expected.difference(&forced_ran).collect();
+    assert!(missing.is_empty(), "the table never ran {missing:?} (forced)");
+    let missing: Vec<_> = expected.difference(&ladder_ran).collect();
+    assert!(missing.is_empty(), "the ladder never chose {missing:?} on the table");
+}
+
+#[test]
+fn pooling_matches_pytorch_on_every_build() {
+    let refs = Refs::load("ops");
+    let mut rows = Vec::new();
+    for case in refs.cases.iter().filter(|c| c["kind"] == "pool") {
+        let (k, s, pad) = (usize_of(case, "k"), usize_of(case, "stride"), usize_of(case, "padding"));
+        let kind = if case["pool"] == "max" { PoolKind::Max } else { PoolKind::Avg };
+        let p = PoolParams { kind, kernel: (k, k), stride: (s, s), padding: (pad, pad) };
+        let (x, dy) = (refs.get(case, "in.x"), refs.get(case, "in.dy"));
+        for level in isa::available() {
+            let outputs = isa::with_cap(level, || {
+                let xv = Var::from_tensor(&x).unwrap();
+                let y = pool2d(&xv, p).unwrap();
+                let dx = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap().get(&xv).unwrap().clone();
+                vec![("y", y), ("dx", dx)]
+            });
+            compare(
+                &refs,
+                case,
+                &format!("{kind:?} pool x{:?} k{k} s{s} p{pad} {level:?}", x.dims()),
+                &outputs,
+                &mut rows,
+            );
+        }
+    }
+    report("pooling", &rows);
+}
+
+#[test]
+fn batch_norm_and_its_fused_relu_match_pytorch_on_every_build() {
+    let refs = Refs::load("ops");
+    let mut rows = Vec::new();
+    for case in refs.cases.iter().filter(|c| c["kind"] == "batch_norm") {
+        let (n, c, h, w) = (usize_of(case, "n"), usize_of(case, "c"), usize_of(case, "h"), usize_of(case, "w"));
+        let relu = case["relu"].as_bool().unwrap();
+        // The model's own layers, so the fusion of BatchNorm + ReLU is the production one; a
+        // 2-D input is BatchNorm after a flatten (as after a linear layer).
+        let (input, mut layers) = if h == 0 {
+            ((c, 1, 1), vec![LayerConfig::Flatten, LayerConfig::BatchNorm])
+        } else {
+            ((c, h, w), vec![LayerConfig::BatchNorm])
+        };
+        if relu {
+            layers.push(LayerConfig::Relu);
+        }
+        layers.push(LayerConfig::Flatten);
+        let x = refs.get(case, "in.x").reshape((n, input.0, input.1, input.2)).unwrap();
+        let dy = refs.get(case, "in.dy").reshape((n, ())).unwrap();
+        for level in isa::available() {
+            let model = Model::build_for(&layers, input, 0, &Device::Cpu).unwrap();
+            let state = model.state_dict();
+            let name = |suffix: &str| state.keys().find(|k| k.ends_with(suffix)).unwrap().clone();
+            for what in ["weight", "bias", "running_mean", "running_var"] {
+                model.assign(&name(&format!(".{what}")), &refs.get(case, &format!("in.{what}"))).unwrap();
+            }
+            let params: HashMap<String, Var> = model.params().into_iter().collect();
+            let outputs = isa::with_cap(level, || {
+                let xv = Var::from_tensor(&x).unwrap();
+                let y = model.forward_t(&xv, true).unwrap();
+                let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+                let g = |v: &Var| grads.get(v).unwrap().clone();
+                let after = model.state_dict();
+                vec![
+                    ("y", y.reshape(refs.get(case, "f64.y").shape()).unwrap()),
+                    ("dx", g(&xv).reshape(refs.get(case, "in.x").shape()).unwrap()),
+                    ("dweight", g(&params[&name(".weight")])),
+                    ("dbias", g(&params[&name(".bias")])),
+                    ("new_running_mean", after[&name(".running_mean")].clone()),
+                    ("new_running_var", after[&name(".running_var")].clone()),
+                ]
+            });
+            let label = format!("batch_norm{} x[{n}, {c}, {h}, {w}] {level:?}", if relu { "+relu" } else { "" });
+            compare(&refs, case, &label, &outputs, &mut rows);
+        }
+    }
+    report("batch norm", &rows);
+}
+
+#[test]
+fn add_relu_matches_pytorch() {
+    let refs = Refs::load("ops");
+    let mut rows = Vec::new();
+    for case in refs.cases.iter().filter(|c| c["kind"] == "add_relu") {
+        let (a, b, dy) = (refs.get(case, "in.a"), refs.get(case, "in.b"), refs.get(case, "in.dy"));
+        let (av, bv) = (Var::from_tensor(&a).unwrap(), Var::from_tensor(&b).unwrap());
+        let y = ablate::ops::norm::add_relu(&av, &bv).unwrap();
+        let grads = (&y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let outputs = vec![("y", y), ("da", grads.get(&av).unwrap().clone()), ("db", grads.get(&bv).unwrap().clone())];
+        compare(&refs, case, &format!("add_relu {:?}", a.dims()), &outputs, &mut rows);
+    }
+    report("add + relu", &rows);
+}
