@@ -48,6 +48,7 @@ pub mod generic;
 pub mod isa;
 pub mod norm;
 pub mod pool;
+pub mod trace;
 
 /// The contiguous f32 data behind a storage + layout, or an error naming the op.
 pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {

@@ -141,6 +141,9 @@ impl CustomOp3 for BatchNormOp {
                 yb[r.clone()].iter_mut().zip(&xb[r]).for_each(|(y, &x)| *y = (x * scale + shift).max(floor));
             }
         });
+        if self.relu {
+            super::trace::relu(&y, l1.dims());
+        }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 
@@ -348,6 +351,7 @@ impl CustomOp1 for Relu {
         y.par_chunks_mut(1 << 16).zip(x.par_chunks(1 << 16)).for_each(|(y, x)| {
             y.iter_mut().zip(x).for_each(|(y, &x)| *y = x.max(0.0));
         });
+        super::trace::relu(&y, l.dims());
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
 
@@ -398,6 +402,7 @@ impl CustomOp2 for AddRelu {
             candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
         }
         let y = map2(a, b, |a, b| (a + b).max(0.0));
+        super::trace::relu(&y, l1.dims());
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
 

@@ -231,6 +231,8 @@ impl CustomOp1 for Pool2d {
                         }
                     },
                 );
+                let (n, c, _, _) = l.shape().dims4()?;
+                super::trace::max_pool(&argmax, &[n, c, d.oh, d.ow]);
                 // One op value serves one forward call (see `pool2d`): set once.
                 let _ = self.argmax.set(Arc::new(argmax));
             }

@@ -1,6 +1,12 @@
 """Reference tensors for ablate's differential tests against PyTorch (tests/suite/parity.rs).
 
     /usr/bin/python3 tests/parity/reference.py ops OUT_DIR
+    /usr/bin/python3 tests/parity/reference.py nets OUT_DIR [--full]
+    /usr/bin/python3 tests/parity/reference.py check CASE.safetensors ABLATE.safetensors
+
+`nets` writes whole-network cases (weights, a batch, the optimizers to step) for the test
+to run through ablate; `check` then judges ablate's gradients and one step of each
+optimizer against PyTorch (see nets.py).
 
 writes OUT_DIR/ops.json (the cases) and OUT_DIR/ops.safetensors: for every case its f32
 inputs and, for each output (forward and gradients), PyTorch's result in float64 (the truth,
@@ -225,5 +231,15 @@ def ops(out_dir):
 
 if __name__ == "__main__":
     torch.set_num_threads(2)
-    what, out = sys.argv[1], sys.argv[2]
-    {"ops": ops}[what](out)
+    what = sys.argv[1]
+    if what == "ops":
+        ops(sys.argv[2])
+    else:
+        import nets
+
+        if what == "nets":
+            nets.write_cases(sys.argv[2], full="--full" in sys.argv[3:])
+        elif what == "check":
+            sys.exit(0 if nets.check(sys.argv[2], sys.argv[3]) else 1)
+        else:
+            sys.exit(f"unknown command {what}: expected ops, nets or check")

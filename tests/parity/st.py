@@ -4,7 +4,7 @@ import struct
 
 import torch
 
-_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64"}
+_DTYPES = {torch.float32: "F32", torch.float64: "F64", torch.int64: "I64", torch.uint8: "U8"}
 _TORCH = {v: k for k, v in _DTYPES.items()}
 
 

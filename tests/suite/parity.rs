@@ -18,6 +18,7 @@ use ablate::ops::conv::plan::{self, Algo, Pass};
 use ablate::ops::conv::{ConvParams, conv2d};
 use ablate::ops::isa::{self, Isa, Level};
 use ablate::ops::pool::{PoolKind, PoolParams, pool2d};
+use ablate::ops::trace::Kink;
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
 use serde_json::Value;
@@ -40,12 +41,14 @@ fn references(what: &str) -> PathBuf {
     if let Some(dir) = done.get(what) {
         return dir.clone();
     }
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("parity").join(what);
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("parity").join(what.replace([' ', '-'], ""));
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/reference.py");
+    let (command, extra) = what.split_once(' ').unwrap_or((what, ""));
     let out = std::process::Command::new(python())
         .arg(&script)
-        .arg(what)
+        .arg(command)
         .arg(&dir)
+        .args(extra.split_whitespace())
         .output()
         .unwrap_or_else(|e| panic!("cannot run {} (PyTorch's reference): {e}", python()));
     assert!(
@@ -310,4 +313,111 @@ fn add_relu_matches_pytorch() {
         compare(&refs, case, &format!("add_relu {:?}", a.dims()), &outputs, &mut rows);
     }
     report("add + relu", &rows);
+}
+
+/// An experiment file's model at `hw x hw` for two classes.
+fn spec_at(file: &str, hw: usize) -> ablate::config::Spec {
+    use ablate::config::load::{self, Sources};
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    let overrides = vec![ablate::config::Override::parse(&format!("model.input=[{hw}, {hw}]")).unwrap()];
+    let exp = load::load(&Sources { files: vec![file.clone()], overrides, env: false }).unwrap();
+    ablate::config::resolve(exp, &file.display().to_string(), vec!["a".into(), "b".into()]).unwrap()
+}
+
+/// One forward/backward of `case` through ablate's model built from its experiment file,
+/// then one step of each optimizer from the same gradients, in the keys `nets.py` reads.
+fn network_step(case: &Value, tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
+    let spec = spec_at(case["toml"].as_str().unwrap(), usize_of(case, "hw"));
+    let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
+    let w0: HashMap<String, Tensor> =
+        tensors.iter().filter_map(|(k, v)| k.strip_prefix("w.").map(|k| (k.to_string(), v.clone()))).collect();
+    model.load_state_dict(&w0, case["name"].as_str().unwrap()).unwrap();
+    let (x, y) = (&tensors["x"], tensors["y"].to_dtype(DType::U32).unwrap());
+    let (logits, kinks) = ablate::ops::trace::record(|| model.forward_t(x, true).unwrap());
+    let grads = candle_nn::loss::cross_entropy(&logits, &y).unwrap().backward().unwrap();
+    let mut out = HashMap::from([("logits".to_string(), logits)]);
+    // The side ablate took at every kink, for nets.py's float64 run to take the same.
+    for (i, kink) in kinks.into_iter().enumerate() {
+        let (key, t) = match kink {
+            Kink::Relu { positive, shape } => {
+                let v: Vec<u8> = positive.into_iter().map(u8::from).collect();
+                (format!("kink.{i:03}.relu"), Tensor::from_vec(v, shape, &Device::Cpu).unwrap())
+            }
+            Kink::MaxPool { argmax, shape } => {
+                let v: Vec<i64> = argmax.into_iter().map(i64::from).collect();
+                (format!("kink.{i:03}.max_pool"), Tensor::from_vec(v, shape, &Device::Cpu).unwrap())
+            }
+        };
+        out.insert(key, t);
+    }
+    for (name, var) in model.params() {
+        out.insert(format!("grad.{name}"), grads.get(&var).unwrap().clone());
+    }
+    for (name, t) in model.state_dict() {
+        if name.contains("running") {
+            out.insert(format!("buf.{name}"), t);
+        }
+    }
+    for (opt_name, text) in case["optimizers"].as_object().unwrap() {
+        let cfg: ablate::config::schema::OptimizerConfig = toml::from_str(text.as_str().unwrap()).unwrap();
+        let lr = cfg.lr;
+        let mut opt = ablate::train::optim::Optimizer::new(cfg, model.trainable());
+        opt.step(&grads, lr).unwrap();
+        for (name, var) in model.params() {
+            out.insert(format!("{opt_name}.update.{name}"), (var.as_tensor() - &w0[&name]).unwrap());
+        }
+        for (key, t) in opt.state_dict().unwrap() {
+            if key != "steps" {
+                out.insert(format!("{opt_name}.state.{key}"), t);
+            }
+        }
+        for (name, var) in model.params() {
+            var.set(&w0[&name]).unwrap();
+        }
+    }
+    out
+}
+
+/// Runs every network case of `reference.py nets <dir> [extra]` through ablate and has
+/// `reference.py check` judge it; fails with every case's report.
+fn networks(what: &str) {
+    let dir = references(what);
+    let cases: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.join("nets.json")).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/reference.py");
+    let mut failed = Vec::new();
+    // ABLATE_PARITY_ONLY=<part of a case name> runs only the matching cases.
+    let only = std::env::var("ABLATE_PARITY_ONLY").unwrap_or_default();
+    for case in cases.iter().filter(|c| c["name"].as_str().unwrap().contains(&only)) {
+        let name = case["name"].as_str().unwrap();
+        let case_file = dir.join(format!("{name}.safetensors"));
+        let tensors = candle_core::safetensors::load(&case_file, &Device::Cpu).unwrap();
+        let ours = network_step(case, &tensors);
+        let ours_file = dir.join(format!("{name}.ablate.safetensors"));
+        candle_core::safetensors::save(&ours, &ours_file).unwrap();
+        let out = std::process::Command::new(python())
+            .arg(&script)
+            .arg("check")
+            .arg(&case_file)
+            .arg(&ours_file)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        println!("{report}");
+        if !out.status.success() {
+            failed.push(report);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} networks differ from PyTorch:\n{}",
+        failed.len(),
+        cases.len(),
+        failed.join("\n")
+    );
+}
+
+#[test]
+fn networks_match_pytorch_after_one_step_of_each_optimizer() {
+    networks("nets");
 }
