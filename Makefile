@@ -10,7 +10,7 @@ BIN := target/release/ablate
 VENV := .venv
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: build exp sweep check test lint bench tensorboard demo-data clean-venv check-cuda build-cuda gpu-check
+.PHONY: build exp sweep check test parity torch lint bench tensorboard demo-data clean-venv check-cuda build-cuda gpu-check
 
 build:
 	$(CARGO) build --release $(FEATURES)
@@ -35,9 +35,26 @@ $(VENV)/.tensorboard-installed:
 	touch $@
 
 # Tests run with optimised code (candle unoptimised is far too slow to train even a tiny net);
-# --include-ignored adds the test that needs TensorBoard's Python reader.
-test: $(VENV)/.tensorboard-installed
+# --include-ignored adds the test that needs TensorBoard's Python reader. The parity tests
+# (tests/suite/parity.rs) compare against Debian's PyTorch: see `torch` below.
+test: $(VENV)/.tensorboard-installed torch
 	TB_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --release -- --include-ignored
+
+# The parity tests' larger networks (ResNet18 up to 224x224, LeNet at 256, ResNeXt50 at 96):
+# about 10 minutes on 2 cores.
+parity: torch
+	ABLATE_PARITY_NETS=full $(CARGO) test --release --test suite parity:: -- --nocapture
+
+# Debian's python3-torch and python3-torchvision for /usr/bin/python3: installed with apt when
+# missing and running as root (CI), else a message saying what to install.
+torch:
+	@/usr/bin/python3 -c 'import torch, torchvision' 2>/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-torch python3-torchvision >/dev/null; \
+	  else \
+	    echo "the parity tests need PyTorch for /usr/bin/python3: sudo apt-get install python3-torch python3-torchvision" >&2; exit 1; \
+	  fi; }
 
 lint:
 	$(CARGO) fmt --check

@@ -49,18 +49,27 @@ OPTIMIZERS = {
 }
 
 # (model, input side, batch): run by the test suite (CI) or by `make parity` (--full).
-CI_CASES = [("lenet", 64, 8), ("resnet18", 32, 8), ("resnet18", 64, 8), ("resnext50_32x4d", 64, 4)]
+CI_CASES = [
+    ("lenet", 64, 8),
+    ("resnet18", 32, 8),
+    ("resnet18", 64, 8),
+    ("resnext50_32x4d", 64, 4),
+    ("resnext_toml", 32, 8),
+]
 FULL_CASES = [
     ("lenet", 256, 16),
     ("resnet18", 96, 16),
     ("resnet18", 128, 8),
     ("resnet18", 224, 8),
-    ("resnext50_32x4d", 64, 8),
+    ("resnext50_32x4d", 32, 8),
+    ("resnext50_32x4d", 96, 8),
+    ("resnext_toml", 64, 16),
 ]
 TOML = {
     "lenet": "experiments/lenet.toml",
     "resnet18": "experiments/resnet18.toml",
     "resnext50_32x4d": "tests/parity/resnext50_32x4d.toml",
+    "resnext_toml": "experiments/resnext.toml",
 }
 
 
@@ -81,9 +90,34 @@ class LeNet(nn.Module):
         return self.fc3(F.relu(self.fc2(x)))
 
 
+class ResNeXtToml(nn.Module):
+    """experiments/resnext.toml (groups = 8, mid = 64) from torchvision's Bottleneck, whose
+    3x3 width is int(planes * base_width / 64) * groups: base widths 16 and 8 give 64."""
+
+    def __init__(self, classes=2):
+        super().__init__()
+        from torchvision.models.resnet import Bottleneck
+
+        def stage(inplanes, out, stride, base_width):
+            down = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            return nn.Sequential(Bottleneck(inplanes, out // 4, stride, down, groups=8, base_width=base_width))
+
+        self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1, self.layer2 = stage(64, 128, 1, 16), stage(128, 256, 2, 8)
+        self.fc = nn.Linear(256, classes)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(self.relu(self.bn1(self.conv1(x)))))
+        return self.fc(x.mean((2, 3)))
+
+
 def build(model, hw):
     if model == "lenet":
         return LeNet(hw)
+    if model == "resnext_toml":
+        return ResNeXtToml()
     return getattr(torchvision.models, model)(num_classes=2)
 
 

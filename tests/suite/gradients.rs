@@ -21,7 +21,10 @@ fn loss(model: &Model, x: &Tensor, probe: &[f32], train: bool) -> f64 {
 }
 
 /// Checks d loss / d (every parameter and the input) against central differences at up to
-/// `per_tensor` elements of each tensor.
+/// 64 elements of each tensor, within 1 % of the tensor's largest gradient plus 1e-3 (the
+/// f32 noise of a step of 1e-4, measured at up to 4e-4 here; a larger step would cross ReLU
+/// and max-pool kinks). A coarse check: the tight one, against PyTorch and float64, is
+/// tests/suite/parity.rs; this one also covers dropout and evaluation mode.
 fn check(layers: Vec<LayerConfig>, hw: (usize, usize), train: bool) {
     let model = Model::build(&layers, hw, 11, &Device::Cpu).unwrap();
     let x = Var::from_tensor(&random(&[3, 3, hw.0, hw.1], 5)).unwrap();
@@ -36,8 +39,9 @@ fn check(layers: Vec<LayerConfig>, hw: (usize, usize), train: bool) {
     for (name, var) in tensors {
         let analytic = grads.get(&var).unwrap_or_else(|| panic!("no gradient for {name}"));
         let analytic = analytic.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = analytic.iter().fold(0f64, |m, &v| m.max(v.abs() as f64));
         let base = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let step = (base.len() / 12).max(1);
+        let step = (base.len() / 64).max(1);
         for i in (0..base.len()).step_by(step) {
             let at = |delta: f32| {
                 let mut v = base.clone();
@@ -48,8 +52,8 @@ fn check(layers: Vec<LayerConfig>, hw: (usize, usize), train: bool) {
             let numeric = (at(eps) - at(-eps)) / (2.0 * eps as f64);
             let a = analytic[i] as f64;
             assert!(
-                (numeric - a).abs() <= 5e-3 + 2e-2 * a.abs(),
-                "{name}[{i}]: finite difference {numeric}, backward {a}"
+                (numeric - a).abs() <= 1e-2 * scale + 1e-3,
+                "{name}[{i}]: finite difference {numeric}, backward {a} (largest gradient {scale})"
             );
         }
         var.set(&Tensor::from_vec(base, var.shape(), &Device::Cpu).unwrap()).unwrap();

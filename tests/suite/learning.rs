@@ -33,6 +33,16 @@ fn separable_colours_reach_95_percent_validation_accuracy() {
     assert_eq!(epochs.len(), 4);
     assert!(last.val_acc.unwrap() >= 0.95, "val acc {:?}", epochs.iter().map(|e| e.val_acc).collect::<Vec<_>>());
     assert!(last.train_loss < epochs[0].train_loss, "loss falls");
+    // Colours are separable by the linear head alone, so the accuracy says little about the
+    // convolution: the same run with the convolution frozen must end at a clearly higher
+    // training loss (a zero or wrong weight gradient would not beat it).
+    let (_, frozen) = run(&exp, &tmp.path().join("runs"), &["model.freeze=[\"conv1\"]"]);
+    let frozen_loss = frozen.last().unwrap().train_loss;
+    assert!(
+        last.train_loss < 0.8 * frozen_loss,
+        "training the conv: final loss {}, conv frozen: {frozen_loss}",
+        last.train_loss
+    );
 }
 
 #[test]
