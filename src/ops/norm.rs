@@ -306,6 +306,9 @@ impl CustomOp2 for ChannelBias {
         let x = f32_slice(self.name(), s1, l1)?;
         let b = f32_slice(self.name(), s2, l2)?;
         let (_, c, sp) = ncs(l1.shape())?;
+        if b.len() != c {
+            candle_core::bail!("channel bias: {} values for {c} channels of {:?}", b.len(), l1.dims());
+        }
         let mut y = x.to_vec();
         y.par_chunks_mut(c * sp).for_each(|yb| {
             for (ch, &bias) in b.iter().enumerate() {
@@ -526,6 +529,13 @@ mod tests {
         let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
         close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), "x gradient");
         close(g1.get(&b).unwrap(), g2.get(&b).unwrap(), "bias gradient");
+    }
+
+    #[test]
+    fn channel_bias_of_the_wrong_length_is_refused() {
+        let x = seeded(&[2, 4, 3, 3], 1);
+        let err = channel_bias(&x, &seeded(&[3], 2)).unwrap_err().to_string();
+        assert!(err.contains("3 values for 4 channels"), "{err}");
     }
 
     #[test]

@@ -59,6 +59,15 @@ impl InplaceOp2 for FusedAdam {
         let (p, g) = (&mut p[p0..p1], &g[g0..g1]);
         let mut guard = self.moments.lock().unwrap_or_else(|e| e.into_inner());
         let (m, v) = &mut *guard;
+        if g.len() != p.len() || m.len() != p.len() || v.len() != p.len() {
+            candle_core::bail!(
+                "fused adam: parameter of {}, gradient of {}, moments of {} and {}",
+                p.len(),
+                g.len(),
+                m.len(),
+                v.len()
+            );
+        }
         let k = self.k;
         const CHUNK: usize = 1 << 14;
         p.par_chunks_mut(CHUNK)
@@ -132,6 +141,19 @@ impl Optimizer {
             None => candle_core::bail!("optimizer state without `steps`"),
         };
         for ((name, var), slot) in self.params.iter().zip(self.state.iter_mut()) {
+            // Every saved tensor must have its parameter's shape: a moment of another length
+            // would update part of the parameter (the fused step zips them) or fail later.
+            for k in ["m", "v", "momentum"] {
+                if let Some(t) = state.get(&format!("{name}.{k}"))
+                    && t.dims() != var.dims()
+                {
+                    candle_core::bail!(
+                        "optimizer state `{name}.{k}` has shape {:?}, its parameter {:?}",
+                        t.dims(),
+                        var.dims()
+                    );
+                }
+            }
             let get = |k: &str| state.get(&format!("{name}.{k}")).map(|t| t.to_device(var.device()));
             *slot = match (get("m"), get("v"), get("momentum")) {
                 (Some(m), Some(v), _) if self.fused && fusable(var) => State::AdamCpu {
@@ -345,6 +367,19 @@ mod tests {
         );
         assert_ne!(fused, init, "the parameters moved");
         assert_eq!(run(true, true), fused, "a save / load in the middle changes nothing");
+    }
+
+    /// A saved moment of another shape than its parameter is refused, by name.
+    #[test]
+    fn optimizer_state_of_the_wrong_shape_is_refused() {
+        let var = Var::from_vec(vec![1f32; 6], (2, 3), &Device::Cpu).unwrap();
+        let mut opt = Optimizer::new(OptimizerConfig::default(), vec![("w".into(), var.clone())]);
+        opt.step(&quadratic_grads(&var), 0.1).unwrap();
+        let mut state = opt.state_dict().unwrap();
+        opt.load_state_dict(&state).unwrap();
+        state.insert("w.v".into(), Tensor::zeros(5, DType::F32, &Device::Cpu).unwrap());
+        let err = opt.load_state_dict(&state).unwrap_err().to_string();
+        assert!(err.contains("`w.v`") && err.contains("[5]") && err.contains("[2, 3]"), "{err}");
     }
 
     #[test]
