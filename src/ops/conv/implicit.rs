@@ -47,7 +47,7 @@ const NR: usize = 8;
 /// length (a single chain of ResNet's 576 or 4608 products made the forward twice as far from
 /// float64 as PyTorch's; see tests/suite/parity.rs). The extra load, add and store per block
 /// cost about 1/SUM_BLOCK of the multiply-adds.
-const SUM_BLOCK: usize = 32;
+const SUM_BLOCK: usize = 128;
 /// Taps per weight-gradient tile: 6 broadcasts against up to 4 vectors of output channels,
 /// 24 accumulators (each `dy` row loaded serves 6 taps); the last few taps go in pairs.
 const NK: usize = 6;
