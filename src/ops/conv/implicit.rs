@@ -43,10 +43,11 @@ const MR: usize = 16 * NV;
 /// against NV vectors, 8 NV accumulators.
 const NR: usize = 8;
 /// Products each forward accumulator sums before it is added to the output: a reduction of
-/// `k` products becomes `k / SUM_BLOCK` short chains, whose rounding errors grow with their
-/// length (a single chain of ResNet's 576 or 4608 products made the forward twice as far from
-/// float64 as PyTorch's; see tests/suite/parity.rs). The extra load, add and store per block
-/// cost about 1/SUM_BLOCK of the multiply-adds.
+/// `k` products becomes `k / SUM_BLOCK` chains, and a chain's rounding error grows with its
+/// length (ResNet18's layer1 reduces 576 products, layer4 4,608). One chain made this
+/// kernel's forward about twice as far from float64 as PyTorch's on layer1; blocks of 32
+/// halved that but cost 15 % of layer1's forward in the extra loads, adds and stores; 128
+/// measures as fast as one chain (`examples/bench convs`, docs/BENCHMARKS.md).
 const SUM_BLOCK: usize = 128;
 /// Taps per weight-gradient tile: 6 broadcasts against up to 4 vectors of output channels,
 /// 24 accumulators (each `dy` row loaded serves 6 taps); the last few taps go in pairs.
