@@ -47,6 +47,7 @@ pub mod conv;
 pub mod generic;
 pub mod isa;
 pub mod norm;
+pub mod params;
 pub mod pool;
 pub mod trace;
 

@@ -9,41 +9,7 @@ use rayon::prelude::*;
 
 use super::f32_slice;
 
-/// Which reduction a pooling window applies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PoolKind {
-    Max,
-    Avg,
-}
-
-/// Window geometry, square or not.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PoolParams {
-    pub kind: PoolKind,
-    pub kernel: (usize, usize),
-    pub stride: (usize, usize),
-    pub padding: (usize, usize),
-}
-
-impl PoolParams {
-    /// Output size `(oh, ow)` for an input of `(h, w)` (floor mode, as PyTorch's default), or
-    /// `None` when the window does not fit.
-    pub fn out_size(&self, h: usize, w: usize) -> Option<(usize, usize)> {
-        let side = |i: usize, k: usize, s: usize, p: usize| (i + 2 * p >= k && s > 0).then(|| (i + 2 * p - k) / s + 1);
-        Some((
-            side(h, self.kernel.0, self.stride.0, self.padding.0)?,
-            side(w, self.kernel.1, self.stride.1, self.padding.1)?,
-        ))
-    }
-
-    /// Input rows/cols `[lo, hi)` covered by output index `o` along one axis.
-    fn window(o: usize, k: usize, s: usize, p: usize, len: usize) -> (usize, usize) {
-        let start = (o * s) as isize - p as isize;
-        let lo = start.max(0) as usize;
-        let hi = ((start + k as isize).max(0) as usize).min(len);
-        (lo, hi)
-    }
-}
+pub use super::params::{PoolKind, PoolParams};
 
 struct Dims {
     planes: usize,
@@ -454,6 +420,40 @@ mod tests {
         let expect = [10.0 / 9.0, 24.0 / 9.0, 51.0 / 9.0, 90.0 / 9.0];
         for (a, b) in y.iter().zip(expect) {
             assert!((a - b).abs() < 1e-5, "{y:?}");
+        }
+    }
+
+    /// `a` within 1e-5 of `b`'s scale.
+    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff / scale < 1e-5, "{what}: max diff {diff} (scale {scale})");
+    }
+
+    /// The composed ops of `generic` (the GPU path) equal the CPU kernels, forward and backward.
+    #[test]
+    fn pooling_matches_the_cpu_kernels() {
+        // (kind, kernel, stride, padding, h, w)
+        let cases = [
+            (PoolKind::Max, (3, 3), (2, 2), (1, 1), 9, 8),
+            (PoolKind::Max, (2, 2), (2, 2), (0, 0), 6, 7),
+            (PoolKind::Max, (3, 2), (1, 2), (1, 0), 5, 6),
+            (PoolKind::Avg, (2, 2), (2, 2), (0, 0), 8, 8),
+            (PoolKind::Avg, (3, 3), (2, 2), (1, 1), 7, 9),
+        ];
+        for (i, (kind, kernel, stride, padding, h, w)) in cases.into_iter().enumerate() {
+            let p = PoolParams { kind, kernel, stride, padding };
+            let x = Var::from_tensor(&crate::ops::testing::uniform(&[2, 3, h, w], i as u64, -1.0, 1.0)).unwrap();
+            let ours = crate::ops::generic::pool2d(&x, p).unwrap();
+            let cpu = pool2d(&x, p).unwrap();
+            assert_close(&ours, &cpu, &format!("case {i} forward"));
+            let probe = crate::ops::testing::uniform(ours.dims(), 100 + i as u64, -1.0, 1.0);
+            let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (cpu * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), &format!("case {i} gradient"));
         }
     }
 }

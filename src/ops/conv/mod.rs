@@ -17,29 +17,7 @@ use rayon::prelude::*;
 use super::f32_slice;
 use plan::{Kernel, Pass, plan};
 
-/// Geometry of one convolution; the same struct describes forward and both gradients.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ConvParams {
-    pub stride: usize,
-    pub padding: usize,
-    pub dilation: usize,
-    pub groups: usize,
-}
-
-impl Default for ConvParams {
-    fn default() -> Self {
-        Self { stride: 1, padding: 0, dilation: 1, groups: 1 }
-    }
-}
-
-impl ConvParams {
-    /// Output side length for an input side `i` and kernel side `k`, as PyTorch computes it.
-    pub fn out_size(&self, i: usize, k: usize) -> Option<usize> {
-        let span = self.dilation * (k - 1) + 1;
-        let padded = i + 2 * self.padding;
-        (padded >= span).then(|| (padded - span) / self.stride + 1)
-    }
-}
+pub use super::params::ConvParams;
 
 /// Every size a kernel needs, derived once from the input and weight shapes.
 #[derive(Debug, Clone, Copy)]
@@ -387,6 +365,43 @@ mod tests {
             }
             let blocks = Tensor::from_vec(blocks, (c, cg, k, k), &Device::Cpu).unwrap();
             assert!(max_rel_diff(gg.get(&wg).unwrap(), &blocks) < 1e-4, "weight grad, groups {groups}");
+        }
+    }
+
+    /// `a` within 1e-5 of `b`'s scale.
+    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff / scale < 1e-5, "{what}: max diff {diff} (scale {scale})");
+    }
+
+    /// The composed grouped conv of `generic` (the GPU path) equals the CPU kernels.
+    #[test]
+    fn grouped_conv_matches_the_cpu_kernels() {
+        // (n, c, h, w, o, k, stride, padding, dilation, groups)
+        let cases = [
+            (2, 8, 7, 7, 8, 3, 1, 1, 1, 4),
+            (1, 6, 9, 8, 12, 3, 2, 1, 1, 3),
+            (2, 8, 6, 6, 8, 3, 1, 1, 1, 8),
+            (2, 4, 8, 8, 4, 3, 1, 2, 2, 2),
+            (2, 3, 7, 6, 5, 5, 2, 0, 1, 1),
+            (1, 8, 5, 5, 16, 1, 1, 0, 1, 4),
+        ];
+        for (i, (n, c, h, w, o, k, stride, padding, dilation, groups)) in cases.into_iter().enumerate() {
+            let p = ConvParams { stride, padding, dilation, groups };
+            let x = Var::from_tensor(&seeded(&[n, c, h, w], i as u64)).unwrap();
+            let wt = Var::from_tensor(&seeded(&[o, c / groups, k, k], 50 + i as u64)).unwrap();
+            let ours = crate::ops::generic::conv2d(&x, &wt, p).unwrap();
+            let cpu = conv2d(&x, &wt, p).unwrap();
+            assert_close(&ours, &cpu, &format!("case {i} forward"));
+            let probe = seeded(ours.dims(), 100 + i as u64);
+            let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let g2 = (cpu * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            assert_close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), &format!("case {i} input gradient"));
+            assert_close(g1.get(&wt).unwrap(), g2.get(&wt).unwrap(), &format!("case {i} weight gradient"));
         }
     }
 }
