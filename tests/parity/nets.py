@@ -350,7 +350,7 @@ def check(case_file, ablate_file):
 
     # ablate against float64 taking ablate's side at every kink.
     k64 = Kinks()
-    step(case, inputs, torch.float64, k64, optimizers=False)
+    plain = step(case, inputs, torch.float64, k64, optimizers=False)
     forced = ablate_kinks(ours, k64)
     truth = step(case, inputs, torch.float64, Kinks(force=forced))
     missing = sorted(set(truth) - set(ours))
@@ -370,6 +370,14 @@ def check(case_file, ablate_file):
         print(f"  {k:60} ablate {errs[k]:9.2e}  torch {yard[k]:9.2e}{flag}")
     print(f"  worst: ablate {max(errs.values()):.2e}, torch {max(yard.values()):.2e}; over the bound: {len(bad)}")
     print(f"  logits: ablate {errs['logits']:.2e}, torch {yard['logits']:.2e}")
+    print(f"  worst ratio: {max(ratio(k) for k in errs):.1f}x (the bound: {FACTOR:g}x, or both under {FLOOR:g})")
+    grads = [k for k in plain if k.startswith("grad.")]
+    worst_plain = lambda r: max(grads, key=lambda k: error(r[k], plain[k]))  # noqa: E731
+    ka, kt = worst_plain(ours), worst_plain(r32)
+    print(
+        f"  gradients against plain float64 (its own side at every kink): ablate {error(ours[ka], plain[ka]):.2e} ({ka}), "
+        f"torch {error(r32[kt], plain[kt]):.2e} ({kt})"
+    )
     print(f"  kinks where ablate took another side than float64: {len(sides)}, all near-ties: {not far}")
     for margin, i, j, kind in sides[:5] + far[:10]:
         print(f"    {kind} call {i}, element {j}: margin {margin:.3f} of {NEAR_FACTOR:g}x float32's error there")
