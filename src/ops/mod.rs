@@ -76,4 +76,14 @@ pub(crate) mod testing {
         let v: Vec<f32> = (0..n).map(|_| rng.gen_range(lo..hi)).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).expect("shape matches the values")
     }
+
+    /// `a` within 1e-5 of `b`'s scale (its largest value, at least 1e-3).
+    pub fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
+        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
+        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff / scale < 1e-5, "{what}: max diff {diff} (scale {scale})");
+    }
 }

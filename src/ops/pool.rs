@@ -423,16 +423,6 @@ mod tests {
         }
     }
 
-    /// `a` within 1e-5 of `b`'s scale.
-    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
-        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff / scale < 1e-5, "{what}: max diff {diff} (scale {scale})");
-    }
-
     /// The composed ops of `generic` (the GPU path) equal the CPU kernels, forward and backward.
     #[test]
     fn pooling_matches_the_cpu_kernels() {
@@ -449,11 +439,11 @@ mod tests {
             let x = Var::from_tensor(&crate::ops::testing::uniform(&[2, 3, h, w], i as u64, -1.0, 1.0)).unwrap();
             let ours = crate::ops::generic::pool2d(&x, p).unwrap();
             let cpu = pool2d(&x, p).unwrap();
-            assert_close(&ours, &cpu, &format!("case {i} forward"));
+            crate::ops::testing::assert_close(&ours, &cpu, &format!("case {i} forward"));
             let probe = crate::ops::testing::uniform(ours.dims(), 100 + i as u64, -1.0, 1.0);
             let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (cpu * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            assert_close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), &format!("case {i} gradient"));
+            crate::ops::testing::assert_close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), &format!("case {i} gradient"));
         }
     }
 }

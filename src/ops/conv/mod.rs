@@ -368,16 +368,6 @@ mod tests {
         }
     }
 
-    /// `a` within 1e-5 of `b`'s scale.
-    fn assert_close(a: &Tensor, b: &Tensor, what: &str) {
-        assert_eq!(a.dims(), b.dims(), "{what}: shapes");
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let scale = b.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
-        let diff = a.iter().zip(&b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
-        assert!(diff / scale < 1e-5, "{what}: max diff {diff} (scale {scale})");
-    }
-
     /// The composed grouped conv of `generic` (the GPU path) equals the CPU kernels.
     #[test]
     fn grouped_conv_matches_the_cpu_kernels() {
@@ -396,12 +386,20 @@ mod tests {
             let wt = Var::from_tensor(&seeded(&[o, c / groups, k, k], 50 + i as u64)).unwrap();
             let ours = crate::ops::generic::conv2d(&x, &wt, p).unwrap();
             let cpu = conv2d(&x, &wt, p).unwrap();
-            assert_close(&ours, &cpu, &format!("case {i} forward"));
+            crate::ops::testing::assert_close(&ours, &cpu, &format!("case {i} forward"));
             let probe = seeded(ours.dims(), 100 + i as u64);
             let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
             let g2 = (cpu * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            assert_close(g1.get(&x).unwrap(), g2.get(&x).unwrap(), &format!("case {i} input gradient"));
-            assert_close(g1.get(&wt).unwrap(), g2.get(&wt).unwrap(), &format!("case {i} weight gradient"));
+            crate::ops::testing::assert_close(
+                g1.get(&x).unwrap(),
+                g2.get(&x).unwrap(),
+                &format!("case {i} input gradient"),
+            );
+            crate::ops::testing::assert_close(
+                g1.get(&wt).unwrap(),
+                g2.get(&wt).unwrap(),
+                &format!("case {i} weight gradient"),
+            );
         }
     }
 }
