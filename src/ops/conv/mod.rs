@@ -109,8 +109,8 @@ impl Geometry {
 }
 
 /// Forward by the planned kernel: `out (n, o, oh, ow)`.
-fn forward(x: &[f32], wt: &[f32], g: &Geometry) -> Result<Vec<f32>> {
-    Ok(match plan(Pass::Forward, g) {
+fn forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    match plan(Pass::Forward, g) {
         Kernel::Implicit(cpu, d) => implicit::forward(cpu, x, wt, &d),
         Kernel::Direct(isa, d) => {
             let mut out = vec![0f32; g.n * g.out_len()];
@@ -121,12 +121,12 @@ fn forward(x: &[f32], wt: &[f32], g: &Geometry) -> Result<Vec<f32>> {
         }
         Kernel::Batched => gemm::forward_batched(x, wt, g),
         Kernel::PerSample => gemm::forward(x, wt, g),
-    })
+    }
 }
 
 /// Input gradient by the planned kernel: `dx (n, c, h, w)`.
-fn input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Result<Vec<f32>> {
-    Ok(match plan(Pass::InputGrad, g) {
+fn input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    match plan(Pass::InputGrad, g) {
         Kernel::Implicit(cpu, d) => implicit::input_grad(cpu, dy, wt, &d),
         Kernel::Direct(isa, d) => {
             let mut dx = vec![0f32; g.n * g.in_len()];
@@ -141,12 +141,12 @@ fn input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Result<Vec<f32>> {
         }
         Kernel::Batched => gemm::input_grad_batched(dy, wt, g),
         Kernel::PerSample => gemm::input_grad(dy, wt, g),
-    })
+    }
 }
 
 /// Weight gradient by the planned kernel: `dw (o, c / groups, kh, kw)`.
-fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Result<Vec<f32>> {
-    Ok(match plan(Pass::WeightGrad, g) {
+fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    match plan(Pass::WeightGrad, g) {
         Kernel::Implicit(cpu, d) => implicit::weight_grad(cpu, x, dy, &d),
         Kernel::Direct(isa, d) => gemm::sum_over_samples(g, g.o * g.k(), |slice, dw| {
             for &n in slice {
@@ -157,7 +157,7 @@ fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Result<Vec<f32>> {
         }),
         Kernel::Batched => gemm::weight_grad_batched(x, dy, g),
         Kernel::PerSample => gemm::weight_grad(x, dy, g),
-    })
+    }
 }
 
 /// Forward convolution: `x (n, c, h, w)`, `weight (o, c/groups, kh, kw)` -> `(n, o, oh, ow)`.
@@ -173,7 +173,7 @@ impl CustomOp2 for Conv2d {
         let g = Geometry::new(l1.shape(), l2.shape(), self.0)?;
         let x = f32_slice(self.name(), s1, l1)?;
         let wt = f32_slice(self.name(), s2, l2)?;
-        let out = forward(x, wt, &g)?;
+        let out = forward(x, wt, &g);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -205,7 +205,7 @@ impl CustomOp2 for ConvInputGrad {
         let g = Geometry::new(&self.x_shape, l2.shape(), self.params)?;
         let dy = f32_slice(self.name(), s1, l1)?;
         let wt = f32_slice(self.name(), s2, l2)?;
-        Ok((CpuStorage::F32(input_grad(dy, wt, &g)?), self.x_shape.clone()))
+        Ok((CpuStorage::F32(input_grad(dy, wt, &g)), self.x_shape.clone()))
     }
 }
 
@@ -224,7 +224,7 @@ impl CustomOp2 for ConvWeightGrad {
         let g = Geometry::new(l1.shape(), &self.w_shape, self.params)?;
         let x = f32_slice(self.name(), s1, l1)?;
         let dy = f32_slice(self.name(), s2, l2)?;
-        Ok((CpuStorage::F32(weight_grad(x, dy, &g)?), self.w_shape.clone()))
+        Ok((CpuStorage::F32(weight_grad(x, dy, &g)), self.w_shape.clone()))
     }
 }
 
