@@ -181,12 +181,16 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
         write_atomic(&dir.join("experiment.toml"), as_written(&p.sources)?.as_bytes())?;
         let model_size = size(&model);
         let pending = summary_row(".", "", model_size, Err(String::new()));
-        summary::write(&dir, &p.spec.name, &[SummaryRow { status: Status::Pending, error: None, ..pending }])?;
+        crate::output::report::write_summary(
+            &dir,
+            &p.spec.name,
+            &[SummaryRow { status: Status::Pending, error: None, ..pending }],
+        )?;
         let session = Session { hparams: hparams::standard(&p.spec.raw), group: p.spec.name.clone(), resume: false };
         let result = train_variant(&p, &dir, model, &device, [notice, import], &session, sinks("."));
         if !result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
             let row = summary_row(".", "", model_size, result.as_ref().map_err(|e| format!("{e:#}")));
-            summary::write(&dir, &p.spec.name, &[row])?;
+            crate::output::report::write_summary(&dir, &p.spec.name, &[row])?;
         }
         result.map_err(|e| resume_hint(e, &dir))?;
         return Ok(dir);
@@ -282,7 +286,7 @@ pub fn run(opts: &RunOptions, sinks: SinkFactory) -> anyhow::Result<PathBuf> {
             std::fs::create_dir_all(&shards)?;
             summary::write_csv(&shards.join(shard.summary_file()), rows)
         } else {
-            summary::write(&dir, &title, rows)
+            crate::output::report::write_summary(&dir, &title, rows)
         }
     };
     write_summary(&rows)?;
@@ -444,7 +448,7 @@ pub fn resume(run: &Path, device: Option<&str>, sinks: SinkFactory) -> anyhow::R
                 rows[i] = SummaryRow { status: Status::Failed, error: Some(format!("{e:#}")), ..rows[i].clone() };
             }
         }
-        summary::write(run, &title, &rows)?;
+        crate::output::report::write_summary(run, &title, &rows)?;
     }
     let failed: Vec<&str> = rows.iter().filter(|r| r.status == Status::Failed).map(|r| r.variant.as_str()).collect();
     if !failed.is_empty() {
@@ -541,7 +545,7 @@ pub fn summarize(run: &Path) -> anyhow::Result<(String, Vec<String>)> {
     if unfinished > 0 {
         notes.push(format!("{unfinished} of {} variants not finished (pending)", rows.len()));
     }
-    summary::write(run, &title, &rows)?;
+    crate::output::report::write_summary(run, &title, &rows)?;
     Ok((summary::markdown(&title, &rows), notes))
 }
 

@@ -247,26 +247,9 @@ pub enum LayerSpec {
     Stage(StageSpec),
 }
 
-/// Residual block kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BlockKind {
-    /// Two 3x3 convolutions (ResNet18/34).
-    Basic,
-    /// 1x1 reduce, 3x3 (grouped) conv, 1x1 expand by 4 (ResNet50+, ResNeXt).
-    Bottleneck,
-}
-
-/// How a block's shortcut changes shape when it must.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DownsampleKind {
-    /// Strided 1x1 conv + BatchNorm (torchvision).
-    #[default]
-    Conv,
-    /// Average pool, then 1x1 conv + BatchNorm (ResNet-D, timm's `avg_down`).
-    AvgConv,
-}
+// The block kinds are the model's own types (the model does not import the config); the
+// TOML names them through their serde names.
+pub use crate::model::{BlockKind, DownsampleKind};
 
 /// A stage: `repeat` blocks, the first one strided and projecting the shortcut if needed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,8 +7,7 @@ use candle_nn::ModuleT;
 
 use super::layers::{BatchNorm, Builder, Conv};
 use super::summary::SummaryRow;
-use super::{MidWidth, StageConfig};
-use crate::config::schema::{BlockKind, DownsampleKind};
+use super::{BlockKind, DownsampleKind, MidWidth, StageConfig};
 use crate::ops::conv::ConvParams;
 use crate::ops::norm::add_relu;
 use crate::ops::pool::{PoolKind, PoolParams, pool2d};

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
+use serde::{Deserialize, Serialize};
 
 use crate::ops::conv::ConvParams;
 use crate::ops::pool::PoolParams;
@@ -39,15 +40,36 @@ pub struct LinearConfig {
 /// A stage of residual blocks as validated from the config.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageConfig {
-    pub block: crate::config::schema::BlockKind,
+    pub block: BlockKind,
     pub repeat: usize,
     pub out: usize,
     pub stride: usize,
     pub groups: usize,
     /// The bottleneck's 3x3 width: per group (torchvision) or fixed.
     pub mid: MidWidth,
-    pub downsample: crate::config::schema::DownsampleKind,
+    pub downsample: DownsampleKind,
     pub name: Option<String>,
+}
+
+/// Residual block kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (ResNet18/34).
+    Basic,
+    /// 1x1 reduce, 3x3 (grouped) conv, 1x1 expand by 4 (ResNet50+, ResNeXt).
+    Bottleneck,
+}
+
+/// How a block's shortcut changes shape when it must.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownsampleKind {
+    /// Strided 1x1 conv + BatchNorm (torchvision).
+    #[default]
+    Conv,
+    /// Average pool, then 1x1 conv + BatchNorm (ResNet-D, timm's `avg_down`).
+    AvgConv,
 }
 
 /// How a bottleneck's 3x3 conv width is given.

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod hparams;
 pub mod log;
 pub mod plot;
+pub mod report;
 pub mod run_dir;
 pub mod sink;
 pub mod submission;

@@ -1,6 +1,6 @@
 //! The run summary: one row per variant (swept values, size, results, status) as
-//! `summary.csv`, `summary.md` and `summary.png` (see [`super::plot`]), rewritten after every
-//! variant.
+//! `summary.csv` and `summary.md` (the `report` module adds the plot, `summary.png`),
+//! rewritten after every variant.
 
 use std::path::Path;
 
@@ -35,11 +35,10 @@ pub struct Row {
     pub error: Option<String>,
 }
 
-/// Writes `summary.csv`, `summary.md` and `summary.png` into `dir`.
-pub fn write(dir: &Path, title: &str, rows: &[Row]) -> anyhow::Result<()> {
+/// Writes `summary.csv` and `summary.md` into `dir` (`report::write_summary` adds the plot).
+pub fn write_tables(dir: &Path, title: &str, rows: &[Row]) -> anyhow::Result<()> {
     write_csv(&dir.join("summary.csv"), rows)?;
-    write_atomic(&dir.join("summary.md"), markdown(title, rows).as_bytes())?;
-    super::plot::write_png(&dir.join("summary.png"), title, rows)
+    Ok(write_atomic(&dir.join("summary.md"), markdown(title, rows).as_bytes())?)
 }
 
 /// Writes the rows as CSV to `path` (atomically).
@@ -119,7 +118,7 @@ mod tests {
                 error: Some("loss | NaN".into()),
             },
         ];
-        write(dir.path(), "t", &rows).unwrap();
+        write_tables(dir.path(), "t", &rows).unwrap();
         assert_eq!(read(&dir.path().join("summary.csv")).unwrap(), rows);
         let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
         assert!(md.contains("| groups=1 | 1,234 | 5,678 | 0.9000 |"), "{md}");
