@@ -1,10 +1,14 @@
-//! Command-line interface: `ablate run | check | predict`.
+//! Command-line interface: each flag defined once with its doc, values parsed into types here
+//! at the edge (devices, shards, sort keys, checkpoints), and the arguments of `ablate run`
+//! rendered back from the parsed values for the Slurm script.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::experiment::Which;
+use crate::commands::{SortKey, Which};
+use crate::config::Override;
+use crate::device::DeviceChoice;
 use crate::scaleout::Shard;
 
 /// Deep-learning experiments on image folders, one TOML file per experiment.
@@ -15,19 +19,57 @@ pub struct Cli {
     pub command: Command,
 }
 
-/// The experiments `run` and `slurm` take, with their overrides and sweep axes.
-#[derive(Debug, clap::Args)]
+/// Experiments with their overrides and sweep axes (`run`, `slurm`, `check`).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Experiments {
     /// Experiment files (TOML), or folders of them (files starting with `_` skipped).
     #[arg(required = true)]
     pub experiments: Vec<PathBuf>,
     /// Override a config key: `--set optimizer.lr=3e-4` (values parse as TOML).
-    #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub set: Vec<String>,
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
+    pub set: Vec<Override>,
     /// Sweep a key over values: `--sweep model.params.groups=1,2,4` (adds to or replaces an
     /// axis of the file's [sweep]).
     #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
     pub sweep: Vec<String>,
+}
+
+impl Experiments {
+    /// The same arguments as a command line would give them.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.experiments.iter().map(|p| p.display().to_string()).collect();
+        out.extend(self.set.iter().flat_map(|o| ["--set".to_string(), format!("{}={}", o.key, o.raw)]));
+        out.extend(self.sweep.iter().flat_map(|s| ["--sweep".to_string(), s.clone()]));
+        out
+    }
+}
+
+fn parse_override(s: &str) -> Result<Override, String> {
+    Override::parse(s).map_err(|e| e.to_string())
+}
+
+/// `--device`.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct DeviceArg {
+    /// `auto`, `cpu`, `cuda` or `cuda:N` (overrides train.device).
+    #[arg(long, value_name = "DEVICE")]
+    pub device: Option<DeviceChoice>,
+}
+
+/// `--runs-dir`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunsDir {
+    /// Where run folders are created.
+    #[arg(long = "runs-dir", default_value = "runs")]
+    pub path: PathBuf,
+}
+
+/// Hidden testing aids.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct Testing {
+    /// Testing aid: stop as Ctrl-C would after this many training steps.
+    #[arg(long, hide = true)]
+    pub stop_after_steps: Option<usize>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -36,12 +78,10 @@ pub enum Command {
     Run {
         #[command(flatten)]
         what: Experiments,
-        /// `auto`, `cpu`, `cuda` or `cuda:N` (overrides train.device).
-        #[arg(long)]
-        device: Option<String>,
-        /// Where run folders are created.
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
+        #[command(flatten)]
+        device: DeviceArg,
+        #[command(flatten)]
+        runs_dir: RunsDir,
         /// Stop the sweep at the first failing variant (default: mark it failed and go on).
         #[arg(long)]
         fail_fast: bool,
@@ -53,9 +93,8 @@ pub enum Command {
         /// Default: $SLURM_ARRAY_JOB_ID.
         #[arg(long, value_name = "ID")]
         run_id: Option<String>,
-        /// Testing aid: stop as Ctrl-C would after this many training steps.
-        #[arg(long, hide = true)]
-        stop_after_steps: Option<usize>,
+        #[command(flatten)]
+        testing: Testing,
     },
     /// Merge a sharded run's summaries (or redraw a run's) into summary.csv, .md and .png.
     Summarize {
@@ -67,8 +106,8 @@ pub enum Command {
     Slurm {
         #[command(flatten)]
         what: Experiments,
-        #[arg(long, default_value = "runs")]
-        runs_dir: PathBuf,
+        #[command(flatten)]
+        runs_dir: RunsDir,
         /// Slurm partition.
         #[arg(long)]
         partition: Option<String>,
@@ -89,21 +128,15 @@ pub enum Command {
     Resume {
         /// The run folder.
         run: PathBuf,
-        /// `auto`, `cpu`, `cuda` or `cuda:N`.
-        #[arg(long)]
-        device: Option<String>,
-        /// Testing aid: stop as Ctrl-C would after this many training steps.
-        #[arg(long, hide = true)]
-        stop_after_steps: Option<usize>,
+        #[command(flatten)]
+        device: DeviceArg,
+        #[command(flatten)]
+        testing: Testing,
     },
-    /// Validate an experiment and print each layer's output shape, parameters and multiply-adds.
+    /// Validate experiments and print each layer's output shape, parameters and multiply-adds.
     Check {
-        experiment: PathBuf,
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Check these sweep axes too (as `run --sweep`).
-        #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
-        sweep: Vec<String>,
+        #[command(flatten)]
+        what: Experiments,
     },
     /// Write a submission for a test folder from a run's saved checkpoint.
     Predict {
@@ -118,18 +151,41 @@ pub enum Command {
         /// Output CSV (default: <run>/submission-<checkpoint>.csv); never overwritten.
         #[arg(long)]
         out: Option<PathBuf>,
-        /// `auto`, `cpu`, `cuda` or `cuda:N`.
-        #[arg(long)]
-        device: Option<String>,
+        #[command(flatten)]
+        device: DeviceArg,
     },
     /// One table across runs and their variants, from each run's summary.csv.
     Compare {
         /// Run folders made by `ablate run`.
         #[arg(required = true)]
         runs: Vec<PathBuf>,
-        /// Sort by this column, best first: best_val_acc, final_train_loss, images_per_sec,
-        /// params, macs, seconds.
-        #[arg(long)]
-        sort: Option<String>,
+        /// Sort by this column, best first.
+        #[arg(long, value_enum)]
+        sort: Option<SortKey>,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_arguments_render_back_to_what_parses_to_them() {
+        let argv = ["ablate", "check", "a.toml", "dir", "--set", "optimizer.lr=3e-4", "--sweep", "seed=1,2"];
+        let Command::Check { what } = Cli::parse_from(argv).command else { panic!("not check") };
+        assert_eq!(what.to_args(), argv[2..]);
+    }
+
+    #[test]
+    fn devices_and_sort_keys_parse_at_the_edge() {
+        let cli = Cli::try_parse_from(["ablate", "resume", "r", "--device", "cuda:1"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Resume { device: DeviceArg { device: Some(DeviceChoice::Cuda(1)) }, .. }
+        ));
+        let err = Cli::try_parse_from(["ablate", "resume", "r", "--device", "tpu"]).unwrap_err().to_string();
+        assert!(err.contains("unknown device \"tpu\""), "{err}");
+        let cli = Cli::try_parse_from(["ablate", "compare", "r", "--sort", "images_per_sec"]).unwrap();
+        assert!(matches!(cli.command, Command::Compare { sort: Some(SortKey::ImagesPerSec), .. }));
+    }
 }

@@ -2,29 +2,7 @@
 
 use candle_core::Device;
 
-/// A parsed `train.device` / `--device` value.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceChoice {
-    Auto,
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::str::FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda(0)),
-            other => other
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::Cuda)
-                .ok_or_else(|| format!("unknown device \"{other}\": expected auto, cpu, cuda or cuda:N")),
-        }
-    }
-}
+pub use crate::spec::DeviceChoice;
 
 /// Opens the chosen device. `auto` takes `cuda:0` when this build has CUDA and a GPU answers,
 /// else the CPU (saying so once); asking for CUDA explicitly without it is an error.

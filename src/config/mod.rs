@@ -8,7 +8,7 @@ pub mod sweep;
 use std::path::PathBuf;
 
 pub use load::{Override, Sources};
-pub use resolve::{Spec, resolve};
+pub use resolve::resolve;
 
 /// Everything that can be wrong with an experiment before it trains.
 #[derive(Debug, thiserror::Error)]

@@ -1,44 +1,11 @@
 //! Validation: the merged raw experiment becomes a [`Spec`] that the rest of the program trusts.
 
-use std::path::PathBuf;
-
 use super::ConfigError;
 use super::schema::{BlockKind, Experiment, Int, LayerSpec, NormalizeSpec, Size, TransformSpec};
-use crate::data::transforms::Transform;
-use crate::model::{ConvConfig, LayerConfig, LinearConfig, MidWidth, StageConfig};
-use crate::ops::conv::ConvParams;
-use crate::ops::pool::{PoolKind, PoolParams};
-
-/// A validated experiment: every reference substituted, every value in range.
-#[derive(Debug, Clone)]
-pub struct Spec {
-    /// The merged experiment as loaded (written to the run as `config.toml`).
-    pub raw: Experiment,
-    pub name: String,
-    pub seed: u64,
-    /// Absolute dataset root.
-    pub data_root: PathBuf,
-    pub class_names: Vec<String>,
-    pub train_transforms: Vec<Transform>,
-    pub eval_transforms: Vec<Transform>,
-    /// `(h, w)` the network is built for.
-    pub input_hw: (usize, usize),
-    pub layers: Vec<LayerConfig>,
-}
-
-impl Spec {
-    pub fn num_classes(&self) -> usize {
-        self.class_names.len()
-    }
-    /// The train folder.
-    pub fn train_dir(&self) -> PathBuf {
-        self.data_root.join(&self.raw.data.train_dir)
-    }
-    /// The test folder, if the experiment has one.
-    pub fn test_dir(&self) -> Option<PathBuf> {
-        (!self.raw.data.test_dir.is_empty()).then(|| self.data_root.join(&self.raw.data.test_dir))
-    }
-}
+use crate::ops::params::{ConvParams, PoolKind, PoolParams};
+use crate::spec::{
+    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, Spec, StageConfig, TrainSpec, Transform, output_size,
+};
 
 /// Validates `exp` (loaded from `file`) for a dataset with `class_names`.
 pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<Spec, ConfigError> {
@@ -64,7 +31,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
 
     let input_hw = match exp.model.input {
         Some([h, w]) => (h, w),
-        None => crate::data::transforms::output_size(&eval_transforms).ok_or_else(|| {
+        None => output_size(&eval_transforms).ok_or_else(|| {
             invalid(
                 "model.input",
                 "the eval transforms do not fix an image size: add a resize or crop, or set model.input = [h, w]"
@@ -180,8 +147,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
                     name: st.name.clone(),
                 };
                 if stage.block == BlockKind::Bottleneck {
-                    crate::model::blocks::bottleneck_width(stage.out, stage.groups, stage.mid)
-                        .map_err(|m| invalid(&key("stage"), m))?;
+                    stage.bottleneck_width().map_err(|m| invalid(&key("stage"), m))?;
                 }
                 LayerConfig::Stage(stage)
             }
@@ -191,16 +157,39 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
         return Err(invalid("model.layers", "expected at least one layer".into()));
     }
 
+    let device = exp.train.device.parse().map_err(|e: String| invalid("train.device", e))?;
+    let config_toml = resolved_toml(&exp, &data_root, &class_names)
+        .map_err(|e| invalid("(whole file)", format!("cannot write the resolved config: {e}")))?;
     Ok(Spec {
         name: exp.name.clone(),
         seed: exp.seed,
-        data_root,
+        data: DataSpec {
+            root: data_root,
+            train_dir: exp.data.train_dir.clone(),
+            test_dir: (!exp.data.test_dir.is_empty()).then(|| exp.data.test_dir.clone()),
+            val_fraction: exp.data.val_fraction,
+            batch_size: exp.data.batch_size,
+            prefetch: exp.data.prefetch,
+            skip_bad: exp.data.skip_bad,
+            cache: exp.data.cache,
+        },
         class_names,
         train_transforms,
         eval_transforms,
         input_hw,
         layers,
-        raw: exp,
+        init: exp.model.init.clone(),
+        freeze: exp.model.freeze.clone(),
+        hparams: standard_hparams(&exp),
+        optimizer: exp.optimizer,
+        train: TrainSpec {
+            epochs: exp.train.epochs,
+            lr_schedule: exp.train.lr_schedule,
+            device,
+            precision: exp.train.precision,
+        },
+        submission: exp.submission,
+        config_toml,
     })
 }
 
@@ -258,13 +247,28 @@ fn transforms(list: &[TransformSpec], key: &str, training: bool) -> Result<Vec<T
     Ok(out)
 }
 
+/// The hyper-parameters every run reports to HParams, besides the swept ones.
+fn standard_hparams(exp: &Experiment) -> Vec<(String, toml::Value)> {
+    vec![
+        ("optimizer.kind".into(), toml::Value::String(format!("{:?}", exp.optimizer.kind).to_lowercase())),
+        ("optimizer.lr".into(), toml::Value::Float(exp.optimizer.lr)),
+        ("data.batch_size".into(), toml::Value::Integer(exp.data.batch_size as i64)),
+        ("train.epochs".into(), toml::Value::Integer(exp.train.epochs as i64)),
+        ("seed".into(), toml::Value::Integer(exp.seed as i64)),
+    ]
+}
+
 /// Serialises the merged experiment as the run's `config.toml` (absolute data root, classes
 /// listed, `extends` dropped: the file stands alone).
-pub fn resolved_toml(spec: &Spec) -> Result<String, toml::ser::Error> {
-    let mut exp = spec.raw.clone();
+fn resolved_toml(
+    exp: &Experiment,
+    data_root: &std::path::Path,
+    classes: &[String],
+) -> Result<String, toml::ser::Error> {
+    let mut exp = exp.clone();
     exp.extends = None;
     exp.sweep.clear(); // a variant's config holds its own values, not the sweep
-    exp.data.root = spec.data_root.display().to_string();
-    exp.data.classes = Some(spec.class_names.clone());
+    exp.data.root = data_root.display().to_string();
+    exp.data.classes = Some(classes.to_vec());
     toml::to_string_pretty(&exp)
 }

@@ -76,21 +76,6 @@ pub struct DataConfig {
     pub cache: CacheMode,
 }
 
-/// Where decoded images are kept between epochs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CacheMode {
-    /// Decode every image every epoch.
-    #[default]
-    None,
-    /// Keep each image as u8 after the pipeline's leading resize / centre crop, in RAM:
-    /// height x width x 3 bytes per image.
-    Memory,
-    /// The same bytes in a file under the run folder (`cache/`), removed when the run ends;
-    /// the kernel's page cache keeps what fits in RAM.
-    Disk,
-}
-
 fn default_train_dir() -> String {
     "train".into()
 }
@@ -174,17 +159,6 @@ pub struct ModelConfig {
     pub freeze: Vec<String>,
 }
 
-/// Pretrained weights to load into the declared model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct InitSpec {
-    /// A `.safetensors` file or a PyTorch `.pth` / `.pt` state dict.
-    pub weights: String,
-    /// Name prefixes left at their fresh initialisation (the head: `["fc"]`).
-    #[serde(default)]
-    pub skip: Vec<String>,
-}
-
 /// A whole number written literally or as a `"$name"` reference into `model.params`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
@@ -249,7 +223,10 @@ pub enum LayerSpec {
 
 // The block kinds are the model's own types (the model does not import the config); the
 // TOML names them through their serde names.
-pub use crate::model::{BlockKind, DownsampleKind};
+pub use crate::spec::{
+    BlockKind, CacheMode, DownsampleKind, InitSpec, LabelFormat, OptimizerConfig, OptimizerKind, Precision,
+    ScheduleConfig, ScheduleKind, SubmissionConfig,
+};
 
 /// A stage: `repeat` blocks, the first one strided and projecting the shortcut if needed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -340,72 +317,6 @@ pub struct LinearSpec {
     pub name: Option<String>,
 }
 
-/// Optimizer choice.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OptimizerKind {
-    /// Adam; `weight_decay` adds an L2 term to the gradient, as PyTorch's `Adam`.
-    Adam,
-    /// Adam with decoupled weight decay, as PyTorch's `AdamW`.
-    Adamw,
-    /// Stochastic gradient descent with optional momentum / Nesterov and L2 weight decay.
-    Sgd,
-}
-
-/// Optimizer hyper-parameters (PyTorch's defaults).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OptimizerConfig {
-    /// Which optimizer.
-    #[serde(default = "default_optimizer")]
-    pub kind: OptimizerKind,
-    /// Peak learning rate.
-    #[serde(default = "default_lr")]
-    pub lr: f64,
-    /// Weight decay (L2 for adam/sgd, decoupled for adamw).
-    #[serde(default)]
-    pub weight_decay: f64,
-    /// Adam's (beta1, beta2).
-    #[serde(default = "default_betas")]
-    pub betas: [f64; 2],
-    /// Adam's epsilon.
-    #[serde(default = "default_eps")]
-    pub eps: f64,
-    /// SGD momentum.
-    #[serde(default)]
-    pub momentum: f64,
-    /// SGD Nesterov momentum.
-    #[serde(default)]
-    pub nesterov: bool,
-}
-
-fn default_optimizer() -> OptimizerKind {
-    OptimizerKind::Adam
-}
-fn default_lr() -> f64 {
-    1e-3
-}
-fn default_betas() -> [f64; 2] {
-    [0.9, 0.999]
-}
-fn default_eps() -> f64 {
-    1e-8
-}
-
-impl Default for OptimizerConfig {
-    fn default() -> Self {
-        Self {
-            kind: default_optimizer(),
-            lr: default_lr(),
-            weight_decay: 0.0,
-            betas: default_betas(),
-            eps: default_eps(),
-            momentum: 0.0,
-            nesterov: false,
-        }
-    }
-}
-
 /// Training loop settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -425,15 +336,6 @@ pub struct TrainConfig {
     pub precision: Precision,
 }
 
-/// Arithmetic precision of training.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Precision {
-    #[default]
-    F32,
-    Bf16,
-}
-
 fn default_epochs() -> usize {
     10
 }
@@ -450,88 +352,4 @@ impl Default for TrainConfig {
             precision: Precision::default(),
         }
     }
-}
-
-/// Schedule kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ScheduleKind {
-    /// The same rate throughout.
-    #[default]
-    Constant,
-    /// Multiply by `gamma` every `step_epochs` epochs.
-    Step,
-    /// Cosine decay from `lr` to `min_lr` over the epochs after warm-up.
-    Cosine,
-}
-
-/// Learning-rate schedule settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ScheduleConfig {
-    /// Schedule shape.
-    #[serde(default)]
-    pub kind: ScheduleKind,
-    /// Epochs of linear warm-up from 0 to `lr` (any kind).
-    #[serde(default)]
-    pub warmup_epochs: f64,
-    /// Step schedule: epochs between decays.
-    #[serde(default = "default_step_epochs")]
-    pub step_epochs: usize,
-    /// Step schedule: decay factor.
-    #[serde(default = "default_gamma")]
-    pub gamma: f64,
-    /// Cosine schedule: final rate.
-    #[serde(default)]
-    pub min_lr: f64,
-}
-
-fn default_step_epochs() -> usize {
-    30
-}
-fn default_gamma() -> f64 {
-    0.1
-}
-
-impl Default for ScheduleConfig {
-    fn default() -> Self {
-        Self {
-            kind: ScheduleKind::Constant,
-            warmup_epochs: 0.0,
-            step_epochs: default_step_epochs(),
-            gamma: default_gamma(),
-            min_lr: 0.0,
-        }
-    }
-}
-
-/// What `submission.csv` looks like.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SubmissionConfig {
-    /// Write the `id,label` header line.
-    #[serde(default = "default_true")]
-    pub header: bool,
-    /// `index` (class number, the contest's format) or `name` (class folder name).
-    #[serde(default)]
-    pub label: LabelFormat,
-}
-
-fn default_true() -> bool {
-    true
-}
-
-impl Default for SubmissionConfig {
-    fn default() -> Self {
-        Self { header: true, label: LabelFormat::Index }
-    }
-}
-
-/// How a predicted class is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LabelFormat {
-    #[default]
-    Index,
-    Name,
 }

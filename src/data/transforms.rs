@@ -5,29 +5,7 @@ use image::RgbImage;
 use image::imageops;
 use rand::Rng;
 
-/// One validated transform step.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Transform {
-    /// Exact `(h, w)`.
-    Resize((usize, usize)),
-    /// Shorter side to this length, aspect ratio kept (torchvision's `Resize(int)`).
-    ResizeShorter(usize),
-    CenterCrop((usize, usize)),
-    RandomCrop((usize, usize)),
-    Hflip(f64),
-    Normalize {
-        mean: [f32; 3],
-        std: [f32; 3],
-    },
-}
-
-/// The `(h, w)` a pipeline produces whatever its input, if it fixes one.
-pub fn output_size(pipeline: &[Transform]) -> Option<(usize, usize)> {
-    pipeline.iter().rev().find_map(|t| match t {
-        Transform::Resize(s) | Transform::CenterCrop(s) | Transform::RandomCrop(s) => Some(*s),
-        _ => None,
-    })
-}
+pub use crate::spec::Transform;
 
 /// Bilinear resize with an antialiasing kernel when shrinking (what torchvision's `Resize`
 /// does on PIL images). fast_image_resize's SIMD convolution: the `image` crate's resize was
@@ -139,7 +117,7 @@ mod tests {
         assert!((data[0] - 1.0).abs() < 1e-6);
         assert!((data[16 * 18] + 1.0).abs() < 1e-6);
         assert!((data[2 * 16 * 18] + 0.6).abs() < 1e-6);
-        assert_eq!(output_size(&p), Some((16, 18)));
+        assert_eq!(crate::spec::output_size(&p), Some((16, 18)));
     }
 
     #[test]

@@ -98,22 +98,6 @@ impl Cost {
     }
 }
 
-/// The 3x3 conv width of a bottleneck with `out` output channels.
-pub fn bottleneck_width(out: usize, groups: usize, mid: MidWidth) -> std::result::Result<usize, String> {
-    if !out.is_multiple_of(4) {
-        return Err(format!("a bottleneck's out ({out}) must be 4 x its planes: a multiple of 4"));
-    }
-    let width = match mid {
-        // torchvision: int(planes * (width_per_group / 64.0)) * groups
-        MidWidth::PerGroup(w) => (out / 4 * w / 64) * groups,
-        MidWidth::Fixed(m) => m,
-    };
-    if width == 0 || width % groups != 0 {
-        return Err(format!("the 3x3 conv's width ({width}) must be a positive multiple of groups ({groups})"));
-    }
-    Ok(width)
-}
-
 /// Builds block `name` of stage `s` with `stride` on input `shape`; returns it and its row.
 pub(super) fn build(
     b: &mut Builder,
@@ -170,7 +154,7 @@ pub(super) fn build(
             Block::Basic { conv1, bn1, conv2, bn2, downsample }
         }
         BlockKind::Bottleneck => {
-            let width = bottleneck_width(s.out, s.groups, s.mid)?;
+            let width = s.bottleneck_width()?;
             let conv1 = b.conv(&format!("{name}.conv1"), c_in, width, 1, p(1, 0, 1), false)?;
             let bn1 = b.batch_norm(&format!("{name}.bn1"), width)?;
             let conv2 = b.conv(&format!("{name}.conv2"), width, width, 3, p(stride, 1, s.groups), false)?;

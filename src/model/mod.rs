@@ -12,106 +12,10 @@ use std::sync::{Arc, Mutex};
 
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
-use serde::{Deserialize, Serialize};
 
-use crate::ops::conv::ConvParams;
-use crate::ops::pool::PoolParams;
+pub use crate::spec::{BlockKind, ConvConfig, DownsampleKind, LayerConfig, LinearConfig, MidWidth, StageConfig};
 pub use layers::Layer;
 pub use summary::{Summary, SummaryRow};
-
-/// Convolution as validated from the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ConvConfig {
-    pub out: usize,
-    pub kernel: usize,
-    pub params: ConvParams,
-    pub bias: bool,
-    pub name: Option<String>,
-}
-
-/// Fully connected layer as validated from the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LinearConfig {
-    pub out: usize,
-    pub bias: bool,
-    pub name: Option<String>,
-}
-
-/// A stage of residual blocks as validated from the config.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StageConfig {
-    pub block: BlockKind,
-    pub repeat: usize,
-    pub out: usize,
-    pub stride: usize,
-    pub groups: usize,
-    /// The bottleneck's 3x3 width: per group (torchvision) or fixed.
-    pub mid: MidWidth,
-    pub downsample: DownsampleKind,
-    pub name: Option<String>,
-}
-
-/// Residual block kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BlockKind {
-    /// Two 3x3 convolutions (ResNet18/34).
-    Basic,
-    /// 1x1 reduce, 3x3 (grouped) conv, 1x1 expand by 4 (ResNet50+, ResNeXt).
-    Bottleneck,
-}
-
-/// How a block's shortcut changes shape when it must.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DownsampleKind {
-    /// Strided 1x1 conv + BatchNorm (torchvision).
-    #[default]
-    Conv,
-    /// Average pool, then 1x1 conv + BatchNorm (ResNet-D, timm's `avg_down`).
-    AvgConv,
-}
-
-/// How a bottleneck's 3x3 conv width is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MidWidth {
-    /// torchvision: `int(planes * width / 64) * groups`, planes = out / 4.
-    PerGroup(usize),
-    /// Exactly this many channels.
-    Fixed(usize),
-}
-
-/// One validated layer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum LayerConfig {
-    Stage(StageConfig),
-    Conv(ConvConfig),
-    Pool(PoolParams),
-    GlobalAvgPool,
-    Relu,
-    Flatten,
-    Linear(LinearConfig),
-    Dropout(f64),
-    BatchNorm,
-}
-
-impl LayerConfig {
-    /// The layer's name as written in the TOML.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            LayerConfig::Conv(_) => "conv",
-            LayerConfig::Pool(p) if p.kind == crate::ops::pool::PoolKind::Max => "max_pool",
-            LayerConfig::Pool(_) => "avg_pool",
-            LayerConfig::GlobalAvgPool => "global_avg_pool",
-            LayerConfig::Relu => "relu",
-            LayerConfig::Flatten => "flatten",
-            LayerConfig::Linear(_) => "linear",
-            LayerConfig::Dropout(_) => "dropout",
-            LayerConfig::BatchNorm => "batch_norm",
-            LayerConfig::Stage(_) => "stage",
-        }
-    }
-}
 
 /// A layer list that does not fit its input.
 #[derive(Debug, thiserror::Error)]

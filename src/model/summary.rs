@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use crate::units::{short, thousands};
+
 /// One layer's line of the summary.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SummaryRow {
@@ -43,29 +45,6 @@ impl Summary {
     }
 }
 
-/// `7157646` -> `7,157,646`.
-pub fn thousands(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// `1814073344` -> `1.81 G`.
-pub fn short(n: u64) -> String {
-    match n {
-        0..1_000 => n.to_string(),
-        1_000..1_000_000 => format!("{:.2} K", n as f64 / 1e3),
-        1_000_000..1_000_000_000 => format!("{:.2} M", n as f64 / 1e6),
-        _ => format!("{:.2} G", n as f64 / 1e9),
-    }
-}
-
 fn shape(s: &[usize]) -> String {
     let parts: Vec<String> = s.iter().map(usize::to_string).collect();
     format!("({})", parts.join(", "))
@@ -95,18 +74,5 @@ impl fmt::Display for Summary {
             thousands(self.total_macs()),
             short(self.total_macs())
         )
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_numbers() {
-        assert_eq!(thousands(7157646), "7,157,646");
-        assert_eq!(thousands(999), "999");
-        assert_eq!(thousands(1000), "1,000");
-        assert_eq!(short(1_814_073_344), "1.81 G");
     }
 }

@@ -108,13 +108,15 @@ pub fn now_secs() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-/// The hyper-parameters every run reports, beside the swept ones.
-pub fn standard(exp: &crate::config::schema::Experiment) -> Vec<(String, toml::Value)> {
-    vec![
-        ("optimizer.kind".into(), toml::Value::String(format!("{:?}", exp.optimizer.kind).to_lowercase())),
-        ("optimizer.lr".into(), toml::Value::Float(exp.optimizer.lr)),
-        ("data.batch_size".into(), toml::Value::Integer(exp.data.batch_size as i64)),
-        ("train.epochs".into(), toml::Value::Integer(exp.train.epochs as i64)),
-        ("seed".into(), toml::Value::Integer(exp.seed as i64)),
-    ]
+/// Every hyper-parameter of `sessions` with the values it takes, in first-seen order.
+pub fn domains(sessions: &[&[(String, toml::Value)]]) -> Vec<(String, Vec<toml::Value>)> {
+    let mut domains: Vec<(String, Vec<toml::Value>)> = Vec::new();
+    for (k, x) in sessions.iter().flat_map(|s| s.iter()) {
+        match domains.iter_mut().find(|(name, _)| name == k) {
+            Some((_, vals)) if !vals.contains(x) => vals.push(x.clone()),
+            Some(_) => {}
+            None => domains.push((k.clone(), vec![x.clone()])),
+        }
+    }
+    domains
 }

@@ -5,7 +5,9 @@ use std::io::Write;
 use std::path::Path;
 use std::sync::Mutex;
 
-use indicatif::MultiProgress;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::train::{Bar, Progress};
 
 /// Writes timestamped lines to a log file and echoes them on stderr.
 pub struct RunLog {
@@ -23,6 +25,12 @@ impl RunLog {
     pub fn append(path: &Path, progress: MultiProgress) -> std::io::Result<Self> {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
         Ok(Self { file: Some(Mutex::new(file)), progress })
+    }
+
+    /// Progress bars on stderr: indicatif draws only on a terminal; elsewhere (CI, pipes) the
+    /// bars stay hidden.
+    pub fn terminal_bars() -> MultiProgress {
+        MultiProgress::with_draw_target(ProgressDrawTarget::stderr())
     }
 
     /// Logs to the terminal only (before a run folder exists, or for `predict`).
@@ -44,5 +52,39 @@ impl RunLog {
         } else {
             let _ = self.progress.println(msg);
         }
+    }
+}
+
+impl Progress for RunLog {
+    fn info(&self, line: &str) {
+        RunLog::info(self, line);
+    }
+
+    fn bar(&self, label: String, len: usize) -> Box<dyn Bar> {
+        let pb = self.progress.add(ProgressBar::new(len as u64));
+        pb.set_style(
+            ProgressStyle::with_template("{prefix:>12} [{bar:30}] {pos}/{len} {msg} ({elapsed} < {eta})")
+                .expect("static template")
+                .progress_chars("=> "),
+        );
+        pb.set_prefix(label);
+        Box::new(pb)
+    }
+}
+
+impl Bar for ProgressBar {
+    fn set_position(&self, pos: usize) {
+        ProgressBar::set_position(self, pos as u64);
+    }
+
+    fn step(&self, message: Option<String>) {
+        if let Some(m) = message {
+            self.set_message(m);
+        }
+        self.inc(1);
+    }
+
+    fn finish(&self) {
+        self.finish_and_clear();
     }
 }

@@ -6,7 +6,7 @@ pub mod hparams;
 pub mod log;
 pub mod plot;
 pub mod report;
-pub mod run_dir;
+pub mod run_folder;
 pub mod sink;
 pub mod submission;
 pub mod summary;

@@ -99,7 +99,7 @@ fn draw(root: &DrawingArea<BitMapBackend, Shift>, title: &str, rows: &[Row]) -> 
     chart
         .configure_secondary_axes()
         .y_desc("parameters")
-        .y_label_formatter(&|v| crate::model::summary::thousands(*v as u64))
+        .y_label_formatter(&|v| crate::units::thousands(*v as u64))
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))
         .draw()?;

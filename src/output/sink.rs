@@ -1,37 +1,11 @@
-//! Metric sinks: one epoch's numbers go to every sink (CSV, TensorBoard, memory).
+//! Metric sinks (the learner's [`MetricSink`]): `metrics.csv` and an in-memory one for tests;
+//! TensorBoard's is in `tensorboard.rs`.
 
 use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use serde::{Deserialize, Serialize};
-
-/// One epoch's metrics; `metrics.csv` has exactly these columns.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EpochMetrics {
-    /// 1-based epoch number.
-    pub epoch: usize,
-    pub train_loss: f64,
-    pub train_acc: f64,
-    /// Empty when the experiment holds out no validation images.
-    pub val_loss: Option<f64>,
-    pub val_acc: Option<f64>,
-    /// Learning rate at the end of the epoch.
-    pub lr: f64,
-    /// Training images per second (forward, backward, update).
-    pub images_per_sec: f64,
-    /// Wall time of the epoch, training and validation.
-    pub seconds: f64,
-}
-
-/// Receives each epoch's metrics as the run goes.
-pub trait MetricSink {
-    fn record(&mut self, m: &EpochMetrics) -> anyhow::Result<()>;
-    /// The run ended (`ok` = trained to the end).
-    fn finish(&mut self, _ok: bool) -> anyhow::Result<()> {
-        Ok(())
-    }
-}
+use crate::train::{EpochMetrics, MetricSink};
 
 /// `metrics.csv`, one row per epoch, flushed after each.
 pub struct CsvSink {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::config::schema::{LabelFormat, SubmissionConfig};
+use crate::spec::{LabelFormat, SubmissionConfig};
 
 /// Renders the submission for `(id, class index)` pairs.
 pub fn render(rows: &[(String, usize)], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<Vec<u8>> {

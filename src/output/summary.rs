@@ -7,7 +7,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::write_atomic;
-use crate::model::summary::thousands;
+use crate::train::FitOutcome;
+use crate::units::thousands;
 
 /// How a variant ended (or that it has not run yet).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +34,42 @@ pub struct Row {
     pub seconds: Option<f64>,
     pub status: Status,
     pub error: Option<String>,
+}
+
+impl Row {
+    /// A variant that has not trained yet.
+    pub fn pending(variant: &str, values: &str, (params, macs): (usize, u64)) -> Self {
+        Self {
+            variant: variant.into(),
+            values: values.into(),
+            params,
+            macs,
+            best_val_acc: None,
+            final_train_loss: None,
+            images_per_sec: None,
+            seconds: None,
+            status: Status::Pending,
+            error: None,
+        }
+    }
+
+    /// A variant that trained (`Ok` with its epochs) or failed (`Err` with the error).
+    pub fn finished(variant: &str, values: &str, size: (usize, u64), result: Result<&FitOutcome, String>) -> Self {
+        let (status, error, epochs) = match result {
+            Ok(o) => (Status::Ok, None, o.epochs.as_slice()),
+            Err(e) => (Status::Failed, Some(e), &[][..]),
+        };
+        let last = epochs.last();
+        Self {
+            best_val_acc: epochs.iter().filter_map(|e| e.val_acc).reduce(f64::max),
+            final_train_loss: last.map(|e| e.train_loss),
+            images_per_sec: last.map(|e| e.images_per_sec),
+            seconds: (!epochs.is_empty()).then(|| epochs.iter().map(|e| e.seconds).sum()),
+            status,
+            error,
+            ..Self::pending(variant, values, size)
+        }
+    }
 }
 
 /// Writes `summary.csv` and `summary.md` into `dir` (`report::write_summary` adds the plot).

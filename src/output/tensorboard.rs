@@ -9,7 +9,7 @@ use tensorboard_rs::masked_crc32c::masked_crc32c;
 use tensorboard_rs::summary::scalar;
 use tensorboard_rs::summary_writer::FileWriter;
 
-use super::sink::{EpochMetrics, MetricSink};
+use crate::train::{EpochMetrics, MetricSink};
 
 /// Scalars per epoch: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `lr`, `images_per_sec`;
 /// with a session, the HParams session start and end and `best/val_acc` at the end.

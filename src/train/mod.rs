@@ -1,9 +1,14 @@
-//! Training: the loop, optimizers and schedules, evaluation and prediction.
+//! Training: the learner, its components (as traits), optimizers and schedules, evaluation.
 
+pub mod components;
+pub mod eval;
+pub mod learner;
 pub mod optim;
-pub mod trainer;
+pub mod state;
 
-pub use trainer::{
-    FitOutcome, Interrupted, STOP, STOP_AFTER_STEPS, Splits, TrainState, evaluate, fingerprint, fit, load_state,
-    predict,
+pub use components::{
+    Bar, BestPolicy, Checkpointer, EpochMetrics, Hook, MetricSink, Progress, StepEnd, StopAfterSteps, StopSignal,
 };
+pub use eval::{evaluate, predict};
+pub use learner::{FitOutcome, Learner, Splits};
+pub use state::{Interrupted, TrainState, fingerprint};

@@ -7,7 +7,7 @@ use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Result, Tensor, Var};
 use rayon::prelude::*;
 
-use crate::config::schema::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
+use crate::spec::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
 
 /// Per-parameter state: Adam's two moments (as tensors, or as plain vectors for the fused CPU
 /// update), or SGD's momentum buffer.

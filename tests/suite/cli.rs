@@ -124,7 +124,7 @@ fn cuda_requests_and_bf16_on_the_cpu_are_clear_errors() {
     for (args, needle) in [
         (vec!["--device", "cuda:1"], "device cuda:1 requested, but this ablate was built without CUDA"),
         (vec!["--set", "train.device=\"cuda\""], "rebuild with `cargo build --release --features cuda`"),
-        (vec!["--device", "tpu"], "--device: unknown device \"tpu\""),
+        (vec!["--device", "tpu"], "for '--device <DEVICE>': unknown device \"tpu\""),
         (vec!["--set", "train.precision=\"bf16\""], "train.precision = \"bf16\" needs a CUDA device"),
         (vec!["--set", "train.precision=\"fp8\""], "train.precision"),
     ] {

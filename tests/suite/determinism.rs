@@ -10,7 +10,7 @@ use ablate::ops::conv::plan::{self, Algo};
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
-fn spec_at(file: &str, hw: usize) -> ablate::config::Spec {
+fn spec_at(file: &str, hw: usize) -> ablate::spec::Spec {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let overrides = vec![ablate::config::Override::parse(&format!("model.input=[{hw}, {hw}]")).unwrap()];
     let exp = load::load(&Sources { files: vec![file.clone()], overrides, env: false }).unwrap();

@@ -1,8 +1,11 @@
 //! Training works, repeats exactly under a seed, and checkpoints reload exactly.
 
-use ablate::experiment::{self, RunOptions};
+use ablate::commands::{self, RunOptions};
+use ablate::executor::Env;
 use ablate::model::Model;
-use ablate::output::sink::{EpochMetrics, MemorySink};
+use ablate::output::sink::MemorySink;
+use ablate::plan::Request;
+use ablate::train::EpochMetrics;
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
@@ -11,13 +14,18 @@ use crate::common::{color_folder, experiment};
 fn run(exp: &std::path::Path, runs: &std::path::Path, set: &[&str]) -> (std::path::PathBuf, Vec<EpochMetrics>) {
     let sink = MemorySink::default();
     let opts = RunOptions {
-        files: vec![exp.to_path_buf()],
-        overrides: set.iter().map(|s| ablate::config::Override::parse(s).unwrap()).collect(),
-        device: Some("cpu".into()),
+        request: Request {
+            files: vec![exp.to_path_buf()],
+            overrides: set.iter().map(|s| ablate::config::Override::parse(s).unwrap()).collect(),
+            sweep: vec![],
+        },
+        device: Some(ablate::device::DeviceChoice::Cpu),
         runs_dir: runs.to_path_buf(),
         ..Default::default()
     };
-    let dir = experiment::run(&opts, &mut |_| vec![Box::new(sink.clone())]).unwrap();
+    let recorder = sink.clone();
+    let mut env = Env { sinks: Box::new(move |_| vec![Box::new(recorder.clone())]), ..Env::default() };
+    let dir = commands::run(&opts, &mut env).unwrap();
     let records = sink.records.lock().unwrap().clone();
     (dir, records)
 }
@@ -85,8 +93,10 @@ fn seeded_runs_are_bit_identical_and_checkpoints_reload_exactly() {
 
     // Reloading: a model built with another seed, loaded from `last`, predicts exactly what
     // the saved model does (its logits, bit for bit).
-    let prepared = experiment::prepare(&a.join("config.toml"), vec![]).unwrap();
-    let spec = &prepared.spec;
+    let sources = ablate::config::Sources { files: vec![a.join("config.toml")], overrides: vec![], env: false };
+    let exp = ablate::config::load::load(&sources).unwrap();
+    let classes = exp.data.classes.clone().unwrap();
+    let spec = &ablate::config::resolve(exp, "config.toml", classes).unwrap();
     let x = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &Device::Cpu).unwrap();
     let saved = Model::build(&spec.layers, spec.input_hw, 1, &Device::Cpu).unwrap();
     ablate::output::checkpoint::load(&saved, &a.join("checkpoints/last.safetensors")).unwrap();

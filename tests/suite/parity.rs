@@ -316,7 +316,7 @@ fn add_relu_matches_pytorch() {
 }
 
 /// An experiment file's model at `hw x hw` for two classes.
-fn spec_at(file: &str, hw: usize) -> ablate::config::Spec {
+fn spec_at(file: &str, hw: usize) -> ablate::spec::Spec {
     use ablate::config::load::{self, Sources};
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
     let overrides = vec![ablate::config::Override::parse(&format!("model.input=[{hw}, {hw}]")).unwrap()];

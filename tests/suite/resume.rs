@@ -21,9 +21,9 @@ fn same_files(a: &Path, b: &Path, files: &[&str]) {
 }
 
 /// metrics.csv with its timing columns zeroed.
-fn metrics(dir: &Path) -> Vec<ablate::output::sink::EpochMetrics> {
+fn metrics(dir: &Path) -> Vec<ablate::train::EpochMetrics> {
     let rows = ablate::output::sink::CsvSink::read(&dir.join("metrics.csv")).unwrap();
-    rows.into_iter().map(|m| ablate::output::sink::EpochMetrics { images_per_sec: 0.0, seconds: 0.0, ..m }).collect()
+    rows.into_iter().map(|m| ablate::train::EpochMetrics { images_per_sec: 0.0, seconds: 0.0, ..m }).collect()
 }
 
 #[test]

@@ -5,7 +5,7 @@ use ablate::config::{Override, resolve};
 use ablate::model::Model;
 use candle_core::Device;
 
-fn lenet(overrides: Vec<Override>) -> ablate::config::Spec {
+fn lenet(overrides: Vec<Override>) -> ablate::spec::Spec {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/lenet.toml");
     let sources = Sources { files: vec![file.clone()], overrides, env: false };
     let exp = load::load(&sources).unwrap();
@@ -36,7 +36,7 @@ fn set_can_change_one_layer_inside_the_list() {
     ]);
     let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
     assert_eq!(model.summary().rows[0].out_shape, vec![8, 252, 252]);
-    assert_eq!(spec.raw.data.batch_size, 16);
+    assert_eq!(spec.data.batch_size, 16);
     assert_eq!(spec.layers.len(), 11, "the rest of the list is kept");
 }
 

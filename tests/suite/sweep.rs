@@ -118,7 +118,7 @@ fn check_shows_every_variant_and_compare_tables_runs() {
         .args(["--sort", "colour"])
         .assert()
         .failure()
-        .stderr(predicate::str::contains("--sort colour"));
+        .stderr(predicate::str::contains("invalid value 'colour' for '--sort <SORT>'"));
 }
 
 #[test]

@@ -1,0 +1,15 @@
+//! The commands, one file each: what `main` calls once the command line is parsed.
+
+mod check;
+mod predict;
+mod resume;
+mod run;
+mod slurm;
+mod summarize;
+
+pub use check::check;
+pub use predict::{Which, predict};
+pub use resume::resume;
+pub use run::{RunOptions, run};
+pub use slurm::slurm;
+pub use summarize::{SortKey, compare, summarize};

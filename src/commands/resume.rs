@@ -1,0 +1,49 @@
+//! `ablate resume`: finishes an interrupted run or sweep through the executor.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::bail;
+
+use crate::device::DeviceChoice;
+use crate::executor::{self, Env, resume_hint};
+use crate::output::log::RunLog;
+use crate::output::report::SummaryTable;
+use crate::output::run_folder::RunFolder;
+use crate::output::summary::{Row, Status};
+use crate::plan;
+use crate::train::Interrupted;
+
+/// Finishes the run at `run`. Variants that finished are kept, failed ones train again from
+/// the start, an interrupted one continues from its checkpoint (model, optimizer, epoch and
+/// batch, generator positions) and ends with the weights an uninterrupted run would have.
+/// Each variant's own `config.toml` drives it; an edited one is refused.
+pub fn resume(run: &Path, device: Option<DeviceChoice>, env: &mut Env) -> anyhow::Result<PathBuf> {
+    let folder = RunFolder::open(run)?;
+    let mut table = SummaryTable::read(run, folder.title())?;
+    let log = RunLog::append(&folder.log(None), RunLog::terminal_bars())?;
+    for (i, v) in plan::from_run(&folder, &table.rows)? {
+        log.info(format!("resuming {}", v.folder));
+        let result = executor::open_device(&v.spec, device)
+            .and_then(|device| executor::train(&v, &folder.variant(&v.folder)?, (&device.0, device.1), env, true));
+        match result {
+            Err(e) if e.is::<Interrupted>() => return Err(resume_hint(e, run)),
+            Ok(outcome) => table.rows[i] = Row::finished(&v.folder, &table.rows[i].values, v.size(), Ok(&outcome)),
+            Err(e) => {
+                log.info(format!("variant {} failed: {e:#}", v.folder));
+                table.rows[i] = Row { status: Status::Failed, error: Some(format!("{e:#}")), ..table.rows[i].clone() };
+            }
+        }
+        table.write(run)?;
+    }
+    let failed = table.failed();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {} variants failed ({}); see {}",
+            failed.len(),
+            table.rows.len(),
+            failed.join(", "),
+            folder.summary_csv().display()
+        );
+    }
+    Ok(run.to_path_buf())
+}

@@ -1,0 +1,160 @@
+//! `ablate run`: plan, then a run folder, then each of this shard's variants through the
+//! executor, with the summary rewritten after each.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+
+use crate::device::DeviceChoice;
+use crate::executor::{self, Env, resume_hint};
+use crate::output::hparams;
+use crate::output::log::RunLog;
+use crate::output::report::SummaryTable;
+use crate::output::run_folder::RunFolder;
+use crate::output::summary::Row;
+use crate::output::tensorboard::TensorBoardSink;
+use crate::output::write_atomic;
+use crate::plan::{self, Plan, Request};
+use crate::scaleout::Shard;
+use crate::train::Interrupted;
+
+/// Options of `ablate run`.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub request: Request,
+    /// `--device`, overriding `train.device`.
+    pub device: Option<DeviceChoice>,
+    pub runs_dir: PathBuf,
+    /// Stop at the first failing variant instead of marking it failed and going on.
+    pub fail_fast: bool,
+    /// Train only this shard's variants (see [`Shard`]); needs `run_id`.
+    pub shard: Option<Shard>,
+    /// A fixed run folder `<runs_dir>/<run_id>_<name>` that several processes (shards) share,
+    /// instead of a fresh timestamped one.
+    pub run_id: Option<String>,
+}
+
+/// Runs the experiments into a new run folder and returns it. A run of one experiment without
+/// a sweep puts its files straight into the folder; otherwise each variant trains into its own
+/// sub-folder. Every variant is validated before the folder exists.
+pub fn run(opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
+    let plan = plan::plan(&opts.request)?;
+    plan.check_init()?;
+    for v in &plan.variants {
+        // A device that cannot be opened, or a precision it cannot do, fails here.
+        executor::open_device(&v.spec, opts.device)?;
+    }
+    let shard = opts.shard.unwrap_or(Shard { index: 0, count: 1 });
+    let run = match &opts.run_id {
+        Some(id) => RunFolder::shared(&opts.runs_dir, &plan.title, id, shard)?,
+        None => RunFolder::create(&opts.runs_dir, &plan.title)?,
+    };
+    write_records(&run, &plan)?;
+    if plan.is_single() && opts.run_id.is_none() {
+        return run_single(&run, &plan, opts, env);
+    }
+    run_variants(&run, &plan, opts, shard, env)?;
+    Ok(run.path().to_path_buf())
+}
+
+/// The run's `experiment.toml`(s), each variant's `config.toml` (a resume needs them for
+/// variants that never started; every shard writes them all: the same text, so whichever
+/// lands is right), and the HParams experiment.
+fn write_records(run: &RunFolder, plan: &Plan) -> anyhow::Result<()> {
+    let multi = plan.experiments.len() > 1;
+    for (i, e) in plan.experiments.iter().enumerate() {
+        let top = if multi { e.name.as_str() } else { "." };
+        run.variant(top)?;
+        let path = run.experiment_toml(top);
+        if !path.exists() {
+            write_atomic(&path, e.as_written.as_bytes())?;
+        }
+        debug_assert!(plan.variants.iter().any(|v| v.experiment == i));
+    }
+    for v in &plan.variants {
+        let config = run.variant(&v.folder)?.config();
+        if !config.exists() {
+            write_atomic(&config, v.spec.config_toml.as_bytes())?;
+        }
+    }
+    Ok(())
+}
+
+/// One experiment, no sweep: the run folder is the variant's folder, and its error is the
+/// run's.
+fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
+    let v = &plan.variants[0];
+    let mut table = SummaryTable::new(plan.title.clone(), vec![v.pending_row()]);
+    table.write(run.path())?;
+    let device = executor::open_device(&v.spec, opts.device)?;
+    let result = executor::train(v, &run.variant(".")?, (&device.0, device.1), env, false);
+    if !result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+        table.rows[0] =
+            Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
+        table.write(run.path())?;
+    }
+    result.map_err(|e| resume_hint(e, run.path()))?;
+    Ok(run.path().to_path_buf())
+}
+
+/// A sweep or several experiments: this shard's variants in turn; a failure is recorded and
+/// the next goes on (unless `--fail-fast`).
+fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, env: &mut Env) -> anyhow::Result<()> {
+    let sharded = shard.count > 1;
+    let log = RunLog::create(&run.log(Some(shard)), RunLog::terminal_bars())?;
+    let total = plan.variants.len();
+    let owned = (0..total).filter(|&i| shard.owns(i)).count();
+    if sharded {
+        log.info(format!("shard {shard}: {owned} of {total} variants into {}", run.path().display()));
+    } else {
+        log.info(format!("{total} variants into {}", run.path().display()));
+    }
+    let mut table = SummaryTable::new(plan.title.clone(), plan.variants.iter().map(|v| v.pending_row()).collect());
+    // A shard writes its own summary (every row, its own filled in); `ablate summarize` merges.
+    let write = |table: &SummaryTable| {
+        if sharded { table.write_shard(&run.shard_summary(shard)) } else { table.write(run.path()) }
+    };
+    write(&table)?;
+    if shard.index == 0 {
+        // The HParams experiment: every hyper-parameter with the values it takes (one per run
+        // folder: the first shard writes it).
+        let sessions: Vec<&[(String, toml::Value)]> = plan.variants.iter().map(|v| v.hparams.as_slice()).collect();
+        TensorBoardSink::create(run.path())
+            .add_summary(hparams::experiment(&hparams::domains(&sessions), hparams::now_secs()));
+    }
+    for (i, v) in plan.variants.iter().enumerate().filter(|(i, _)| shard.owns(*i)) {
+        log.info(format!("variant {}/{total}: {}", i + 1, v.folder));
+        let result = executor::open_device(&v.spec, opts.device)
+            .and_then(|device| executor::train(v, &run.variant(&v.folder)?, (&device.0, device.1), env, false));
+        if result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+            return Err(resume_hint(result.unwrap_err(), run.path()));
+        }
+        table.rows[i] =
+            Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
+        write(&table)?;
+        if let Err(err) = result {
+            log.info(format!("variant {} failed: {err:#}", v.folder));
+            if opts.fail_fast {
+                return Err(err.context(format!("variant {} failed (--fail-fast)", v.folder)));
+            }
+        }
+    }
+    if sharded {
+        log.info(format!(
+            "shard {shard} done; once every shard is, merge their summaries with: ablate summarize {}",
+            run.path().display()
+        ));
+    } else {
+        log.info(format!("summary:\n{}", table.markdown()));
+    }
+    let failed = table.failed();
+    if !failed.is_empty() {
+        bail!(
+            "{} of {owned} variants failed ({}); see {}",
+            failed.len(),
+            failed.join(", "),
+            run.path().join(if sharded { "log.shard-*.txt" } else { "summary.md" }).display()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,195 @@
+//! The executor: trains one variant plan into its folder (resolved config, log, metrics,
+//! event file, checkpoints, submission). `run`, `resume`, shards and Slurm tasks all call it.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use candle_core::Device;
+
+use crate::data::folder::{self, Item};
+use crate::data::loader::{ImageCache, Loader};
+use crate::device::{self, DeviceChoice};
+use crate::model::Model;
+use crate::output::log::RunLog;
+use crate::output::run_folder::VariantFolder;
+use crate::output::sink::CsvSink;
+use crate::output::tensorboard::TensorBoardSink;
+use crate::output::{checkpoint, submission, write_atomic};
+use crate::plan::{VariantPlan, prepare_model};
+use crate::spec::{CacheMode, Precision, Spec, Transform};
+use crate::train::{FitOutcome, Hook, Interrupted, Learner, MetricSink, Progress, Splits, StopSignal};
+
+/// Extra metric sinks per variant (tests pass memory sinks); called with the variant's folder.
+pub type SinkFactory<'a> = Box<dyn FnMut(&str) -> Vec<Box<dyn MetricSink>> + 'a>;
+
+/// What a process hands every training it runs: the stop signal, hooks, extra sinks.
+pub struct Env<'a> {
+    pub stop: StopSignal,
+    /// Handed to every variant in turn (a [`crate::train::StopAfterSteps`] counts over all).
+    pub hooks: Vec<Box<dyn Hook>>,
+    pub sinks: SinkFactory<'a>,
+}
+
+impl Default for Env<'_> {
+    fn default() -> Self {
+        Self { stop: StopSignal::default(), hooks: Vec::new(), sinks: Box::new(|_| Vec::new()) }
+    }
+}
+
+/// The device a spec trains on (`--device` wins over `train.device`), with a notice when
+/// `auto` fell back to the CPU; a precision the device cannot do is refused.
+pub fn open_device(spec: &Spec, cli: Option<DeviceChoice>) -> anyhow::Result<(Device, Option<String>)> {
+    let (device, notice) = device::open(cli.unwrap_or(spec.train.device))?;
+    if spec.train.precision == Precision::Bf16 && device.is_cpu() {
+        bail!(
+            "train.precision = \"bf16\" needs a CUDA device, but this run trains on the CPU (bf16 would be slower there, not faster): use precision = \"f32\", or a CUDA build and GPU (see the README)"
+        );
+    }
+    Ok((device, notice))
+}
+
+/// Adds how to go on to an interruption.
+pub fn resume_hint(e: anyhow::Error, run: &std::path::Path) -> anyhow::Error {
+    if e.is::<Interrupted>() {
+        e.context(format!("stopped; continue with: ablate resume {}", run.display()))
+    } else {
+        e
+    }
+}
+
+/// Trains `plan` into `folder` on `device`; `resume` continues the checkpoint a previous
+/// attempt committed there. Every line of its log also goes to `log.txt` in the folder.
+pub fn train(
+    plan: &VariantPlan,
+    folder: &VariantFolder,
+    (device, notice): (&Device, Option<String>),
+    env: &mut Env,
+    resume: bool,
+) -> anyhow::Result<FitOutcome> {
+    let spec = &plan.spec;
+    let mut model = Model::build(&spec.layers, spec.input_hw, spec.seed, device)?;
+    let import = prepare_model(&mut model, spec, plan.weights.as_deref())?;
+    model.set_bf16(spec.train.precision == Precision::Bf16);
+    write_atomic(&folder.config(), spec.config_toml.as_bytes())?;
+    let bars = RunLog::terminal_bars();
+    let log = if resume { RunLog::append(&folder.log(), bars)? } else { RunLog::create(&folder.log(), bars)? };
+    log.info(format!("run folder: {}", folder.path().display()));
+    notice.into_iter().for_each(|n| log.info(n));
+    log.info(format!("model ({}x{} input):\n{}", spec.input_hw.0, spec.input_hw.1, model.summary()));
+    import.into_iter().for_each(|r| log.info(r));
+    let result = train_logged(plan, folder, &model, device, &log, env, resume);
+    if let Err(e) = &result {
+        log.info(format!("error: {e:#}"));
+    }
+    result
+}
+
+fn train_logged(
+    plan: &VariantPlan,
+    folder: &VariantFolder,
+    model: &Model,
+    device: &Device,
+    log: &RunLog,
+    env: &mut Env,
+    resume: bool,
+) -> anyhow::Result<FitOutcome> {
+    let spec = &plan.spec;
+    let splits = splits(plan, folder, log)?;
+    let history = if resume { CsvSink::read(&folder.metrics())? } else { Vec::new() };
+    let mut checkpointer = folder.checkpointer(resume)?;
+    let csv = if resume { CsvSink::append(&folder.metrics())? } else { CsvSink::create(&folder.metrics())? };
+    let mut sinks: Vec<Box<dyn MetricSink>> =
+        vec![Box::new(csv), Box::new(TensorBoardSink::with_session(folder.path(), &plan.hparams, &plan.group))];
+    sinks.extend((env.sinks)(&plan.folder));
+    let mut learner = Learner {
+        spec,
+        model,
+        device,
+        checkpointer: &mut checkpointer,
+        sinks: &mut sinks,
+        progress: log,
+        hooks: &mut env.hooks,
+        stop: &env.stop,
+        best: Default::default(),
+    };
+    let outcome = learner.fit(&splits, history);
+    // An interrupted session is not over: its resume finishes it.
+    if !outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
+        for sink in &mut sinks {
+            sink.finish(outcome.is_ok())?;
+        }
+    }
+    drop(sinks); // closes the event file
+    let outcome = outcome?;
+    if let Some(test) = &plan.test_items {
+        checkpoint::load(model, &checkpointer.best())?;
+        let rows = predictions(model, &loader(spec, test.clone(), &spec.eval_transforms), device, log)?;
+        submission::write(&folder.submission(), &rows, &spec.class_names, &spec.submission)?;
+        log.info(format!(
+            "submission.csv: {} test images, predicted with best.safetensors (epoch {})",
+            rows.len(),
+            outcome.best_epoch
+        ));
+    }
+    let last = outcome.epochs.last().expect("at least one epoch");
+    log.info(format!(
+        "done: best epoch {}, final val acc {}, final train loss {:.4}",
+        outcome.best_epoch,
+        last.val_acc.map_or("-".into(), |v| format!("{v:.4}")),
+        last.train_loss
+    ));
+    Ok(outcome)
+}
+
+/// A loader of `items` through `pipeline` with the spec's batching.
+pub fn loader(spec: &Spec, items: Arc<Vec<Item>>, pipeline: &[Transform]) -> Loader {
+    let mut l = Loader::new(items, pipeline.to_vec(), spec.input_hw, spec.data.batch_size);
+    l.prefetch = spec.data.prefetch;
+    l.skip_bad = spec.data.skip_bad;
+    l.seed = spec.seed;
+    l
+}
+
+/// The seeded train / validation split with a loader each (sharing one image cache when the
+/// pipelines allow).
+fn splits(plan: &VariantPlan, folder: &VariantFolder, log: &RunLog) -> anyhow::Result<Splits> {
+    let spec = &plan.spec;
+    let items = &plan.items;
+    let (train_idx, val_idx) = folder::split(items, spec.data.val_fraction, spec.seed);
+    log.info(format!(
+        "data: {} ({} classes: {}), {} train / {} validation images{}",
+        spec.data.root.display(),
+        spec.num_classes(),
+        spec.class_names.join(", "),
+        train_idx.len(),
+        val_idx.len(),
+        plan.test_items.as_ref().map_or(String::new(), |t| format!(", {} test images", t.len()))
+    ));
+    let (mut train, mut val) =
+        (loader(spec, items.clone(), &spec.train_transforms), loader(spec, items.clone(), &spec.eval_transforms));
+    let cache = |pipeline: &[Transform]| -> anyhow::Result<Arc<ImageCache>> {
+        Ok(Arc::new(match spec.data.cache {
+            CacheMode::Disk => ImageCache::on_disk(items.len(), pipeline, &folder.cache())
+                .with_context(|| format!("cannot create the image cache under {}", folder.cache().display()))?,
+            _ => ImageCache::new(items.len(), pipeline),
+        }))
+    };
+    if spec.data.cache != CacheMode::None {
+        let train_cache = cache(&spec.train_transforms)?;
+        let val_cache =
+            if train_cache.fits(&spec.eval_transforms) { train_cache.clone() } else { cache(&spec.eval_transforms)? };
+        (train, val) = (train.with_cache(train_cache), val.with_cache(val_cache));
+    }
+    Ok(Splits { train, train_idx, val, val_idx })
+}
+
+/// Every item's predicted class, as `(id, class)`.
+pub fn predictions(
+    model: &Model,
+    loader: &Loader,
+    device: &Device,
+    progress: &dyn Progress,
+) -> anyhow::Result<Vec<(String, usize)>> {
+    let preds = crate::train::predict(model, loader, device, progress)?;
+    Ok(preds.into_iter().map(|(i, c)| (loader.items()[i].id.clone(), c)).collect())
+}

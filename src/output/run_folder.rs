@@ -1,0 +1,194 @@
+//! The run folder: `runs/<YYYY-MM-DD_HH-MM-SS>_<name>/`, created fresh and never reused (or
+//! `<id>_<name>/`, shared by the shards of one sweep), and every path in it. Nothing else
+//! spells a file name of a run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Local};
+
+use super::checkpoint::CheckpointDir;
+use crate::scaleout::Shard;
+
+/// A run folder: one variant at its root (`.`), or one sub-folder per variant.
+#[derive(Debug, Clone)]
+pub struct RunFolder {
+    root: PathBuf,
+}
+
+impl RunFolder {
+    /// A new folder `<runs_dir>/<time>_<title>` (`-2`, `-3`, ... when the name is taken).
+    pub fn create(runs_dir: &Path, title: &str) -> anyhow::Result<Self> {
+        let root = create(runs_dir, title, Local::now())
+            .with_context(|| format!("cannot create a run folder under {}", runs_dir.display()))?;
+        Ok(Self { root })
+    }
+
+    /// `<runs_dir>/<id>_<title>`, shared by the shards of one sweep. A shard (or unsharded
+    /// run) that already ran there is refused: a run id is used once.
+    pub fn shared(runs_dir: &Path, title: &str, id: &str, shard: Shard) -> anyhow::Result<Self> {
+        let root = runs_dir.join(shared_name(id, title));
+        std::fs::create_dir_all(&root).with_context(|| format!("cannot create the run folder {}", root.display()))?;
+        let folder = Self { root };
+        let mine = if shard.count > 1 { folder.shard_summary(shard) } else { folder.summary_csv() };
+        for done in [&mine, &folder.summary_csv()] {
+            if done.exists() {
+                bail!(
+                    "{} exists: run id {id} was used before (shard {shard}); pick another --run-id, or continue it with `ablate resume {}`",
+                    done.display(),
+                    folder.root.display()
+                );
+            }
+        }
+        Ok(folder)
+    }
+
+    /// An existing run folder made by `ablate run` (it has a summary, or shard summaries).
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        let folder = Self { root: root.to_path_buf() };
+        if !folder.summary_csv().is_file() && !folder.shards_dir().is_dir() {
+            bail!("{}: not a run folder made by ablate run (no summary.csv)", root.display());
+        }
+        Ok(folder)
+    }
+
+    /// The folder at `root`, unchecked (for paths only).
+    pub fn existing(root: &Path) -> Self {
+        Self { root: root.to_path_buf() }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// The folder's own name, the title of its summaries.
+    pub fn title(&self) -> String {
+        self.root.file_name().map_or_else(|| "run".into(), |n| n.to_string_lossy().into_owned())
+    }
+
+    /// Variant `name`'s folder: the root for `.`, else a sub-folder (created).
+    pub fn variant(&self, name: &str) -> anyhow::Result<VariantFolder> {
+        let dir = if name == "." { self.root.clone() } else { self.root.join(name) };
+        // Inside this run's folder: nothing else's to overwrite.
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(VariantFolder { dir })
+    }
+
+    /// The variant's folder as it is, for reading (a resume).
+    pub fn existing_variant(&self, name: &str) -> VariantFolder {
+        VariantFolder { dir: if name == "." { self.root.clone() } else { self.root.join(name) } }
+    }
+
+    pub fn summary_csv(&self) -> PathBuf {
+        self.root.join("summary.csv")
+    }
+
+    /// Where shards write their own summaries.
+    pub fn shards_dir(&self) -> PathBuf {
+        self.root.join("shards")
+    }
+
+    pub fn shard_summary(&self, shard: Shard) -> PathBuf {
+        self.shards_dir().join(shard.summary_file())
+    }
+
+    /// The run's own log (a sweep's: which variant when); a shard writes its own.
+    pub fn log(&self, shard: Option<Shard>) -> PathBuf {
+        match shard {
+            Some(s) if s.count > 1 => self.root.join(format!("log.shard-{}-of-{}.txt", s.index, s.count)),
+            _ => self.root.join("log.txt"),
+        }
+    }
+
+    /// The experiment file as written, at the top of experiment `top`'s folders (`.`: the root).
+    pub fn experiment_toml(&self, top: &str) -> PathBuf {
+        if top == "." { self.root.join("experiment.toml") } else { self.root.join(top).join("experiment.toml") }
+    }
+}
+
+/// One variant's folder: its resolved config, log, metrics, event files, checkpoints and
+/// submission.
+#[derive(Debug, Clone)]
+pub struct VariantFolder {
+    dir: PathBuf,
+}
+
+impl VariantFolder {
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("log.txt")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.csv")
+    }
+    pub fn submission(&self) -> PathBuf {
+        self.dir.join("submission.csv")
+    }
+    /// The image cache of `data.cache = "disk"`.
+    pub fn cache(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+    pub fn checkpoints_dir(&self) -> PathBuf {
+        self.dir.join("checkpoints")
+    }
+    /// The saved weights `which` (`best` or `last`).
+    pub fn weights(&self, which: &str) -> PathBuf {
+        self.checkpoints_dir().join(format!("{which}.safetensors"))
+    }
+    /// The learner's checkpointer on `checkpoints/`; `resume` continues what it holds.
+    pub fn checkpointer(&self, resume: bool) -> anyhow::Result<CheckpointDir> {
+        CheckpointDir::open(self.checkpoints_dir(), resume)
+    }
+}
+
+/// Folder name for a run of `name` started at `when`; the name is made filesystem-safe.
+fn run_name(when: DateTime<Local>, name: &str) -> String {
+    format!("{}_{}", when.format("%Y-%m-%d_%H-%M-%S"), safe(name))
+}
+
+/// Folder name of a run with a fixed id (the shards of one sweep share it): `<id>_<name>`.
+fn shared_name(id: &str, name: &str) -> String {
+    format!("{id}_{}", safe(name))
+}
+
+/// `name` with characters other than letters, digits and `-_.=,+` replaced by `_`.
+pub fn safe(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.=,+".contains(c) { c } else { '_' }).collect()
+}
+
+/// Creates a new run folder under `root`; when the name is taken (two runs in one second) a
+/// `-2`, `-3`, ... suffix is added. An existing folder is never reused.
+fn create(root: &Path, name: &str, when: DateTime<Local>) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(root)?;
+    let base = run_name(when, name);
+    for n in 1.. {
+        let candidate = if n == 1 { root.join(&base) } else { root.join(format!("{base}-{n}")) };
+        match std::fs::create_dir(&candidate) {
+            Ok(()) => return Ok(candidate),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    unreachable!("the suffix loop only ends by returning")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn same_second_runs_get_suffixes() {
+        let root = tempfile::tempdir().unwrap();
+        let when = Local.with_ymd_and_hms(2026, 11, 29, 7, 30, 12).unwrap();
+        let a = create(root.path(), "le net", when).unwrap();
+        let b = create(root.path(), "le net", when).unwrap();
+        assert_eq!(a.file_name().unwrap(), "2026-11-29_07-30-12_le_net");
+        assert_eq!(b.file_name().unwrap(), "2026-11-29_07-30-12_le_net-2");
+    }
+}

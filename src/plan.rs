@@ -1,0 +1,358 @@
+//! The plan: experiment files x sweep x shard -> validated variant plans, before anything is
+//! written. A pure step apart from reading the files it is given (experiments, bases, the
+//! dataset's file list, `model.init` weights): each variant's config is resolved, its data
+//! found, its model built once on the CPU to check shapes, freeze prefixes and weights, and
+//! each weights file read once for every variant that uses it. `ablate check` is this plus
+//! printing; `run`, `resume`, shards and Slurm tasks train what it returns.
+//!
+//! The only module besides `config` itself that imports `config`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
+
+use crate::config::load::{self, Sources};
+use crate::config::sweep::{Sweep, Variant, format_value};
+use crate::config::{Override, resolve};
+use crate::data::folder::{self, Item};
+use crate::model::{Model, Summary, weights};
+use crate::output::run_folder::RunFolder;
+use crate::output::summary::Row;
+use crate::spec::Spec;
+
+/// What to plan: `ablate run`'s (or `check`'s, or `slurm`'s) experiments and overrides.
+#[derive(Debug, Clone, Default)]
+pub struct Request {
+    /// Experiment files; several go into one run folder with one summary.
+    pub files: Vec<PathBuf>,
+    pub overrides: Vec<Override>,
+    /// `--sweep key=v1,v2` axes, added to (or replacing) each file's `[sweep]`.
+    pub sweep: Vec<String>,
+}
+
+/// Named tensors of a `model.init` weights file, read once and shared by its variants.
+pub type Weights = Arc<HashMap<String, Tensor>>;
+
+/// One experiment file of a plan.
+pub struct ExperimentPlan {
+    /// The experiment's `name`.
+    pub name: String,
+    /// The file as written, its bases and the command line's overrides and sweep as comments
+    /// (the run's `experiment.toml`).
+    pub as_written: String,
+}
+
+/// One training: a variant of an experiment, validated.
+pub struct VariantPlan {
+    /// Its folder in the run: `.` (a run of one), `groups=8`, or `<experiment>[/<variant>]`
+    /// when several experiments run together.
+    pub folder: String,
+    /// Index of its experiment in [`Plan::experiments`].
+    pub experiment: usize,
+    /// The swept values.
+    pub values: Vec<(String, toml::Value)>,
+    /// HParams session values: the swept ones (after `experiment` when several run), then the
+    /// spec's standard ones.
+    pub hparams: Vec<(String, toml::Value)>,
+    /// The HParams group: the variant's folder, or the experiment's name for a run of one.
+    pub group: String,
+    pub spec: Spec,
+    /// Labelled images.
+    pub items: Arc<Vec<Item>>,
+    /// Unlabelled test images, when the experiment makes a submission.
+    pub test_items: Option<Arc<Vec<Item>>>,
+    /// `model.init`'s tensors.
+    pub weights: Option<Weights>,
+    /// Per-layer shapes, parameters and multiply-adds.
+    pub summary: Summary,
+    /// What the weight import and freezing did (for the log), or why they cannot be done.
+    pub init: Result<Option<String>, String>,
+}
+
+impl VariantPlan {
+    /// `key=value` per swept key, `;`-separated (the summary's `values` column).
+    pub fn values_text(&self) -> String {
+        self.values.iter().map(|(k, x)| format!("{k}={}", format_value(x))).collect::<Vec<_>>().join(";")
+    }
+
+    /// The variant's summary row before it trains.
+    pub fn pending_row(&self) -> Row {
+        Row::pending(&self.folder, &self.values_text(), self.size())
+    }
+
+    /// Total parameters and multiply-adds per image.
+    pub fn size(&self) -> (usize, u64) {
+        (self.summary.total_params(), self.summary.total_macs())
+    }
+}
+
+/// Every variant to train, in the documented sweep order, each experiment's after the
+/// previous one's.
+pub struct Plan {
+    /// The run folder's title: the experiment names joined by `+` (shortened when long).
+    pub title: String,
+    pub experiments: Vec<ExperimentPlan>,
+    pub variants: Vec<VariantPlan>,
+}
+
+impl Plan {
+    /// A run of one experiment without a sweep: its files go straight into the run folder.
+    pub fn is_single(&self) -> bool {
+        matches!(&self.variants[..], [v] if v.folder == ".")
+    }
+
+    /// The first variant whose weights cannot be imported or frozen as asked, as an error.
+    pub fn check_init(&self) -> anyhow::Result<()> {
+        match self.variants.iter().find_map(|v| v.init.as_ref().err().map(|e| (v, e))) {
+            Some((v, e)) if v.folder == "." => bail!("{e}"),
+            Some((v, e)) => bail!("variant {}: {e}", v.folder),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Plans `request`: every variant validated (config, data, shapes, weights), nothing written.
+pub fn plan(request: &Request) -> anyhow::Result<Plan> {
+    let multi = request.files.len() > 1;
+    let mut experiments = Vec::new();
+    let mut variants: Vec<VariantPlan> = Vec::new();
+    let mut weights = WeightsCache::default();
+    for file in &request.files {
+        let (name, points) = sweep_points(file, &request.overrides, &request.sweep)?;
+        let index = experiments.len();
+        for Variant { name: variant_name, values } in points {
+            let folder = folder_name(multi, &name, &variant_name);
+            if variants.iter().any(|v| v.folder == folder) {
+                bail!("two experiments would both write {folder}/: give them different `name`s");
+            }
+            let what = || format!("{}: variant {folder}", file.display());
+            let extra = values.iter().map(|(k, v)| Override { key: k.clone(), value: v.clone(), raw: format_value(v) });
+            let sources = Sources {
+                files: load::extends_chain(file)?,
+                overrides: request.overrides.iter().cloned().chain(extra).collect(),
+                env: true,
+            };
+            let mut v = variant(&sources, file, &mut weights).with_context(what)?;
+            if experiments.len() == index {
+                // The user's own overrides and sweep axes, not this variant's values.
+                let user = Sources { overrides: request.overrides.clone(), ..sources };
+                let sweep_args: String = request.sweep.iter().map(|s| format!("# --sweep {s}\n")).collect();
+                experiments.push(ExperimentPlan { name: name.clone(), as_written: as_written(&user)? + &sweep_args });
+            }
+            v.group = if folder == "." { v.spec.name.clone() } else { folder.clone() };
+            v.hparams = session(&values, &v.spec, multi.then_some(name.as_str()));
+            (v.folder, v.experiment, v.values) = (folder, index, values);
+            variants.push(v);
+        }
+    }
+    let names: Vec<&str> = experiments.iter().map(|e| e.name.as_str()).collect();
+    Ok(Plan { title: run_title(request.files.len(), &names.join("+")), experiments, variants })
+}
+
+/// The plan of an existing run folder's unfinished variants (`rows` that are not `ok`), each
+/// from its own `config.toml`: what `ablate resume` trains.
+pub fn from_run(run: &RunFolder, rows: &[Row]) -> anyhow::Result<Vec<(usize, VariantPlan)>> {
+    let mut weights = WeightsCache::default();
+    let mut out = Vec::new();
+    for (i, row) in rows.iter().enumerate().filter(|(_, r)| r.status != crate::output::summary::Status::Ok) {
+        let config = run.existing_variant(&row.variant).config();
+        if !config.is_file() {
+            bail!("{}: no config.toml, cannot resume variant {}", config.display(), row.variant);
+        }
+        let sources = Sources { files: vec![config.clone()], overrides: vec![], env: false };
+        let mut v = variant(&sources, &config, &mut weights)?;
+        let values: Vec<(String, toml::Value)> = row
+            .values
+            .split(';')
+            .filter(|kv| !kv.is_empty())
+            .filter_map(|kv| Override::parse(kv).ok())
+            .map(|o| (o.key, o.value))
+            .collect();
+        v.group = if row.variant == "." { v.spec.name.clone() } else { row.variant.clone() };
+        v.hparams = session(&values, &v.spec, None);
+        (v.folder, v.values) = (row.variant.clone(), values);
+        out.push((i, v));
+    }
+    Ok(out)
+}
+
+/// HParams session values: `experiment` (when several run together), the swept values, then
+/// the spec's standard ones that were not swept.
+fn session(values: &[(String, toml::Value)], spec: &Spec, experiment: Option<&str>) -> Vec<(String, toml::Value)> {
+    let mut out: Vec<(String, toml::Value)> =
+        experiment.map(|e| ("experiment".to_string(), toml::Value::String(e.into()))).into_iter().collect();
+    out.extend(values.iter().cloned());
+    out.extend(spec.hparams.iter().filter(|(k, _)| !values.iter().any(|(s, _)| s == k)).cloned());
+    out
+}
+
+/// A variant's folder in the run (see [`VariantPlan::folder`]).
+fn folder_name(multi: bool, experiment: &str, name: &str) -> String {
+    match (multi, name.is_empty()) {
+        (true, true) => experiment.to_string(),
+        (true, false) => format!("{experiment}/{name}"),
+        (false, true) => ".".into(),
+        (false, false) => name.to_string(),
+    }
+}
+
+/// Weights files read so far, by path.
+#[derive(Default)]
+struct WeightsCache(HashMap<PathBuf, Weights>);
+
+impl WeightsCache {
+    fn get(&mut self, path: &Path) -> anyhow::Result<Weights> {
+        if let Some(w) = self.0.get(path) {
+            return Ok(w.clone());
+        }
+        let w: Weights = Arc::new(weights::read(path)?);
+        self.0.insert(path.to_path_buf(), w.clone());
+        Ok(w)
+    }
+}
+
+/// One variant from its sources: resolved, its data found, its model checked on the CPU.
+fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::Result<VariantPlan> {
+    let exp = load::load(sources)?;
+    let root = Path::new(&exp.data.root);
+    let train_dir = root.join(&exp.data.train_dir);
+    let classes = folder::class_names(&train_dir, exp.data.classes.as_deref())?;
+    let spec = resolve(exp, &file.display().to_string(), classes)?;
+    let items = Arc::new(folder::labelled(&spec.train_dir(), &spec.class_names)?);
+    let test_items = match spec.test_dir() {
+        Some(dir) => Some(Arc::new(folder::unlabelled(&dir).context(
+            "no test images: point data.test_dir at them, or set data.test_dir = \"\" to train without a submission",
+        )?)),
+        None => None,
+    };
+    let mut model = Model::build(&spec.layers, spec.input_hw, spec.seed, &Device::Cpu)?;
+    // A weights file that cannot be read or imported is reported in `init`, so that `check`
+    // still shows the model.
+    let weights = spec
+        .init
+        .as_ref()
+        .map(|init| {
+            cache
+                .get(Path::new(&init.weights))
+                .with_context(|| format!("model.init.weights = \"{}\"", init.weights))
+                .map_err(|e| format!("{e:#}"))
+        })
+        .transpose();
+    let init = match &weights {
+        Ok(w) => prepare_model(&mut model, &spec, w.as_deref()).map_err(|e| format!("{e:#}")),
+        Err(e) => Err(e.clone()),
+    };
+    Ok(VariantPlan {
+        folder: String::new(),
+        experiment: 0,
+        values: Vec::new(),
+        hparams: Vec::new(),
+        group: String::new(),
+        summary: model.summary().clone(),
+        spec,
+        items,
+        test_items,
+        weights: weights.ok().flatten(),
+        init,
+    })
+}
+
+/// Loads `model.init`'s `weights` into `model` and applies `model.freeze`; says what it did.
+pub fn prepare_model(
+    model: &mut Model,
+    spec: &Spec,
+    weights: Option<&HashMap<String, Tensor>>,
+) -> anyhow::Result<Option<String>> {
+    let mut report = None;
+    if let (Some(init), Some(file)) = (&spec.init, weights) {
+        let r = weights::import(model, file, &init.skip, &init.weights)
+            .with_context(|| format!("model.init.weights = \"{}\"", init.weights))?;
+        report = Some(format!("weights from {}: {r}", init.weights));
+    }
+    model.freeze(&spec.freeze)?;
+    if !spec.freeze.is_empty() {
+        let n: usize = model.trainable().iter().map(|(_, v)| v.elem_count()).sum();
+        let note = format!("frozen: {} ({} parameters left to train)", spec.freeze.join(", "), n);
+        report = Some(report.map_or(note.clone(), |r| format!("{r}; {note}")));
+    }
+    Ok(report)
+}
+
+/// The experiment's name and its sweep's points (one empty point without a sweep). A
+/// `model.params` key must exist to be swept: a misspelt one would change nothing.
+fn sweep_points(file: &Path, overrides: &[Override], cli_sweep: &[String]) -> anyhow::Result<(String, Vec<Variant>)> {
+    let chain = load::extends_chain(file)?;
+    let base = load::load(&Sources { files: chain, overrides: overrides.to_vec(), env: true })?;
+    let file_name = file.display().to_string();
+    let sweep = Sweep::from_table(&base.sweep, &file_name)?.with_cli(cli_sweep)?;
+    for axis in &sweep.axes {
+        if let Some(name) = axis.key.strip_prefix("model.params.")
+            && !base.model.params.contains_key(name)
+        {
+            bail!(
+                "{file_name}: sweep key `{}`: `{name}` is not in model.params (it has: {})",
+                axis.key,
+                base.model.params.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    let variants = sweep.expand()?;
+    // Without a sweep: one point, no values, no folder of its own.
+    let points = if variants.is_empty() { vec![Variant { name: String::new(), values: Vec::new() }] } else { variants };
+    Ok((base.name, points))
+}
+
+/// The experiment file(s) as the user wrote them: the file itself, then its bases and the
+/// overrides as comments, so the record is complete and still valid TOML.
+fn as_written(sources: &Sources) -> anyhow::Result<String> {
+    let (file, bases) = sources.files.split_last().expect("the chain holds at least the file");
+    let mut text = std::fs::read_to_string(file)?;
+    for base in bases.iter().rev() {
+        text.push_str(&format!("\n# ---- ablate: extends {} ----\n", base.display()));
+        for line in std::fs::read_to_string(base)?.lines() {
+            text.push_str(&format!("# {line}\n"));
+        }
+    }
+    if !sources.overrides.is_empty() {
+        text.push_str("\n# ---- ablate: command-line overrides ----\n");
+        for o in &sources.overrides {
+            text.push_str(&format!("# --set {}={}\n", o.key, o.raw));
+        }
+    }
+    Ok(text)
+}
+
+/// The name part of a run folder for experiments titled `title`.
+fn run_title(files: usize, title: &str) -> String {
+    // A long list of experiment names would make an unwieldy folder name.
+    if title.len() > 60 { format!("{files}-experiments") } else { title.to_string() }
+}
+
+/// The experiment files named by `args`: files as given, folders walked for `*.toml` files
+/// (sorted; names starting with `_`, such as shared bases, skipped).
+pub fn experiment_files(args: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for arg in args {
+        if !arg.is_dir() {
+            files.push(arg.clone());
+            continue;
+        }
+        let mut found: Vec<PathBuf> = walkdir::WalkDir::new(arg)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.into_path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('_')))
+            .collect();
+        if found.is_empty() {
+            bail!("no experiment files (*.toml) in {}", arg.display());
+        }
+        found.sort();
+        files.extend(found);
+    }
+    Ok(files)
+}

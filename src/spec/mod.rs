@@ -1,0 +1,181 @@
+//! The validated experiment: what every stage after `config` trusts and may import.
+//!
+//! `config::resolve` is the only producer of a [`Spec`]; nothing here reads files or TOML.
+//! A leaf module: it imports nothing of ablate's but the kernels' plain parameter types
+//! (`ops::params`). The small settings types that serde reads straight from the TOML (and
+//! that `resolve` range-checks) live here too, so the raw schema and the spec share one type
+//! each instead of two parallel copies.
+
+mod layer;
+mod optim;
+mod transform;
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub use layer::{BlockKind, ConvConfig, DownsampleKind, LayerConfig, LinearConfig, MidWidth, StageConfig};
+pub use optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
+pub use transform::{Transform, output_size};
+
+/// A validated experiment: every reference substituted, every value in range.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    /// Experiment name (the run folder's suffix).
+    pub name: String,
+    /// Seed of initialisation, split, shuffling and augmentation.
+    pub seed: u64,
+    pub data: DataSpec,
+    /// Class names in label order.
+    pub class_names: Vec<String>,
+    pub train_transforms: Vec<Transform>,
+    pub eval_transforms: Vec<Transform>,
+    /// `(h, w)` the network is built for.
+    pub input_hw: (usize, usize),
+    pub layers: Vec<LayerConfig>,
+    /// Saved weights to start from.
+    pub init: Option<InitSpec>,
+    /// Parameter-name prefixes kept fixed.
+    pub freeze: Vec<String>,
+    pub optimizer: OptimizerConfig,
+    pub train: TrainSpec,
+    pub submission: SubmissionConfig,
+    /// The hyper-parameters every run reports to TensorBoard's HParams (optimizer, lr, batch
+    /// size, epochs, seed), by config key.
+    pub hparams: Vec<(String, toml::Value)>,
+    /// The run's `config.toml`: the merged experiment with an absolute data root and its
+    /// classes listed, standing alone (a resume reads it back and compares fingerprints).
+    pub config_toml: String,
+}
+
+impl Spec {
+    pub fn num_classes(&self) -> usize {
+        self.class_names.len()
+    }
+    /// The train folder.
+    pub fn train_dir(&self) -> PathBuf {
+        self.data.root.join(&self.data.train_dir)
+    }
+    /// The test folder, if the experiment has one.
+    pub fn test_dir(&self) -> Option<PathBuf> {
+        self.data.test_dir.as_ref().map(|t| self.data.root.join(t))
+    }
+}
+
+/// Where the images are and how they are batched.
+#[derive(Debug, Clone)]
+pub struct DataSpec {
+    /// Absolute dataset root.
+    pub root: PathBuf,
+    /// Labelled images, relative to `root`.
+    pub train_dir: String,
+    /// Unlabelled test images, relative to `root`; `None` trains without a submission.
+    pub test_dir: Option<String>,
+    /// Fraction of each class held out for validation.
+    pub val_fraction: f64,
+    /// Images per step (at least 1).
+    pub batch_size: usize,
+    /// Batches decoded ahead.
+    pub prefetch: usize,
+    /// Skip unreadable images instead of failing.
+    pub skip_bad: bool,
+    pub cache: CacheMode,
+}
+
+/// Epochs, schedule, device and precision.
+#[derive(Debug, Clone)]
+pub struct TrainSpec {
+    /// At least 1.
+    pub epochs: usize,
+    pub lr_schedule: ScheduleConfig,
+    pub device: DeviceChoice,
+    pub precision: Precision,
+}
+
+/// Pretrained weights to load into the declared model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InitSpec {
+    /// A `.safetensors` file or a PyTorch `.pth` / `.pt` state dict.
+    pub weights: String,
+    /// Name prefixes left at their fresh initialisation (the head: `["fc"]`).
+    #[serde(default)]
+    pub skip: Vec<String>,
+}
+
+/// Where decoded images are kept between epochs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheMode {
+    /// Decode every image every epoch.
+    #[default]
+    None,
+    /// Keep each image as u8 after the pipeline's leading resize / centre crop, in RAM:
+    /// height x width x 3 bytes per image.
+    Memory,
+    /// The same bytes in a file under the run folder (`cache/`), removed when the run ends;
+    /// the kernel's page cache keeps what fits in RAM.
+    Disk,
+}
+
+/// Arithmetic precision of training.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+/// What `submission.csv` looks like.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmissionConfig {
+    /// Write the `id,label` header line.
+    #[serde(default = "default_true")]
+    pub header: bool,
+    /// `index` (class number, the contest's format) or `name` (class folder name).
+    #[serde(default)]
+    pub label: LabelFormat,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl Default for SubmissionConfig {
+    fn default() -> Self {
+        Self { header: true, label: LabelFormat::Index }
+    }
+}
+
+/// How a predicted class is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LabelFormat {
+    #[default]
+    Index,
+    Name,
+}
+/// A parsed `train.device` / `--device` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Auto,
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("unknown device \"{other}\": expected auto, cpu, cuda or cuda:N")),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Optimizer and learning-rate schedule settings: read straight from the TOML (every value
+//! serde accepts is one `resolve` range-checks) and used as they are by `train::optim`.
+
+use serde::{Deserialize, Serialize};
+
+/// Optimizer choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OptimizerKind {
+    /// Adam; `weight_decay` adds an L2 term to the gradient, as PyTorch's `Adam`.
+    Adam,
+    /// Adam with decoupled weight decay, as PyTorch's `AdamW`.
+    Adamw,
+    /// Stochastic gradient descent with optional momentum / Nesterov and L2 weight decay.
+    Sgd,
+}
+
+/// Optimizer hyper-parameters (PyTorch's defaults).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimizerConfig {
+    /// Which optimizer.
+    #[serde(default = "default_optimizer")]
+    pub kind: OptimizerKind,
+    /// Peak learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// Weight decay (L2 for adam/sgd, decoupled for adamw).
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// Adam's (beta1, beta2).
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    /// Adam's epsilon.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    /// SGD momentum.
+    #[serde(default)]
+    pub momentum: f64,
+    /// SGD Nesterov momentum.
+    #[serde(default)]
+    pub nesterov: bool,
+}
+
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adam
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            kind: default_optimizer(),
+            lr: default_lr(),
+            weight_decay: 0.0,
+            betas: default_betas(),
+            eps: default_eps(),
+            momentum: 0.0,
+            nesterov: false,
+        }
+    }
+}
+
+/// Schedule kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleKind {
+    /// The same rate throughout.
+    #[default]
+    Constant,
+    /// Multiply by `gamma` every `step_epochs` epochs.
+    Step,
+    /// Cosine decay from `lr` to `min_lr` over the epochs after warm-up.
+    Cosine,
+}
+
+/// Learning-rate schedule settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Schedule shape.
+    #[serde(default)]
+    pub kind: ScheduleKind,
+    /// Epochs of linear warm-up from 0 to `lr` (any kind).
+    #[serde(default)]
+    pub warmup_epochs: f64,
+    /// Step schedule: epochs between decays.
+    #[serde(default = "default_step_epochs")]
+    pub step_epochs: usize,
+    /// Step schedule: decay factor.
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    /// Cosine schedule: final rate.
+    #[serde(default)]
+    pub min_lr: f64,
+}
+
+fn default_step_epochs() -> usize {
+    30
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+
+impl Default for ScheduleConfig {
+    fn default() -> Self {
+        Self {
+            kind: ScheduleKind::Constant,
+            warmup_epochs: 0.0,
+            step_epochs: default_step_epochs(),
+            gamma: default_gamma(),
+            min_lr: 0.0,
+        }
+    }
+}

@@ -1,0 +1,243 @@
+//! The learner: epochs of seeded shuffled batches, evaluation on the hold-out, metrics to
+//! every sink, checkpoints committed at each epoch's end (and on a stop request).
+//!
+//! It knows the world only through the traits of [`super::components`]; `fit` is three
+//! steps: [`Learner::train_epoch`], [`Learner::end_epoch`] (evaluate, record, keep the best,
+//! commit), repeated, after [`Learner::start`] (fresh or restored).
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use candle_core::{Device, Tensor};
+use candle_nn::ModuleT;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+
+use super::components::{BestPolicy, Checkpointer, EpochMetrics, Hook, MetricSink, Progress, StepEnd, StopSignal};
+use super::eval::{correct, evaluate};
+use super::optim::{Optimizer, lr_at};
+use super::state::{Interrupted, TrainState, fingerprint};
+use crate::data::loader::{Batch, Loader};
+use crate::model::Model;
+use crate::spec::Spec;
+
+/// The labelled data of a run: one loader per pipeline and the indices of each split.
+pub struct Splits {
+    pub train: Loader,
+    pub train_idx: Vec<usize>,
+    pub val: Loader,
+    pub val_idx: Vec<usize>,
+}
+
+/// How a finished training went.
+#[derive(Debug, Clone)]
+pub struct FitOutcome {
+    pub epochs: Vec<EpochMetrics>,
+    /// Epoch (1-based) whose weights the checkpointer kept as best.
+    pub best_epoch: usize,
+}
+
+/// One training: a model, its spec and the components it reports to.
+pub struct Learner<'a> {
+    pub spec: &'a Spec,
+    pub model: &'a Model,
+    pub device: &'a Device,
+    pub checkpointer: &'a mut dyn Checkpointer,
+    pub sinks: &'a mut [Box<dyn MetricSink>],
+    pub progress: &'a dyn Progress,
+    pub hooks: &'a mut [Box<dyn Hook>],
+    pub stop: &'a StopSignal,
+    pub best: BestPolicy,
+}
+
+impl Learner<'_> {
+    /// Trains for the spec's epochs. When the checkpointer holds a committed state, training
+    /// continues from it and `history` holds the epochs before it; otherwise it starts afresh.
+    pub fn fit(&mut self, data: &Splits, history: Vec<EpochMetrics>) -> anyhow::Result<FitOutcome> {
+        let mut opt = Optimizer::new(self.spec.optimizer.clone(), self.model.trainable());
+        let (mut st, mut history) = self.start(&mut opt, history)?;
+        for epoch in st.epochs_done + 1..=self.spec.train.epochs {
+            self.train_epoch(epoch, &mut st, &mut opt, data)?;
+            let m = self.end_epoch(epoch, &mut st, &opt, data)?;
+            history.push(m);
+        }
+        Ok(FitOutcome { epochs: history, best_epoch: st.best_epoch })
+    }
+
+    /// A fresh state, or the committed one with model and optimizer restored to it (a config
+    /// that changed since is refused).
+    fn start(
+        &mut self,
+        opt: &mut Optimizer,
+        history: Vec<EpochMetrics>,
+    ) -> anyhow::Result<(TrainState, Vec<EpochMetrics>)> {
+        let expected = fingerprint(&self.spec.config_toml);
+        let Some(st) = self.checkpointer.committed()? else {
+            return Ok((TrainState::fresh(&expected), Vec::with_capacity(self.spec.train.epochs)));
+        };
+        if st.fingerprint != expected {
+            bail!(
+                "config.toml changed since this run started (fingerprint {expected} != {}): resume refuses to mix configurations",
+                st.fingerprint
+            );
+        }
+        self.checkpointer.restore(self.model, opt)?;
+        self.model.set_dropout_word_pos(st.dropout_word_pos.parse().context("state.toml: dropout_word_pos")?);
+        self.progress.info(&format!("resuming after {} epochs and {} batches", st.epochs_done, st.batches_done));
+        Ok((st, history))
+    }
+
+    fn steps_per_epoch(&self, data: &Splits) -> usize {
+        data.train_idx.len().div_ceil(self.spec.data.batch_size)
+    }
+
+    /// The learning rate of the latest step (the base rate before any).
+    fn lr_now(&self, st: &TrainState, data: &Splits) -> f64 {
+        let s = self.spec;
+        lr_at(
+            s.optimizer.lr,
+            &s.train.lr_schedule,
+            st.step.saturating_sub(1),
+            self.steps_per_epoch(data),
+            s.train.epochs,
+        )
+    }
+
+    /// The epoch's remaining batches in its seeded order; on a stop request, commits and
+    /// returns [`Interrupted`].
+    fn train_epoch(
+        &mut self,
+        epoch: usize,
+        st: &mut TrainState,
+        opt: &mut Optimizer,
+        data: &Splits,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut order = data.train_idx.clone();
+        order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(self.spec.seed.wrapping_add(epoch as u64)));
+        // A resumed epoch skips the batches it already trained on (the order is seeded).
+        let order = order.split_off((st.batches_done * self.spec.data.batch_size).min(order.len()));
+        let bar = self.progress.bar(format!("epoch {epoch}/{}", self.spec.train.epochs), self.steps_per_epoch(data));
+        bar.set_position(st.batches_done);
+        let elapsed_before = st.elapsed_secs;
+        for batch in data.train.batches(order, epoch as u64) {
+            let loss = self.step(batch?, epoch, st, opt, data)?;
+            bar.step(Some(format!(
+                "loss {:.4} acc {:.3}",
+                st.loss_sum / st.seen as f64,
+                st.correct as f64 / st.seen as f64
+            )));
+            let end = StepEnd { epoch, step: st.step, loss, stop: self.stop };
+            for hook in self.hooks.iter_mut() {
+                hook.on_step_end(&end)?;
+            }
+            if self.stop.is_requested() {
+                bar.finish();
+                st.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
+                st.dropout_word_pos = self.model.dropout_word_pos().to_string();
+                self.checkpointer.commit(self.model, opt, st)?;
+                return Err(Interrupted { epoch, batches_done: st.batches_done }.into());
+            }
+        }
+        bar.finish();
+        st.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
+        if st.seen == 0 {
+            bail!("no training image could be read in epoch {epoch}");
+        }
+        Ok(())
+    }
+
+    /// One optimizer step on `batch`; returns its loss.
+    fn step(
+        &mut self,
+        batch: Batch,
+        epoch: usize,
+        st: &mut TrainState,
+        opt: &mut Optimizer,
+        data: &Splits,
+    ) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let n = batch.labels.len();
+        let x = batch.images.to_device(self.device)?;
+        let y = Tensor::new(batch.labels.as_slice(), self.device)?;
+        let logits = self.model.forward_t(&x, true)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let loss_value = loss.to_scalar::<f32>()? as f64;
+        if !loss_value.is_finite() {
+            bail!(
+                "the training loss became {loss_value} at epoch {epoch}, step {}: try a lower optimizer.lr",
+                st.step + 1
+            );
+        }
+        let s = self.spec;
+        let lr = lr_at(s.optimizer.lr, &s.train.lr_schedule, st.step, self.steps_per_epoch(data), s.train.epochs);
+        opt.step(&loss.backward()?, lr)?;
+        st.correct += correct(&logits, &y)?;
+        st.loss_sum += loss_value * n as f64;
+        st.seen += n;
+        st.step += 1;
+        st.batches_done += 1;
+        st.compute_secs += t0.elapsed().as_secs_f64();
+        Ok(loss_value)
+    }
+
+    /// Evaluates, records the epoch everywhere, keeps the best weights and commits the
+    /// epoch's end.
+    fn end_epoch(
+        &mut self,
+        epoch: usize,
+        st: &mut TrainState,
+        opt: &Optimizer,
+        data: &Splits,
+    ) -> anyhow::Result<EpochMetrics> {
+        let train_secs = st.elapsed_secs;
+        let validating = Instant::now();
+        let val = if data.val_idx.is_empty() {
+            None
+        } else {
+            Some(evaluate(self.model, &data.val, &data.val_idx, self.device, self.progress)?)
+        };
+        let m = EpochMetrics {
+            epoch,
+            train_loss: st.loss_sum / st.seen as f64,
+            train_acc: st.correct as f64 / st.seen as f64,
+            val_loss: val.map(|v| v.0),
+            val_acc: val.map(|v| v.1),
+            lr: self.lr_now(st, data),
+            images_per_sec: st.seen as f64 / train_secs,
+            seconds: train_secs + validating.elapsed().as_secs_f64(),
+        };
+        for sink in self.sinks.iter_mut() {
+            sink.record(&m)?;
+        }
+        for hook in self.hooks.iter_mut() {
+            hook.on_epoch_end(&m, self.stop)?;
+        }
+        self.progress.info(&epoch_line(&m, self.spec.train.epochs, st));
+        let score = self.best.score(&m);
+        if self.best.improves(st.best_score, score) {
+            st.best_score = Some(score);
+            st.best_epoch = epoch;
+            self.checkpointer.save_best(self.model).context("saving the best checkpoint")?;
+        }
+        *st = st.next_epoch(epoch, self.model.dropout_word_pos());
+        self.checkpointer.commit(self.model, opt, st)?;
+        Ok(m)
+    }
+}
+
+/// The log line of an epoch.
+fn epoch_line(m: &EpochMetrics, epochs: usize, st: &TrainState) -> String {
+    format!(
+        "epoch {}/{epochs}: train loss {:.4} acc {:.4} | val loss {} acc {} | lr {:.3e} | {:.1} img/s ({:.1} img/s compute only) | {:.1}s",
+        m.epoch,
+        m.train_loss,
+        m.train_acc,
+        m.val_loss.map_or("-".into(), |v| format!("{v:.4}")),
+        m.val_acc.map_or("-".into(), |v| format!("{v:.4}")),
+        m.lr,
+        m.images_per_sec,
+        st.seen as f64 / st.compute_secs.max(1e-9),
+        m.seconds
+    )
+}
