@@ -1,7 +1,7 @@
 //! The network: validated layer configs -> candle modules with seeded PyTorch-style init,
 //! shape inference and a per-layer summary (shapes, parameters, multiply-adds).
 
-pub mod blocks;
+pub mod builder;
 pub mod layers;
 pub mod summary;
 pub mod weights;
@@ -14,7 +14,6 @@ use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
 
 pub use crate::spec::{BlockKind, ConvConfig, DownsampleKind, LayerConfig, LinearConfig, MidWidth, StageConfig};
-pub use layers::Layer;
 pub use summary::{Summary, SummaryRow};
 
 /// A layer list that does not fit its input.
@@ -30,7 +29,7 @@ pub enum ModelError {
 
 /// A built network: its layers in order and every named tensor it owns.
 pub struct Model {
-    layers: Vec<Layer>,
+    layers: Vec<Box<dyn ModuleT>>,
     /// Trainable parameters by name (`conv1.weight`, `fc.bias`, ...).
     params: BTreeMap<String, Var>,
     /// Non-trainable state saved in checkpoints (BatchNorm running statistics).
@@ -42,7 +41,7 @@ pub struct Model {
     summary: Summary,
     /// The generator dropout masks come from (its position is saved for exact resumes).
     dropout_rng: Arc<Mutex<rand_chacha::ChaCha8Rng>>,
-    autocast: layers::Autocast,
+    autocast: builder::Autocast,
     device: Device,
 }
 
@@ -53,7 +52,7 @@ pub fn under_prefix(name: &str, prefix: &str) -> bool {
 
 impl Model {
     /// Builds `layers` for inputs of `(3, h, w)`, initialising weights from `seed` as PyTorch
-    /// does (see [`layers::ConvInit`]): BatchNorm weight 1 and bias 0, linear layers uniform
+    /// does (see [`builder::ConvInit`]): BatchNorm weight 1 and bias 0, linear layers uniform
     /// +-1/sqrt(fan_in).
     pub fn build(
         layers: &[LayerConfig],
@@ -72,21 +71,22 @@ impl Model {
         seed: u64,
         device: &Device,
     ) -> Result<Self, ModelError> {
-        let built = layers::build(layers, input, seed, device)?;
+        let mut b = builder::Builder::new(seed, device, layers::conv_init(layers));
+        let net = layers::build(layers, input, seed, &mut b)?;
         Ok(Self {
-            layers: built.layers,
-            params: built.params,
-            buffers: built.buffers,
-            counters: built.counters,
+            layers: net.layers,
+            params: b.params,
+            buffers: b.buffers,
+            counters: b.counters,
             frozen: Vec::new(),
-            summary: built.summary,
-            dropout_rng: built.dropout_rng,
-            autocast: built.autocast,
+            summary: net.summary,
+            dropout_rng: net.dropout_rng,
+            autocast: b.autocast,
             device: device.clone(),
         })
     }
 
-    /// Computes convolutions and linear layers in bf16 (`true`) or f32 (see [`layers::Autocast`]).
+    /// Computes convolutions and linear layers in bf16 (`true`) or f32 (see [`builder::Autocast`]).
     pub fn set_bf16(&self, on: bool) {
         self.autocast.set(on);
     }
@@ -201,18 +201,6 @@ impl Model {
 impl ModuleT for Model {
     /// `(n, 3, h, w)` -> logits `(n, classes)`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        let mut x = xs.clone();
-        let mut layers = self.layers.iter().peekable();
-        while let Some(layer) = layers.next() {
-            x = match (layer, layers.peek()) {
-                // A BatchNorm followed by a ReLU: one fused op (the ReLU's pass saved).
-                (Layer::BatchNorm(bn), Some(Layer::Relu)) => {
-                    layers.next();
-                    bn.forward_relu_t(&x, train)?
-                }
-                _ => layer.forward_t(&x, train)?,
-            };
-        }
-        Ok(x)
+        self.layers.iter().try_fold(xs.clone(), |x, layer| layer.forward_t(&x, train))
     }
 }

@@ -1,16 +1,20 @@
-//! Residual blocks (He et al. 2015; ResNeXt, Xie et al. 2016) with torchvision's layout and
-//! names: `BasicBlock` (two 3x3 convs) and `Bottleneck` (1x1 reduce, 3x3 grouped, 1x1 expand,
-//! stride on the 3x3 as in torchvision's "v1.5"), each followed by `relu(F(x) + shortcut(x))`.
+//! `stage`: residual blocks (He et al. 2015; ResNeXt, Xie et al. 2016) with torchvision's
+//! layout and names: `BasicBlock` (two 3x3 convs) and `Bottleneck` (1x1 reduce, 3x3 grouped,
+//! 1x1 expand, stride on the 3x3 as in torchvision's "v1.5"), each followed by
+//! `relu(F(x) + shortcut(x))`.
 
-use candle_core::{Result, Tensor};
+use candle_core::{Module, Result, Tensor};
 use candle_nn::ModuleT;
 
-use super::layers::{BatchNorm, Builder, Conv};
-use super::summary::SummaryRow;
-use super::{BlockKind, DownsampleKind, MidWidth, StageConfig};
+use super::batch_norm::BatchNorm;
+use super::conv::Conv;
+use super::{Built, Walk};
+use crate::model::builder::Builder;
+use crate::model::summary::SummaryRow;
 use crate::ops::conv::ConvParams;
 use crate::ops::norm::add_relu;
 use crate::ops::pool::{PoolKind, PoolParams, pool2d};
+use crate::spec::{BlockKind, DownsampleKind, MidWidth, StageConfig};
 
 /// The shortcut's projection when a block changes shape.
 pub struct Downsample {
@@ -40,13 +44,9 @@ pub enum Block {
     },
 }
 
+/// `bn(conv(xs))`; where the block wants a ReLU after, `bn` was built with it fused in.
 fn conv_bn(conv: &Conv, bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
     bn.forward_t(&conv.forward(xs)?, train)
-}
-
-/// `relu(conv_bn(..))`, the ReLU fused into the BatchNorm.
-fn conv_bn_relu(conv: &Conv, bn: &BatchNorm, xs: &Tensor, train: bool) -> Result<Tensor> {
-    bn.forward_relu_t(&conv.forward(xs)?, train)
 }
 
 fn shortcut(ds: &Option<Downsample>, xs: &Tensor, train: bool) -> Result<Tensor> {
@@ -67,12 +67,12 @@ impl ModuleT for Block {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         let (residual, ds) = match self {
             Block::Basic { conv1, bn1, conv2, bn2, downsample } => {
-                let y = conv_bn_relu(conv1, bn1, xs, train)?;
+                let y = conv_bn(conv1, bn1, xs, train)?;
                 (conv_bn(conv2, bn2, &y, train)?, downsample)
             }
             Block::Bottleneck { conv1, bn1, conv2, bn2, conv3, bn3, downsample } => {
-                let y = conv_bn_relu(conv1, bn1, xs, train)?;
-                let y = conv_bn_relu(conv2, bn2, &y, train)?;
+                let y = conv_bn(conv1, bn1, xs, train)?;
+                let y = conv_bn(conv2, bn2, &y, train)?;
                 (conv_bn(conv3, bn3, &y, train)?, downsample)
             }
         };
@@ -98,10 +98,10 @@ impl Cost {
     }
 }
 
-/// Builds block `name` of stage `s` with `stride` on input `shape`; returns it and its row.
-pub(super) fn build(
+/// Builds a block of stage `s` in `b`'s scope (`layer1.0`) with `stride` on input `shape`;
+/// returns it and its row.
+fn block(
     b: &mut Builder,
-    name: &str,
     s: &StageConfig,
     stride: usize,
     shape: &[usize],
@@ -128,8 +128,9 @@ pub(super) fn build(
                 (pool, 1, 1)
             }
         };
-        let conv = b.conv(&format!("{name}.downsample.{idx}"), c_in, s.out, 1, p(conv_stride, 0, 1), false)?;
-        let bn = b.batch_norm(&format!("{name}.downsample.{}", idx + 1), s.out)?;
+        let mut ds = b.pp("downsample");
+        let conv = Conv::new(&mut ds.pp(idx.to_string()), c_in, s.out, 1, p(conv_stride, 0, 1), false)?;
+        let bn = BatchNorm::new(&mut ds.pp((idx + 1).to_string()), s.out)?;
         cost.conv(c_in, s.out, 1, 1, (oh, ow));
         cost.bn(s.out);
         Some(Downsample { pool, conv, bn })
@@ -143,10 +144,10 @@ pub(super) fn build(
                     "a basic block has no groups or width (as in torchvision): use block = \"bottleneck\"".into()
                 );
             }
-            let conv1 = b.conv(&format!("{name}.conv1"), c_in, s.out, 3, p(stride, 1, 1), false)?;
-            let bn1 = b.batch_norm(&format!("{name}.bn1"), s.out)?;
-            let conv2 = b.conv(&format!("{name}.conv2"), s.out, s.out, 3, p(1, 1, 1), false)?;
-            let bn2 = b.batch_norm(&format!("{name}.bn2"), s.out)?;
+            let conv1 = Conv::new(&mut b.pp("conv1"), c_in, s.out, 3, p(stride, 1, 1), false)?;
+            let bn1 = BatchNorm::new(&mut b.pp("bn1"), s.out)?.with_relu();
+            let conv2 = Conv::new(&mut b.pp("conv2"), s.out, s.out, 3, p(1, 1, 1), false)?;
+            let bn2 = BatchNorm::new(&mut b.pp("bn2"), s.out)?;
             cost.conv(c_in, s.out, 3, 1, (oh, ow));
             cost.conv(s.out, s.out, 3, 1, (oh, ow));
             cost.bn(s.out);
@@ -155,12 +156,12 @@ pub(super) fn build(
         }
         BlockKind::Bottleneck => {
             let width = s.bottleneck_width()?;
-            let conv1 = b.conv(&format!("{name}.conv1"), c_in, width, 1, p(1, 0, 1), false)?;
-            let bn1 = b.batch_norm(&format!("{name}.bn1"), width)?;
-            let conv2 = b.conv(&format!("{name}.conv2"), width, width, 3, p(stride, 1, s.groups), false)?;
-            let bn2 = b.batch_norm(&format!("{name}.bn2"), width)?;
-            let conv3 = b.conv(&format!("{name}.conv3"), width, s.out, 1, p(1, 0, 1), false)?;
-            let bn3 = b.batch_norm(&format!("{name}.bn3"), s.out)?;
+            let conv1 = Conv::new(&mut b.pp("conv1"), c_in, width, 1, p(1, 0, 1), false)?;
+            let bn1 = BatchNorm::new(&mut b.pp("bn1"), width)?.with_relu();
+            let conv2 = Conv::new(&mut b.pp("conv2"), width, width, 3, p(stride, 1, s.groups), false)?;
+            let bn2 = BatchNorm::new(&mut b.pp("bn2"), width)?.with_relu();
+            let conv3 = Conv::new(&mut b.pp("conv3"), width, s.out, 1, p(1, 0, 1), false)?;
+            let bn3 = BatchNorm::new(&mut b.pp("bn3"), s.out)?;
             cost.conv(c_in, width, 1, 1, (h, w));
             cost.conv(width, width, 3, s.groups, (oh, ow));
             cost.conv(width, s.out, 1, 1, (oh, ow));
@@ -177,10 +178,35 @@ pub(super) fn build(
     let row = SummaryRow {
         index: 0,
         kind,
-        name: name.to_string(),
+        name: b.scope(),
         out_shape: vec![s.out, oh, ow],
         params: cost.params,
         macs: cost.macs,
     };
     Ok((block, row))
+}
+
+/// A stage's blocks in order.
+struct Blocks(Vec<Block>);
+
+impl ModuleT for Blocks {
+    fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
+        self.0.iter().try_fold(xs.clone(), |x, block| block.forward_t(&x, train))
+    }
+}
+
+/// Builds stage `layer<N>` (unless named): `repeat` blocks `layer<N>.0`, `layer<N>.1`, ...,
+/// the first with the stage's stride; one summary row per block.
+pub(super) fn build(s: &StageConfig, walk: &mut Walk) -> std::result::Result<Built, String> {
+    let name = s.name.clone().unwrap_or_else(|| format!("layer{}", walk.count("layer")));
+    let mut stage = walk.builder.pp(name);
+    let (mut shape, mut blocks, mut rows) = (walk.shape.clone(), Vec::new(), Vec::new());
+    for i in 0..s.repeat {
+        let stride = if i == 0 { s.stride } else { 1 };
+        let (b, row) = block(&mut stage.pp(i.to_string()), s, stride, &shape)?;
+        shape = row.out_shape.clone();
+        rows.push(SummaryRow { index: walk.index, ..row });
+        blocks.push(b);
+    }
+    Ok(Built { module: Some(Box::new(Blocks(blocks))), rows, out_shape: shape })
 }
