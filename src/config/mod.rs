@@ -110,4 +110,23 @@ mod tests {
         assert_eq!(v["layers"][1]["conv"]["out"].as_integer(), Some(8));
         assert!(load::set_path(&mut v, &["layers", "5"], toml::Value::Integer(1)).is_err());
     }
+
+    #[test]
+    fn layers_round_trip_through_toml() {
+        use schema::LayerSpec;
+        let text = r#"layers = ["relu", { conv = { out = 6, kernel = 5 } }, "batch_norm", { dropout = 0.5 }]"#;
+        #[derive(serde::Serialize, serde::Deserialize)]
+        struct Net {
+            layers: Vec<LayerSpec>,
+        }
+        let net: Net = toml::from_str(text).unwrap();
+        assert_eq!(net.layers[0], LayerSpec::Plain(crate::spec::LayerConfig::Relu));
+        assert!(matches!(&net.layers[1], LayerSpec::Conv(c) if c.out == schema::Int::Value(6)));
+        let again: Net = toml::from_str(&toml::to_string(&net).unwrap()).unwrap();
+        assert_eq!(again.layers, net.layers);
+        let err = |t: &str| toml::from_str::<Net>(t).err().unwrap().to_string();
+        assert!(err(r#"layers = [{ relu = {} }]"#).contains("`relu` takes no settings"));
+        assert!(err(r#"layers = ["rellu"]"#).contains("unknown variant `rellu`"));
+        assert!(err(r#"layers = [{ conv = { out = 1, kernel = 1 }, linear = { out = 2 } }]"#).contains("one key"));
+    }
 }

@@ -115,9 +115,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
                 }
                 LayerConfig::Pool(PoolParams { kind, kernel: (k, k), stride: (s, s), padding: (pad, pad) })
             }
-            LayerSpec::GlobalAvgPool => LayerConfig::GlobalAvgPool,
-            LayerSpec::Relu => LayerConfig::Relu,
-            LayerSpec::Flatten => LayerConfig::Flatten,
+            LayerSpec::Plain(plain) => plain.clone(),
             LayerSpec::Linear(l) => LayerConfig::Linear(LinearConfig {
                 out: positive(&l.out, &key("linear.out"))?,
                 bias: l.bias.unwrap_or(true),
@@ -129,7 +127,6 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
                 }
                 LayerConfig::Dropout(*p)
             }
-            LayerSpec::BatchNorm => LayerConfig::BatchNorm,
             LayerSpec::Stage(st) => {
                 let mid = match (&st.mid, &st.width) {
                     (Some(m), _) => MidWidth::Fixed(positive(m, &key("stage.mid"))?),

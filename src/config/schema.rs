@@ -196,8 +196,10 @@ impl<'de> Deserialize<'de> for Int {
 }
 
 /// One layer of the network, written `"relu"` or `{ conv = { out = 6, kernel = 5 } }`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", deny_unknown_fields)]
+///
+/// (De)serialised by hand below, so that parameter-free layers are declared once, in the spec
+/// ([`LayerConfig::plain`]), while a misspelt name still gets figment's "did you mean".
+#[derive(Debug, Clone, PartialEq)]
 pub enum LayerSpec {
     /// 2-D convolution.
     Conv(ConvSpec),
@@ -205,20 +207,72 @@ pub enum LayerSpec {
     MaxPool(PoolSpec),
     /// Average pooling (zero padding counts towards the mean, as in PyTorch).
     AvgPool(PoolSpec),
-    /// Mean over height and width: `(n, c, h, w) -> (n, c)`.
-    GlobalAvgPool,
-    /// Rectified linear unit.
-    Relu,
-    /// `(n, ...) -> (n, product)`.
-    Flatten,
     /// Fully connected; its input size is inferred (and a 4-D input flattened).
     Linear(LinearSpec),
     /// Dropout with this probability (training only).
     Dropout(f64),
-    /// Batch normalisation over channels (or features after a linear layer).
-    BatchNorm,
     /// A stage of residual blocks: `{ stage = { block = "bottleneck", repeat = 3, out = 256 } }`.
     Stage(StageSpec),
+    /// A layer without settings, written by name: `"relu"`, `"flatten"`, `"batch_norm"`
+    /// (over channels, or features after a linear layer), `"global_avg_pool"` (mean over
+    /// height and width: `(n, c, h, w) -> (n, c)`).
+    Plain(LayerConfig),
+}
+
+impl Serialize for LayerSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{Error, SerializeMap};
+        let (name, settings) = match self {
+            LayerSpec::Plain(c) => return s.serialize_str(c.kind()),
+            LayerSpec::Conv(c) => ("conv", toml::Value::try_from(c)),
+            LayerSpec::MaxPool(p) => ("max_pool", toml::Value::try_from(p)),
+            LayerSpec::AvgPool(p) => ("avg_pool", toml::Value::try_from(p)),
+            LayerSpec::Linear(l) => ("linear", toml::Value::try_from(l)),
+            LayerSpec::Dropout(p) => ("dropout", toml::Value::try_from(p)),
+            LayerSpec::Stage(st) => ("stage", toml::Value::try_from(st)),
+        };
+        let mut m = s.serialize_map(Some(1))?;
+        m.serialize_entry(name, &settings.map_err(S::Error::custom)?)?;
+        m.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for LayerSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess};
+        struct LayerVisitor;
+        impl<'de> de::Visitor<'de> for LayerVisitor {
+            type Value = LayerSpec;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a layer: a name such as \"relu\", or one key such as { conv = { out = 6, kernel = 5 } }")
+            }
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<LayerSpec, E> {
+                LayerConfig::plain(name).map(LayerSpec::Plain).ok_or_else(|| E::unknown_variant(name, LAYER_NAMES))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LayerSpec, A::Error> {
+                let Some(name) = map.next_key::<String>()? else {
+                    return Err(de::Error::invalid_length(0, &self));
+                };
+                let layer = match name.as_str() {
+                    "conv" => LayerSpec::Conv(map.next_value()?),
+                    "max_pool" => LayerSpec::MaxPool(map.next_value()?),
+                    "avg_pool" => LayerSpec::AvgPool(map.next_value()?),
+                    "linear" => LayerSpec::Linear(map.next_value()?),
+                    "dropout" => LayerSpec::Dropout(map.next_value()?),
+                    "stage" => LayerSpec::Stage(map.next_value()?),
+                    plain if LayerConfig::plain(plain).is_some() => {
+                        return Err(de::Error::custom(format!("`{plain}` takes no settings: write it as \"{plain}\"")));
+                    }
+                    other => return Err(de::Error::unknown_variant(other, LAYER_NAMES)),
+                };
+                if let Some(extra) = map.next_key::<String>()? {
+                    return Err(de::Error::custom(format!("a layer is one key, found `{name}` and `{extra}`")));
+                }
+                Ok(layer)
+            }
+        }
+        d.deserialize_any(LayerVisitor)
+    }
 }
 
 // The block kinds are the model's own types (the model does not import the config); the
@@ -227,6 +281,7 @@ pub use crate::spec::{
     BlockKind, CacheMode, DownsampleKind, InitSpec, LabelFormat, OptimizerConfig, OptimizerKind, Precision,
     ScheduleConfig, ScheduleKind, SubmissionConfig,
 };
+pub use crate::spec::{LAYER_NAMES, LayerConfig};
 
 /// A stage: `repeat` blocks, the first one strided and projecting the shortcut if needed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

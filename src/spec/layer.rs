@@ -80,7 +80,24 @@ pub enum LayerConfig {
     BatchNorm,
 }
 
+/// Every layer name the TOML accepts: those with settings (`{ conv = { ... } }`), then the
+/// parameter-free ones (`"relu"`, see [`LayerConfig::plain`]).
+pub const LAYER_NAMES: &[&str] =
+    &["conv", "max_pool", "avg_pool", "linear", "dropout", "stage", "global_avg_pool", "relu", "flatten", "batch_norm"];
+
 impl LayerConfig {
+    /// The parameter-free layer the TOML names `name` (`"relu"`): such a layer is declared
+    /// here alone, the raw schema reads it through this.
+    pub fn plain(name: &str) -> Option<LayerConfig> {
+        Some(match name {
+            "global_avg_pool" => LayerConfig::GlobalAvgPool,
+            "relu" => LayerConfig::Relu,
+            "flatten" => LayerConfig::Flatten,
+            "batch_norm" => LayerConfig::BatchNorm,
+            _ => return None,
+        })
+    }
+
     /// The layer's name as written in the TOML.
     pub fn kind(&self) -> &'static str {
         match self {

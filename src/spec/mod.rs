@@ -14,7 +14,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use layer::{BlockKind, ConvConfig, DownsampleKind, LayerConfig, LinearConfig, MidWidth, StageConfig};
+pub use layer::{BlockKind, ConvConfig, DownsampleKind, LAYER_NAMES, LayerConfig, LinearConfig, MidWidth, StageConfig};
 pub use optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
 pub use transform::{Transform, output_size};
 
