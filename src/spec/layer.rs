@@ -74,6 +74,8 @@ pub enum LayerConfig {
     Pool(PoolParams),
     GlobalAvgPool,
     Relu,
+    /// `min(max(x, 0), 6)`.
+    Relu6,
     Flatten,
     Linear(LinearConfig),
     Dropout(f64),
@@ -82,8 +84,19 @@ pub enum LayerConfig {
 
 /// Every layer name the TOML accepts: those with settings (`{ conv = { ... } }`), then the
 /// parameter-free ones (`"relu"`, see [`LayerConfig::plain`]).
-pub const LAYER_NAMES: &[&str] =
-    &["conv", "max_pool", "avg_pool", "linear", "dropout", "stage", "global_avg_pool", "relu", "flatten", "batch_norm"];
+pub const LAYER_NAMES: &[&str] = &[
+    "conv",
+    "max_pool",
+    "avg_pool",
+    "linear",
+    "dropout",
+    "stage",
+    "global_avg_pool",
+    "relu",
+    "relu6",
+    "flatten",
+    "batch_norm",
+];
 
 impl LayerConfig {
     /// The parameter-free layer the TOML names `name` (`"relu"`): such a layer is declared
@@ -92,6 +105,7 @@ impl LayerConfig {
         Some(match name {
             "global_avg_pool" => LayerConfig::GlobalAvgPool,
             "relu" => LayerConfig::Relu,
+            "relu6" => LayerConfig::Relu6,
             "flatten" => LayerConfig::Flatten,
             "batch_norm" => LayerConfig::BatchNorm,
             _ => return None,
@@ -106,6 +120,7 @@ impl LayerConfig {
             LayerConfig::Pool(_) => "avg_pool",
             LayerConfig::GlobalAvgPool => "global_avg_pool",
             LayerConfig::Relu => "relu",
+            LayerConfig::Relu6 => "relu6",
             LayerConfig::Flatten => "flatten",
             LayerConfig::Linear(_) => "linear",
             LayerConfig::Dropout(_) => "dropout",

@@ -101,3 +101,20 @@ fn resnets_match_torchvision_parameters_and_macs() {
     let (px, mx, _) = totals(&bottleneck_net(32, 4), 1000);
     assert_eq!((px, mx), (25_028_904, 4_230_479_872), "resnext50_32x4d");
 }
+
+/// `relu6` is written by name like `relu`, and a network ending in it computes
+/// `min(max(x, 0), 6)` of what comes before it (PyTorch's `nn.ReLU6`).
+#[test]
+fn relu6_is_a_layer_kind() {
+    use candle_nn::ModuleT;
+    let linear = r#"layers = [ "global_avg_pool", { linear = { out = "$classes" } } ]"#;
+    let clamped = r#"layers = [ "global_avg_pool", { linear = { out = "$classes" } }, "relu6" ]"#;
+    let (_, _, plain) = totals(linear, 8);
+    let (params, _, model) = totals(clamped, 8);
+    assert_eq!(params, 3 * 8 + 8, "relu6 has no parameters");
+    let x = (candle_core::Tensor::randn(0f32, 1.0, (2, 3, 224, 224), &Device::Cpu).unwrap() * 20.0).unwrap();
+    let expected = plain.forward_t(&x, false).unwrap().clamp(0f32, 6f32).unwrap();
+    let got = model.forward_t(&x, false).unwrap();
+    assert_eq!(got.to_vec2::<f32>().unwrap(), expected.to_vec2::<f32>().unwrap());
+    assert!(got.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().any(|v| *v == 6.0 || *v == 0.0));
+}

@@ -13,6 +13,7 @@ mod flatten;
 mod linear;
 mod pool;
 mod relu;
+mod relu6;
 mod stage;
 
 use std::collections::HashMap;
@@ -145,6 +146,7 @@ pub(super) fn build(
             LayerConfig::Pool(p) => pool::build(p, &mut walk),
             LayerConfig::GlobalAvgPool => pool::build_global(&mut walk),
             LayerConfig::Relu => relu::build(&mut walk),
+            LayerConfig::Relu6 => relu6::build(&mut walk),
             LayerConfig::Flatten => flatten::build(&mut walk),
             LayerConfig::Linear(l) => linear::build(l, &mut walk),
             LayerConfig::Dropout(p) => dropout::build(*p, &mut walk),
