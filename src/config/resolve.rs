@@ -1,7 +1,7 @@
 //! Validation: the merged raw experiment becomes a [`Spec`] that the rest of the program trusts.
 
 use super::ConfigError;
-use super::schema::{BlockKind, Experiment, Int, LayerSpec, NormalizeSpec, Size, TransformSpec};
+use super::schema::{BlockKind, Experiment, Int, LayerSpec, NormalizeSpec, PoolSpec, Size, StageSpec, TransformSpec};
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
 use crate::spec::{
     ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, Spec, StageConfig, TrainSpec, Transform, output_size,
@@ -9,167 +9,34 @@ use crate::spec::{
 
 /// Validates `exp` (loaded from `file`) for a dataset with `class_names`.
 pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<Spec, ConfigError> {
-    let invalid =
-        |key: &str, message: String| ConfigError::Invalid { path: file.to_string(), key: key.into(), message };
-
-    let d = &exp.data;
-    if !(0.0..1.0).contains(&d.val_fraction) {
-        return Err(invalid("data.val_fraction", format!("expected a fraction in [0, 1), got {}", d.val_fraction)));
-    }
-    if d.batch_size == 0 {
-        return Err(invalid("data.batch_size", "expected at least 1".into()));
-    }
-    if class_names.len() < 2 {
-        return Err(invalid("data.classes", format!("expected at least 2 classes, found {class_names:?}")));
-    }
-    let data_root = std::path::absolute(&d.root).map_err(|e| invalid("data.root", e.to_string()))?;
-
+    let at = At { file, classes: class_names.len(), params: &exp.model.params };
+    let data = data(&exp, &at, &class_names)?;
     let train_transforms =
-        transforms(&exp.transforms.train, "transforms.train", true).map_err(|(k, m)| invalid(&k, m))?;
+        transforms(&exp.transforms.train, "transforms.train", true).map_err(|(k, m)| at.invalid(&k, m))?;
     let eval_transforms =
-        transforms(&exp.transforms.eval, "transforms.eval", false).map_err(|(k, m)| invalid(&k, m))?;
-
+        transforms(&exp.transforms.eval, "transforms.eval", false).map_err(|(k, m)| at.invalid(&k, m))?;
     let input_hw = match exp.model.input {
         Some([h, w]) => (h, w),
         None => output_size(&eval_transforms).ok_or_else(|| {
-            invalid(
+            at.invalid(
                 "model.input",
                 "the eval transforms do not fix an image size: add a resize or crop, or set model.input = [h, w]"
                     .into(),
             )
         })?,
     };
-
-    let o = &exp.optimizer;
-    if o.lr.is_nan() || o.lr <= 0.0 {
-        return Err(invalid("optimizer.lr", format!("expected a positive number, got {}", o.lr)));
-    }
-    if o.momentum < 0.0 || (o.nesterov && o.momentum == 0.0) {
-        return Err(invalid("optimizer.momentum", "expected momentum >= 0, and > 0 with nesterov".into()));
-    }
-    if exp.train.epochs == 0 {
-        return Err(invalid("train.epochs", "expected at least 1".into()));
-    }
-
-    let n_classes = class_names.len();
-    let params = &exp.model.params;
-    let int = |v: &Int, key: &str| -> Result<usize, ConfigError> {
-        match v {
-            Int::Value(n) => Ok(*n),
-            Int::Ref(r) => {
-                let name = r.strip_prefix('$').ok_or_else(|| {
-                    invalid(key, format!("expected a whole number or a \"$name\" reference, got \"{r}\""))
-                })?;
-                if name == "classes" {
-                    return Ok(n_classes);
-                }
-                let value = params.get(name).ok_or_else(|| {
-                    let names: Vec<&str> = params.keys().map(String::as_str).chain(["classes"]).collect();
-                    let hint =
-                        super::suggest(name, &names).map(|s| format!(" (did you mean `${s}`?)")).unwrap_or_default();
-                    invalid(key, format!("`${name}` is not in model.params{hint}"))
-                })?;
-                value.as_integer().and_then(|i| usize::try_from(i).ok()).ok_or_else(|| {
-                    invalid(&format!("model.params.{name}"), format!("expected a whole number, got {value}"))
-                })
-            }
-        }
-    };
-    let positive = |v: &Int, key: &str| -> Result<usize, ConfigError> {
-        let n = int(v, key)?;
-        if n == 0 {
-            return Err(invalid(key, "expected at least 1".into()));
-        }
-        Ok(n)
-    };
-
-    let mut layers = Vec::with_capacity(exp.model.layers.len());
-    for (i, layer) in exp.model.layers.iter().enumerate() {
-        let key = |field: &str| format!("model.layers.{i}.{field}");
-        layers.push(match layer {
-            LayerSpec::Conv(c) => LayerConfig::Conv(ConvConfig {
-                out: positive(&c.out, &key("conv.out"))?,
-                kernel: positive(&c.kernel, &key("conv.kernel"))?,
-                params: ConvParams {
-                    stride: c.stride.as_ref().map(|v| positive(v, &key("conv.stride"))).transpose()?.unwrap_or(1),
-                    padding: c.padding.as_ref().map(|v| int(v, &key("conv.padding"))).transpose()?.unwrap_or(0),
-                    dilation: c.dilation.as_ref().map(|v| positive(v, &key("conv.dilation"))).transpose()?.unwrap_or(1),
-                    groups: c.groups.as_ref().map(|v| positive(v, &key("conv.groups"))).transpose()?.unwrap_or(1),
-                },
-                bias: c.bias.unwrap_or(true),
-                name: c.name.clone(),
-            }),
-            LayerSpec::MaxPool(p) | LayerSpec::AvgPool(p) => {
-                let kind = if matches!(layer, LayerSpec::MaxPool(_)) { PoolKind::Max } else { PoolKind::Avg };
-                let field = if kind == PoolKind::Max { "max_pool" } else { "avg_pool" };
-                let k = positive(&p.kernel, &key(&format!("{field}.kernel")))?;
-                let s =
-                    p.stride.as_ref().map(|v| positive(v, &key(&format!("{field}.stride")))).transpose()?.unwrap_or(k);
-                let pad =
-                    p.padding.as_ref().map(|v| int(v, &key(&format!("{field}.padding")))).transpose()?.unwrap_or(0);
-                if pad * 2 > k {
-                    return Err(invalid(
-                        &key(&format!("{field}.padding")),
-                        format!("expected at most half the kernel ({k}), got {pad}"),
-                    ));
-                }
-                LayerConfig::Pool(PoolParams { kind, kernel: (k, k), stride: (s, s), padding: (pad, pad) })
-            }
-            LayerSpec::Plain(plain) => plain.clone(),
-            LayerSpec::Linear(l) => LayerConfig::Linear(LinearConfig {
-                out: positive(&l.out, &key("linear.out"))?,
-                bias: l.bias.unwrap_or(true),
-                name: l.name.clone(),
-            }),
-            LayerSpec::Dropout(p) => {
-                if !(0.0..1.0).contains(p) {
-                    return Err(invalid(&key("dropout"), format!("expected a probability in [0, 1), got {p}")));
-                }
-                LayerConfig::Dropout(*p)
-            }
-            LayerSpec::Stage(st) => {
-                let mid = match (&st.mid, &st.width) {
-                    (Some(m), _) => MidWidth::Fixed(positive(m, &key("stage.mid"))?),
-                    (None, Some(w)) => MidWidth::PerGroup(positive(w, &key("stage.width"))?),
-                    (None, None) => MidWidth::PerGroup(64),
-                };
-                let stage = StageConfig {
-                    block: st.block,
-                    repeat: st.repeat.as_ref().map(|v| positive(v, &key("stage.repeat"))).transpose()?.unwrap_or(1),
-                    out: positive(&st.out, &key("stage.out"))?,
-                    stride: st.stride.as_ref().map(|v| positive(v, &key("stage.stride"))).transpose()?.unwrap_or(1),
-                    groups: st.groups.as_ref().map(|v| positive(v, &key("stage.groups"))).transpose()?.unwrap_or(1),
-                    mid,
-                    downsample: st.downsample.unwrap_or_default(),
-                    name: st.name.clone(),
-                };
-                if stage.block == BlockKind::Bottleneck {
-                    stage.bottleneck_width().map_err(|m| invalid(&key("stage"), m))?;
-                }
-                LayerConfig::Stage(stage)
-            }
-        });
-    }
+    training(&exp, &at)?;
+    let layers = exp.model.layers.iter().enumerate().map(|(i, l)| layer(l, i, &at)).collect::<Result<Vec<_>, _>>()?;
     if layers.is_empty() {
-        return Err(invalid("model.layers", "expected at least one layer".into()));
+        return Err(at.invalid("model.layers", "expected at least one layer".into()));
     }
-
-    let device = exp.train.device.parse().map_err(|e: String| invalid("train.device", e))?;
-    let config_toml = resolved_toml(&exp, &data_root, &class_names)
-        .map_err(|e| invalid("(whole file)", format!("cannot write the resolved config: {e}")))?;
+    let device = exp.train.device.parse().map_err(|e: String| at.invalid("train.device", e))?;
+    let config_toml = resolved_toml(&exp, &data.root, &class_names)
+        .map_err(|e| at.invalid("(whole file)", format!("cannot write the resolved config: {e}")))?;
     Ok(Spec {
         name: exp.name.clone(),
         seed: exp.seed,
-        data: DataSpec {
-            root: data_root,
-            train_dir: exp.data.train_dir.clone(),
-            test_dir: (!exp.data.test_dir.is_empty()).then(|| exp.data.test_dir.clone()),
-            val_fraction: exp.data.val_fraction,
-            batch_size: exp.data.batch_size,
-            prefetch: exp.data.prefetch,
-            skip_bad: exp.data.skip_bad,
-            cache: exp.data.cache,
-        },
+        data,
         class_names,
         train_transforms,
         eval_transforms,
@@ -188,6 +55,162 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
         submission: exp.submission,
         config_toml,
     })
+}
+
+/// What a check needs to name a problem (the file) and to substitute `$name` references.
+struct At<'a> {
+    file: &'a str,
+    classes: usize,
+    params: &'a std::collections::BTreeMap<String, toml::Value>,
+}
+
+impl At<'_> {
+    fn invalid(&self, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid { path: self.file.to_string(), key: key.into(), message }
+    }
+
+    /// A whole number, literal or a `"$name"` reference into `model.params` (`$classes`: the
+    /// number of classes).
+    fn int(&self, v: &Int, key: &str) -> Result<usize, ConfigError> {
+        let r = match v {
+            Int::Value(n) => return Ok(*n),
+            Int::Ref(r) => r,
+        };
+        let name = r.strip_prefix('$').ok_or_else(|| {
+            self.invalid(key, format!("expected a whole number or a \"$name\" reference, got \"{r}\""))
+        })?;
+        if name == "classes" {
+            return Ok(self.classes);
+        }
+        let value = self.params.get(name).ok_or_else(|| {
+            let names: Vec<&str> = self.params.keys().map(String::as_str).chain(["classes"]).collect();
+            let hint = super::suggest(name, &names).map(|s| format!(" (did you mean `${s}`?)")).unwrap_or_default();
+            self.invalid(key, format!("`${name}` is not in model.params{hint}"))
+        })?;
+        value.as_integer().and_then(|i| usize::try_from(i).ok()).ok_or_else(|| {
+            self.invalid(&format!("model.params.{name}"), format!("expected a whole number, got {value}"))
+        })
+    }
+
+    /// [`At::int`], at least 1.
+    fn positive(&self, v: &Int, key: &str) -> Result<usize, ConfigError> {
+        let n = self.int(v, key)?;
+        if n == 0 {
+            return Err(self.invalid(key, "expected at least 1".into()));
+        }
+        Ok(n)
+    }
+
+    /// An optional setting: [`At::positive`] when given, else `default`.
+    fn positive_or(&self, v: &Option<Int>, key: &str, default: usize) -> Result<usize, ConfigError> {
+        v.as_ref().map(|v| self.positive(v, key)).transpose().map(|n| n.unwrap_or(default))
+    }
+}
+
+fn data(exp: &Experiment, at: &At, class_names: &[String]) -> Result<DataSpec, ConfigError> {
+    let d = &exp.data;
+    if !(0.0..1.0).contains(&d.val_fraction) {
+        return Err(at.invalid("data.val_fraction", format!("expected a fraction in [0, 1), got {}", d.val_fraction)));
+    }
+    if d.batch_size == 0 {
+        return Err(at.invalid("data.batch_size", "expected at least 1".into()));
+    }
+    if class_names.len() < 2 {
+        return Err(at.invalid("data.classes", format!("expected at least 2 classes, found {class_names:?}")));
+    }
+    Ok(DataSpec {
+        root: std::path::absolute(&d.root).map_err(|e| at.invalid("data.root", e.to_string()))?,
+        train_dir: d.train_dir.clone(),
+        test_dir: (!d.test_dir.is_empty()).then(|| d.test_dir.clone()),
+        val_fraction: d.val_fraction,
+        batch_size: d.batch_size,
+        prefetch: d.prefetch,
+        skip_bad: d.skip_bad,
+        cache: d.cache,
+    })
+}
+
+fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
+    let o = &exp.optimizer;
+    if o.lr.is_nan() || o.lr <= 0.0 {
+        return Err(at.invalid("optimizer.lr", format!("expected a positive number, got {}", o.lr)));
+    }
+    if o.momentum < 0.0 || (o.nesterov && o.momentum == 0.0) {
+        return Err(at.invalid("optimizer.momentum", "expected momentum >= 0, and > 0 with nesterov".into()));
+    }
+    if exp.train.epochs == 0 {
+        return Err(at.invalid("train.epochs", "expected at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Layer `i` of `model.layers`, validated.
+fn layer(layer: &LayerSpec, i: usize, at: &At) -> Result<LayerConfig, ConfigError> {
+    let key = |field: &str| format!("model.layers.{i}.{field}");
+    Ok(match layer {
+        LayerSpec::Conv(c) => LayerConfig::Conv(ConvConfig {
+            out: at.positive(&c.out, &key("conv.out"))?,
+            kernel: at.positive(&c.kernel, &key("conv.kernel"))?,
+            params: ConvParams {
+                stride: at.positive_or(&c.stride, &key("conv.stride"), 1)?,
+                padding: c.padding.as_ref().map(|v| at.int(v, &key("conv.padding"))).transpose()?.unwrap_or(0),
+                dilation: at.positive_or(&c.dilation, &key("conv.dilation"), 1)?,
+                groups: at.positive_or(&c.groups, &key("conv.groups"), 1)?,
+            },
+            bias: c.bias.unwrap_or(true),
+            name: c.name.clone(),
+        }),
+        LayerSpec::MaxPool(p) => pool(p, PoolKind::Max, &key("max_pool"), at)?,
+        LayerSpec::AvgPool(p) => pool(p, PoolKind::Avg, &key("avg_pool"), at)?,
+        LayerSpec::Plain(plain) => plain.clone(),
+        LayerSpec::Linear(l) => LayerConfig::Linear(LinearConfig {
+            out: at.positive(&l.out, &key("linear.out"))?,
+            bias: l.bias.unwrap_or(true),
+            name: l.name.clone(),
+        }),
+        LayerSpec::Dropout(p) => {
+            if !(0.0..1.0).contains(p) {
+                return Err(at.invalid(&key("dropout"), format!("expected a probability in [0, 1), got {p}")));
+            }
+            LayerConfig::Dropout(*p)
+        }
+        LayerSpec::Stage(st) => stage(st, &key("stage"), at)?,
+    })
+}
+
+/// A pooling layer whose settings are under `key`.
+fn pool(p: &PoolSpec, kind: PoolKind, key: &str, at: &At) -> Result<LayerConfig, ConfigError> {
+    let k = at.positive(&p.kernel, &format!("{key}.kernel"))?;
+    let s = at.positive_or(&p.stride, &format!("{key}.stride"), k)?;
+    let pad = p.padding.as_ref().map(|v| at.int(v, &format!("{key}.padding"))).transpose()?.unwrap_or(0);
+    if pad * 2 > k {
+        return Err(at.invalid(&format!("{key}.padding"), format!("expected at most half the kernel ({k}), got {pad}")));
+    }
+    Ok(LayerConfig::Pool(PoolParams { kind, kernel: (k, k), stride: (s, s), padding: (pad, pad) }))
+}
+
+/// A residual stage whose settings are under `key`.
+fn stage(st: &StageSpec, key: &str, at: &At) -> Result<LayerConfig, ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    let mid = match (&st.mid, &st.width) {
+        (Some(m), _) => MidWidth::Fixed(at.positive(m, &field("mid"))?),
+        (None, Some(w)) => MidWidth::PerGroup(at.positive(w, &field("width"))?),
+        (None, None) => MidWidth::PerGroup(64),
+    };
+    let stage = StageConfig {
+        block: st.block,
+        repeat: at.positive_or(&st.repeat, &field("repeat"), 1)?,
+        out: at.positive(&st.out, &field("out"))?,
+        stride: at.positive_or(&st.stride, &field("stride"), 1)?,
+        groups: at.positive_or(&st.groups, &field("groups"), 1)?,
+        mid,
+        downsample: st.downsample.unwrap_or_default(),
+        name: st.name.clone(),
+    };
+    if stage.block == BlockKind::Bottleneck {
+        stage.bottleneck_width().map_err(|m| at.invalid(key, m))?;
+    }
+    Ok(LayerConfig::Stage(stage))
 }
 
 /// Validates one transform pipeline; `(key, message)` on error.

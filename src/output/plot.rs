@@ -52,18 +52,22 @@ use image::ImageEncoder as _;
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
 
-fn draw(root: &DrawingArea<BitMapBackend, Shift>, title: &str, rows: &[Row]) -> DrawResult {
-    root.fill(&WHITE)?;
-    let n = rows.len().max(1) as i32;
-    let accs: Vec<f64> = rows.iter().filter_map(|r| r.best_val_acc).collect();
-    // Accuracy axis: the observed range padded, kept inside [0, 1].
-    let (lo, hi) = match (accs.iter().copied().reduce(f64::min), accs.iter().copied().reduce(f64::max)) {
+/// The accuracy axis: the observed range padded, kept inside [0, 1].
+fn accuracy_axis(rows: &[Row]) -> (f64, f64) {
+    let accs = || rows.iter().filter_map(|r| r.best_val_acc);
+    match (accs().reduce(f64::min), accs().reduce(f64::max)) {
         (Some(lo), Some(hi)) => {
             let pad = ((hi - lo) * 0.2).max(0.02);
             ((lo - pad).max(0.0), (hi + pad).min(1.0))
         }
         _ => (0.0, 1.0),
-    };
+    }
+}
+
+fn draw(root: &DrawingArea<BitMapBackend, Shift>, title: &str, rows: &[Row]) -> DrawResult {
+    root.fill(&WHITE)?;
+    let n = rows.len().max(1) as i32;
+    let (lo, hi) = accuracy_axis(rows);
     let max_params = rows.iter().map(|r| r.params).max().unwrap_or(1).max(1) as f64 * 1.15;
     let label = |i: usize| {
         let r = &rows[i];

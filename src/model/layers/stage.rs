@@ -113,27 +113,7 @@ fn block(
     let mut cost = Cost::default();
     let p = |stride: usize, padding: usize, groups: usize| ConvParams { stride, padding, dilation: 1, groups };
     let downsample = if stride != 1 || c_in != s.out {
-        let (pool, conv_stride, idx) = match s.downsample {
-            DownsampleKind::Conv => (None, stride, 0),
-            DownsampleKind::AvgConv => {
-                if h % stride != 0 || w % stride != 0 {
-                    return Err(format!("avg_conv downsampling needs {h}x{w} divisible by the stride {stride}"));
-                }
-                let pool = (stride > 1).then_some(PoolParams {
-                    kind: PoolKind::Avg,
-                    kernel: (stride, stride),
-                    stride: (stride, stride),
-                    padding: (0, 0),
-                });
-                (pool, 1, 1)
-            }
-        };
-        let mut ds = b.pp("downsample");
-        let conv = Conv::new(&mut ds.pp(idx.to_string()), c_in, s.out, 1, p(conv_stride, 0, 1), false)?;
-        let bn = BatchNorm::new(&mut ds.pp((idx + 1).to_string()), s.out)?;
-        cost.conv(c_in, s.out, 1, 1, (oh, ow));
-        cost.bn(s.out);
-        Some(Downsample { pool, conv, bn })
+        Some(downsample(&mut b.pp("downsample"), s, stride, (c_in, h, w), &mut cost)?)
     } else {
         None
     };
@@ -184,6 +164,39 @@ fn block(
         macs: cost.macs,
     };
     Ok((block, row))
+}
+
+/// The shortcut's projection (`<block>.downsample.0`, `.1`, or `.1`, `.2` after ResNet-D's
+/// pool, as timm numbers them) from `(c_in, h, w)` to the stage's output.
+fn downsample(
+    b: &mut Builder,
+    s: &StageConfig,
+    stride: usize,
+    (c_in, h, w): (usize, usize, usize),
+    cost: &mut Cost,
+) -> std::result::Result<Downsample, String> {
+    let (oh, ow) = ((h - 1) / stride + 1, (w - 1) / stride + 1);
+    let (pool, conv_stride, idx) = match s.downsample {
+        DownsampleKind::Conv => (None, stride, 0),
+        DownsampleKind::AvgConv => {
+            if h % stride != 0 || w % stride != 0 {
+                return Err(format!("avg_conv downsampling needs {h}x{w} divisible by the stride {stride}"));
+            }
+            let pool = (stride > 1).then_some(PoolParams {
+                kind: PoolKind::Avg,
+                kernel: (stride, stride),
+                stride: (stride, stride),
+                padding: (0, 0),
+            });
+            (pool, 1, 1)
+        }
+    };
+    let params = ConvParams { stride: conv_stride, padding: 0, dilation: 1, groups: 1 };
+    let conv = Conv::new(&mut b.pp(idx.to_string()), c_in, s.out, 1, params, false)?;
+    let bn = BatchNorm::new(&mut b.pp((idx + 1).to_string()), s.out)?;
+    cost.conv(c_in, s.out, 1, 1, (oh, ow));
+    cost.bn(s.out);
+    Ok(Downsample { pool, conv, bn })
 }
 
 /// A stage's blocks in order.
