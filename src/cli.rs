@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use crate::commands::{SortKey, Which};
-use crate::config::Override;
 use crate::device::DeviceChoice;
-use crate::scaleout::Shard;
+use crate::plan::Override;
+use crate::spec::Shard;
 
 /// Deep-learning experiments on image folders, one TOML file per experiment.
 #[derive(Debug, Parser)]

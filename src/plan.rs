@@ -14,13 +14,12 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 
+pub use crate::config::Override;
 use crate::config::load::{self, Sources};
+use crate::config::resolve;
 use crate::config::sweep::{Sweep, Variant, format_value};
-use crate::config::{Override, resolve};
 use crate::data::folder::{self, Item};
 use crate::model::{Model, Summary, weights};
-use crate::output::run_folder::RunFolder;
-use crate::output::summary::Row;
 use crate::spec::Spec;
 
 /// What to plan: `ablate run`'s (or `check`'s, or `slurm`'s) experiments and overrides.
@@ -76,11 +75,6 @@ impl VariantPlan {
     /// `key=value` per swept key, `;`-separated (the summary's `values` column).
     pub fn values_text(&self) -> String {
         self.values.iter().map(|(k, x)| format!("{k}={}", format_value(x))).collect::<Vec<_>>().join(";")
-    }
-
-    /// The variant's summary row before it trains.
-    pub fn pending_row(&self) -> Row {
-        Row::pending(&self.folder, &self.values_text(), self.size())
     }
 
     /// Total parameters and multiply-adds per image.
@@ -152,31 +146,46 @@ pub fn plan(request: &Request) -> anyhow::Result<Plan> {
     Ok(Plan { title: run_title(request.files.len(), &names.join("+")), experiments, variants })
 }
 
-/// The plan of an existing run folder's unfinished variants (`rows` that are not `ok`), each
-/// from its own `config.toml`: what `ablate resume` trains.
-pub fn from_run(run: &RunFolder, rows: &[Row]) -> anyhow::Result<Vec<(usize, VariantPlan)>> {
+/// A variant of an existing run to train again or continue: its folder, its swept values as
+/// the summary's `values` column holds them (`key=value;...`), and its own `config.toml`.
+pub struct Unfinished {
+    pub folder: String,
+    pub values: String,
+    pub config: PathBuf,
+}
+
+/// The plans of an existing run's unfinished variants, each from its own `config.toml` (what
+/// `ablate resume` trains).
+pub fn from_run(unfinished: &[Unfinished]) -> anyhow::Result<Vec<VariantPlan>> {
     let mut weights = WeightsCache::default();
     let mut out = Vec::new();
-    for (i, row) in rows.iter().enumerate().filter(|(_, r)| r.status != crate::output::summary::Status::Ok) {
-        let config = run.existing_variant(&row.variant).config();
-        if !config.is_file() {
-            bail!("{}: no config.toml, cannot resume variant {}", config.display(), row.variant);
+    for u in unfinished {
+        if !u.config.is_file() {
+            bail!("{}: no config.toml, cannot resume variant {}", u.config.display(), u.folder);
         }
-        let sources = Sources { files: vec![config.clone()], overrides: vec![], env: false };
-        let mut v = variant(&sources, &config, &mut weights)?;
-        let values: Vec<(String, toml::Value)> = row
+        let sources = Sources { files: vec![u.config.clone()], overrides: vec![], env: false };
+        let mut v = variant(&sources, &u.config, &mut weights)?;
+        let values: Vec<(String, toml::Value)> = u
             .values
             .split(';')
             .filter(|kv| !kv.is_empty())
             .filter_map(|kv| Override::parse(kv).ok())
             .map(|o| (o.key, o.value))
             .collect();
-        v.group = if row.variant == "." { v.spec.name.clone() } else { row.variant.clone() };
+        v.group = if u.folder == "." { v.spec.name.clone() } else { u.folder.clone() };
         v.hparams = session(&values, &v.spec, None);
-        (v.folder, v.values) = (row.variant.clone(), values);
-        out.push((i, v));
+        (v.folder, v.values) = (u.folder.clone(), values);
+        out.push(v);
     }
     Ok(out)
+}
+
+/// The spec a finished run's `config.toml` holds (standing alone: classes listed, no
+/// environment or overrides), for `ablate predict`.
+pub fn spec_of_run(config: &Path) -> anyhow::Result<Spec> {
+    let exp = load::load(&Sources { files: vec![config.to_path_buf()], overrides: vec![], env: false })?;
+    let classes = exp.data.classes.clone().context("config.toml lists no data.classes")?;
+    Ok(resolve(exp, &config.display().to_string(), classes)?)
 }
 
 /// HParams session values: `experiment` (when several run together), the swept values, then

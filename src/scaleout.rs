@@ -3,63 +3,7 @@
 //! prints. The scheduler does the scheduling; ablate only decides which variants a process
 //! trains and merges the shards' summaries afterwards (`ablate summarize`).
 
-use std::fmt;
-use std::str::FromStr;
-
-/// One of `count` processes of a sweep: it trains the variants whose index is `index` modulo
-/// `count`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    pub index: usize,
-    pub count: usize,
-}
-
-impl Shard {
-    /// Whether the variant at `variant` (its position in the sweep's order) is this shard's.
-    pub fn owns(&self, variant: usize) -> bool {
-        variant % self.count == self.index
-    }
-
-    /// The shard's summary file name under `<run>/shards/`.
-    pub fn summary_file(&self) -> String {
-        format!("summary-{}-of-{}.csv", self.index, self.count)
-    }
-
-    /// Parses a [`Shard::summary_file`] name back.
-    pub fn from_summary_file(name: &str) -> Option<Shard> {
-        let rest = name.strip_prefix("summary-")?.strip_suffix(".csv")?;
-        let (i, n) = rest.split_once("-of-")?;
-        Shard::new(i.parse().ok()?, n.parse().ok()?).ok()
-    }
-
-    pub fn new(index: usize, count: usize) -> Result<Shard, String> {
-        if count == 0 {
-            return Err("the shard count must be at least 1".into());
-        }
-        if index >= count {
-            return Err(format!("shard index {index} is out of range for {count} shards (0..={})", count - 1));
-        }
-        Ok(Shard { index, count })
-    }
-}
-
-impl fmt::Display for Shard {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
-
-impl FromStr for Shard {
-    type Err = String;
-
-    /// `I/N`, with 0 <= I < N.
-    fn from_str(s: &str) -> Result<Shard, String> {
-        let bad = || format!("`{s}`: expected I/N with 0 <= I < N, e.g. 0/4");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (i, n) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);
-        Shard::new(i, n).map_err(|e| format!("`{s}`: {e}"))
-    }
-}
+pub use crate::spec::Shard;
 
 /// The shard and run id a process uses: the command line's, else a Slurm job array's
 /// (`SLURM_ARRAY_TASK_ID` / `SLURM_ARRAY_TASK_COUNT`, `SLURM_ARRAY_JOB_ID`), read through `env`.

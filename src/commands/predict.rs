@@ -5,8 +5,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
-use crate::config::load::{self, Sources};
-use crate::config::resolve;
 use crate::data::folder;
 use crate::device::DeviceChoice;
 use crate::executor::{self, loader, predictions};
@@ -14,6 +12,7 @@ use crate::model::Model;
 use crate::output::log::RunLog;
 use crate::output::run_folder::RunFolder;
 use crate::output::{checkpoint, submission};
+use crate::plan;
 
 /// Which saved weights `predict` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -46,9 +45,7 @@ pub fn predict(
     if !config.is_file() {
         bail!("{} has no config.toml: expected a run folder made by `ablate run`", run.display());
     }
-    let exp = load::load(&Sources { files: vec![config.clone()], overrides: vec![], env: false })?;
-    let classes = exp.data.classes.clone().context("config.toml lists no data.classes")?;
-    let spec = resolve(exp, &config.display().to_string(), classes)?;
+    let spec = plan::spec_of_run(&config)?;
     let test_dir = match (data, &spec.data.test_dir) {
         (Some(d), Some(t)) if d.join(t).is_dir() => d.join(t),
         (Some(d), _) => d.to_path_buf(),

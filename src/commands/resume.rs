@@ -21,7 +21,15 @@ pub fn resume(run: &Path, device: Option<DeviceChoice>, env: &mut Env) -> anyhow
     let folder = RunFolder::open(run)?;
     let mut table = SummaryTable::read(run, folder.title())?;
     let log = RunLog::append(&folder.log(None), RunLog::terminal_bars())?;
-    for (i, v) in plan::from_run(&folder, &table.rows)? {
+    let (index, unfinished): (Vec<usize>, Vec<plan::Unfinished>) = (table.rows.iter().enumerate())
+        .filter(|(_, r)| r.status != Status::Ok)
+        .map(|(i, r)| {
+            let config = folder.existing_variant(&r.variant).config();
+            (i, plan::Unfinished { folder: r.variant.clone(), values: r.values.clone(), config })
+        })
+        .unzip();
+    let plans = plan::from_run(&unfinished)?;
+    for (i, v) in index.into_iter().zip(plans) {
         log.info(format!("resuming {}", v.folder));
         let result = executor::open_device(&v.spec, device)
             .and_then(|device| executor::train(&v, &folder.variant(&v.folder)?, (&device.0, device.1), env, true));

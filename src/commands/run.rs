@@ -14,8 +14,8 @@ use crate::output::run_folder::RunFolder;
 use crate::output::summary::Row;
 use crate::output::tensorboard::TensorBoardSink;
 use crate::output::write_atomic;
-use crate::plan::{self, Plan, Request};
-use crate::scaleout::Shard;
+use crate::plan::{self, Plan, Request, VariantPlan};
+use crate::spec::Shard;
 use crate::train::Interrupted;
 
 /// Options of `ablate run`.
@@ -57,6 +57,11 @@ pub fn run(opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
     Ok(run.path().to_path_buf())
 }
 
+/// A variant's summary row before it trains.
+fn pending(v: &VariantPlan) -> Row {
+    Row::pending(&v.folder, &v.values_text(), v.size())
+}
+
 /// The run's `experiment.toml`(s), each variant's `config.toml` (a resume needs them for
 /// variants that never started; every shard writes them all: the same text, so whichever
 /// lands is right), and the HParams experiment.
@@ -84,7 +89,7 @@ fn write_records(run: &RunFolder, plan: &Plan) -> anyhow::Result<()> {
 /// run's.
 fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
     let v = &plan.variants[0];
-    let mut table = SummaryTable::new(plan.title.clone(), vec![v.pending_row()]);
+    let mut table = SummaryTable::new(plan.title.clone(), vec![pending(v)]);
     table.write(run.path())?;
     let device = executor::open_device(&v.spec, opts.device)?;
     let result = executor::train(v, &run.variant(".")?, (&device.0, device.1), env, false);
@@ -109,7 +114,7 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
     } else {
         log.info(format!("{total} variants into {}", run.path().display()));
     }
-    let mut table = SummaryTable::new(plan.title.clone(), plan.variants.iter().map(|v| v.pending_row()).collect());
+    let mut table = SummaryTable::new(plan.title.clone(), plan.variants.iter().map(pending).collect());
     // A shard writes its own summary (every row, its own filled in); `ablate summarize` merges.
     let write = |table: &SummaryTable| {
         if sharded { table.write_shard(&run.shard_summary(shard)) } else { table.write(run.path()) }

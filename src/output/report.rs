@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 
 use super::summary::{self, Row, Status};
-use crate::scaleout::Shard;
+use crate::spec::Shard;
 
 /// A run's summary: one row per variant, in the plan's order.
 #[derive(Debug, Clone)]

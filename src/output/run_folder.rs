@@ -8,7 +8,7 @@ use anyhow::{Context, bail};
 use chrono::{DateTime, Local};
 
 use super::checkpoint::CheckpointDir;
-use crate::scaleout::Shard;
+use crate::spec::Shard;
 
 /// A run folder: one variant at its root (`.`), or one sub-folder per variant.
 #[derive(Debug, Clone)]

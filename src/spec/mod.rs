@@ -8,6 +8,7 @@
 
 mod layer;
 mod optim;
+mod shard;
 mod transform;
 
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use layer::{BlockKind, ConvConfig, DownsampleKind, LAYER_NAMES, LayerConfig, LinearConfig, MidWidth, StageConfig};
 pub use optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
+pub use shard::Shard;
 pub use transform::{Transform, output_size};
 
 /// A validated experiment: every reference substituted, every value in range.
