@@ -15,14 +15,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use ablate::config::load::{self, Sources};
-use ablate::config::resolve;
-use ablate::data::folder;
-use ablate::data::loader::Loader;
-use ablate::data::transforms::Transform;
-use ablate::model::Model;
-use ablate::train::optim::Optimizer;
-use anyhow::{Context, bail};
+use ablate::Loader;
+use ablate::Model;
+use ablate::Optimizer;
+use ablate::Transform;
+use anyhow::bail;
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 use rand::{Rng, SeedableRng};
@@ -37,10 +34,22 @@ fn root() -> PathBuf {
     if built.join("experiments").is_dir() { built.to_path_buf() } else { PathBuf::from(".") }
 }
 
-/// Command-line options after the workload and step count.
+/// One benchmark run.
+#[derive(Debug, clap::Parser)]
 struct Opts {
-    device: Device,
+    /// lenet | resnet18 | resnext_g<G> | data | agree | convs[:<filter>]
+    workload: String,
+    /// Timed steps (after two warm-up steps).
+    #[arg(default_value_t = 5)]
+    steps: usize,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: ablate::DeviceChoice,
+    /// Images per step (default: the workload's).
+    #[arg(long)]
     batch: Option<usize>,
+    /// Convolutions and linear layers in bf16 (CUDA only).
+    #[arg(long)]
     bf16: bool,
 }
 
@@ -56,8 +65,7 @@ fn peak_rss_mb() -> f64 {
 
 /// Builds a model from an experiment file's layers (its `init` is not loaded).
 fn model_from(file: &Path, input: (usize, usize, usize), device: &Device) -> anyhow::Result<Model> {
-    let exp = load::load(&Sources { files: vec![file.to_path_buf()], overrides: vec![], env: false })?;
-    let spec = resolve(exp, &file.display().to_string(), vec!["a".into(), "b".into()])?;
+    let spec = ablate::spec_from_file(file, &[], &["a", "b"])?;
     Ok(Model::build_for(&spec.layers, input, 0, device)?)
 }
 
@@ -229,7 +237,7 @@ pub fn jpeg_folder() -> anyhow::Result<PathBuf> {
 fn data_pipeline() -> anyhow::Result<(f64, usize)> {
     let dir = jpeg_folder()?;
     let classes = vec!["a".to_string(), "b".to_string()];
-    let items = Arc::new(folder::labelled(&dir.join("train"), &classes)?);
+    let items = Arc::new(ablate::labelled_images(&dir.join("train"), &classes)?);
     let transforms = vec![
         Transform::Resize((256, 256)),
         Transform::Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
@@ -245,31 +253,13 @@ fn data_pipeline() -> anyhow::Result<(f64, usize)> {
 }
 
 fn main() -> anyhow::Result<()> {
-    ablate::alloc::keep_freed_memory();
-    let args: Vec<String> = std::env::args().collect();
-    let usage = "usage: bench <lenet|resnet18|resnext_g<G>|data|agree> [steps] [--device D] [--batch N] [--bf16]";
-    let workload = args.get(1).context(usage)?.as_str();
-    let steps: usize = match args.get(2) {
-        Some(s) if !s.starts_with("--") => s.parse()?,
-        _ => 5,
-    };
-    let mut opts = Opts { device: Device::Cpu, batch: None, bf16: false };
-    let mut rest = args.iter().skip(2).skip_while(|a| !a.starts_with("--"));
-    while let Some(flag) = rest.next() {
-        match flag.as_str() {
-            "--device" => {
-                let choice = rest.next().context(usage)?.parse().map_err(anyhow::Error::msg)?;
-                opts.device = ablate::device::open(choice)?.0;
-            }
-            "--batch" => opts.batch = Some(rest.next().context(usage)?.parse()?),
-            "--bf16" => opts.bf16 = true,
-            other => bail!("unknown option {other}; {usage}"),
-        }
-    }
-    if opts.bf16 && opts.device.is_cpu() {
+    ablate::keep_freed_memory();
+    let opts = <Opts as clap::Parser>::parse();
+    let (workload, steps) = (opts.workload.as_str(), opts.steps);
+    let dev = ablate::open_device(opts.device)?.0;
+    if opts.bf16 && dev.is_cpu() {
         bail!("--bf16 is for CUDA devices (candle's CPU matmul has no bf16)");
     }
-    let dev = opts.device.clone();
     let prepare = |m: Model| {
         m.set_bf16(opts.bf16);
         m

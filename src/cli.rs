@@ -1,15 +1,13 @@
-//! Command-line interface: each flag defined once with its doc, values parsed into types here
-//! at the edge (devices, shards, sort keys, checkpoints), and the arguments of `ablate run`
-//! rendered back from the parsed values for the Slurm script.
+//! The binary's command-line interface (a module of `main.rs`, not of the library): each flag
+//! defined once with its doc, values parsed into types here at the edge (devices, shards,
+//! overrides, sort keys, checkpoints), and the arguments of `ablate run` rendered back from the
+//! parsed values for the Slurm script.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::commands::{SortKey, Which};
-use crate::device::DeviceChoice;
-use crate::plan::Override;
-use crate::spec::Shard;
+use ablate::{DeviceChoice, Override, Shard, SortKey, Which};
 
 /// Deep-learning experiments on image folders, one TOML file per experiment.
 #[derive(Debug, Parser)]

@@ -1,23 +1,71 @@
 //! ablate: deep-learning experiments on image folders, one TOML file per experiment.
 //!
-//! The pipeline reads top to bottom: [`config`] resolves TOML files into validated
-//! [`spec::Spec`]s, [`plan`] turns experiment files x sweep x shard into variant plans, the
-//! [`executor`] trains each plan into its [`output`] folder with the [`train`] learner, which
-//! drives the [`model`] over [`data`]; [`ops`] holds the CPU kernels. [`commands`] are what the
-//! binary calls. docs/ARCHITECTURE.md maps the modules and their invariants.
+//! The binary is the product; this library is what it is made of, and what its tests and
+//! benchmarks reach. Data flows one way (docs/ARCHITECTURE.md has the map):
+//!
+//! ```text
+//! commands -> plan -> executor -> train -> (model, data) -> ops
+//!             (config -> spec)    output implements train's traits; spec is a leaf
+//! ```
+//!
+//! - **Commands** ([`run`], [`resume`], [`check`], [`predict`], [`summarize`], [`compare`],
+//!   [`slurm`]) take what the command line parsed and do one command each.
+//! - **Specs**: [`spec_from_file`] reads an experiment into a validated [`Spec`]; its layers
+//!   ([`LayerConfig`]) build a [`Model`].
+//! - **Training pieces** used on their own: [`Optimizer`], [`Loader`], [`EpochMetrics`].
+//! - **Run folders**, read back: [`read_summary`], [`read_metrics`], [`read_scalars`],
+//!   [`load_checkpoint`].
+//! - **Kernels**: [`ops`], public so that their tests can force each path and prove which ran.
 
-pub mod alloc;
-pub mod cli;
-pub mod commands;
-pub mod config;
-pub mod data;
-pub mod device;
-pub mod executor;
-pub mod model;
+mod alloc;
+mod commands;
+mod config;
+mod data;
+mod device;
+mod executor;
+mod model;
 pub mod ops;
-pub mod output;
-pub mod plan;
-pub mod scaleout;
-pub mod spec;
-pub mod train;
-pub mod units;
+mod output;
+mod plan;
+mod scaleout;
+mod spec;
+mod train;
+mod units;
+
+// Commands, and what they take.
+pub use commands::{RunOptions, SortKey, Which, check, compare, predict, resume, run, slurm, summarize};
+pub use executor::{Env, SinkFactory};
+pub use plan::{Override, Request, experiment_files, spec_from_file};
+pub use scaleout::{SlurmOptions, resolve as shard_from_env};
+pub use train::{Interrupted, StopAfterSteps, StopSignal};
+
+// Validated experiments and the models they build.
+pub use model::{Model, ModelError, weights};
+pub use spec::{
+    BlockKind, ConvConfig, DeviceChoice, DownsampleKind, LayerConfig, LinearConfig, MidWidth, OptimizerConfig,
+    OptimizerKind, Shard, Spec, StageConfig, Transform,
+};
+
+// Training pieces.
+pub use data::folder::labelled as labelled_images;
+pub use data::loader::{ImageCache, Loader, decode};
+pub use device::open as open_device;
+pub use output::sink::MemorySink;
+pub use train::optim::Optimizer;
+pub use train::{EpochMetrics, Hook, MetricSink};
+
+// What a run folder holds, read back.
+pub use output::checkpoint::load as load_checkpoint;
+pub use output::sink::CsvSink;
+pub use output::summary::{Row as SummaryRow, Status, read as read_summary};
+pub use output::tensorboard::{Scalar, event_files, read_scalars};
+
+/// The rows of a variant's `metrics.csv`.
+pub fn read_metrics(path: &std::path::Path) -> anyhow::Result<Vec<EpochMetrics>> {
+    CsvSink::read(path)
+}
+
+/// Keeps freed memory in the process (see the allocator note in `main.rs`).
+pub fn keep_freed_memory() {
+    alloc::keep_freed_memory();
+}

@@ -2,13 +2,11 @@
 
 use std::process::ExitCode;
 
-use ablate::cli::{Cli, Command, Testing};
-use ablate::commands::{self, RunOptions};
-use ablate::executor::Env;
-use ablate::plan::{self, Request};
-use ablate::scaleout;
-use ablate::train::{Interrupted, StopAfterSteps, StopSignal};
+mod cli;
+
+use ablate::{Env, Interrupted, Request, RunOptions, SlurmOptions, StopAfterSteps, StopSignal};
 use clap::Parser;
+use cli::{Cli, Command, Testing};
 
 /// glibc's malloc hands large freed buffers (im2col columns, activations) back to the OS and
 /// page-faults them in again every step; mimalloc keeps them, which measured faster here.
@@ -26,7 +24,7 @@ fn env(stop: &StopSignal, testing: Testing) -> Env<'static> {
 }
 
 fn main() -> ExitCode {
-    ablate::alloc::keep_freed_memory();
+    ablate::keep_freed_memory();
     let stop = StopSignal::default();
     let on_ctrl_c = stop.clone();
     let _ = ctrlc::set_handler(move || {
@@ -48,9 +46,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn request(what: &ablate::cli::Experiments) -> anyhow::Result<Request> {
+fn request(what: &cli::Experiments) -> anyhow::Result<Request> {
     Ok(Request {
-        files: plan::experiment_files(&what.experiments)?,
+        files: ablate::experiment_files(&what.experiments)?,
         overrides: what.set.clone(),
         sweep: what.sweep.clone(),
     })
@@ -60,7 +58,7 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
     match command {
         Command::Run { what, device, runs_dir, fail_fast, shard, run_id, testing } => {
             let (shard, run_id) =
-                scaleout::resolve(shard, run_id, |k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
+                ablate::shard_from_env(shard, run_id, |k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
             let opts = RunOptions {
                 request: request(&what)?,
                 device: device.device,
@@ -69,30 +67,30 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
                 shard,
                 run_id,
             };
-            println!("{}", commands::run(&opts, &mut env(stop, testing))?.display());
+            println!("{}", ablate::run(&opts, &mut env(stop, testing))?.display());
         }
         Command::Check { what } => {
-            let (summary, init) = commands::check(&request(&what)?)?;
+            let (summary, init) = ablate::check(&request(&what)?)?;
             println!("{summary}");
             init?.into_iter().for_each(|r| println!("{r}"));
         }
         Command::Resume { run, device, testing } => {
-            println!("{}", commands::resume(&run, device.device, &mut env(stop, testing))?.display());
+            println!("{}", ablate::resume(&run, device.device, &mut env(stop, testing))?.display());
         }
         Command::Summarize { run } => {
-            let (table, notes) = commands::summarize(&run)?;
+            let (table, notes) = ablate::summarize(&run)?;
             println!("{table}");
             notes.iter().for_each(|n| eprintln!("note: {n}"));
         }
         Command::Slurm { what, runs_dir, partition, gpus_per_task, cpus_per_task, time, sbatch } => {
             let mut run_args = what.to_args();
             run_args.extend(["--runs-dir".to_string(), runs_dir.path.display().to_string()]);
-            let opts = scaleout::SlurmOptions { partition, gpus_per_task, cpus_per_task, time, sbatch };
-            print!("{}", commands::slurm(&request(&what)?, &run_args, &runs_dir.path, &opts)?);
+            let opts = SlurmOptions { partition, gpus_per_task, cpus_per_task, time, sbatch };
+            print!("{}", ablate::slurm(&request(&what)?, &run_args, &runs_dir.path, &opts)?);
         }
-        Command::Compare { runs, sort } => println!("{}", commands::compare(&runs, sort)?),
+        Command::Compare { runs, sort } => println!("{}", ablate::compare(&runs, sort)?),
         Command::Predict { run, checkpoint, data, out, device } => {
-            let out = commands::predict(&run, checkpoint, data.as_deref(), out.as_deref(), device.device)?;
+            let out = ablate::predict(&run, checkpoint, data.as_deref(), out.as_deref(), device.device)?;
             println!("{}", out.display());
         }
     }

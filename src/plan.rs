@@ -117,16 +117,15 @@ pub fn plan(request: &Request) -> anyhow::Result<Plan> {
     for file in &request.files {
         let (name, points) = sweep_points(file, &request.overrides, &request.sweep)?;
         let index = experiments.len();
-        for Variant { name: variant_name, values } in points {
-            let folder = folder_name(multi, &name, &variant_name);
+        for point in points {
+            let folder = folder_name(multi, &name, &point.name);
             if variants.iter().any(|v| v.folder == folder) {
                 bail!("two experiments would both write {folder}/: give them different `name`s");
             }
             let what = || format!("{}: variant {folder}", file.display());
-            let extra = values.iter().map(|(k, v)| Override { key: k.clone(), value: v.clone(), raw: format_value(v) });
             let sources = Sources {
                 files: load::extends_chain(file)?,
-                overrides: request.overrides.iter().cloned().chain(extra).collect(),
+                overrides: request.overrides.iter().cloned().chain(point.overrides()).collect(),
                 env: true,
             };
             let mut v = variant(&sources, file, &mut weights).with_context(what)?;
@@ -137,8 +136,8 @@ pub fn plan(request: &Request) -> anyhow::Result<Plan> {
                 experiments.push(ExperimentPlan { name: name.clone(), as_written: as_written(&user)? + &sweep_args });
             }
             v.group = if folder == "." { v.spec.name.clone() } else { folder.clone() };
-            v.hparams = session(&values, &v.spec, multi.then_some(name.as_str()));
-            (v.folder, v.experiment, v.values) = (folder, index, values);
+            v.hparams = session(&point.values, &v.spec, multi.then_some(name.as_str()));
+            (v.folder, v.experiment, v.values) = (folder, index, point.values);
             variants.push(v);
         }
     }
@@ -178,6 +177,15 @@ pub fn from_run(unfinished: &[Unfinished]) -> anyhow::Result<Vec<VariantPlan>> {
         out.push(v);
     }
     Ok(out)
+}
+
+/// The spec of experiment `file` (its `extends` chain followed, `overrides` applied, no
+/// environment) for a dataset with `classes`, without looking at any data: for tests, benches
+/// and tools that want a model from a file.
+pub fn spec_from_file(file: &Path, overrides: &[Override], classes: &[&str]) -> anyhow::Result<Spec> {
+    let sources = Sources { files: load::extends_chain(file)?, overrides: overrides.to_vec(), env: false };
+    let exp = load::load(&sources)?;
+    Ok(resolve(exp, &file.display().to_string(), classes.iter().map(|c| c.to_string()).collect())?)
 }
 
 /// The spec a finished run's `config.toml` holds (standing alone: classes listed, no

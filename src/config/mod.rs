@@ -7,7 +7,7 @@ pub mod sweep;
 
 use std::path::PathBuf;
 
-pub use load::{Override, Sources};
+pub use load::Override;
 pub use resolve::resolve;
 
 /// Everything that can be wrong with an experiment before it trains.

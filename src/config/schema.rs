@@ -278,8 +278,7 @@ impl<'de> Deserialize<'de> for LayerSpec {
 // The block kinds are the model's own types (the model does not import the config); the
 // TOML names them through their serde names.
 pub use crate::spec::{
-    BlockKind, CacheMode, DownsampleKind, InitSpec, LabelFormat, OptimizerConfig, OptimizerKind, Precision,
-    ScheduleConfig, ScheduleKind, SubmissionConfig,
+    BlockKind, CacheMode, DownsampleKind, InitSpec, OptimizerConfig, Precision, ScheduleConfig, SubmissionConfig,
 };
 pub use crate::spec::{LAYER_NAMES, LayerConfig};
 

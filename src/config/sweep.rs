@@ -91,10 +91,6 @@ impl Sweep {
         Ok(self)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.axes.is_empty()
-    }
-
     /// Every variant, in the documented order.
     pub fn expand(&self) -> Result<Vec<Variant>, ConfigError> {
         if self.axes.is_empty() {

@@ -90,15 +90,15 @@ pub fn to_tensor(img: &RgbImage, pipeline: &[Transform]) -> (Vec<f32>, (usize, u
     (out, (h, w))
 }
 
-/// Runs `pipeline` on `img` and returns CHW floats (in [0, 1] unless normalised) and `(h, w)`.
-pub fn apply(pipeline: &[Transform], img: RgbImage, rng: &mut impl Rng) -> Result<(Vec<f32>, (usize, usize)), String> {
-    let img = apply_image(pipeline, img, rng)?;
-    Ok(to_tensor(&img, pipeline))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs `pipeline` on `img` and returns CHW floats (in [0, 1] unless normalised) and `(h, w)`.
+    fn apply(pipeline: &[Transform], img: RgbImage, rng: &mut impl Rng) -> Result<(Vec<f32>, (usize, usize)), String> {
+        let img = apply_image(pipeline, img, rng)?;
+        Ok(to_tensor(&img, pipeline))
+    }
     use rand::SeedableRng;
 
     #[test]

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
 
-pub use crate::spec::{BlockKind, ConvConfig, DownsampleKind, LayerConfig, LinearConfig, MidWidth, StageConfig};
-pub use summary::{Summary, SummaryRow};
+use crate::spec::LayerConfig;
+pub use summary::Summary;
 
 /// A layer list that does not fit its input.
 #[derive(Debug, thiserror::Error)]

@@ -6,9 +6,7 @@ pub mod learner;
 pub mod optim;
 pub mod state;
 
-pub use components::{
-    Bar, BestPolicy, Checkpointer, EpochMetrics, Hook, MetricSink, Progress, StepEnd, StopAfterSteps, StopSignal,
-};
-pub use eval::{evaluate, predict};
+pub use components::{Bar, Checkpointer, EpochMetrics, Hook, MetricSink, Progress, StopAfterSteps, StopSignal};
+pub use eval::predict;
 pub use learner::{FitOutcome, Learner, Splits};
-pub use state::{Interrupted, TrainState, fingerprint};
+pub use state::{Interrupted, TrainState};

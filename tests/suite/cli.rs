@@ -29,7 +29,7 @@ fn run_leaves_the_whole_tree_and_predict_reproduces_the_submission() {
     ] {
         assert!(run.join(f).is_file(), "missing {f}");
     }
-    assert_eq!(ablate::output::tensorboard::event_files(&run).unwrap().len(), 1);
+    assert_eq!(ablate::event_files(&run).unwrap().len(), 1);
     let written = std::fs::read_to_string(run.join("experiment.toml")).unwrap();
     assert!(written.starts_with(&std::fs::read_to_string(&exp).unwrap()) && written.contains("# --set seed=3"));
     assert!(std::fs::read_to_string(run.join("config.toml")).unwrap().contains("seed = 3"));
@@ -107,9 +107,9 @@ fn grey_alpha_and_16_bit_images_are_read_as_rgb() {
     image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(3, 2, image::Luma([65535])).save(&grey).unwrap();
     let rgba = tmp.path().join("rgba.png");
     image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0])).save(&rgba).unwrap();
-    let g = ablate::data::loader::decode(&grey).unwrap();
+    let g = ablate::decode(&grey).unwrap();
     assert_eq!((g.width(), g.height(), g.get_pixel(0, 0).0), (3, 2, [255, 255, 255]));
-    assert_eq!(ablate::data::loader::decode(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
+    assert_eq!(ablate::decode(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
 }
 
 /// Device choices a CPU-only build must answer clearly, before any run folder exists.

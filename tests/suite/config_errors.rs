@@ -100,13 +100,8 @@ fn extends_merges_deeply_and_the_file_wins() {
     std::fs::write(&exp, format!("extends = \"_base.toml\"\n{text}")).unwrap();
     let out = ablate().arg("check").arg(&exp).assert().success();
     drop(out);
-    let sources = ablate::config::Sources {
-        files: ablate::config::load::extends_chain(&exp).unwrap(),
-        overrides: vec![],
-        env: false,
-    };
-    let merged = ablate::config::load::load(&sources).unwrap();
-    assert_eq!(merged.optimizer.kind, ablate::config::schema::OptimizerKind::Sgd);
+    let merged = ablate::spec_from_file(&exp, &[], &["a", "b"]).unwrap();
+    assert_eq!(merged.optimizer.kind, ablate::OptimizerKind::Sgd);
     assert_eq!(merged.optimizer.momentum, 0.9);
     assert_eq!(merged.optimizer.lr, 0.01, "the experiment file wins over its base");
 }

@@ -4,17 +4,15 @@
 
 use std::path::Path;
 
-use ablate::config::load::{self, Sources};
-use ablate::model::Model;
+use ablate::Model;
 use ablate::ops::conv::plan::{self, Algo};
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
-fn spec_at(file: &str, hw: usize) -> ablate::spec::Spec {
+fn spec_at(file: &str, hw: usize) -> ablate::Spec {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    let overrides = vec![ablate::config::Override::parse(&format!("model.input=[{hw}, {hw}]")).unwrap()];
-    let exp = load::load(&Sources { files: vec![file.clone()], overrides, env: false }).unwrap();
-    ablate::config::resolve(exp, &file.display().to_string(), vec!["a".into(), "b".into()]).unwrap()
+    let overrides = vec![ablate::Override::parse(&format!("model.input=[{hw}, {hw}]")).unwrap()];
+    ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
 }
 
 /// Every gradient and the weights after one AdamW step, as raw bits, on `threads` threads.
@@ -30,7 +28,7 @@ fn step_bits(file: &str, hw: usize, batch: usize, threads: usize) -> (Vec<Vec<u3
             (candle_nn::loss::cross_entropy(&logits, &y).unwrap().backward().unwrap(), logits)
         });
         let cfg = toml::from_str("kind = \"adamw\"\nlr = 1e-3\nweight_decay = 0.05").unwrap();
-        let mut opt = ablate::train::optim::Optimizer::new(cfg, model.trainable());
+        let mut opt = ablate::Optimizer::new(cfg, model.trainable());
         opt.step(&grads, 1e-3).unwrap();
         let bits =
             |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|v| v.to_bits()).collect();

@@ -1,9 +1,9 @@
 //! Gradients of every layer kind against central finite differences, and BatchNorm against
 //! PyTorch, so a wrong backward (like candle 0.11's max-pool, 1/4 of the truth) cannot pass.
 
-use ablate::model::{ConvConfig, LayerConfig, LinearConfig, Model};
 use ablate::ops::conv::ConvParams;
 use ablate::ops::pool::{PoolKind, PoolParams};
+use ablate::{ConvConfig, LayerConfig, LinearConfig, Model};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::ModuleT;
 use rand::{Rng, SeedableRng};
@@ -153,8 +153,8 @@ fn batchnorm_matches_pytorch() {
 /// One ResNeXt bottleneck block (grouped 3x3, strided, projected shortcut) in training mode.
 #[test]
 fn bottleneck_block_matches_finite_differences() {
-    use ablate::config::schema::{BlockKind, DownsampleKind};
-    use ablate::model::{MidWidth, StageConfig};
+    use ablate::{BlockKind, DownsampleKind};
+    use ablate::{MidWidth, StageConfig};
     let stage = StageConfig {
         block: BlockKind::Bottleneck,
         repeat: 1,

@@ -1,11 +1,11 @@
 //! Training works, repeats exactly under a seed, and checkpoints reload exactly.
 
-use ablate::commands::{self, RunOptions};
-use ablate::executor::Env;
-use ablate::model::Model;
-use ablate::output::sink::MemorySink;
-use ablate::plan::Request;
-use ablate::train::EpochMetrics;
+use ablate::Env;
+use ablate::EpochMetrics;
+use ablate::MemorySink;
+use ablate::Model;
+use ablate::Request;
+use ablate::RunOptions;
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
@@ -16,16 +16,16 @@ fn run(exp: &std::path::Path, runs: &std::path::Path, set: &[&str]) -> (std::pat
     let opts = RunOptions {
         request: Request {
             files: vec![exp.to_path_buf()],
-            overrides: set.iter().map(|s| ablate::config::Override::parse(s).unwrap()).collect(),
+            overrides: set.iter().map(|s| ablate::Override::parse(s).unwrap()).collect(),
             sweep: vec![],
         },
-        device: Some(ablate::device::DeviceChoice::Cpu),
+        device: Some(ablate::DeviceChoice::Cpu),
         runs_dir: runs.to_path_buf(),
         ..Default::default()
     };
     let recorder = sink.clone();
     let mut env = Env { sinks: Box::new(move |_| vec![Box::new(recorder.clone())]), ..Env::default() };
-    let dir = commands::run(&opts, &mut env).unwrap();
+    let dir = ablate::run(&opts, &mut env).unwrap();
     let records = sink.records.lock().unwrap().clone();
     (dir, records)
 }
@@ -93,16 +93,13 @@ fn seeded_runs_are_bit_identical_and_checkpoints_reload_exactly() {
 
     // Reloading: a model built with another seed, loaded from `last`, predicts exactly what
     // the saved model does (its logits, bit for bit).
-    let sources = ablate::config::Sources { files: vec![a.join("config.toml")], overrides: vec![], env: false };
-    let exp = ablate::config::load::load(&sources).unwrap();
-    let classes = exp.data.classes.clone().unwrap();
-    let spec = &ablate::config::resolve(exp, "config.toml", classes).unwrap();
+    let spec = &ablate::spec_from_file(&a.join("config.toml"), &[], &["blue", "red"]).unwrap();
     let x = Tensor::randn(0f32, 1.0, (4, 3, 16, 16), &Device::Cpu).unwrap();
     let saved = Model::build(&spec.layers, spec.input_hw, 1, &Device::Cpu).unwrap();
-    ablate::output::checkpoint::load(&saved, &a.join("checkpoints/last.safetensors")).unwrap();
+    ablate::load_checkpoint(&saved, &a.join("checkpoints/last.safetensors")).unwrap();
     let other = Model::build(&spec.layers, spec.input_hw, 2, &Device::Cpu).unwrap();
     let before = other.forward_t(&x, false).unwrap();
-    ablate::output::checkpoint::load(&other, &a.join("checkpoints/last.safetensors")).unwrap();
+    ablate::load_checkpoint(&other, &a.join("checkpoints/last.safetensors")).unwrap();
     let logits = |m: &Model| m.forward_t(&x, false).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(logits(&saved), logits(&other));
     assert_ne!(before.flatten_all().unwrap().to_vec1::<f32>().unwrap(), logits(&other));
@@ -110,14 +107,14 @@ fn seeded_runs_are_bit_identical_and_checkpoints_reload_exactly() {
 
 #[test]
 fn caches_decode_each_image_once_and_change_nothing() {
-    use ablate::data::loader::{ImageCache, Loader};
-    use ablate::data::transforms::Transform;
+    use ablate::Transform;
+    use ablate::{ImageCache, Loader};
     use std::sync::Arc;
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     color_folder(&data, 5, 1, 31);
     let classes = vec!["blue".to_string(), "red".to_string()];
-    let items = Arc::new(ablate::data::folder::labelled(&data.join("train"), &classes).unwrap());
+    let items = Arc::new(ablate::labelled_images(&data.join("train"), &classes).unwrap());
     let pipeline = vec![Transform::Resize((18, 18)), Transform::RandomCrop((16, 16)), Transform::Hflip(0.5)];
     let plain = Loader::new(items.clone(), pipeline.clone(), (16, 16), 4);
     let order: Vec<usize> = (0..items.len()).collect();

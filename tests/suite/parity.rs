@@ -13,12 +13,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ablate::model::{LayerConfig, Model};
 use ablate::ops::conv::plan::{self, Algo, Pass};
 use ablate::ops::conv::{ConvParams, conv2d};
 use ablate::ops::isa::{self, Isa, Level};
 use ablate::ops::pool::{PoolKind, PoolParams, pool2d};
 use ablate::ops::trace::Kink;
+use ablate::{LayerConfig, Model};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
 use serde_json::Value;
@@ -316,12 +316,10 @@ fn add_relu_matches_pytorch() {
 }
 
 /// An experiment file's model at `hw x hw` for two classes.
-fn spec_at(file: &str, hw: usize) -> ablate::spec::Spec {
-    use ablate::config::load::{self, Sources};
+fn spec_at(file: &str, hw: usize) -> ablate::Spec {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    let overrides = vec![ablate::config::Override::parse(&format!("model.input=[{hw}, {hw}]")).unwrap()];
-    let exp = load::load(&Sources { files: vec![file.clone()], overrides, env: false }).unwrap();
-    ablate::config::resolve(exp, &file.display().to_string(), vec!["a".into(), "b".into()]).unwrap()
+    let overrides = vec![ablate::Override::parse(&format!("model.input=[{hw}, {hw}]")).unwrap()];
+    ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
 }
 
 /// One forward/backward of `case` through ablate's model built from its experiment file,
@@ -359,9 +357,9 @@ fn network_step(case: &Value, tensors: &HashMap<String, Tensor>) -> HashMap<Stri
         }
     }
     for (opt_name, text) in case["optimizers"].as_object().unwrap() {
-        let cfg: ablate::config::schema::OptimizerConfig = toml::from_str(text.as_str().unwrap()).unwrap();
+        let cfg: ablate::OptimizerConfig = toml::from_str(text.as_str().unwrap()).unwrap();
         let lr = cfg.lr;
-        let mut opt = ablate::train::optim::Optimizer::new(cfg, model.trainable());
+        let mut opt = ablate::Optimizer::new(cfg, model.trainable());
         opt.step(&grads, lr).unwrap();
         for (name, var) in model.params() {
             out.insert(format!("{opt_name}.update.{name}"), (var.as_tensor() - &w0[&name]).unwrap());

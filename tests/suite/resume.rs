@@ -21,9 +21,9 @@ fn same_files(a: &Path, b: &Path, files: &[&str]) {
 }
 
 /// metrics.csv with its timing columns zeroed.
-fn metrics(dir: &Path) -> Vec<ablate::train::EpochMetrics> {
-    let rows = ablate::output::sink::CsvSink::read(&dir.join("metrics.csv")).unwrap();
-    rows.into_iter().map(|m| ablate::train::EpochMetrics { images_per_sec: 0.0, seconds: 0.0, ..m }).collect()
+fn metrics(dir: &Path) -> Vec<ablate::EpochMetrics> {
+    let rows = ablate::read_metrics(&dir.join("metrics.csv")).unwrap();
+    rows.into_iter().map(|m| ablate::EpochMetrics { images_per_sec: 0.0, seconds: 0.0, ..m }).collect()
 }
 
 #[test]
@@ -50,8 +50,8 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     let reference = only_run(&straight);
     same_files(&reference, &run, &["checkpoints/last.safetensors", "checkpoints/best.safetensors", "submission.csv"]);
     assert_eq!(metrics(&reference), metrics(&run));
-    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
-    assert_eq!(rows[0].status, ablate::output::summary::Status::Ok);
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    assert_eq!(rows[0].status, ablate::Status::Ok);
 }
 
 #[test]
@@ -68,9 +68,9 @@ fn a_sweep_resumes_the_interrupted_variant_and_reruns_failed_ones() {
     // 12 training images, batch 8: 2 steps an epoch, 4 a variant: stop inside the second.
     run_in(&exp, &cut).args(SET).args(sweep).args(["--stop-after-steps", "5"]).assert().code(130);
     let run = only_run(&cut);
-    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
-    assert_eq!(rows[0].status, ablate::output::summary::Status::Ok);
-    assert_eq!(rows[1].status, ablate::output::summary::Status::Pending);
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    assert_eq!(rows[0].status, ablate::Status::Ok);
+    assert_eq!(rows[1].status, ablate::Status::Pending);
     ablate().arg("resume").arg(&run).assert().success();
     let reference = only_run(&straight);
     for v in ["lr=0.01", "lr=0.003"] {
@@ -86,8 +86,8 @@ fn a_sweep_resumes_the_interrupted_variant_and_reruns_failed_ones() {
     std::fs::remove_file(&bad).unwrap();
     let run = only_run(&failing);
     ablate().arg("resume").arg(&run).assert().success();
-    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
-    assert!(rows.iter().all(|r| r.status == ablate::output::summary::Status::Ok), "{rows:?}");
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.status == ablate::Status::Ok), "{rows:?}");
 }
 
 #[test]

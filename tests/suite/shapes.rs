@@ -1,15 +1,12 @@
 //! Shape inference and parameter counts of the bundled experiments.
 
-use ablate::config::load::{self, Sources};
-use ablate::config::{Override, resolve};
-use ablate::model::Model;
+use ablate::Model;
+use ablate::{Override, spec_from_file};
 use candle_core::Device;
 
-fn lenet(overrides: Vec<Override>) -> ablate::spec::Spec {
+fn lenet(overrides: Vec<Override>) -> ablate::Spec {
     let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/lenet.toml");
-    let sources = Sources { files: vec![file.clone()], overrides, env: false };
-    let exp = load::load(&sources).unwrap();
-    resolve(exp, &file.display().to_string(), vec!["cats".into(), "dogs".into()]).unwrap()
+    spec_from_file(&file, &overrides, &["cats", "dogs"]).unwrap()
 }
 
 #[test]
@@ -49,9 +46,8 @@ fn totals(layers_toml: &str, classes: usize) -> (usize, u64, Model) {
         format!("name = \"net\"\n[data]\nroot = \".\"\n[model]\ninput = [224, 224]\n{layers_toml}\n"),
     )
     .unwrap();
-    let sources = Sources { files: vec![file.clone()], overrides: vec![], env: false };
-    let exp = load::load(&sources).unwrap();
-    let spec = resolve(exp, "net.toml", (0..classes).map(|i| format!("c{i}")).collect()).unwrap();
+    let names: Vec<String> = (0..classes).map(|i| format!("c{i}")).collect();
+    let spec = spec_from_file(&file, &[], &names.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
     (model.summary().total_params(), model.summary().total_macs(), model)
 }

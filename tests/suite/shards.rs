@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use ablate::output::summary::{self, Status};
+use ablate::Status;
 use predicates::prelude::*;
 
 use crate::common::{ablate, color_folder, experiment};
@@ -58,12 +58,12 @@ fn two_shards_in_parallel_fill_one_run_folder_and_summarize_merges_them() {
         assert!(text.contains(&format!(": {v}\n")), "{v} not in shard {log}'s log:\n{text}");
     }
     assert!(!run.join("summary.csv").exists(), "shards do not write the merged summary");
-    let shard0 = summary::read(&run.join("shards/summary-0-of-2.csv")).unwrap();
+    let shard0 = ablate::read_summary(&run.join("shards/summary-0-of-2.csv")).unwrap();
     let statuses: Vec<Status> = shard0.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [Status::Ok, Status::Pending, Status::Ok]);
 
     ablate().arg("summarize").arg(&run).assert().success().stdout(predicate::str::contains("| width=4 |"));
-    let rows = summary::read(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.variant.as_str()).collect::<Vec<_>>(), ["width=2", "width=4", "width=6"]);
     assert!(rows.iter().all(|r| r.status == Status::Ok && r.best_val_acc.is_some()), "{rows:?}");
     assert!(run.join("summary.md").is_file());
@@ -106,14 +106,14 @@ fn summarize_reports_a_shard_that_has_not_finished() {
         .success()
         .stderr(predicate::str::contains("shard 0/3 has not written its summary yet"))
         .stderr(predicate::str::contains("2 of 3 variants not finished"));
-    let rows = summary::read(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Pending, Status::Pending, Status::Ok]);
     // Every variant's config is there, so `ablate resume` can finish the missing ones.
     for v in ["width=2", "width=4", "width=6"] {
         assert!(run.join(v).join("config.toml").is_file(), "{v}");
     }
     ablate().arg("resume").arg(&run).assert().success();
-    let rows = summary::read(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
 }
 
@@ -178,7 +178,7 @@ fn the_slurm_script_runs_one_task_per_variant_then_the_summary() {
     };
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), task_logs());
     assert!(String::from_utf8_lossy(&out.stdout).contains("runs/4242_tiny/summary.md"));
-    let rows = summary::read(&tmp.path().join("runs/4242_tiny/summary.csv")).unwrap();
+    let rows = ablate::read_summary(&tmp.path().join("runs/4242_tiny/summary.csv")).unwrap();
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}\n{}", task_logs());
 }

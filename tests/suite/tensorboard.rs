@@ -32,8 +32,8 @@ const TAGS: [(&str, &str); 6] = [
 #[test]
 fn event_file_holds_every_scalar_of_every_epoch() {
     let (_tmp, run) = one_run();
-    let files = ablate::output::tensorboard::event_files(&run).unwrap();
-    let scalars = ablate::output::tensorboard::read_scalars(&files[0]).unwrap();
+    let files = ablate::event_files(&run).unwrap();
+    let scalars = ablate::read_scalars(&files[0]).unwrap();
     let rows = metrics(&run);
     for (tag, column) in TAGS {
         let got: Vec<(i64, f32)> = scalars.iter().filter(|s| s.tag == tag).map(|s| (s.step, s.value)).collect();
@@ -46,12 +46,12 @@ fn event_file_holds_every_scalar_of_every_epoch() {
 #[test]
 fn a_corrupted_event_file_is_rejected() {
     let (_tmp, run) = one_run();
-    let file = &ablate::output::tensorboard::event_files(&run).unwrap()[0];
+    let file = &ablate::event_files(&run).unwrap()[0];
     let mut bytes = std::fs::read(file).unwrap();
     let n = bytes.len();
     bytes[n - 6] ^= 0xff;
     std::fs::write(file, bytes).unwrap();
-    assert!(ablate::output::tensorboard::read_scalars(file).unwrap_err().to_string().contains("CRC"));
+    assert!(ablate::read_scalars(file).unwrap_err().to_string().contains("CRC"));
 }
 
 /// The real TensorBoard (`EventAccumulator`) reads the run. Needs Python with the
@@ -123,7 +123,7 @@ fn real_tensorboard_serves_the_hparams_of_a_sweep() {
     let ok = group("skip_bad=true");
     assert_eq!(ok["hparams"]["data.skip_bad"], true);
     assert_eq!(ok["sessions"][0]["status"], "STATUS_SUCCESS");
-    let rows = ablate::output::summary::read(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
     let best = ok["metricValues"].as_array().unwrap().iter().find(|m| m["name"]["tag"] == "best/val_acc").unwrap();
     assert!((best["value"].as_f64().unwrap() - rows[1].best_val_acc.unwrap()).abs() < 1e-6);
     let failed = group("skip_bad=false");

@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 
-use ablate::config::load::{self, Sources};
-use ablate::config::resolve;
-use ablate::model::{Model, weights};
+use ablate::spec_from_file;
+use ablate::{Model, weights};
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
@@ -21,8 +20,8 @@ fn tiny(classes: usize) -> Model {
     let tmp = tempfile::tempdir().unwrap();
     let file = tmp.path().join("tiny.toml");
     std::fs::write(&file, format!("name = \"tiny\"\n[data]\nroot = \".\"\n[model]\ninput = [8, 8]\n{TINY}\n")).unwrap();
-    let exp = load::load(&Sources { files: vec![file], overrides: vec![], env: false }).unwrap();
-    let spec = resolve(exp, "tiny.toml", (0..classes).map(|i| format!("c{i}")).collect()).unwrap();
+    let names: Vec<String> = (0..classes).map(|i| format!("c{i}")).collect();
+    let spec = spec_from_file(&file, &[], &names.iter().map(String::as_str).collect::<Vec<_>>()).unwrap();
     Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap()
 }
 

@@ -23,10 +23,6 @@ use candle_nn::ModuleT;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-pub use batch_norm::BatchNorm;
-pub use conv::Conv;
-pub use linear::Linear;
-
 use super::ModelError;
 use super::builder::{Builder, ConvInit};
 use super::summary::{Summary, SummaryRow};
