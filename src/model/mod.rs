@@ -52,8 +52,8 @@ pub fn under_prefix(name: &str, prefix: &str) -> bool {
 
 impl Model {
     /// Builds `layers` for inputs of `(3, h, w)`, initialising weights from `seed` as PyTorch
-    /// does (see [`builder::ConvInit`]): BatchNorm weight 1 and bias 0, linear layers uniform
-    /// +-1/sqrt(fan_in).
+    /// does: kaiming-uniform convs (torchvision's kaiming-normal fan-out ones in networks with
+    /// residual stages), BatchNorm weight 1 and bias 0, linear layers uniform +-1/sqrt(fan_in).
     pub fn build(
         layers: &[LayerConfig],
         input_hw: (usize, usize),
@@ -86,7 +86,7 @@ impl Model {
         })
     }
 
-    /// Computes convolutions and linear layers in bf16 (`true`) or f32 (see [`builder::Autocast`]).
+    /// Computes convolutions and linear layers in bf16 (`true`) or f32.
     pub fn set_bf16(&self, on: bool) {
         self.autocast.set(on);
     }

@@ -1,6 +1,6 @@
 //! 2-D convolution (groups, stride, padding, dilation) as a candle custom op with its own
 //! forward, input gradient and weight gradient on CPU, each run by the algorithm [`plan`]
-//! picks: implicit GEMM ([`implicit`]), direct ([`direct`]) or im2col + GEMM ([`gemm`]).
+//! picks: implicit GEMM (`implicit.rs`), direct (`direct.rs`) or im2col + GEMM (`gemm.rs`).
 //!
 //! A grouped convolution costs what its FLOPs say, instead of launching one small
 //! convolution per group as candle's `conv2d` does. The input gradient is skipped when the
