@@ -128,6 +128,10 @@ pub enum Command {
         run: PathBuf,
         #[command(flatten)]
         device: DeviceArg,
+        /// Continue although images were added, removed or changed since the run started (the
+        /// validation split changes with them).
+        #[arg(long)]
+        allow_data_change: bool,
         #[command(flatten)]
         testing: Testing,
     },

@@ -17,7 +17,7 @@ use crate::output::tensorboard::TensorBoardSink;
 use crate::output::{checkpoint, submission, write_atomic};
 use crate::plan::{VariantPlan, prepare_model};
 use crate::spec::{CacheMode, Precision, Spec, Transform};
-use crate::train::{FitOutcome, Hook, Interrupted, Learner, MetricSink, Progress, Splits, StopSignal};
+use crate::train::{Checkpointer, FitOutcome, Hook, Interrupted, Learner, MetricSink, Progress, Splits, StopSignal};
 
 /// Extra metric sinks per variant (tests pass memory sinks); called with the variant's folder.
 pub type SinkFactory<'a> = Box<dyn FnMut(&str) -> Vec<Box<dyn MetricSink>> + 'a>;
@@ -57,15 +57,30 @@ pub fn resume_hint(e: anyhow::Error, run: &std::path::Path) -> anyhow::Error {
     }
 }
 
-/// Trains `plan` into `folder` on `device`; `resume` continues the checkpoint a previous
+/// A first attempt at a variant, or a later one that continues what the folder holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attempt {
+    Fresh,
+    /// Continue the committed checkpoint; `allow_data_change` accepts a dataset whose file list
+    /// changed since (the split may change with it).
+    Resume {
+        allow_data_change: bool,
+    },
+}
+
+/// Trains `plan` into `folder` on `device`, afresh or continuing the checkpoint a previous
 /// attempt committed there. Every line of its log also goes to `log.txt` in the folder.
 pub fn train(
     plan: &VariantPlan,
     folder: &VariantFolder,
     (device, notice): (&Device, Option<String>),
     env: &mut Env,
-    resume: bool,
+    attempt: Attempt,
 ) -> anyhow::Result<FitOutcome> {
+    let resume = attempt != Attempt::Fresh;
+    if resume {
+        folder.remove_temporaries()?;
+    }
     let spec = &plan.spec;
     let mut model = Model::build(&spec.layers, spec.input_hw, spec.seed, device)?;
     let import = prepare_model(&mut model, spec, plan.weights.as_deref())?;
@@ -77,7 +92,7 @@ pub fn train(
     notice.into_iter().for_each(|n| log.info(n));
     log.info(format!("model ({}x{} input):\n{}", spec.input_hw.0, spec.input_hw.1, model.summary()));
     import.into_iter().for_each(|r| log.info(r));
-    let result = train_logged(plan, folder, &model, device, &log, env, resume);
+    let result = train_logged(plan, folder, &model, device, &log, env, attempt);
     if let Err(e) = &result {
         log.info(format!("error: {e:#}"));
     }
@@ -91,15 +106,32 @@ fn train_logged(
     device: &Device,
     log: &RunLog,
     env: &mut Env,
-    resume: bool,
+    attempt: Attempt,
 ) -> anyhow::Result<FitOutcome> {
     let spec = &plan.spec;
     let splits = splits(plan, folder, log)?;
-    let history = if resume { CsvSink::read(&folder.metrics())? } else { Vec::new() };
-    let mut checkpointer = folder.checkpointer(resume)?;
-    let csv = if resume { CsvSink::append(&folder.metrics())? } else { CsvSink::create(&folder.metrics())? };
-    let mut sinks: Vec<Box<dyn MetricSink>> =
-        vec![Box::new(csv), Box::new(TensorBoardSink::with_session(folder.path(), &plan.hparams, &plan.group))];
+    let mut checkpointer = folder.checkpointer(attempt != Attempt::Fresh)?;
+    let committed = checkpointer.committed()?;
+    if let (Some(state), Attempt::Resume { allow_data_change }) = (&committed, attempt)
+        && state.data_fingerprint != splits.data_fingerprint
+    {
+        if !allow_data_change {
+            bail!(
+                "the dataset under {} changed since this run started (images added, removed or resized): the validation split would change mid-run; resume with --allow-data-change to accept that",
+                spec.data.root.display()
+            );
+        }
+        log.info("the dataset changed since this run started; continuing as --allow-data-change asks");
+    }
+    // Epochs past the committed one were recorded by an attempt a kill stopped: they train again.
+    let done = committed.as_ref().map_or(0, |s| s.epochs_done);
+    let history = CsvSink::truncate(&folder.metrics(), done)?;
+    let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(CsvSink::append(&folder.metrics())?)];
+    if done < spec.train.epochs {
+        let mut tb = TensorBoardSink::with_session(folder.path(), &plan.hparams, &plan.group);
+        tb.continue_after(&history);
+        sinks.push(Box::new(tb));
+    }
     sinks.extend((env.sinks)(&plan.folder));
     let mut learner = Learner {
         spec,
@@ -156,6 +188,7 @@ fn splits(plan: &VariantPlan, folder: &VariantFolder, log: &RunLog) -> anyhow::R
     let spec = &plan.spec;
     let items = &plan.items;
     let (train_idx, val_idx) = folder::split(items, spec.data.val_fraction, spec.seed);
+    let data_fingerprint = folder::fingerprint(items.iter().chain(plan.test_items.iter().flat_map(|t| t.iter())))?;
     log.info(format!(
         "data: {} ({} classes: {}), {} train / {} validation images{}",
         spec.data.root.display(),
@@ -180,7 +213,7 @@ fn splits(plan: &VariantPlan, folder: &VariantFolder, log: &RunLog) -> anyhow::R
             if train_cache.fits(&spec.eval_transforms) { train_cache.clone() } else { cache(&spec.eval_transforms)? };
         (train, val) = (train.with_cache(train_cache), val.with_cache(val_cache));
     }
-    Ok(Splits { train, train_idx, val, val_idx })
+    Ok(Splits { train, train_idx, val, val_idx, data_fingerprint })
 }
 
 /// Every item's predicted class, as `(id, class)`.

@@ -74,8 +74,9 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
             println!("{summary}");
             init?.into_iter().for_each(|r| println!("{r}"));
         }
-        Command::Resume { run, device, testing } => {
-            println!("{}", ablate::resume(&run, device.device, &mut env(stop, testing))?.display());
+        Command::Resume { run, device, allow_data_change, testing } => {
+            let env = &mut env(stop, testing);
+            println!("{}", ablate::resume(&run, device.device, allow_data_change, env)?.display());
         }
         Command::Summarize { run } => {
             let (table, notes) = ablate::summarize(&run)?;

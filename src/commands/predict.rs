@@ -58,6 +58,6 @@ pub fn predict(
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| run.join(format!("submission-{}.csv", which.name())));
     let log = RunLog::terminal(RunLog::terminal_bars());
     let rows = predictions(&model, &loader(&spec, items, &spec.eval_transforms), &device, &log)?;
-    submission::write(&out, &rows, &spec.class_names, &spec.submission)?;
+    submission::write_new(&out, &rows, &spec.class_names, &spec.submission)?;
     Ok(out)
 }

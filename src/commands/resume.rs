@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 
 use crate::device::DeviceChoice;
-use crate::executor::{self, Env, resume_hint};
+use crate::executor::{self, Attempt, Env, resume_hint};
 use crate::output::log::RunLog;
 use crate::output::report::SummaryTable;
 use crate::output::run_folder::RunFolder;
@@ -16,8 +16,14 @@ use crate::train::Interrupted;
 /// Finishes the run at `run`. Variants that finished are kept, failed ones train again from
 /// the start, an interrupted one continues from its checkpoint (model, optimizer, epoch and
 /// batch, generator positions) and ends with the weights an uninterrupted run would have.
-/// Each variant's own `config.toml` drives it; an edited one is refused.
-pub fn resume(run: &Path, device: Option<DeviceChoice>, env: &mut Env) -> anyhow::Result<PathBuf> {
+/// Each variant's own `config.toml` drives it; an edited one is refused, and so is a dataset
+/// whose files changed unless `allow_data_change`.
+pub fn resume(
+    run: &Path,
+    device: Option<DeviceChoice>,
+    allow_data_change: bool,
+    env: &mut Env,
+) -> anyhow::Result<PathBuf> {
     let folder = RunFolder::open(run)?;
     let mut table = SummaryTable::read(run, folder.title())?;
     let log = RunLog::append(&folder.log(None), RunLog::terminal_bars())?;
@@ -31,8 +37,15 @@ pub fn resume(run: &Path, device: Option<DeviceChoice>, env: &mut Env) -> anyhow
     let plans = plan::from_run(&unfinished)?;
     for (i, v) in index.into_iter().zip(plans) {
         log.info(format!("resuming {}", v.folder));
-        let result = executor::open_device(&v.spec, device)
-            .and_then(|device| executor::train(&v, &folder.variant(&v.folder)?, (&device.0, device.1), env, true));
+        let result = executor::open_device(&v.spec, device).and_then(|device| {
+            executor::train(
+                &v,
+                &folder.variant(&v.folder)?,
+                (&device.0, device.1),
+                env,
+                Attempt::Resume { allow_data_change },
+            )
+        });
         match result {
             Err(e) if e.is::<Interrupted>() => return Err(resume_hint(e, run)),
             Ok(outcome) => table.rows[i] = Row::finished(&v.folder, &table.rows[i].values, v.size(), Ok(&outcome)),

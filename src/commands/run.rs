@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 
 use crate::device::DeviceChoice;
-use crate::executor::{self, Env, resume_hint};
+use crate::executor::{self, Attempt, Env, resume_hint};
 use crate::output::hparams;
 use crate::output::log::RunLog;
 use crate::output::report::SummaryTable;
@@ -92,7 +92,7 @@ fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) ->
     let mut table = SummaryTable::new(plan.title.clone(), vec![pending(v)]);
     table.write(run.path())?;
     let device = executor::open_device(&v.spec, opts.device)?;
-    let result = executor::train(v, &run.variant(".")?, (&device.0, device.1), env, false);
+    let result = executor::train(v, &run.variant(".")?, (&device.0, device.1), env, Attempt::Fresh);
     if !result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
         table.rows[0] =
             Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
@@ -129,8 +129,9 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
     }
     for (i, v) in plan.variants.iter().enumerate().filter(|(i, _)| shard.owns(*i)) {
         log.info(format!("variant {}/{total}: {}", i + 1, v.folder));
-        let result = executor::open_device(&v.spec, opts.device)
-            .and_then(|device| executor::train(v, &run.variant(&v.folder)?, (&device.0, device.1), env, false));
+        let result = executor::open_device(&v.spec, opts.device).and_then(|device| {
+            executor::train(v, &run.variant(&v.folder)?, (&device.0, device.1), env, Attempt::Fresh)
+        });
         if result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
             return Err(resume_hint(result.unwrap_err(), run.path()));
         }

@@ -137,6 +137,22 @@ pub fn split(items: &[Item], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize
     (train, val)
 }
 
+/// FNV-1a of every item's path and size: a different fingerprint means files were added,
+/// removed, renamed or rewritten with another size.
+pub fn fingerprint<'a>(items: impl Iterator<Item = &'a Item>) -> Result<String, DataError> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for item in items {
+        let size = std::fs::metadata(&item.path)
+            .map_err(|e| DataError::Image { path: item.path.clone(), message: format!("cannot read its size: {e}") })?
+            .len();
+        for b in item.path.to_string_lossy().bytes().chain(size.to_le_bytes()) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Ok(format!("{h:016x}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

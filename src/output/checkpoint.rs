@@ -4,25 +4,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use candle_core::{Device, Tensor};
 
 use crate::model::Model;
 use crate::train::optim::Optimizer;
 use crate::train::{Checkpointer, TrainState};
-
-/// Saves the model's parameters and buffers to `path` (temp file + rename; candle's own
-/// `safetensors::save` writes in place, so a crash mid-write would leave a broken file).
-pub fn save(model: &Model, path: &Path) -> anyhow::Result<()> {
-    let tensors: HashMap<String, Tensor> = model
-        .state_dict()
-        .into_iter()
-        .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?)))
-        .collect::<candle_core::Result<_>>()?;
-    let bytes = safetensors::tensor::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
-        .with_context(|| format!("cannot serialise checkpoint {}", path.display()))?;
-    super::write_atomic(path, &bytes).with_context(|| format!("cannot write checkpoint {}", path.display()))
-}
 
 /// Loads `path` into `model` (names and shapes must match).
 pub fn load(model: &Model, path: &Path) -> anyhow::Result<()> {
@@ -32,56 +19,250 @@ pub fn load(model: &Model, path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A variant's `checkpoints/`: `last.safetensors`, `optimizer.safetensors` and `state.toml`
-/// (written in that order: the state file makes them a set), and `best.safetensors`.
+/// A variant's `checkpoints/`, kept as a transaction: each commit is a folder written in full
+/// (`.partial-<name>/`: `last.safetensors`, `optimizer.safetensors`, `best.safetensors`, then
+/// `state.toml` with the SHA-256 of each), synced, renamed to `<name>/`, and only then named
+/// by `CURRENT` (replaced atomically). A kill at any instant leaves `CURRENT` naming a
+/// complete commit or the one before it. `last.safetensors` and `best.safetensors` beside
+/// `CURRENT` are views of the current commit (hard links) for people and `ablate predict`;
+/// a resume reads only what `CURRENT` names, verified against its hashes.
 pub struct CheckpointDir {
     dir: PathBuf,
     /// Whether a committed state is to be continued (a resume) or ignored (a fresh start).
     resume: bool,
 }
 
+/// What `state.toml` holds: the training state and the hash of every file of the commit.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Commit {
+    state: TrainState,
+    /// File name -> SHA-256 (hex).
+    sha256: std::collections::BTreeMap<String, String>,
+}
+
+const FILES: [&str; 3] = ["last.safetensors", "optimizer.safetensors", "best.safetensors"];
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The bytes of `tensors` as a safetensors file.
+fn serialize(tensors: &HashMap<String, Tensor>, what: &Path) -> anyhow::Result<Vec<u8>> {
+    safetensors::tensor::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)
+        .with_context(|| format!("cannot serialise {}", what.display()))
+}
+
+/// Writes `bytes` to a new file `path` and syncs it.
+fn write_synced(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Syncs a folder, so that the renames inside it survive a power cut.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("cannot sync {}", dir.display()))
+}
+
 impl CheckpointDir {
-    /// `dir` (created if missing); `resume` continues what it holds.
+    /// `dir` (created if missing); `resume` continues what it holds. Leftovers of a commit a
+    /// kill interrupted are removed, and the views are made to match `CURRENT`.
     pub fn open(dir: PathBuf, resume: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self { dir, resume })
+        let this = Self { dir, resume };
+        let current = this.current()?;
+        for entry in std::fs::read_dir(&this.dir)? {
+            let path = entry?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let stale_commit = path.is_dir() && current.as_deref() != Some(name.as_str());
+            if name.starts_with(".partial-") || name.starts_with(".tmp") || (stale_commit && is_commit_name(&name)) {
+                remove(&path)?;
+            }
+        }
+        if let Some(name) = &current {
+            this.refresh_views(name)?;
+        }
+        Ok(this)
     }
 
-    /// The best weights so far.
+    /// The best weights so far (a view of the current commit's).
     pub fn best(&self) -> PathBuf {
         self.dir.join("best.safetensors")
     }
+
+    /// The name of the current commit, if any.
+    fn current(&self) -> anyhow::Result<Option<String>> {
+        let path = self.dir.join("CURRENT");
+        if !path.exists() {
+            return Ok(None);
+        }
+        let name = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let name = name.trim().to_string();
+        if !is_commit_name(&name) || !self.dir.join(&name).is_dir() {
+            bail!("{}: names `{name}`, which is not a checkpoint in {}", path.display(), self.dir.display());
+        }
+        Ok(Some(name))
+    }
+
+    /// Commit `name`'s `state.toml`.
+    fn read_record(&self, name: &str) -> anyhow::Result<Commit> {
+        let path = self.dir.join(name).join("state.toml");
+        let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()))
+    }
+
+    /// Commit `name`'s record and files, the files checked against their hashes.
+    fn read_commit(&self, name: &str) -> anyhow::Result<(Commit, HashMap<&'static str, Vec<u8>>)> {
+        let dir = self.dir.join(name);
+        let commit = self.read_record(name)?;
+        let mut files = HashMap::new();
+        for file in FILES {
+            let path = dir.join(file);
+            let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let expected = commit.sha256.get(file).map(String::as_str).unwrap_or("(none)");
+            if sha256(&bytes) != expected {
+                bail!(
+                    "{} is damaged: its SHA-256 is not the one state.toml recorded when it was written; the run cannot continue from it",
+                    path.display()
+                );
+            }
+            files.insert(file, bytes);
+        }
+        Ok((commit, files))
+    }
+
+    /// Makes `last.safetensors` and `best.safetensors` beside `CURRENT` the commit's.
+    fn refresh_views(&self, name: &str) -> anyhow::Result<()> {
+        for file in ["last.safetensors", "best.safetensors"] {
+            let tmp = self.dir.join(format!(".tmp-view-{file}"));
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::hard_link(self.dir.join(name).join(file), &tmp)
+                .with_context(|| format!("cannot link {}", tmp.display()))?;
+            std::fs::rename(&tmp, self.dir.join(file))
+                .with_context(|| format!("cannot replace {}", self.dir.join(file).display()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Commit folders are named `e<epochs done>-b<batches done>`.
+fn commit_name(state: &TrainState) -> String {
+    format!("e{}-b{}", state.epochs_done, state.batches_done)
+}
+
+fn is_commit_name(name: &str) -> bool {
+    name.strip_prefix('e')
+        .and_then(|r| r.split_once("-b"))
+        .is_some_and(|(e, b)| !e.is_empty() && !b.is_empty() && e.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()))
+}
+
+fn remove(path: &Path) -> anyhow::Result<()> {
+    let r = if path.is_dir() { std::fs::remove_dir_all(path) } else { std::fs::remove_file(path) };
+    r.with_context(|| format!("cannot remove {}", path.display()))
+}
+
+/// Fails naming `source` if a tensor holds NaN or infinity.
+fn check_finite(tensors: &HashMap<String, Tensor>, source: &Path) -> anyhow::Result<()> {
+    for (name, t) in tensors {
+        if t.dtype().is_float() {
+            let finite =
+                t.to_dtype(candle_core::DType::F32)?.flatten_all()?.to_vec1::<f32>()?.iter().all(|v| v.is_finite());
+            if !finite {
+                bail!("{}: tensor `{name}` holds NaN or infinite values", source.display());
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Checkpointer for CheckpointDir {
     fn committed(&self) -> anyhow::Result<Option<TrainState>> {
-        let path = self.dir.join("state.toml");
-        if !self.resume || !path.exists() {
+        if !self.resume {
             return Ok(None);
         }
-        let text = std::fs::read_to_string(&path)?;
-        Ok(Some(toml::from_str(&text).with_context(|| format!("cannot read {}", path.display()))?))
+        match self.current()? {
+            Some(name) => Ok(Some(self.read_commit(&name)?.0.state)),
+            None => Ok(None),
+        }
     }
 
     fn restore(&mut self, model: &Model, opt: &mut Optimizer) -> anyhow::Result<()> {
-        load(model, &self.dir.join("last.safetensors"))?;
-        let path = self.dir.join("optimizer.safetensors");
-        let tensors = candle_core::safetensors::load(&path, model.device())
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        opt.load_state_dict(&tensors)?;
+        let name = self.current()?.context("no committed checkpoint to restore")?;
+        let (_, files) = self.read_commit(&name)?;
+        let dir = self.dir.join(&name);
+        let load = |file: &'static str, device: &Device| -> anyhow::Result<HashMap<String, Tensor>> {
+            let path = dir.join(file);
+            let tensors = candle_core::safetensors::load_buffer(&files[file], device)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            check_finite(&tensors, &path)?;
+            Ok(tensors)
+        };
+        model.load_state_dict(
+            &load("last.safetensors", &Device::Cpu)?,
+            &dir.join("last.safetensors").display().to_string(),
+        )?;
+        opt.load_state_dict(&load("optimizer.safetensors", model.device())?)?;
         Ok(())
     }
 
-    fn commit(&mut self, model: &Model, opt: &Optimizer, state: &TrainState) -> anyhow::Result<()> {
-        save(model, &self.dir.join("last.safetensors"))?;
-        let tensors = opt.state_dict()?;
-        let bytes = safetensors::tensor::serialize(tensors.iter().map(|(k, v)| (k.as_str(), v)), None)?;
-        super::write_atomic(&self.dir.join("optimizer.safetensors"), &bytes)?;
-        super::write_atomic(&self.dir.join("state.toml"), toml::to_string(state)?.as_bytes())?;
+    fn commit(&mut self, model: &Model, opt: &Optimizer, state: &TrainState, best: bool) -> anyhow::Result<()> {
+        let name = commit_name(state);
+        let partial = self.dir.join(format!(".partial-{name}"));
+        if partial.exists() {
+            remove(&partial)?;
+        }
+        std::fs::create_dir(&partial).with_context(|| format!("cannot create {}", partial.display()))?;
+        let weights: HashMap<String, Tensor> = model
+            .state_dict()
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.to_device(&Device::Cpu)?)))
+            .collect::<candle_core::Result<_>>()?;
+        let last = serialize(&weights, &partial.join("last.safetensors"))?;
+        let optimizer = serialize(&opt.state_dict()?, &partial.join("optimizer.safetensors"))?;
+        let mut sha = std::collections::BTreeMap::new();
+        for (file, bytes) in [("last.safetensors", &last), ("optimizer.safetensors", &optimizer)] {
+            write_synced(&partial.join(file), bytes)?;
+            sha.insert(file.to_string(), sha256(bytes));
+            super::crash::point("commit: file written");
+        }
+        // The best weights: this state's own when it is the best, else the previous commit's.
+        let previous = self.current()?;
+        let best_hash = match (&previous, best) {
+            (Some(prev), false) => {
+                std::fs::hard_link(self.dir.join(prev).join("best.safetensors"), partial.join("best.safetensors"))?;
+                self.read_record(prev)?.sha256.get("best.safetensors").cloned().unwrap_or_default()
+            }
+            _ => {
+                std::fs::hard_link(partial.join("last.safetensors"), partial.join("best.safetensors"))?;
+                sha256(&last)
+            }
+        };
+        sha.insert("best.safetensors".into(), best_hash);
+        let record = toml::to_string(&Commit { state: state.clone(), sha256: sha })?;
+        write_synced(&partial.join("state.toml"), record.as_bytes())?;
+        sync_dir(&partial)?;
+        super::crash::point("commit: state written");
+        let done = self.dir.join(&name);
+        if previous.as_deref() == Some(name.as_str()) {
+            bail!("internal error: position {name} committed twice");
+        }
+        if done.exists() {
+            // Left by a kill between its rename and `CURRENT`: never current, so not needed.
+            remove(&done)?;
+        }
+        std::fs::rename(&partial, &done).with_context(|| format!("cannot rename {}", partial.display()))?;
+        sync_dir(&self.dir)?;
+        super::crash::point("commit: folder renamed");
+        super::write_atomic(&self.dir.join("CURRENT"), format!("{name}\n").as_bytes())
+            .with_context(|| format!("cannot write {}", self.dir.join("CURRENT").display()))?;
+        sync_dir(&self.dir)?;
+        super::crash::point("commit: CURRENT replaced");
+        self.refresh_views(&name)?;
+        super::crash::point("commit: views linked");
+        if let Some(prev) = previous.filter(|p| *p != name) {
+            remove(&self.dir.join(prev))?;
+        }
         Ok(())
-    }
-
-    fn save_best(&mut self, model: &Model) -> anyhow::Result<()> {
-        save(model, &self.best())
     }
 }

@@ -2,6 +2,7 @@
 //! checkpoints, the submission and the log.
 
 pub mod checkpoint;
+pub mod crash;
 pub mod hparams;
 pub mod log;
 pub mod plot;

@@ -140,6 +140,17 @@ impl VariantFolder {
     pub fn weights(&self, which: &str) -> PathBuf {
         self.checkpoints_dir().join(format!("{which}.safetensors"))
     }
+    /// Removes the temporary files (`.tmp*`) of atomic writes a kill interrupted.
+    pub fn remove_temporaries(&self) -> anyhow::Result<()> {
+        for entry in std::fs::read_dir(&self.dir).with_context(|| format!("cannot list {}", self.dir.display()))? {
+            let path = entry?.path();
+            if path.is_file() && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".tmp")) {
+                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The learner's checkpointer on `checkpoints/`; `resume` continues what it holds.
     pub fn checkpointer(&self, resume: bool) -> anyhow::Result<CheckpointDir> {
         CheckpointDir::open(self.checkpoints_dir(), resume)

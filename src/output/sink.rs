@@ -5,6 +5,8 @@ use std::fs::File;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+use anyhow::Context;
+
 use crate::train::{EpochMetrics, MetricSink};
 
 /// `metrics.csv`, one row per epoch, flushed after each.
@@ -24,6 +26,19 @@ impl CsvSink {
         // ended left an empty file.
         let empty = file.metadata()?.len() == 0;
         Ok(Self { writer: csv::WriterBuilder::new().has_headers(empty).from_writer(file) })
+    }
+
+    /// Cuts `path` back to its first `epochs` rows (what the committed checkpoint covers) and
+    /// returns them; a missing file is an empty history.
+    pub fn truncate(path: &Path, epochs: usize) -> anyhow::Result<Vec<EpochMetrics>> {
+        let mut rows = Self::read(path)?;
+        rows.retain(|m| m.epoch <= epochs);
+        let mut w = csv::WriterBuilder::new().has_headers(!rows.is_empty()).from_writer(Vec::new());
+        for r in &rows {
+            w.serialize(r)?;
+        }
+        super::write_atomic(path, &w.into_inner()?).with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(rows)
     }
 
     /// The rows of an existing `metrics.csv`.

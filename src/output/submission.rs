@@ -22,11 +22,23 @@ pub fn render(rows: &[(String, usize)], classes: &[String], cfg: &SubmissionConf
     Ok(w.into_inner()?)
 }
 
-/// Writes the submission atomically; refuses to replace a file that is already there.
-pub fn write(path: &Path, rows: &[(String, usize)], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<()> {
+/// Writes the submission atomically; refuses to replace a file that is already there (a
+/// user's `--out`).
+pub fn write_new(
+    path: &Path,
+    rows: &[(String, usize)],
+    classes: &[String],
+    cfg: &SubmissionConfig,
+) -> anyhow::Result<()> {
     if path.exists() {
         anyhow::bail!("{} already exists: choose another --out, nothing was overwritten", path.display());
     }
+    write(path, rows, classes, cfg)
+}
+
+/// Writes the submission atomically, replacing what a previous attempt of the same run wrote
+/// (the run's own `submission.csv`: the same weights give the same file).
+pub fn write(path: &Path, rows: &[(String, usize)], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<()> {
     super::write_atomic(path, &render(rows, classes, cfg)?).with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -37,6 +37,20 @@ impl TensorBoardSink {
         sink
     }
 
+    /// Continues a run that recorded `history` before: TensorBoard drops the points of epochs
+    /// after it from older event files (a `SessionLog.START` at the next epoch purges every
+    /// later step), and `best/val_acc` counts the earlier epochs.
+    pub fn continue_after(&mut self, history: &[EpochMetrics]) {
+        let mut start = tensorboard_proto::event::Event::new();
+        let mut log = tensorboard_proto::event::SessionLog::new();
+        log.set_status(tensorboard_proto::event::SessionLog_SessionStatus::START);
+        start.set_session_log(log);
+        self.writer.add_event(&start, history.len() + 1);
+        self.writer.flush();
+        self.best_val_acc = history.iter().filter_map(|m| m.val_acc).reduce(f64::max);
+        self.last_epoch = history.len();
+    }
+
     /// Writes a summary into this sink's event file (the root's HParams experiment).
     pub fn add_summary(&mut self, summary: tensorboard_proto::summary::Summary) {
         self.writer.add_summary(summary, 0);

@@ -44,11 +44,9 @@ pub trait Checkpointer {
     fn committed(&self) -> anyhow::Result<Option<TrainState>>;
     /// Loads the committed model and optimizer tensors (after [`Checkpointer::committed`]).
     fn restore(&mut self, model: &Model, opt: &mut Optimizer) -> anyhow::Result<()>;
-    /// Commits model, optimizer and `state` together: a later [`Checkpointer::restore`] sees
-    /// all of them or the previous commit.
-    fn commit(&mut self, model: &Model, opt: &Optimizer, state: &TrainState) -> anyhow::Result<()>;
-    /// Keeps the model's current weights as the best so far.
-    fn save_best(&mut self, model: &Model) -> anyhow::Result<()>;
+    /// Commits model, optimizer and `state` together (`best`: the model is also the best so
+    /// far): a later [`Checkpointer::restore`] sees all of them or the previous commit.
+    fn commit(&mut self, model: &Model, opt: &Optimizer, state: &TrainState, best: bool) -> anyhow::Result<()>;
 }
 
 /// Lines and progress bars for whoever watches.

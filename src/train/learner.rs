@@ -27,6 +27,8 @@ pub struct Splits {
     pub train_idx: Vec<usize>,
     pub val: Loader,
     pub val_idx: Vec<usize>,
+    /// Identity of the image files (paths and sizes), kept in the checkpoint's state.
+    pub data_fingerprint: String,
 }
 
 /// How a finished training went.
@@ -56,6 +58,7 @@ impl Learner<'_> {
     pub fn fit(&mut self, data: &Splits, history: Vec<EpochMetrics>) -> anyhow::Result<FitOutcome> {
         let mut opt = Optimizer::new(self.spec.optimizer.clone(), self.model.trainable());
         let (mut st, mut history) = self.start(&mut opt, history)?;
+        st.data_fingerprint = data.data_fingerprint.clone();
         for epoch in st.epochs_done + 1..=self.spec.train.epochs {
             self.train_epoch(epoch, &mut st, &mut opt, data)?;
             let m = self.end_epoch(epoch, &mut st, &opt, data)?;
@@ -135,7 +138,7 @@ impl Learner<'_> {
                 bar.finish();
                 st.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
                 st.dropout_word_pos = self.model.dropout_word_pos().to_string();
-                self.checkpointer.commit(self.model, opt, st)?;
+                self.checkpointer.commit(self.model, opt, st, false)?;
                 return Err(Interrupted { epoch, batches_done: st.batches_done }.into());
             }
         }
@@ -215,13 +218,13 @@ impl Learner<'_> {
         }
         self.progress.info(&epoch_line(&m, self.spec.train.epochs, st));
         let score = self.best.score(&m);
-        if self.best.improves(st.best_score, score) {
+        let improved = self.best.improves(st.best_score, score);
+        if improved {
             st.best_score = Some(score);
             st.best_epoch = epoch;
-            self.checkpointer.save_best(self.model).context("saving the best checkpoint")?;
         }
         *st = st.next_epoch(epoch, self.model.dropout_word_pos());
-        self.checkpointer.commit(self.model, opt, st)?;
+        self.checkpointer.commit(self.model, opt, st, improved).context("committing the epoch's checkpoint")?;
         Ok(m)
     }
 }

@@ -25,6 +25,9 @@ pub struct TrainState {
     pub best_score: Option<f64>,
     /// Position of the dropout generator's stream (a u128, as text).
     pub dropout_word_pos: String,
+    /// Fingerprint of the image files the run trains on (see `Splits::data_fingerprint`).
+    #[serde(default)]
+    pub data_fingerprint: String,
 }
 
 impl TrainState {
@@ -43,6 +46,7 @@ impl TrainState {
             best_epoch: 0,
             best_score: None,
             dropout_word_pos: "0".into(),
+            data_fingerprint: String::new(),
         }
     }
 
@@ -55,6 +59,7 @@ impl TrainState {
             best_epoch: self.best_epoch,
             best_score: self.best_score,
             dropout_word_pos: dropout_word_pos.to_string(),
+            data_fingerprint: self.data_fingerprint.clone(),
             ..Self::fresh(&self.fingerprint)
         }
     }
