@@ -14,7 +14,7 @@ use crate::output::log::RunLog;
 use crate::output::run_folder::VariantFolder;
 use crate::output::sink::CsvSink;
 use crate::output::tensorboard::TensorBoardSink;
-use crate::output::{checkpoint, submission, write_atomic};
+use crate::output::{submission, write_atomic};
 use crate::plan::{VariantPlan, prepare_model};
 use crate::spec::{CacheMode, Precision, Spec, Transform};
 use crate::train::{Checkpointer, FitOutcome, Hook, Interrupted, Learner, MetricSink, Progress, Splits, StopSignal};
@@ -153,10 +153,12 @@ fn train_logged(
     }
     drop(sinks); // closes the event file
     let outcome = outcome?;
+    crate::output::crash::point("finish: trained");
     if let Some(test) = &plan.test_items {
-        checkpoint::load(model, &checkpointer.best())?;
+        checkpointer.load_weights(model, "best")?;
         let rows = predictions(model, &loader(spec, test.clone(), &spec.eval_transforms), device, log)?;
         submission::write(&folder.submission(), &rows, &spec.class_names, &spec.submission)?;
+        crate::output::crash::point("finish: submission written");
         log.info(format!(
             "submission.csv: {} test images, predicted with best.safetensors (epoch {})",
             rows.len(),

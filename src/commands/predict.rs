@@ -11,7 +11,7 @@ use crate::executor::{self, loader, predictions};
 use crate::model::Model;
 use crate::output::log::RunLog;
 use crate::output::run_folder::RunFolder;
-use crate::output::{checkpoint, submission};
+use crate::output::submission;
 use crate::plan;
 
 /// Which saved weights `predict` uses.
@@ -54,7 +54,7 @@ pub fn predict(
     let items = Arc::new(folder::unlabelled(&test_dir)?);
     let (device, _) = executor::open_device(&spec, device)?;
     let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &device)?;
-    checkpoint::load(&model, &variant.weights(which.name()))?;
+    variant.saved().load_weights(&model, which.name())?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| run.join(format!("submission-{}.csv", which.name())));
     let log = RunLog::terminal(RunLog::terminal_bars());
     let rows = predictions(&model, &loader(&spec, items, &spec.eval_transforms), &device, &log)?;

@@ -25,7 +25,9 @@ pub fn resume(
     env: &mut Env,
 ) -> anyhow::Result<PathBuf> {
     let folder = RunFolder::open(run)?;
+    let _lock = folder.lock()?;
     let mut table = SummaryTable::read(run, folder.title())?;
+    folder.existing_variant(".").remove_temporaries()?;
     let log = RunLog::append(&folder.log(None), RunLog::terminal_bars())?;
     let (index, unfinished): (Vec<usize>, Vec<plan::Unfinished>) = (table.rows.iter().enumerate())
         .filter(|(_, r)| r.status != Status::Ok)
@@ -56,6 +58,8 @@ pub fn resume(
         }
         table.write(run)?;
     }
+    // Also when nothing was left to train: a kill may have stopped the last write of these.
+    table.write(run)?;
     let failed = table.failed();
     if !failed.is_empty() {
         bail!(

@@ -49,6 +49,8 @@ pub fn run(opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
         Some(id) => RunFolder::shared(&opts.runs_dir, &plan.title, id, shard)?,
         None => RunFolder::create(&opts.runs_dir, &plan.title)?,
     };
+    // Held until the run ends; the shards of one sweep share the folder, one process each.
+    let _lock = if shard.count > 1 { run.lock_shard(shard)?.into() } else { vec![run.lock()?] };
     write_records(&run, &plan)?;
     if plan.is_single() && opts.run_id.is_none() {
         return run_single(&run, &plan, opts, env);
@@ -97,6 +99,7 @@ fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) ->
         table.rows[0] =
             Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
         table.write(run.path())?;
+        crate::output::crash::point("finish: summary written");
     }
     result.map_err(|e| resume_hint(e, run.path()))?;
     Ok(run.path().to_path_buf())

@@ -12,7 +12,8 @@ use crate::output::summary::{self, Row};
 /// or redraws them from an unsharded run's `summary.csv`. Returns the markdown table and a
 /// note per shard that has not written its summary, and one if variants are unfinished.
 pub fn summarize(run: &Path) -> anyhow::Result<(String, Vec<String>)> {
-    let folder = RunFolder::existing(run);
+    let folder = RunFolder::open(run)?;
+    let _lock = folder.lock()?;
     let (table, mut notes) = if folder.shards_dir().is_dir() {
         SummaryTable::merge_shards(&folder.shards_dir(), folder.title())?
     } else {

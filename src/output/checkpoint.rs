@@ -86,9 +86,24 @@ impl CheckpointDir {
         Ok(this)
     }
 
-    /// The best weights so far (a view of the current commit's).
-    pub fn best(&self) -> PathBuf {
-        self.dir.join("best.safetensors")
+    /// `dir` as it is, to read weights from.
+    pub fn reader(dir: PathBuf) -> Self {
+        Self { dir, resume: false }
+    }
+
+    /// Loads the current commit's `best` or `last` weights into `model`, verified (hash and
+    /// finite values).
+    pub fn load_weights(&self, model: &Model, which: &str) -> anyhow::Result<()> {
+        let name = self.current()?.with_context(|| format!("{} holds no finished epoch", self.dir.display()))?;
+        let file = format!("{which}.safetensors");
+        let (_, files) = self.read_commit(&name)?;
+        let path = self.dir.join(&name).join(&file);
+        let bytes = files.get(file.as_str()).with_context(|| format!("no {file} in {}", self.dir.display()))?;
+        let tensors = candle_core::safetensors::load_buffer(bytes, &Device::Cpu)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        check_finite(&tensors, &path)?;
+        model.load_state_dict(&tensors, &path.display().to_string())?;
+        Ok(())
     }
 
     /// The name of the current commit, if any.
@@ -141,6 +156,10 @@ impl CheckpointDir {
                 .with_context(|| format!("cannot link {}", tmp.display()))?;
             std::fs::rename(&tmp, self.dir.join(file))
                 .with_context(|| format!("cannot replace {}", self.dir.join(file).display()))?;
+            // rename() does nothing when both names are links to one file already.
+            if tmp.exists() {
+                std::fs::remove_file(&tmp).with_context(|| format!("cannot remove {}", tmp.display()))?;
+            }
         }
         Ok(())
     }

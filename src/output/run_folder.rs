@@ -52,6 +52,52 @@ impl RunFolder {
         Ok(folder)
     }
 
+    /// Takes the folder for a writer that must be its only one (`run` without shards,
+    /// `resume`, `summarize`): an exclusive lock on `.lock`, held until the guard is dropped.
+    /// Another holder is named by its pid.
+    pub fn lock(&self) -> anyhow::Result<RunLock> {
+        let file = self.lock_file(".lock")?;
+        match file.try_lock() {
+            Ok(()) => Ok(RunLock::holding(file)),
+            Err(_) => Err(self.busy(".lock")),
+        }
+    }
+
+    /// Takes the folder for one shard of a sweep: shards share `.lock` (so no `resume` or
+    /// `summarize` runs beside them) and each holds its own shard's lock alone.
+    pub fn lock_shard(&self, shard: Shard) -> anyhow::Result<[RunLock; 2]> {
+        let shared = self.lock_file(".lock")?;
+        if shared.try_lock_shared().is_err() {
+            return Err(self.busy(".lock"));
+        }
+        let name = format!(".lock.shard-{}-of-{}", shard.index, shard.count);
+        let own = self.lock_file(&name)?;
+        match own.try_lock() {
+            Ok(()) => Ok([RunLock { _file: shared }, RunLock::holding(own)]),
+            Err(_) => Err(self.busy(&name)),
+        }
+    }
+
+    fn lock_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
+        let path = self.root.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .with_context(|| format!("cannot open the lock file {}", path.display()))
+    }
+
+    fn busy(&self, name: &str) -> anyhow::Error {
+        let pid = std::fs::read_to_string(self.root.join(name)).unwrap_or_default();
+        let holder = if pid.trim().is_empty() { String::new() } else { format!(" (pid {})", pid.trim()) };
+        anyhow::anyhow!(
+            "{} is in use by another ablate process{holder}: wait for it to end, or stop it first",
+            self.root.display()
+        )
+    }
+
     /// The folder at `root`, unchecked (for paths only).
     pub fn existing(root: &Path) -> Self {
         Self { root: root.to_path_buf() }
@@ -106,6 +152,23 @@ impl RunFolder {
     }
 }
 
+/// A lock on a run folder (see [`RunFolder::lock`]); released when dropped or when the
+/// process ends, however it ends.
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+impl RunLock {
+    /// A lock held alone: its file names this process, for the message another one gets.
+    fn holding(mut file: std::fs::File) -> Self {
+        use std::io::{Seek, Write};
+        let _ = file.set_len(0);
+        let _ = file.rewind();
+        let _ = write!(file, "{}", std::process::id());
+        Self { _file: file }
+    }
+}
+
 /// One variant's folder: its resolved config, log, metrics, event files, checkpoints and
 /// submission.
 #[derive(Debug, Clone)]
@@ -136,9 +199,10 @@ impl VariantFolder {
     pub fn checkpoints_dir(&self) -> PathBuf {
         self.dir.join("checkpoints")
     }
-    /// The saved weights `which` (`best` or `last`).
-    pub fn weights(&self, which: &str) -> PathBuf {
-        self.checkpoints_dir().join(format!("{which}.safetensors"))
+    /// The checkpoints as they are, for reading only (`ablate predict`, perhaps while the run
+    /// still trains: nothing is cleaned up).
+    pub fn saved(&self) -> CheckpointDir {
+        CheckpointDir::reader(self.checkpoints_dir())
     }
     /// Removes the temporary files (`.tmp*`) of atomic writes a kill interrupted.
     pub fn remove_temporaries(&self) -> anyhow::Result<()> {

@@ -4,6 +4,7 @@
 mod cli;
 mod common;
 mod config_errors;
+mod crash;
 mod determinism;
 mod gradients;
 mod learning;

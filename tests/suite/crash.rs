@@ -1,0 +1,254 @@
+//! A run killed with SIGKILL at any point resumes to the bytes of an uninterrupted run: the
+//! final checkpoints and submission are identical and metrics.csv has each epoch once.
+//!
+//! Kill points: every named crash point of a run in turn (`ABLATE_CRASH_AT=k` makes the process
+//! raise SIGKILL at its k-th point: between the durable steps of each epoch's commit and of the
+//! finishing steps), a second one in the resume that follows, and `kill -9` from outside at
+//! seeded random instants of a run.
+
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng};
+
+use crate::common::{color_folder, experiment, only_run};
+
+const EPOCHS: usize = 3;
+/// What must come out byte for byte.
+const FILES: [&str; 3] = ["checkpoints/last.safetensors", "checkpoints/best.safetensors", "submission.csv"];
+/// Dropout and a random crop: every seeded stream must continue exactly.
+const SET: [&str; 4] = [
+    "--set",
+    "model.layers=[{ conv = { out = 4, kernel = 3, padding = 1 } }, \"batch_norm\", \"relu\", { max_pool = { kernel = 2 } }, { dropout = 0.3 }, { linear = { out = \"$classes\" } }]",
+    "--set",
+    "transforms.train=[{ resize = [18, 18] }, { random_crop = [16, 16] }, { hflip = 0.5 }]",
+];
+
+fn bin() -> Command {
+    Command::new(assert_cmd::cargo::cargo_bin("ablate"))
+}
+
+fn run_cmd(exp: &Path, runs: &Path) -> Command {
+    let mut c = bin();
+    c.arg("run").arg(exp).arg("--runs-dir").arg(runs).args(SET).stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+fn resume_cmd(run: &Path) -> Command {
+    let mut c = bin();
+    c.arg("resume").arg(run).stdout(Stdio::null()).stderr(Stdio::null());
+    c
+}
+
+/// Runs `cmd` with a crash at its `k`-th point; true when it was killed there.
+fn crash_at(mut cmd: Command, k: usize) -> bool {
+    let status = cmd.env("ABLATE_CRASH_AT", k.to_string()).status().unwrap();
+    status.signal() == Some(libc::SIGKILL) || {
+        assert!(status.success(), "exit {status:?} instead of a kill at point {k}");
+        false
+    }
+}
+
+/// Resumes until the run finishes (a resume killed again is resumed again).
+fn finish(run: &Path) {
+    let status = resume_cmd(run).status().unwrap();
+    assert!(status.success(), "resume of {} failed: {status:?}\n{}", run.display(), log(run));
+}
+
+fn log(run: &Path) -> String {
+    std::fs::read_to_string(run.join("log.txt")).unwrap_or_default()
+}
+
+/// The run's outputs and its epochs as metrics.csv lists them.
+fn outcome(run: &Path) -> (Vec<Vec<u8>>, Vec<usize>) {
+    let files = FILES.iter().map(|f| std::fs::read(run.join(f)).unwrap()).collect();
+    let epochs = ablate::read_metrics(&run.join("metrics.csv")).unwrap().iter().map(|m| m.epoch).collect();
+    (files, epochs)
+}
+
+fn check(run: &Path, reference: &(Vec<Vec<u8>>, Vec<usize>), what: &str) {
+    let (files, epochs) = outcome(run);
+    assert_eq!(epochs, (1..=EPOCHS).collect::<Vec<_>>(), "{what}: metrics.csv epochs");
+    for (f, (a, b)) in FILES.iter().zip(files.iter().zip(&reference.0)) {
+        assert!(a == b, "{what}: {f} differs from the uninterrupted run's");
+    }
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    assert_eq!(rows[0].status, ablate::Status::Ok, "{what}: summary status");
+    let leftovers: Vec<PathBuf> = walk(run)
+        .into_iter()
+        .filter(|p| {
+            p.file_name().unwrap().to_string_lossy().starts_with(".tmp") || p.to_string_lossy().contains(".partial")
+        })
+        .collect();
+    assert!(leftovers.is_empty(), "{what}: temporary files left: {leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+/// The crash points a run passes, counted from its trace.
+fn points(exp: &Path, runs: &Path) -> Vec<String> {
+    let out = run_cmd(exp, runs).env("ABLATE_CRASH_TRACE", "1").stderr(Stdio::piped()).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter_map(|l| l.strip_prefix("ABLATE_CRASH_POINT "))
+        .map(|l| l.split_once(' ').unwrap().1.to_string())
+        .collect()
+}
+
+#[test]
+fn a_kill_at_any_point_resumes_to_the_same_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 12, 3, 41);
+    let exp = experiment(tmp.path(), &data, EPOCHS);
+    let reference = tmp.path().join("reference");
+    assert!(run_cmd(&exp, &reference).status().unwrap().success());
+    let reference = outcome(&only_run(&reference));
+
+    let names = points(&exp, &tmp.path().join("trace"));
+    assert!(names.iter().filter(|n| n.starts_with("commit")).count() >= 6 * EPOCHS, "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("finish")), "{names:?}");
+    let mut kills = 0;
+    for k in 1..=names.len() {
+        let runs = tmp.path().join(format!("k{k}"));
+        assert!(crash_at(run_cmd(&exp, &runs), k), "no kill at point {k} ({})", names[k - 1]);
+        kills += 1;
+        let run = only_run(&runs);
+        // A second kill, in the resume, at another point.
+        if crash_at(resume_cmd(&run), (k * 7) % names.len() + 1) {
+            kills += 1;
+        }
+        finish(&run);
+        check(&run, &reference, &format!("killed at point {k} ({})", names[k - 1]));
+    }
+
+    // kill -9 from outside at seeded random instants while it trains.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+    let straight = Instant::now();
+    assert!(run_cmd(&exp, &tmp.path().join("timing")).status().unwrap().success());
+    let span = straight.elapsed();
+    for i in 0..30 {
+        let runs = tmp.path().join(format!("r{i}"));
+        let mut child = run_cmd(&exp, &runs).spawn().unwrap();
+        // Once the run folder has its summary (the run can be resumed), wait a random part
+        // of a run's length.
+        while !runs
+            .read_dir()
+            .map(|mut d| d.next().is_some_and(|e| e.unwrap().path().join("summary.csv").exists()))
+            .unwrap_or(false)
+        {
+            if child.try_wait().unwrap().is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(span.mul_f64(rng.gen_range(0.0..1.0)));
+        let _ = child.kill(); // SIGKILL
+        let status = child.wait().unwrap();
+        kills += usize::from(status.signal() == Some(libc::SIGKILL));
+        let run = only_run(&runs);
+        if !status.success() {
+            finish(&run);
+        }
+        check(&run, &reference, &format!("kill -9 {i}"));
+    }
+    assert!(kills >= 50, "only {kills} kills");
+    eprintln!("{kills} kills ({} named points), every resume byte-identical", names.len());
+}
+
+/// Flips bytes in the middle of `path` (inside the tensor data).
+fn damage(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 8] {
+        *b ^= 0x5a;
+    }
+    // Through a new file: the views are hard links of the commit's files and stay as they were.
+    std::fs::remove_file(path).unwrap();
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn commit_dir(run: &Path) -> PathBuf {
+    let name = std::fs::read_to_string(run.join("checkpoints/CURRENT")).unwrap();
+    run.join("checkpoints").join(name.trim())
+}
+
+#[test]
+fn damaged_or_non_finite_checkpoints_are_refused_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 12, 3, 41);
+    let exp = experiment(tmp.path(), &data, EPOCHS);
+    let runs = tmp.path().join("runs");
+    let status = run_cmd(&exp, &runs).args(["--stop-after-steps", "4"]).status().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let run = only_run(&runs);
+    let last = commit_dir(&run).join("last.safetensors");
+    damage(&last);
+    let out = resume_cmd(&run).stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains(&format!("{} is damaged", last.display())), "{err}");
+
+    // A finished run whose best weights hold a NaN, hash and all: predict refuses them.
+    let runs = tmp.path().join("runs2");
+    assert!(run_cmd(&exp, &runs).status().unwrap().success());
+    let run = only_run(&runs);
+    let dir = commit_dir(&run);
+    let best = dir.join("best.safetensors");
+    let mut tensors = candle_core::safetensors::load(&best, &candle_core::Device::Cpu).unwrap();
+    let w = tensors.get("fc.weight").unwrap();
+    let nan = candle_core::Tensor::full(f32::NAN, w.shape(), &candle_core::Device::Cpu).unwrap();
+    tensors.insert("fc.weight".into(), nan);
+    std::fs::remove_file(&best).unwrap();
+    candle_core::safetensors::save(&tensors, &best).unwrap();
+    let state = std::fs::read_to_string(dir.join("state.toml")).unwrap();
+    let old = state.lines().find(|l| l.starts_with("\"best.safetensors\"")).unwrap().to_string();
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(std::fs::read(&best).unwrap()).iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(dir.join("state.toml"), state.replace(&old, &format!("\"best.safetensors\" = \"{hash}\""))).unwrap();
+    let out = bin().arg("predict").arg(&run).stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("fc.weight` holds NaN"), "{err}");
+    assert!(err.contains(&best.display().to_string()), "{err}");
+}
+
+#[test]
+fn a_run_folder_has_one_writer_at_a_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 12, 3, 41);
+    let exp = experiment(tmp.path(), &data, EPOCHS);
+    let runs = tmp.path().join("runs");
+    let status = run_cmd(&exp, &runs).args(["--stop-after-steps", "4"]).status().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let run = only_run(&runs);
+
+    // Another process holds the folder (this test, with the lock ablate takes): resume and
+    // summarize are refused, naming its pid.
+    let held = std::fs::OpenOptions::new().write(true).open(run.join(".lock")).unwrap();
+    held.try_lock().unwrap();
+    std::fs::write(run.join(".lock"), "4242").unwrap();
+    for command in ["resume", "summarize"] {
+        let out = bin().arg(command).arg(&run).stderr(Stdio::piped()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("in use by another ablate process (pid 4242)"),
+            "{command}: {err}"
+        );
+    }
+    drop(held);
+    finish(&run);
+}
