@@ -57,10 +57,19 @@ pub fn resume_hint(e: anyhow::Error, run: &std::path::Path) -> anyhow::Error {
     }
 }
 
+/// A resume that cannot go on as asked (the config or the dataset changed since the run
+/// started, or its checkpoint is damaged): nothing was trained, and the variant keeps its
+/// status.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct Refused(anyhow::Error);
+
 /// A first attempt at a variant, or a later one that continues what the folder holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attempt {
     Fresh,
+    /// Train again from the start in a folder a failed attempt left (its log continues).
+    Retry,
     /// Continue the committed checkpoint; `allow_data_change` accepts a dataset whose file list
     /// changed since (the split may change with it).
     Resume {
@@ -77,8 +86,8 @@ pub fn train(
     env: &mut Env,
     attempt: Attempt,
 ) -> anyhow::Result<FitOutcome> {
-    let resume = attempt != Attempt::Fresh;
-    if resume {
+    let again = attempt != Attempt::Fresh;
+    if again {
         folder.remove_temporaries()?;
     }
     let spec = &plan.spec;
@@ -87,7 +96,7 @@ pub fn train(
     model.set_bf16(spec.train.precision == Precision::Bf16);
     write_atomic(&folder.config(), spec.config_toml.as_bytes())?;
     let bars = RunLog::terminal_bars();
-    let log = if resume { RunLog::append(&folder.log(), bars)? } else { RunLog::create(&folder.log(), bars)? };
+    let log = if again { RunLog::append(&folder.log(), bars)? } else { RunLog::create(&folder.log(), bars)? };
     log.info(format!("run folder: {}", folder.path().display()));
     notice.into_iter().for_each(|n| log.info(n));
     log.info(format!("model ({}x{} input):\n{}", spec.input_hw.0, spec.input_hw.1, model.summary()));
@@ -110,16 +119,27 @@ fn train_logged(
 ) -> anyhow::Result<FitOutcome> {
     let spec = &plan.spec;
     let splits = splits(plan, folder, log)?;
-    let mut checkpointer = folder.checkpointer(attempt != Attempt::Fresh)?;
-    let committed = checkpointer.committed()?;
+    let mut checkpointer = folder.checkpointer(matches!(attempt, Attempt::Resume { .. }))?;
+    let committed = checkpointer.committed().map_err(Refused)?;
+    if let Some(state) = &committed
+        && state.fingerprint != crate::train::fingerprint(&spec.config_toml)
+    {
+        return Err(Refused(anyhow::anyhow!(
+            "config.toml changed since this run started (fingerprint {} != {}): resume refuses to mix configurations",
+            crate::train::fingerprint(&spec.config_toml),
+            state.fingerprint
+        ))
+        .into());
+    }
     if let (Some(state), Attempt::Resume { allow_data_change }) = (&committed, attempt)
         && state.data_fingerprint != splits.data_fingerprint
     {
         if !allow_data_change {
-            bail!(
+            return Err(Refused(anyhow::anyhow!(
                 "the dataset under {} changed since this run started (images added, removed or resized): the validation split would change mid-run; resume with --allow-data-change to accept that",
                 spec.data.root.display()
-            );
+            ))
+            .into());
         }
         log.info("the dataset changed since this run started; continuing as --allow-data-change asks");
     }

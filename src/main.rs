@@ -23,16 +23,37 @@ fn env(stop: &StopSignal, testing: Testing) -> Env<'static> {
     env
 }
 
+/// Ctrl-C, SIGTERM (`scancel`, a time limit) and SIGUSR1 (Slurm's warning before a time
+/// limit, `--signal=B:USR1@<seconds>`) ask the learner to stop: it finishes its step, commits a
+/// resumable checkpoint and the process exits with 130 and the resume command. A second Ctrl-C
+/// kills at once, as usual.
+fn catch_signals(stop: &StopSignal) {
+    use signal_hook::consts::{SIGINT, SIGTERM, SIGUSR1};
+    let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGUSR1]) else {
+        eprintln!("warning: cannot catch SIGINT/SIGTERM/SIGUSR1; an interrupted run resumes from its last epoch");
+        return;
+    };
+    let stop = stop.clone();
+    std::thread::spawn(move || {
+        for signal in signals.forever() {
+            let again = stop.request();
+            if again && signal == SIGINT {
+                std::process::exit(130);
+            }
+            let name = match signal {
+                SIGINT => "Ctrl-C",
+                SIGTERM => "SIGTERM",
+                _ => "SIGUSR1",
+            };
+            eprintln!("\n{name}: stopping after this step with a resumable checkpoint (Ctrl-C again to kill)...");
+        }
+    });
+}
+
 fn main() -> ExitCode {
     ablate::keep_freed_memory();
     let stop = StopSignal::default();
-    let on_ctrl_c = stop.clone();
-    let _ = ctrlc::set_handler(move || {
-        if on_ctrl_c.request() {
-            std::process::exit(130);
-        }
-        eprintln!("\nstopping after this step (Ctrl-C again to kill)...");
-    });
+    catch_signals(&stop);
     match dispatch(Cli::parse().command, &stop) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::bail;
 
 use crate::device::DeviceChoice;
-use crate::executor::{self, Attempt, Env, resume_hint};
+use crate::executor::{self, Attempt, Env, Refused, resume_hint};
 use crate::output::log::RunLog;
 use crate::output::report::SummaryTable;
 use crate::output::run_folder::RunFolder;
@@ -38,18 +38,19 @@ pub fn resume(
         .unzip();
     let plans = plan::from_run(&unfinished)?;
     for (i, v) in index.into_iter().zip(plans) {
-        log.info(format!("resuming {}", v.folder));
-        let result = executor::open_device(&v.spec, device).and_then(|device| {
-            executor::train(
-                &v,
-                &folder.variant(&v.folder)?,
-                (&device.0, device.1),
-                env,
-                Attempt::Resume { allow_data_change },
-            )
-        });
+        // A failed variant trains again from the start; an interrupted one continues.
+        let attempt = if table.rows[i].status == Status::Failed {
+            log.info(format!("training {} again (it failed)", v.folder));
+            Attempt::Retry
+        } else {
+            log.info(format!("resuming {}", v.folder));
+            Attempt::Resume { allow_data_change }
+        };
+        let result = executor::open_device(&v.spec, device)
+            .and_then(|device| executor::train(&v, &folder.variant(&v.folder)?, (&device.0, device.1), env, attempt));
         match result {
             Err(e) if e.is::<Interrupted>() => return Err(resume_hint(e, run)),
+            Err(e) if e.is::<Refused>() => return Err(e),
             Ok(outcome) => table.rows[i] = Row::finished(&v.folder, &table.rows[i].values, v.size(), Ok(&outcome)),
             Err(e) => {
                 log.info(format!("variant {} failed: {e:#}", v.folder));

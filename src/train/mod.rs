@@ -9,4 +9,4 @@ pub mod state;
 pub use components::{Bar, Checkpointer, EpochMetrics, Hook, MetricSink, Progress, StopAfterSteps, StopSignal};
 pub use eval::predict;
 pub use learner::{FitOutcome, Learner, Splits};
-pub use state::{Interrupted, TrainState};
+pub use state::{Interrupted, TrainState, fingerprint};

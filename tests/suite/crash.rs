@@ -252,3 +252,81 @@ fn a_run_folder_has_one_writer_at_a_time() {
     drop(held);
     finish(&run);
 }
+
+/// Waits until the run under `runs` has recorded `epochs` epochs.
+fn wait_for_epochs(runs: &Path, epochs: usize, child: &mut std::process::Child) {
+    let start = Instant::now();
+    loop {
+        let recorded = runs
+            .read_dir()
+            .ok()
+            .and_then(|mut d| d.next())
+            .and_then(|e| ablate::read_metrics(&e.unwrap().path().join("metrics.csv")).ok())
+            .map_or(0, |m| m.len());
+        if recorded >= epochs {
+            return;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended before epoch {epochs}");
+        assert!(start.elapsed() < Duration::from_secs(120), "no epoch {epochs} after two minutes");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// SIGTERM (scancel, a time limit) and SIGUSR1 (Slurm's warning before one) stop a run as
+/// Ctrl-C does: a resumable checkpoint mid-epoch, exit status 130, the resume command.
+#[test]
+fn sigterm_and_sigusr1_stop_with_a_resumable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 12, 3, 41);
+    let exp = experiment(tmp.path(), &data, 30);
+    let reference = tmp.path().join("reference");
+    assert!(run_cmd(&exp, &reference).status().unwrap().success());
+    let runs = tmp.path().join("runs");
+    let mut child = run_cmd(&exp, &runs).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_epochs(&runs, 2, &mut child);
+    // SAFETY: kill() with a child's pid and a signal number has no memory preconditions.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("SIGTERM: stopping after this step") && err.contains("ablate resume"), "{err}");
+    let run = only_run(&runs);
+    let done = ablate::read_metrics(&run.join("metrics.csv")).unwrap().len();
+    assert!(done < 30, "stopped at epoch {done} of 30");
+
+    let mut child = resume_cmd(&run).stderr(Stdio::piped()).spawn().unwrap();
+    wait_for_epochs(&runs, done + 2, &mut child);
+    // SAFETY: as above.
+    unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+    finish(&run);
+    let (ours, theirs) = (outcome(&run), outcome(&only_run(&reference)));
+    assert_eq!(ours.1, (1..=30).collect::<Vec<_>>());
+    assert!(ours.0 == theirs.0, "the stopped and resumed run differs from the uninterrupted one");
+}
+
+#[test]
+fn resume_refuses_a_changed_dataset_unless_allowed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 12, 3, 41);
+    let exp = experiment(tmp.path(), &data, EPOCHS);
+    let runs = tmp.path().join("runs");
+    let status = run_cmd(&exp, &runs).args(["--stop-after-steps", "4"]).status().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let run = only_run(&runs);
+    let red = data.join("train/red");
+    let first = std::fs::read_dir(&red).unwrap().next().unwrap().unwrap().path();
+    std::fs::copy(&first, red.join("added.png")).unwrap();
+    let out = resume_cmd(&run).stderr(Stdio::piped()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("changed since this run started") && err.contains("--allow-data-change"),
+        "{err}"
+    );
+    let status = resume_cmd(&run).arg("--allow-data-change").status().unwrap();
+    assert!(status.success());
+    assert!(log(&run).contains("the dataset changed since this run started"));
+}
