@@ -47,6 +47,12 @@ impl RunFolder {
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         let folder = Self { root: root.to_path_buf() };
         if !folder.summary_csv().is_file() && !folder.shards_dir().is_dir() {
+            if folder.experiment_toml(".").is_file() || root.read_dir().is_ok_and(|mut d| d.next().is_none()) {
+                bail!(
+                    "{}: this run was stopped before its first variant started (it has no summary.csv yet): nothing to resume; start it again with ablate run",
+                    root.display()
+                );
+            }
             bail!("{}: not a run folder made by ablate run (no summary.csv)", root.display());
         }
         Ok(folder)
