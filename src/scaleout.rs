@@ -65,14 +65,21 @@ fn quote(s: &str) -> String {
 /// A bash script that submits the sweep as a job array of `variants` tasks (one variant each)
 /// and a job, run after all of them whatever their outcome, that merges their summaries.
 pub fn script(sub: &Submission, opts: &SlurmOptions) -> String {
+    // What every job the script submits gets: where, how long, and the user's extras.
+    let mut common = Vec::new();
+    if let Some(p) = &opts.partition {
+        common.push(format!("--partition={p}"));
+    }
+    if let Some(t) = &opts.time {
+        common.push(format!("--time={t}"));
+    }
+    common.extend(opts.sbatch.iter().map(|s| if s.starts_with("--") { s.clone() } else { format!("--{s}") }));
     let mut directives = vec![
         format!("--job-name=ablate-{}", sub.name),
         format!("--array=0-{}", sub.variants.saturating_sub(1)),
         format!("--output={}/slurm-%A_%a.out", sub.runs_dir),
     ];
-    if let Some(p) = &opts.partition {
-        directives.push(format!("--partition={p}"));
-    }
+    directives.extend(common.iter().cloned());
     if let Some(g) = opts.gpus_per_task {
         directives.push("--ntasks=1".into());
         directives.push(format!("--gpus-per-task={g}"));
@@ -80,10 +87,6 @@ pub fn script(sub: &Submission, opts: &SlurmOptions) -> String {
     if let Some(c) = opts.cpus_per_task {
         directives.push(format!("--cpus-per-task={c}"));
     }
-    if let Some(t) = &opts.time {
-        directives.push(format!("--time={t}"));
-    }
-    directives.extend(opts.sbatch.iter().map(|s| if s.starts_with("--") { s.clone() } else { format!("--{s}") }));
     let run_args: Vec<String> = sub.run_args.iter().map(|a| quote(a)).collect();
     let folder = format!("{}/${{array}}_{}", sub.runs_dir, sub.name);
     let mut s = String::new();
@@ -102,19 +105,25 @@ pub fn script(sub: &Submission, opts: &SlurmOptions) -> String {
         s.push_str(&format!("#SBATCH {d}\n"));
     }
     s.push_str(&format!(
-        "srun {} run {} --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
+        // The variant count itself, not $SLURM_ARRAY_TASK_COUNT: resubmitting some indices
+        // (--array=1,3) must not renumber the shards.
+        "srun {} run {} --shard \"$SLURM_ARRAY_TASK_ID/{}\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
         quote(sub.ablate),
-        run_args.join(" ")
+        run_args.join(" "),
+        sub.variants
     ));
     s.push_str("SBATCH\n)\n");
     s.push_str("array=${array%%;*} # --parsable prints <job id>[;<cluster>]\n");
+    let extra: String = common.iter().map(|d| format!(" {}", quote(d))).collect();
     s.push_str(&format!(
-        "sbatch --dependency=afterany:\"$array\" --job-name=ablate-{}-summary --output={}/slurm-%j.out \\\n  --wrap \"{} summarize {folder}\"\n",
+        "summary=$(sbatch --parsable --dependency=afterany:\"$array\" --job-name=ablate-{}-summary --output={}/slurm-%j.out{extra} \\\n  --wrap \"{} summarize {folder}\")\n",
         sub.name,
         sub.runs_dir,
         quote(sub.ablate).replace('"', "\\\""),
     ));
-    s.push_str(&format!("echo \"submitted job array $array; the summary will be in {folder}/summary.md\"\n"));
+    s.push_str(&format!(
+        "echo \"submitted job array $array and summary job ${{summary%%;*}}; the summary will be in {folder}/summary.md\"\n"
+    ));
     s
 }
 
@@ -172,6 +181,7 @@ mod tests {
             partition: Some("gpu".into()),
             gpus_per_task: Some(1),
             time: Some("4:00:00".into()),
+            sbatch: vec!["account=abc".into()],
             ..Default::default()
         };
         let s = script(&sub, &opts);
@@ -180,7 +190,9 @@ mod tests {
             "#SBATCH --partition=gpu\n",
             "#SBATCH --gpus-per-task=1\n",
             "#SBATCH --time=4:00:00\n",
-            "srun /opt/ablate/bin/ablate run experiments/resnext.toml --set 'train.epochs=2' --shard \"$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
+            "srun /opt/ablate/bin/ablate run experiments/resnext.toml --set 'train.epochs=2' --shard \"$SLURM_ARRAY_TASK_ID/5\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
+            // The summary job gets the same partition, time limit and extras.
+            "--job-name=ablate-resnext-summary --output=runs/slurm-%j.out '--partition=gpu' '--time=4:00:00' '--account=abc' \\\n",
             "--dependency=afterany:\"$array\"",
             "/opt/ablate/bin/ablate summarize runs/${array}_resnext",
         ] {
