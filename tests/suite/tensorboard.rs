@@ -14,6 +14,24 @@ fn one_run() -> (tempfile::TempDir, std::path::PathBuf) {
     (tmp, run)
 }
 
+/// A run killed after it recorded epoch 2 but before it committed it, then resumed: its first
+/// event file holds epoch 2 from the killed attempt, its second epochs 2 and 3 again.
+fn resumed_run() -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 2, 8);
+    let exp = experiment(tmp.path(), &data, 3);
+    let runs = tmp.path().join("runs");
+    // Crash points: six per epoch commit; the 9th is inside epoch 2's, after its state file.
+    let killed = run_in(&exp, &runs).env("ABLATE_CRASH_AT", "9").assert().failure();
+    drop(killed);
+    let run = only_run(&runs);
+    assert_eq!(ablate::read_metrics(&run.join("metrics.csv")).unwrap().len(), 2, "epoch 2 recorded before the kill");
+    crate::common::ablate().arg("resume").arg(&run).assert().success();
+    assert_eq!(ablate::event_files(&run).unwrap().len(), 2);
+    (tmp, run)
+}
+
 /// metrics.csv as (column name -> value per epoch).
 fn metrics(run: &std::path::Path) -> Vec<std::collections::HashMap<String, String>> {
     let mut r = csv::Reader::from_path(run.join("metrics.csv")).unwrap();
@@ -54,32 +72,35 @@ fn a_corrupted_event_file_is_rejected() {
     assert!(ablate::read_scalars(file).unwrap_err().to_string().contains("CRC"));
 }
 
-/// The real TensorBoard (`EventAccumulator`) reads the run. Needs Python with the
+/// The real TensorBoard (`EventAccumulator`) reads a run, and a resumed one, with each epoch
+/// once and the values of metrics.csv. Needs Python with the
 /// `tensorboard` package: `make test` installs it into .venv and sets TB_PYTHON.
 #[test]
 #[ignore = "needs Python's tensorboard package: run through `make test`"]
 fn real_tensorboard_reads_the_scalars() {
     let python = std::env::var("TB_PYTHON")
         .expect("TB_PYTHON must name a Python with tensorboard installed (make test sets it)");
-    let (_tmp, run) = one_run();
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard_scalars.py");
-    let out = std::process::Command::new(python).arg(script).arg(&run).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    // One line per scalar: tag step value
-    let text = String::from_utf8(out.stdout).unwrap();
-    let rows = metrics(&run);
-    for (tag, column) in TAGS {
-        let got: Vec<(i64, f32)> = text
-            .lines()
-            .filter_map(|l| {
-                let mut parts = l.split(' ');
-                (parts.next() == Some(tag))
-                    .then(|| (parts.next().unwrap().parse().unwrap(), parts.next().unwrap().parse().unwrap()))
-            })
-            .collect();
-        let want: Vec<(i64, f32)> =
-            rows.iter().map(|r| (r["epoch"].parse().unwrap(), r[column].parse::<f64>().unwrap() as f32)).collect();
-        assert_eq!(got, want, "{tag} as TensorBoard reads it");
+    // A resumed run too: TensorBoard must drop the killed attempt's points past the commit.
+    for (_tmp, run) in [one_run(), resumed_run()] {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/tensorboard_scalars.py");
+        let out = std::process::Command::new(&python).arg(script).arg(&run).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        // One line per scalar: tag step value
+        let text = String::from_utf8(out.stdout).unwrap();
+        let rows = metrics(&run);
+        for (tag, column) in TAGS {
+            let got: Vec<(i64, f32)> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut parts = l.split(' ');
+                    (parts.next() == Some(tag))
+                        .then(|| (parts.next().unwrap().parse().unwrap(), parts.next().unwrap().parse().unwrap()))
+                })
+                .collect();
+            let want: Vec<(i64, f32)> =
+                rows.iter().map(|r| (r["epoch"].parse().unwrap(), r[column].parse::<f64>().unwrap() as f32)).collect();
+            assert_eq!(got, want, "{tag} as TensorBoard reads it ({})", run.display());
+        }
     }
 }
 
