@@ -246,6 +246,14 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
         None => None,
     };
     let mut model = Model::build(&spec.layers, spec.input_hw, spec.seed, &Device::Cpu)?;
+    let outputs = model.summary().rows.last().map_or(0, |r| r.out_shape.iter().product());
+    if outputs != spec.num_classes() {
+        bail!(
+            "model.layers: the network ends in {outputs} outputs, but the dataset has {} classes ({}): end it with {{ linear = {{ out = \"$classes\" }} }}",
+            spec.num_classes(),
+            spec.class_names.join(", ")
+        );
+    }
     // A weights file that cannot be read or imported is reported in `init`, so that `check`
     // still shows the model.
     let weights = spec

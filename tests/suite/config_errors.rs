@@ -105,3 +105,10 @@ fn extends_merges_deeply_and_the_file_wins() {
     assert_eq!(merged.optimizer.momentum, 0.9);
     assert_eq!(merged.optimizer.lr, 0.01, "the experiment file wins over its base");
 }
+
+#[test]
+fn a_head_of_the_wrong_width_is_refused_naming_both_numbers() {
+    let (tmp, exp) = setup();
+    edit(&exp, "{ linear = { out = \"$classes\" } }", "{ linear = { out = 3 } }");
+    fails_with(tmp.path(), &exp, &[], &["ends in 3 outputs, but the dataset has 2 classes (blue, red)"]);
+}
