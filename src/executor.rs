@@ -17,7 +17,9 @@ use crate::output::tensorboard::TensorBoardSink;
 use crate::output::{submission, write_atomic};
 use crate::plan::{VariantPlan, prepare_model};
 use crate::spec::{CacheMode, Precision, Spec, Transform};
-use crate::train::{Checkpointer, FitOutcome, Hook, Interrupted, Learner, MetricSink, Progress, Splits, StopSignal};
+use crate::train::{
+    Checkpointer, FitOutcome, Hook, Interrupted, Learner, MetricSink, Progress, Splits, StopSignal, TrainState,
+};
 
 /// Extra metric sinks per variant (tests pass memory sinks); called with the variant's folder.
 pub type SinkFactory<'a> = Box<dyn FnMut(&str) -> Vec<Box<dyn MetricSink>> + 'a>;
@@ -121,27 +123,8 @@ fn train_logged(
     let splits = splits(plan, folder, log)?;
     let mut checkpointer = folder.checkpointer(matches!(attempt, Attempt::Resume { .. }))?;
     let committed = checkpointer.committed().map_err(Refused)?;
-    if let Some(state) = &committed
-        && state.fingerprint != crate::train::fingerprint(&spec.config_toml)
-    {
-        return Err(Refused(anyhow::anyhow!(
-            "config.toml changed since this run started (fingerprint {} != {}): resume refuses to mix configurations",
-            crate::train::fingerprint(&spec.config_toml),
-            state.fingerprint
-        ))
-        .into());
-    }
-    if let (Some(state), Attempt::Resume { allow_data_change }) = (&committed, attempt)
-        && state.data_fingerprint != splits.data_fingerprint
-    {
-        if !allow_data_change {
-            return Err(Refused(anyhow::anyhow!(
-                "the dataset under {} changed since this run started (images added, removed or resized): the validation split would change mid-run; resume with --allow-data-change to accept that",
-                spec.data.root.display()
-            ))
-            .into());
-        }
-        log.info("the dataset changed since this run started; continuing as --allow-data-change asks");
+    if let Some(state) = &committed {
+        check_continuation(state, spec, &splits, attempt, log)?;
     }
     // Epochs past the committed one were recorded by an attempt a kill stopped: they train again.
     let done = committed.as_ref().map_or(0, |s| s.epochs_done);
@@ -193,6 +176,34 @@ fn train_logged(
         last.train_loss
     ));
     Ok(outcome)
+}
+
+/// Whether a committed `state` may be continued: the same config, and the same image files
+/// unless the resume allows a change.
+fn check_continuation(
+    state: &TrainState,
+    spec: &Spec,
+    splits: &Splits,
+    attempt: Attempt,
+    log: &RunLog,
+) -> Result<(), Refused> {
+    let expected = crate::train::fingerprint(&spec.config_toml);
+    if state.fingerprint != expected {
+        return Err(Refused(anyhow::anyhow!(
+            "config.toml changed since this run started (fingerprint {expected} != {}): resume refuses to mix configurations",
+            state.fingerprint
+        )));
+    }
+    if state.data_fingerprint != splits.data_fingerprint {
+        if attempt != (Attempt::Resume { allow_data_change: true }) {
+            return Err(Refused(anyhow::anyhow!(
+                "the dataset under {} changed since this run started (images added, removed or resized): the validation split would change mid-run; resume with --allow-data-change to accept that",
+                spec.data.root.display()
+            )));
+        }
+        log.info("the dataset changed since this run started; continuing as --allow-data-change asks");
+    }
+    Ok(())
 }
 
 /// A loader of `items` through `pipeline` with the spec's batching.
