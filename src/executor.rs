@@ -101,6 +101,9 @@ pub fn train(
     let log = if again { RunLog::append(&folder.log(), bars)? } else { RunLog::create(&folder.log(), bars)? };
     log.info(format!("run folder: {}", folder.path().display()));
     notice.into_iter().for_each(|n| log.info(n));
+    if device.is_cpu() {
+        log.info(format!("CPU threads: {}", rayon::current_num_threads()));
+    }
     log.info(format!("model ({}x{} input):\n{}", spec.input_hw.0, spec.input_hw.1, model.summary()));
     import.into_iter().for_each(|r| log.info(r));
     let result = train_logged(plan, folder, &model, device, &log, env, attempt);

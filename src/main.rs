@@ -50,7 +50,19 @@ fn catch_signals(stop: &StopSignal) {
     });
 }
 
+/// A Slurm task gets `--cpus-per-task` CPUs, not the node's: size the thread pools (rayon's,
+/// which the kernels, GEMM and candle use) to them unless RAYON_NUM_THREADS says otherwise.
+fn threads_from_slurm() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none()
+        && let Some(n) = std::env::var("SLURM_CPUS_PER_TASK").ok().filter(|n| n.parse::<usize>().is_ok_and(|n| n > 0))
+    {
+        // SAFETY: first thing in main, before any other thread exists to read the environment.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", n) };
+    }
+}
+
 fn main() -> ExitCode {
+    threads_from_slurm();
     ablate::keep_freed_memory();
     let stop = StopSignal::default();
     catch_signals(&stop);

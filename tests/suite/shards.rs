@@ -182,3 +182,20 @@ fn the_slurm_script_runs_one_task_per_variant_then_the_summary() {
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}\n{}", task_logs());
 }
+
+/// A Slurm task sizes ablate's thread pools to its `--cpus-per-task`.
+#[test]
+fn a_slurm_task_uses_its_cpus_per_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    crate::common::color_folder(&data, 4, 1, 5);
+    let exp = crate::common::experiment(tmp.path(), &data, 1);
+    let runs = tmp.path().join("runs");
+    crate::common::run_in(&exp, &runs)
+        .env("SLURM_CPUS_PER_TASK", "1")
+        .env_remove("RAYON_NUM_THREADS")
+        .assert()
+        .success();
+    let log = std::fs::read_to_string(crate::common::only_run(&runs).join("log.txt")).unwrap();
+    assert!(log.contains("CPU threads: 1\n"), "{log}");
+}
