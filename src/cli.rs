@@ -120,6 +120,10 @@ pub enum Command {
         /// Any other #SBATCH option, e.g. --sbatch account=abc (repeatable).
         #[arg(long, value_name = "OPTION")]
         sbatch: Vec<String>,
+        /// Seconds before the time limit at which Slurm sends SIGUSR1: each task then commits
+        /// a checkpoint and stops, and is requeued to continue (default 300).
+        #[arg(long, value_name = "SECONDS")]
+        warn_before: Option<u32>,
     },
     /// Finish an interrupted run or sweep: finished variants are kept, failed ones train again,
     /// an interrupted one continues from its checkpoint.

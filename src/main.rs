@@ -92,12 +92,15 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
         Command::Run { what, device, runs_dir, fail_fast, shard, run_id, testing } => {
             let (shard, run_id) =
                 ablate::shard_from_env(shard, run_id, |k| std::env::var(k).ok()).map_err(anyhow::Error::msg)?;
+            // Slurm runs a pre-empted (or `scontrol requeue`d) task again with a restart count.
+            let requeued = std::env::var("SLURM_RESTART_COUNT").is_ok_and(|n| n.parse::<u32>().is_ok_and(|n| n > 0));
             let opts = RunOptions {
                 request: request(&what)?,
                 device: device.device,
                 runs_dir: runs_dir.path,
                 fail_fast,
                 shard,
+                requeued: requeued && run_id.is_some(),
                 run_id,
             };
             println!("{}", ablate::run(&opts, &mut env(stop, testing))?.display());
@@ -116,10 +119,10 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
             println!("{table}");
             notes.iter().for_each(|n| eprintln!("note: {n}"));
         }
-        Command::Slurm { what, runs_dir, partition, gpus_per_task, cpus_per_task, time, sbatch } => {
+        Command::Slurm { what, runs_dir, partition, gpus_per_task, cpus_per_task, time, sbatch, warn_before } => {
             let mut run_args = what.to_args();
             run_args.extend(["--runs-dir".to_string(), runs_dir.path.display().to_string()]);
-            let opts = SlurmOptions { partition, gpus_per_task, cpus_per_task, time, sbatch };
+            let opts = SlurmOptions { partition, gpus_per_task, cpus_per_task, time, sbatch, warn_secs: warn_before };
             print!("{}", ablate::slurm(&request(&what)?, &run_args, &runs_dir.path, &opts)?);
         }
         Command::Compare { runs, sort } => println!("{}", ablate::compare(&runs, sort)?),

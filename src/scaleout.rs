@@ -42,6 +42,8 @@ pub struct SlurmOptions {
     pub time: Option<String>,
     /// Extra `#SBATCH` lines, e.g. `--account=abc`.
     pub sbatch: Vec<String>,
+    /// Seconds before the time limit at which a task is told to stop (default 300).
+    pub warn_secs: Option<u32>,
 }
 
 /// What the submission needs to know about the sweep.
@@ -80,6 +82,11 @@ pub fn script(sub: &Submission, opts: &SlurmOptions) -> String {
         format!("--output={}/slurm-%A_%a.out", sub.runs_dir),
     ];
     directives.extend(common.iter().cloned());
+    // A pre-empted task is queued again and continues (SLURM_RESTART_COUNT); before a time
+    // limit, every step gets SIGUSR1 early enough to commit a checkpoint (not `B:`: ablate runs
+    // in a job step, not in the batch shell).
+    directives.push("--requeue".into());
+    directives.push(format!("--signal=USR1@{}", opts.warn_secs.unwrap_or(300)));
     if let Some(g) = opts.gpus_per_task {
         directives.push("--ntasks=1".into());
         directives.push(format!("--gpus-per-task={g}"));
@@ -190,6 +197,7 @@ mod tests {
             "#SBATCH --partition=gpu\n",
             "#SBATCH --gpus-per-task=1\n",
             "#SBATCH --time=4:00:00\n",
+            "#SBATCH --requeue\n#SBATCH --signal=USR1@300\n",
             "srun /opt/ablate/bin/ablate run experiments/resnext.toml --set 'train.epochs=2' --shard \"$SLURM_ARRAY_TASK_ID/5\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
             // The summary job gets the same partition, time limit and extras.
             "--job-name=ablate-resnext-summary --output=runs/slurm-%j.out '--partition=gpu' '--time=4:00:00' '--account=abc' \\\n",

@@ -11,7 +11,7 @@ use crate::output::hparams;
 use crate::output::log::RunLog;
 use crate::output::report::SummaryTable;
 use crate::output::run_folder::RunFolder;
-use crate::output::summary::Row;
+use crate::output::summary::{Row, Status};
 use crate::output::tensorboard::TensorBoardSink;
 use crate::output::write_atomic;
 use crate::plan::{self, Plan, Request, VariantPlan};
@@ -32,6 +32,9 @@ pub struct RunOptions {
     /// A fixed run folder `<runs_dir>/<run_id>_<name>` that several processes (shards) share,
     /// instead of a fresh timestamped one.
     pub run_id: Option<String>,
+    /// This shard ran before in the same folder (Slurm requeued it: `SLURM_RESTART_COUNT` > 0):
+    /// its finished variants are kept and the others continue from their checkpoints.
+    pub requeued: bool,
 }
 
 /// Runs the experiments into a new run folder and returns it. A run of one experiment without
@@ -46,7 +49,7 @@ pub fn run(opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
     }
     let shard = opts.shard.unwrap_or(Shard { index: 0, count: 1 });
     let run = match &opts.run_id {
-        Some(id) => RunFolder::shared(&opts.runs_dir, &plan.title, id, shard)?,
+        Some(id) => RunFolder::shared(&opts.runs_dir, &plan.title, id, shard, opts.requeued)?,
         None => RunFolder::create(&opts.runs_dir, &plan.title)?,
     };
     // Held until the run ends; the shards of one sweep share the folder, one process each.
@@ -109,7 +112,17 @@ fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) ->
 /// the next goes on (unless `--fail-fast`).
 fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, env: &mut Env) -> anyhow::Result<()> {
     let sharded = shard.count > 1;
-    let log = RunLog::create(&run.log(Some(shard)), RunLog::terminal_bars())?;
+    // A requeued task continues: the rows it wrote before, its log.
+    let before = if opts.requeued && run.own_summary(shard).exists() {
+        Some(crate::output::summary::read(&run.own_summary(shard))?)
+    } else {
+        None
+    };
+    let log = if before.is_some() {
+        RunLog::append(&run.log(Some(shard)), RunLog::terminal_bars())?
+    } else {
+        RunLog::create(&run.log(Some(shard)), RunLog::terminal_bars())?
+    };
     let total = plan.variants.len();
     let owned = (0..total).filter(|&i| shard.owns(i)).count();
     if sharded {
@@ -118,12 +131,15 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
         log.info(format!("{total} variants into {}", run.path().display()));
     }
     let mut table = SummaryTable::new(plan.title.clone(), plan.variants.iter().map(pending).collect());
+    if let Some(rows) = before.as_ref().filter(|rows| rows.len() == table.rows.len()) {
+        table.rows.clone_from(rows);
+    }
     // A shard writes its own summary (every row, its own filled in); `ablate summarize` merges.
     let write = |table: &SummaryTable| {
         if sharded { table.write_shard(&run.shard_summary(shard)) } else { table.write(run.path()) }
     };
     write(&table)?;
-    if shard.index == 0 {
+    if shard.index == 0 && before.is_none() {
         // The HParams experiment: every hyper-parameter with the values it takes (one per run
         // folder: the first shard writes it).
         let sessions: Vec<&[(String, toml::Value)]> = plan.variants.iter().map(|v| v.hparams.as_slice()).collect();
@@ -131,10 +147,15 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
             .add_summary(hparams::experiment(&hparams::domains(&sessions), hparams::now_secs()));
     }
     for (i, v) in plan.variants.iter().enumerate().filter(|(i, _)| shard.owns(*i)) {
+        let attempt = match (before.is_some(), table.rows[i].status) {
+            (true, Status::Ok) => continue,
+            (true, Status::Pending) => Attempt::Resume { allow_data_change: false },
+            (true, Status::Failed) => Attempt::Retry,
+            (false, _) => Attempt::Fresh,
+        };
         log.info(format!("variant {}/{total}: {}", i + 1, v.folder));
-        let result = executor::open_device(&v.spec, opts.device).and_then(|device| {
-            executor::train(v, &run.variant(&v.folder)?, (&device.0, device.1), env, Attempt::Fresh)
-        });
+        let result = executor::open_device(&v.spec, opts.device)
+            .and_then(|device| executor::train(v, &run.variant(&v.folder)?, (&device.0, device.1), env, attempt));
         if result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
             return Err(resume_hint(result.unwrap_err(), run.path()));
         }

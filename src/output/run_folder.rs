@@ -25,12 +25,16 @@ impl RunFolder {
     }
 
     /// `<runs_dir>/<id>_<title>`, shared by the shards of one sweep. A shard (or unsharded
-    /// run) that already ran there is refused: a run id is used once.
-    pub fn shared(runs_dir: &Path, title: &str, id: &str, shard: Shard) -> anyhow::Result<Self> {
+    /// run) that already ran there is refused: a run id is used once, unless `requeued` (Slurm
+    /// runs a pre-empted or failed task again: it continues what it left).
+    pub fn shared(runs_dir: &Path, title: &str, id: &str, shard: Shard, requeued: bool) -> anyhow::Result<Self> {
         let root = runs_dir.join(shared_name(id, title));
         std::fs::create_dir_all(&root).with_context(|| format!("cannot create the run folder {}", root.display()))?;
         let folder = Self { root };
-        let mine = if shard.count > 1 { folder.shard_summary(shard) } else { folder.summary_csv() };
+        let mine = folder.own_summary(shard);
+        if requeued {
+            return Ok(folder);
+        }
         for done in [&mine, &folder.summary_csv()] {
             if done.exists() {
                 bail!(
@@ -129,6 +133,11 @@ impl RunFolder {
     /// The variant's folder as it is, for reading (a resume).
     pub fn existing_variant(&self, name: &str) -> VariantFolder {
         VariantFolder { dir: if name == "." { self.root.clone() } else { self.root.join(name) } }
+    }
+
+    /// The summary a shard (or an unsharded run) writes.
+    pub fn own_summary(&self, shard: Shard) -> PathBuf {
+        if shard.count > 1 { self.shard_summary(shard) } else { self.summary_csv() }
     }
 
     pub fn summary_csv(&self) -> PathBuf {

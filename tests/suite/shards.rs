@@ -199,3 +199,33 @@ fn a_slurm_task_uses_its_cpus_per_task() {
     let log = std::fs::read_to_string(crate::common::only_run(&runs).join("log.txt")).unwrap();
     assert!(log.contains("CPU threads: 1\n"), "{log}");
 }
+
+/// Slurm runs a pre-empted or requeued task again (`SLURM_RESTART_COUNT` > 0): it continues
+/// into the same folder, keeping what it finished and resuming what it did not; the same
+/// shard run again without a restart is refused.
+#[test]
+fn a_requeued_task_continues_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = sweep3(tmp.path());
+    let runs = tmp.path().join("runs");
+    let task = |restarts: Option<&str>| {
+        let mut c = ablate();
+        c.arg("run").arg(&exp).arg("--runs-dir").arg(&runs).args(["--shard", "0/2", "--run-id", "77"]);
+        c.env_remove("SLURM_RESTART_COUNT");
+        if let Some(n) = restarts {
+            c.env("SLURM_RESTART_COUNT", n);
+        }
+        c
+    };
+    // One step a variant (one epoch of 8 training images): stop at shard 0's second, width=6.
+    task(None).args(["--stop-after-steps", "2"]).assert().code(130);
+    let run = runs.join("77_tiny");
+    task(None).assert().failure().stderr(predicate::str::contains("run id 77 was used before"));
+    task(Some("1")).assert().success();
+    let rows = ablate::read_summary(&run.join("shards/summary-0-of-2.csv")).unwrap();
+    assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Ok, Status::Pending, Status::Ok]);
+    let log = std::fs::read_to_string(run.join("log.shard-0-of-2.txt")).unwrap();
+    assert_eq!(log.matches("variant 1/3: width=2").count(), 1, "the finished variant is kept:\n{log}");
+    let resumed = std::fs::read_to_string(run.join("width=6/log.txt")).unwrap();
+    assert!(resumed.contains("resuming after 0 epochs and 1 batches"), "{resumed}");
+}
