@@ -188,13 +188,8 @@ fn damage(path: &Path) {
     std::fs::write(path, bytes).unwrap();
 }
 
-fn commit_dir(run: &Path) -> PathBuf {
-    let name = std::fs::read_to_string(run.join("checkpoints/CURRENT")).unwrap();
-    run.join("checkpoints").join(name.trim())
-}
-
-#[test]
-fn damaged_or_non_finite_checkpoints_are_refused_naming_the_file() {
+/// A run stopped in its second epoch (Ctrl-C's path), with its folder, data and experiment.
+fn stopped_run() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     color_folder(&data, 12, 3, 41);
@@ -203,6 +198,17 @@ fn damaged_or_non_finite_checkpoints_are_refused_naming_the_file() {
     let status = run_cmd(&exp, &runs).args(["--stop-after-steps", "4"]).status().unwrap();
     assert_eq!(status.code(), Some(130));
     let run = only_run(&runs);
+    (tmp, data, exp, run)
+}
+
+fn commit_dir(run: &Path) -> PathBuf {
+    let name = std::fs::read_to_string(run.join("checkpoints/CURRENT")).unwrap();
+    run.join("checkpoints").join(name.trim())
+}
+
+#[test]
+fn damaged_or_non_finite_checkpoints_are_refused_naming_the_file() {
+    let (tmp, _data, exp, run) = stopped_run();
     let last = commit_dir(&run).join("last.safetensors");
     damage(&last);
     let out = resume_cmd(&run).stderr(Stdio::piped()).output().unwrap();
@@ -234,14 +240,7 @@ fn damaged_or_non_finite_checkpoints_are_refused_naming_the_file() {
 
 #[test]
 fn a_run_folder_has_one_writer_at_a_time() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 12, 3, 41);
-    let exp = experiment(tmp.path(), &data, EPOCHS);
-    let runs = tmp.path().join("runs");
-    let status = run_cmd(&exp, &runs).args(["--stop-after-steps", "4"]).status().unwrap();
-    assert_eq!(status.code(), Some(130));
-    let run = only_run(&runs);
+    let (_tmp, _data, _exp, run) = stopped_run();
 
     // Another process holds the folder (this test, with the lock ablate takes): resume and
     // summarize are refused, naming its pid.
@@ -316,14 +315,7 @@ fn sigterm_and_sigusr1_stop_with_a_resumable_checkpoint() {
 
 #[test]
 fn resume_refuses_a_changed_dataset_unless_allowed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 12, 3, 41);
-    let exp = experiment(tmp.path(), &data, EPOCHS);
-    let runs = tmp.path().join("runs");
-    let status = run_cmd(&exp, &runs).args(["--stop-after-steps", "4"]).status().unwrap();
-    assert_eq!(status.code(), Some(130));
-    let run = only_run(&runs);
+    let (_tmp, data, _exp, run) = stopped_run();
     let red = data.join("train/red");
     let first = std::fs::read_dir(&red).unwrap().next().unwrap().unwrap().path();
     std::fs::copy(&first, red.join("added.png")).unwrap();
