@@ -51,7 +51,9 @@ impl RunFolder {
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         let folder = Self { root: root.to_path_buf() };
         if !folder.summary_csv().is_file() && !folder.shards_dir().is_dir() {
-            if folder.experiment_toml(".").is_file() || root.read_dir().is_ok_and(|mut d| d.next().is_none()) {
+            // `run` takes its lock right after creating the folder: a folder with the lock file (or
+            // nothing at all) and no summary is a run killed while it was being set up.
+            if root.join(".lock").is_file() || root.read_dir().is_ok_and(|mut d| d.next().is_none()) {
                 bail!(
                     "{}: this run was stopped before its first variant started (it has no summary.csv yet): nothing to resume; start it again with ablate run",
                     root.display()

@@ -140,7 +140,7 @@ fn a_kill_at_any_point_resumes_to_the_same_bytes() {
     let straight = Instant::now();
     assert!(run_cmd(&exp, &tmp.path().join("timing")).status().unwrap().success());
     let span = straight.elapsed();
-    for i in 0..30 {
+    for i in 0..40 {
         let runs = tmp.path().join(format!("r{i}"));
         let mut child = run_cmd(&exp, &runs).spawn().unwrap();
         // Once the run folder exists, wait a random part of a run's length.
@@ -150,7 +150,7 @@ fn a_kill_at_any_point_resumes_to_the_same_bytes() {
             }
             std::thread::sleep(Duration::from_millis(2));
         }
-        std::thread::sleep(span.mul_f64(rng.gen_range(0.0..1.0)));
+        std::thread::sleep(span.mul_f64(rng.gen_range(0.0..0.8)));
         let _ = child.kill(); // SIGKILL
         let status = child.wait().unwrap();
         kills += usize::from(status.signal() == Some(libc::SIGKILL));
