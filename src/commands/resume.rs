@@ -9,9 +9,30 @@ use crate::executor::{self, Attempt, Env, Refused, resume_hint};
 use crate::output::log::RunLog;
 use crate::output::report::SummaryTable;
 use crate::output::run_folder::RunFolder;
-use crate::output::summary::{Row, Status};
+use crate::output::summary::{self, Row, Status};
 use crate::plan;
+use crate::spec::Shard;
 use crate::train::Interrupted;
+
+/// A sharded run: row `i` also goes into the summary file of the shard that owns it, which
+/// `ablate summarize` merges from (else a later summarize would bring back the old status).
+fn record_in_shard_file(folder: &RunFolder, i: usize, row: &Row) -> anyhow::Result<()> {
+    let Ok(entries) = std::fs::read_dir(folder.shards_dir()) else { return Ok(()) };
+    for entry in entries {
+        let path = entry?.path();
+        let Some(shard) = path.file_name().and_then(|n| n.to_str()).and_then(Shard::from_summary_file) else {
+            continue;
+        };
+        if shard.owns(i) {
+            let mut rows = summary::read(&path)?;
+            if let Some(r) = rows.get_mut(i) {
+                *r = row.clone();
+                summary::write_csv(&path, &rows)?;
+            }
+        }
+    }
+    Ok(())
+}
 
 /// Finishes the run at `run`. Variants that finished are kept, failed ones train again from
 /// the start, an interrupted one continues from its checkpoint (model, optimizer, epoch and
@@ -58,6 +79,7 @@ pub fn resume(
             }
         }
         table.write(run)?;
+        record_in_shard_file(&folder, i, &table.rows[i])?;
     }
     // Also when nothing was left to train: a kill may have stopped the last write of these.
     table.write(run)?;

@@ -229,3 +229,29 @@ fn a_requeued_task_continues_where_it_stopped() {
     let resumed = std::fs::read_to_string(run.join("width=6/log.txt")).unwrap();
     assert!(resumed.contains("resuming after 0 epochs and 1 batches"), "{resumed}");
 }
+
+/// `ablate summarize` after `ablate resume` keeps what the resume finished.
+#[test]
+fn summarize_after_resume_keeps_the_resumed_variants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = sweep3(tmp.path());
+    let runs = tmp.path().join("runs");
+    let task = |shard: &str| {
+        let mut c = ablate();
+        c.arg("run").arg(&exp).arg("--runs-dir").arg(&runs).args(["--shard", shard, "--run-id", "88"]);
+        c
+    };
+    task("0/2").assert().success();
+    task("1/2").args(["--stop-after-steps", "1"]).assert().code(130);
+    let run = runs.join("88_tiny");
+    ablate()
+        .arg("summarize")
+        .arg(&run)
+        .assert()
+        .success()
+        .stderr(predicate::str::contains("1 of 3 variants not finished"));
+    ablate().arg("resume").arg(&run).assert().success();
+    ablate().arg("summarize").arg(&run).assert().success().stderr(predicate::str::contains("not finished").not());
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
+}
