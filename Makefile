@@ -10,7 +10,7 @@ BIN := target/release/ablate
 VENV := .venv
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: build exp sweep check test parity torch lint bench tensorboard demo-data clean-venv check-cuda build-cuda gpu-check
+.PHONY: build exp sweep check test parity torch lint bench tensorboard demo-data clean-venv check-cuda build-cuda gpu-check slurm-test
 
 build:
 	$(CARGO) build --release $(FEATURES)
@@ -42,6 +42,11 @@ test: $(VENV)/.tensorboard-installed torch
 
 # The parity tests' larger networks (ResNet18 up to 224x224, LeNet at 256, ResNeXt50 at 96):
 # about 10 minutes on 2 cores.
+# `ablate slurm`'s script on a real one-node Slurm (needs root: installs and starts slurm-wlm and
+# munge on localhost); a requeued and a cancelled task end complete. About 4 minutes.
+slurm-test: torch
+	bash tests/slurm/run.sh
+
 parity: torch
 	ABLATE_PARITY_NETS=full $(CARGO) test --release --test suite parity:: -- --nocapture
 
