@@ -150,7 +150,7 @@ fn train_logged(
         stop: &env.stop,
         best: Default::default(),
     };
-    let outcome = learner.fit(&splits, history);
+    let outcome = learner.fit(&splits, committed, history);
     // An interrupted session is not over: its resume finishes it.
     if !outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
         for sink in &mut sinks {

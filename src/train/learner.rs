@@ -53,11 +53,17 @@ pub struct Learner<'a> {
 }
 
 impl Learner<'_> {
-    /// Trains for the spec's epochs. When the checkpointer holds a committed state, training
-    /// continues from it and `history` holds the epochs before it; otherwise it starts afresh.
-    pub fn fit(&mut self, data: &Splits, history: Vec<EpochMetrics>) -> anyhow::Result<FitOutcome> {
+    /// Trains for the spec's epochs. With `resume`, the state the checkpointer committed (see
+    /// [`super::Checkpointer::committed`]), training continues from it and `history` holds the
+    /// epochs before it; otherwise it starts afresh.
+    pub fn fit(
+        &mut self,
+        data: &Splits,
+        resume: Option<TrainState>,
+        history: Vec<EpochMetrics>,
+    ) -> anyhow::Result<FitOutcome> {
         let mut opt = Optimizer::new(self.spec.optimizer.clone(), self.model.trainable());
-        let (mut st, mut history) = self.start(&mut opt, history)?;
+        let (mut st, mut history) = self.start(&mut opt, resume, history)?;
         st.data_fingerprint = data.data_fingerprint.clone();
         for epoch in st.epochs_done + 1..=self.spec.train.epochs {
             self.train_epoch(epoch, &mut st, &mut opt, data)?;
@@ -72,10 +78,11 @@ impl Learner<'_> {
     fn start(
         &mut self,
         opt: &mut Optimizer,
+        resume: Option<TrainState>,
         history: Vec<EpochMetrics>,
     ) -> anyhow::Result<(TrainState, Vec<EpochMetrics>)> {
         let expected = fingerprint(&self.spec.config_toml);
-        let Some(st) = self.checkpointer.committed()? else {
+        let Some(st) = resume else {
             return Ok((TrainState::fresh(&expected), Vec::with_capacity(self.spec.train.epochs)));
         };
         if st.fingerprint != expected {
