@@ -49,8 +49,6 @@ pub struct VariantPlan {
     /// Its folder in the run: `.` (a run of one), `groups=8`, or `<experiment>[/<variant>]`
     /// when several experiments run together.
     pub folder: String,
-    /// Index of its experiment in [`Plan::experiments`].
-    pub experiment: usize,
     /// The swept values.
     pub values: Vec<(String, toml::Value)>,
     /// HParams session values: the swept ones (after `experiment` when several run), then the
@@ -137,7 +135,7 @@ pub fn plan(request: &Request) -> anyhow::Result<Plan> {
             }
             v.group = if folder == "." { v.spec.name.clone() } else { folder.clone() };
             v.hparams = session(&point.values, &v.spec, multi.then_some(name.as_str()));
-            (v.folder, v.experiment, v.values) = (folder, index, point.values);
+            (v.folder, v.values) = (folder, point.values);
             variants.push(v);
         }
     }
@@ -272,7 +270,6 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
     };
     Ok(VariantPlan {
         folder: String::new(),
-        experiment: 0,
         values: Vec::new(),
         hparams: Vec::new(),
         group: String::new(),

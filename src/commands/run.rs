@@ -72,14 +72,13 @@ fn pending(v: &VariantPlan) -> Row {
 /// lands is right), and the HParams experiment.
 fn write_records(run: &RunFolder, plan: &Plan) -> anyhow::Result<()> {
     let multi = plan.experiments.len() > 1;
-    for (i, e) in plan.experiments.iter().enumerate() {
+    for e in &plan.experiments {
         let top = if multi { e.name.as_str() } else { "." };
         run.variant(top)?;
         let path = run.experiment_toml(top);
         if !path.exists() {
             write_atomic(&path, e.as_written.as_bytes())?;
         }
-        debug_assert!(plan.variants.iter().any(|v| v.experiment == i));
     }
     for v in &plan.variants {
         let config = run.variant(&v.folder)?.config();
