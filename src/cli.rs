@@ -21,7 +21,7 @@ pub struct Cli {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Experiments {
     /// Experiment files (TOML), or folders of them (files starting with `_` skipped).
-    #[arg(required = true)]
+    /// Required (each command says so: `ablate slurm` takes `--resume` instead).
     pub experiments: Vec<PathBuf>,
     /// Override a config key: `--set optimizer.lr=3e-4` (values parse as TOML).
     #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_override)]
@@ -73,6 +73,7 @@ pub struct Testing {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train the experiment(s) into a new folder under runs/ (several: one folder, one summary).
+    #[command(mut_arg("experiments", |a| a.required(true)))]
     Run {
         #[command(flatten)]
         what: Experiments,
@@ -101,9 +102,14 @@ pub enum Command {
     },
     /// Print a bash script that submits the experiment(s) to Slurm: a job array with one
     /// variant per task, then a job that runs `ablate summarize`.
+    #[command(mut_arg("experiments", |a| a.required_unless_present("resume")))]
     Slurm {
         #[command(flatten)]
         what: Experiments,
+        /// Instead of experiments: resubmit this run folder's unfinished variants (pending or
+        /// failed) as a job array that resumes them into the same folder.
+        #[arg(long, value_name = "RUN", conflicts_with_all = ["experiments", "set", "sweep"])]
+        resume: Option<PathBuf>,
         #[command(flatten)]
         runs_dir: RunsDir,
         /// Slurm partition.
@@ -136,10 +142,15 @@ pub enum Command {
         /// validation split changes with them).
         #[arg(long)]
         allow_data_change: bool,
+        /// Finish only the variants whose index is I modulo N, beside other processes finishing
+        /// theirs (what `ablate slurm --resume` gives each task).
+        #[arg(long, value_name = "I/N")]
+        shard: Option<Shard>,
         #[command(flatten)]
         testing: Testing,
     },
     /// Validate experiments and print each layer's output shape, parameters and multiply-adds.
+    #[command(mut_arg("experiments", |a| a.required(true)))]
     Check {
         #[command(flatten)]
         what: Experiments,
@@ -180,6 +191,19 @@ mod tests {
         let argv = ["ablate", "check", "a.toml", "dir", "--set", "optimizer.lr=3e-4", "--sweep", "seed=1,2"];
         let Command::Check { what } = Cli::parse_from(argv).command else { panic!("not check") };
         assert_eq!(what.to_args(), argv[2..]);
+    }
+
+    #[test]
+    fn the_command_line_is_consistent_and_experiments_are_required() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+        for argv in [&["ablate", "run"][..], &["ablate", "check"], &["ablate", "slurm"]] {
+            let err = Cli::try_parse_from(argv).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument, "{argv:?}");
+        }
+        let cli = Cli::try_parse_from(["ablate", "slurm", "--resume", "runs/1_x"]).unwrap();
+        assert!(matches!(cli.command, Command::Slurm { resume: Some(_), .. }));
+        assert!(Cli::try_parse_from(["ablate", "slurm", "a.toml", "--resume", "runs/1_x"]).is_err());
     }
 
     #[test]

@@ -33,7 +33,10 @@ mod train;
 mod units;
 
 // Commands, and what they take.
-pub use commands::{RunOptions, SortKey, Which, check, compare, predict, resume, run, slurm, summarize};
+pub use commands::{
+    ResumeOptions, RunOptions, SortKey, Summarized, Which, check, compare, predict, resume, run, slurm, slurm_resume,
+    summarize,
+};
 pub use executor::{Env, SinkFactory};
 pub use plan::{Override, Request, experiment_files, spec_from_file};
 pub use scaleout::{SlurmOptions, resolve as shard_from_env};

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 mod cli;
 
-use ablate::{Env, Interrupted, Request, RunOptions, SlurmOptions, StopAfterSteps, StopSignal};
+use ablate::{Env, Interrupted, Request, ResumeOptions, RunOptions, SlurmOptions, StopAfterSteps, StopSignal};
 use clap::Parser;
 use cli::{Cli, Command, Testing};
 
@@ -110,19 +110,33 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
             println!("{summary}");
             init?.into_iter().for_each(|r| println!("{r}"));
         }
-        Command::Resume { run, device, allow_data_change, testing } => {
-            let env = &mut env(stop, testing);
-            println!("{}", ablate::resume(&run, device.device, allow_data_change, env)?.display());
+        Command::Resume { run, device, allow_data_change, shard, testing } => {
+            let opts = ResumeOptions { device: device.device, allow_data_change, shard };
+            println!("{}", ablate::resume(&run, opts, &mut env(stop, testing))?.display());
         }
         Command::Summarize { run } => {
-            let (table, notes) = ablate::summarize(&run)?;
-            println!("{table}");
-            notes.iter().for_each(|n| eprintln!("note: {n}"));
+            let summary = ablate::summarize(&run)?;
+            println!("{}", summary.markdown);
+            summary.complete()?;
         }
-        Command::Slurm { what, runs_dir, partition, gpus_per_task, cpus_per_task, time, sbatch, warn_before } => {
+        Command::Slurm {
+            what,
+            resume,
+            runs_dir,
+            partition,
+            gpus_per_task,
+            cpus_per_task,
+            time,
+            sbatch,
+            warn_before,
+        } => {
+            let opts = SlurmOptions { partition, gpus_per_task, cpus_per_task, time, sbatch, warn_secs: warn_before };
+            if let Some(run) = resume {
+                print!("{}", ablate::slurm_resume(&run, &opts)?);
+                return Ok(());
+            }
             let mut run_args = what.to_args();
             run_args.extend(["--runs-dir".to_string(), runs_dir.path.display().to_string()]);
-            let opts = SlurmOptions { partition, gpus_per_task, cpus_per_task, time, sbatch, warn_secs: warn_before };
             print!("{}", ablate::slurm(&request(&what)?, &run_args, &runs_dir.path, &opts)?);
         }
         Command::Compare { runs, sort } => println!("{}", ablate::compare(&runs, sort)?),

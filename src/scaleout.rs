@@ -46,26 +46,54 @@ pub struct SlurmOptions {
     pub warn_secs: Option<u32>,
 }
 
+/// What the array's tasks do.
+pub enum Tasks<'a> {
+    /// Train a new sweep: task `i` runs `ablate run <args> --shard i/<variants> --run-id <array
+    /// job id>`, into `<runs_dir>/<array job id>_<name>`.
+    Run {
+        /// `ablate run`'s arguments (experiments, `--set`, `--sweep`, `--runs-dir`).
+        args: &'a [String],
+        /// The run folder's name after the id: `<id>_<name>`.
+        name: &'a str,
+    },
+    /// Finish an existing run: task `i` (one per unfinished variant index) runs `ablate resume
+    /// <run> --shard i/<variants>`.
+    Resume { run: &'a str, unfinished: &'a [usize] },
+}
+
 /// What the submission needs to know about the sweep.
 pub struct Submission<'a> {
     /// The `ablate` binary to call (absolute).
     pub ablate: &'a str,
     /// Working directory of the jobs (absolute): experiment and data paths are relative to it.
     pub workdir: &'a str,
-    /// `ablate run`'s arguments (experiments, `--set`, `--sweep`, `--runs-dir`).
-    pub run_args: &'a [String],
+    /// Where Slurm writes the jobs' output files.
     pub runs_dir: &'a str,
-    /// The run folder's name after the id: `<id>_<name>`.
+    /// Job names: `ablate-<name>`, `ablate-<name>-summary`.
     pub name: &'a str,
+    /// The run's variant count: task `i` trains variant `i`.
     pub variants: usize,
+    pub tasks: Tasks<'a>,
 }
 
+/// `s` as one shell word: as is when every character is plain (`--time=4:00:00` stays
+/// readable), else quoted by shlex.
 fn quote(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_+=/.,:%@".contains(c)) {
+        return s.to_string();
+    }
     shlex::try_quote(s).map_or_else(|_| format!("'{}'", s.replace('\'', "'\\''")), |q| q.into_owned())
 }
 
-/// A bash script that submits the sweep as a job array of `variants` tasks (one variant each)
-/// and a job, run after all of them whatever their outcome, that merges their summaries.
+/// One `sbatch` option per line of the command, each quoted for the shell: on the command line
+/// rather than as `#SBATCH` lines, whose parsing is Slurm's (a path with a space broke it).
+fn options(list: &[String]) -> String {
+    list.iter().map(|o| format!("  {} \\\n", quote(o))).collect()
+}
+
+/// A bash script that submits the variants as a job array (one variant per task) and a job,
+/// run after all of them whatever their outcome, that writes the run's summary and fails when
+/// a variant did.
 pub fn script(sub: &Submission, opts: &SlurmOptions) -> String {
     // What every job the script submits gets: where, how long, and the user's extras.
     let mut common = Vec::new();
@@ -76,61 +104,80 @@ pub fn script(sub: &Submission, opts: &SlurmOptions) -> String {
         common.push(format!("--time={t}"));
     }
     common.extend(opts.sbatch.iter().map(|s| if s.starts_with("--") { s.clone() } else { format!("--{s}") }));
-    let mut directives = vec![
+    let array = match &sub.tasks {
+        Tasks::Run { .. } => format!("0-{}", sub.variants.saturating_sub(1)),
+        Tasks::Resume { unfinished, .. } => unfinished.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
+    };
+    let mut task_options = vec![
         format!("--job-name=ablate-{}", sub.name),
-        format!("--array=0-{}", sub.variants.saturating_sub(1)),
+        format!("--array={array}"),
         format!("--output={}/slurm-%A_%a.out", sub.runs_dir),
     ];
-    directives.extend(common.iter().cloned());
+    task_options.extend(common.iter().cloned());
     // A pre-empted task is queued again and continues (SLURM_RESTART_COUNT); before a time
     // limit, every step gets SIGUSR1 early enough to commit a checkpoint (not `B:`: ablate runs
     // in a job step, not in the batch shell).
-    directives.push("--requeue".into());
-    directives.push(format!("--signal=USR1@{}", opts.warn_secs.unwrap_or(300)));
+    task_options.push("--requeue".into());
+    task_options.push(format!("--signal=USR1@{}", opts.warn_secs.unwrap_or(300)));
     if let Some(g) = opts.gpus_per_task {
-        directives.push("--ntasks=1".into());
-        directives.push(format!("--gpus-per-task={g}"));
+        task_options.push("--ntasks=1".into());
+        task_options.push(format!("--gpus-per-task={g}"));
     }
     if let Some(c) = opts.cpus_per_task {
-        directives.push(format!("--cpus-per-task={c}"));
+        task_options.push(format!("--cpus-per-task={c}"));
     }
-    let run_args: Vec<String> = sub.run_args.iter().map(|a| quote(a)).collect();
-    let folder = format!("{}/${{array}}_{}", sub.runs_dir, sub.name);
+    let ablate = quote(sub.ablate);
+    // The variant count itself, not $SLURM_ARRAY_TASK_COUNT: an array of some indices
+    // (--array=1,3) must not renumber the shards.
+    let (what, task, folder) = match &sub.tasks {
+        Tasks::Run { args, name } => (
+            format!(
+                "the sweep `{name}`: {} variants as a job array (one variant per task, all writing into one run folder)",
+                sub.variants
+            ),
+            format!(
+                "srun {ablate} run {} --shard \"$SLURM_ARRAY_TASK_ID/{}\" --run-id \"$SLURM_ARRAY_JOB_ID\"",
+                args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" "),
+                sub.variants
+            ),
+            format!("{}/\"$array\"_{}", quote(sub.runs_dir), quote(name)),
+        ),
+        Tasks::Resume { run, unfinished } => (
+            format!(
+                "the {} unfinished of {} variants of {run} as a job array (one variant per task)",
+                unfinished.len(),
+                sub.variants
+            ),
+            format!("srun {ablate} resume {} --shard \"$SLURM_ARRAY_TASK_ID/{}\"", quote(run), sub.variants),
+            quote(run),
+        ),
+    };
     let mut s = String::new();
     s.push_str("#!/usr/bin/env bash\n");
     s.push_str(&format!(
-        "# Submits the sweep `{}` to Slurm: {} variants as a job array (one variant per task, all\n\
-         # writing into one run folder), then a job that merges their summaries once every task\n\
-         # has ended. Made by `ablate slurm`; run it with bash on the login node.\n",
-        sub.name, sub.variants
+        "# Submits {what};\n\
+         # then a job that writes the run's summary once every task has ended (and fails if a\n\
+         # variant did). Made by `ablate slurm`; run it with bash on the login node.\n"
     ));
     s.push_str("set -euo pipefail\n");
     s.push_str(&format!("cd {}\n", quote(sub.workdir)));
     s.push_str(&format!("mkdir -p {}\n", quote(sub.runs_dir)));
-    s.push_str("array=$(sbatch --parsable <<'SBATCH'\n#!/usr/bin/env bash\n");
-    for d in &directives {
-        s.push_str(&format!("#SBATCH {d}\n"));
-    }
     s.push_str(&format!(
-        // The variant count itself, not $SLURM_ARRAY_TASK_COUNT: resubmitting some indices
-        // (--array=1,3) must not renumber the shards.
-        "srun {} run {} --shard \"$SLURM_ARRAY_TASK_ID/{}\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
-        quote(sub.ablate),
-        run_args.join(" "),
-        sub.variants
+        "array=$(sbatch --parsable \\\n{}  <<'SBATCH'\n#!/usr/bin/env bash\n{task}\nSBATCH\n)\n",
+        options(&task_options)
     ));
-    s.push_str("SBATCH\n)\n");
     s.push_str("array=${array%%;*} # --parsable prints <job id>[;<cluster>]\n");
-    let extra: String = common.iter().map(|d| format!(" {}", quote(d))).collect();
+    s.push_str(&format!("folder={folder}\n"));
+    let mut summary_options =
+        vec![format!("--job-name=ablate-{}-summary", sub.name), format!("--output={}/slurm-%j.out", sub.runs_dir)];
+    summary_options.extend(common);
     s.push_str(&format!(
-        "summary=$(sbatch --parsable --dependency=afterany:\"$array\" --job-name=ablate-{}-summary --output={}/slurm-%j.out{extra} \\\n  --wrap \"{} summarize {folder}\")\n",
-        sub.name,
-        sub.runs_dir,
-        quote(sub.ablate).replace('"', "\\\""),
+        "summary=$(sbatch --parsable --dependency=afterany:\"$array\" \\\n{}  --wrap \"$(printf '%q ' {ablate} summarize \"$folder\")\")\n",
+        options(&summary_options)
     ));
-    s.push_str(&format!(
-        "echo \"submitted job array $array and summary job ${{summary%%;*}}; the summary will be in {folder}/summary.md\"\n"
-    ));
+    s.push_str(
+        "echo \"submitted job array $array and summary job ${summary%%;*}; the summary will be in $folder/summary.md\"\n",
+    );
     s
 }
 
@@ -150,8 +197,6 @@ mod tests {
         for bad in ["3/3", "1", "a/2", "0/0", "-1/2"] {
             assert!(bad.parse::<Shard>().is_err(), "{bad}");
         }
-        assert_eq!(Shard::from_summary_file(&s.summary_file()), Some(s));
-        assert_eq!(Shard::from_summary_file("summary-3-of-2.csv"), None);
     }
 
     #[test]
@@ -173,41 +218,71 @@ mod tests {
         assert!(resolve(None, Some("../x".into()), |_| None).unwrap_err().contains("run id"));
     }
 
+    fn opts() -> SlurmOptions {
+        SlurmOptions {
+            partition: Some("gpu".into()),
+            gpus_per_task: Some(1),
+            time: Some("4:00:00".into()),
+            sbatch: vec!["account=abc".into()],
+            ..Default::default()
+        }
+    }
+
+    fn assert_valid_bash(s: &str) {
+        let out = std::process::Command::new("bash").args(["-n", "-c", s]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
     #[test]
     fn the_script_submits_an_array_and_a_dependent_summary() {
         let args = vec!["experiments/resnext.toml".to_string(), "--set".into(), "train.epochs=2".into()];
         let sub = Submission {
             ablate: "/opt/ablate/bin/ablate",
             workdir: "/home/me/proj",
-            run_args: &args,
-            runs_dir: "runs",
+            runs_dir: "my runs",
             name: "resnext",
             variants: 5,
+            tasks: Tasks::Run { args: &args, name: "resnext" },
         };
-        let opts = SlurmOptions {
-            partition: Some("gpu".into()),
-            gpus_per_task: Some(1),
-            time: Some("4:00:00".into()),
-            sbatch: vec!["account=abc".into()],
-            ..Default::default()
-        };
-        let s = script(&sub, &opts);
+        let s = script(&sub, &opts());
         for needle in [
-            "#SBATCH --array=0-4\n",
-            "#SBATCH --partition=gpu\n",
-            "#SBATCH --gpus-per-task=1\n",
-            "#SBATCH --time=4:00:00\n",
-            "#SBATCH --requeue\n#SBATCH --signal=USR1@300\n",
-            "srun /opt/ablate/bin/ablate run experiments/resnext.toml --set 'train.epochs=2' --shard \"$SLURM_ARRAY_TASK_ID/5\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
+            "  --array=0-4 \\\n",
+            "  '--output=my runs/slurm-%A_%a.out' \\\n",
+            "  --partition=gpu \\\n",
+            "  --gpus-per-task=1 \\\n",
+            "  --time=4:00:00 \\\n",
+            "  --requeue \\\n  --signal=USR1@300 \\\n",
+            "srun /opt/ablate/bin/ablate run experiments/resnext.toml --set train.epochs=2 --shard \"$SLURM_ARRAY_TASK_ID/5\" --run-id \"$SLURM_ARRAY_JOB_ID\"\n",
             // The summary job gets the same partition, time limit and extras.
-            "--job-name=ablate-resnext-summary --output=runs/slurm-%j.out '--partition=gpu' '--time=4:00:00' '--account=abc' \\\n",
-            "--dependency=afterany:\"$array\"",
-            "/opt/ablate/bin/ablate summarize runs/${array}_resnext",
+            "--dependency=afterany:\"$array\" \\\n  --job-name=ablate-resnext-summary \\\n  '--output=my runs/slurm-%j.out' \\\n  --partition=gpu \\\n  --time=4:00:00 \\\n  --account=abc \\\n",
+            "folder='my runs'/\"$array\"_resnext\n",
+            "--wrap \"$(printf '%q ' /opt/ablate/bin/ablate summarize \"$folder\")\"",
         ] {
             assert!(s.contains(needle), "missing {needle:?} in\n{s}");
         }
-        // The script is valid bash.
-        let out = std::process::Command::new("bash").args(["-n", "-c", &s]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!s.contains("#SBATCH --"), "options are on sbatch's command line:\n{s}");
+        assert_valid_bash(&s);
+    }
+
+    #[test]
+    fn a_resume_script_submits_the_unfinished_indices_into_the_same_folder() {
+        let sub = Submission {
+            ablate: "/opt/ablate/bin/ablate",
+            workdir: "/home/me/proj",
+            runs_dir: "runs",
+            name: "resnext",
+            variants: 5,
+            tasks: Tasks::Resume { run: "runs/881_resnext", unfinished: &[1, 3] },
+        };
+        let s = script(&sub, &opts());
+        for needle in [
+            "  --array=1,3 \\\n",
+            "srun /opt/ablate/bin/ablate resume runs/881_resnext --shard \"$SLURM_ARRAY_TASK_ID/5\"\n",
+            "folder=runs/881_resnext\n",
+            "--dependency=afterany:\"$array\" \\\n",
+        ] {
+            assert!(s.contains(needle), "missing {needle:?} in\n{s}");
+        }
+        assert_valid_bash(&s);
     }
 }

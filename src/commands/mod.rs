@@ -9,7 +9,7 @@ mod summarize;
 
 pub use check::check;
 pub use predict::{Which, predict};
-pub use resume::resume;
+pub use resume::{ResumeOptions, resume};
 pub use run::{RunOptions, run};
-pub use slurm::slurm;
-pub use summarize::{SortKey, compare, summarize};
+pub use slurm::{slurm, slurm_resume};
+pub use summarize::{SortKey, Summarized, compare, summarize};

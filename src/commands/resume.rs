@@ -9,29 +9,20 @@ use crate::executor::{self, Attempt, Env, Refused, resume_hint};
 use crate::output::log::RunLog;
 use crate::output::report::SummaryTable;
 use crate::output::run_folder::RunFolder;
-use crate::output::summary::{self, Row, Status};
+use crate::output::summary::{Row, Status};
 use crate::plan;
 use crate::spec::Shard;
 use crate::train::Interrupted;
 
-/// A sharded run: row `i` also goes into the summary file of the shard that owns it, which
-/// `ablate summarize` merges from (else a later summarize would bring back the old status).
-fn record_in_shard_file(folder: &RunFolder, i: usize, row: &Row) -> anyhow::Result<()> {
-    let Ok(entries) = std::fs::read_dir(folder.shards_dir()) else { return Ok(()) };
-    for entry in entries {
-        let path = entry?.path();
-        let Some(shard) = path.file_name().and_then(|n| n.to_str()).and_then(Shard::from_summary_file) else {
-            continue;
-        };
-        if shard.owns(i) {
-            let mut rows = summary::read(&path)?;
-            if let Some(r) = rows.get_mut(i) {
-                *r = row.clone();
-                summary::write_csv(&path, &rows)?;
-            }
-        }
-    }
-    Ok(())
+/// What `ablate resume` may do besides continuing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ResumeOptions {
+    pub device: Option<DeviceChoice>,
+    /// Continue although the dataset's files changed since the run started.
+    pub allow_data_change: bool,
+    /// Finish only this shard's variants (`ablate slurm --resume` gives each array task one),
+    /// beside other processes finishing theirs; default all, with the folder to itself.
+    pub shard: Option<Shard>,
 }
 
 /// Finishes the run at `run`. Variants that finished are kept, failed ones train again from
@@ -39,19 +30,20 @@ fn record_in_shard_file(folder: &RunFolder, i: usize, row: &Row) -> anyhow::Resu
 /// batch, generator positions) and ends with the weights an uninterrupted run would have.
 /// Each variant's own `config.toml` drives it; an edited one is refused, and so is a dataset
 /// whose files changed unless `allow_data_change`.
-pub fn resume(
-    run: &Path,
-    device: Option<DeviceChoice>,
-    allow_data_change: bool,
-    env: &mut Env,
-) -> anyhow::Result<PathBuf> {
+pub fn resume(run: &Path, opts: ResumeOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
     let folder = RunFolder::open(run)?;
-    let _lock = folder.lock()?;
-    let mut table = SummaryTable::read(run, folder.title())?;
-    folder.existing_variant(".").remove_temporaries()?;
-    let log = RunLog::append(&folder.log(None), RunLog::terminal_bars())?;
+    let _locks = match opts.shard {
+        Some(shard) => folder.lock_shard(shard)?.into(),
+        None => vec![folder.lock()?],
+    };
+    let shard = opts.shard.unwrap_or(Shard { index: 0, count: 1 });
+    let mut table = SummaryTable::collect(&folder)?;
+    if opts.shard.is_none() {
+        folder.existing_variant(".").remove_temporaries()?;
+    }
+    let log = RunLog::append(&folder.log(opts.shard), RunLog::terminal_bars())?;
     let (index, unfinished): (Vec<usize>, Vec<plan::Unfinished>) = (table.rows.iter().enumerate())
-        .filter(|(_, r)| r.status != Status::Ok)
+        .filter(|(i, r)| r.status != Status::Ok && shard.owns(*i))
         .map(|(i, r)| {
             let config = folder.existing_variant(&r.variant).config();
             (i, plan::Unfinished { folder: r.variant.clone(), values: r.values.clone(), config })
@@ -65,25 +57,31 @@ pub fn resume(
             Attempt::Retry
         } else {
             log.info(format!("resuming {}", v.folder));
-            Attempt::Resume { allow_data_change }
+            Attempt::Resume { allow_data_change: opts.allow_data_change }
         };
-        let result = executor::open_device(&v.spec, device)
+        let result = executor::open_device(&v.spec, opts.device)
             .and_then(|device| executor::train(&v, &folder.variant(&v.folder)?, (&device.0, device.1), env, attempt));
-        match result {
+        let row = match result {
             Err(e) if e.is::<Interrupted>() => return Err(resume_hint(e, run)),
             Err(e) if e.is::<Refused>() => return Err(e),
-            Ok(outcome) => table.rows[i] = Row::finished(&v.folder, &table.rows[i].values, v.size(), Ok(&outcome)),
+            Ok(outcome) => Row::finished(&v.folder, &table.rows[i].values, v.size(), Ok(&outcome)),
             Err(e) => {
                 log.info(format!("variant {} failed: {e:#}", v.folder));
-                table.rows[i] = Row { status: Status::Failed, error: Some(format!("{e:#}")), ..table.rows[i].clone() };
+                Row { status: Status::Failed, error: Some(format!("{e:#}")), ..table.rows[i].clone() }
             }
-        }
-        table.write(run)?;
-        record_in_shard_file(&folder, i, &table.rows[i])?;
+        };
+        table.record(&folder, i, row)?;
+        SummaryTable::refresh(&folder)?;
     }
     // Also when nothing was left to train: a kill may have stopped the last write of these.
-    table.write(run)?;
-    let failed = table.failed();
+    let table = SummaryTable::refresh(&folder)?;
+    let failed: Vec<&str> = table
+        .rows
+        .iter()
+        .enumerate()
+        .filter(|(i, r)| shard.owns(*i) && r.status == Status::Failed)
+        .map(|(_, r)| r.variant.as_str())
+        .collect();
     if !failed.is_empty() {
         bail!(
             "{} of {} variants failed ({}); see {}",

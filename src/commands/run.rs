@@ -94,12 +94,13 @@ fn write_records(run: &RunFolder, plan: &Plan) -> anyhow::Result<()> {
 fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
     let v = &plan.variants[0];
     let mut table = SummaryTable::new(plan.title.clone(), vec![pending(v)]);
+    table.write_list(run)?;
     table.write(run.path())?;
     let device = executor::open_device(&v.spec, opts.device)?;
     let result = executor::train(v, &run.variant(".")?, (&device.0, device.1), env, Attempt::Fresh);
     if !result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
-        table.rows[0] =
-            Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
+        let row = Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
+        table.record(run, 0, row)?;
         table.write(run.path())?;
         crate::output::crash::point("finish: summary written");
     }
@@ -108,16 +109,14 @@ fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) ->
 }
 
 /// A sweep or several experiments: this shard's variants in turn; a failure is recorded and
-/// the next goes on (unless `--fail-fast`).
+/// the next goes on (unless `--fail-fast`). Each variant's status goes into its own folder,
+/// and the run's summary is rewritten from all of them after each.
 fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, env: &mut Env) -> anyhow::Result<()> {
     let sharded = shard.count > 1;
-    // A requeued task continues: the rows it wrote before, its log.
-    let before = if opts.requeued && run.own_summary(shard).exists() {
-        Some(crate::output::summary::read(&run.own_summary(shard))?)
-    } else {
-        None
-    };
-    let log = if before.is_some() {
+    // A requeued task continues what it started (its log is there): the variants it finished
+    // are kept, the others resume.
+    let continuing = opts.requeued && run.log(Some(shard)).exists();
+    let log = if continuing {
         RunLog::append(&run.log(Some(shard)), RunLog::terminal_bars())?
     } else {
         RunLog::create(&run.log(Some(shard)), RunLog::terminal_bars())?
@@ -130,23 +129,30 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
         log.info(format!("{total} variants into {}", run.path().display()));
     }
     let mut table = SummaryTable::new(plan.title.clone(), plan.variants.iter().map(pending).collect());
-    if let Some(rows) = before.as_ref().filter(|rows| rows.len() == table.rows.len()) {
-        table.rows.clone_from(rows);
+    table.write_list(run)?;
+    if continuing {
+        table = SummaryTable::collect(run)?;
+        let listed: Vec<&str> = table.rows.iter().map(|r| r.variant.as_str()).collect();
+        let planned: Vec<&str> = plan.variants.iter().map(|v| v.folder.as_str()).collect();
+        if listed != planned {
+            bail!(
+                "{} lists the variants {listed:?}, the experiment now gives {planned:?}: it changed since the run started; continue the run with `ablate resume {}`",
+                run.variants_csv().display(),
+                run.path().display()
+            );
+        }
     }
-    // A shard writes its own summary (every row, its own filled in); `ablate summarize` merges.
-    let write = |table: &SummaryTable| {
-        if sharded { table.write_shard(&run.shard_summary(shard)) } else { table.write(run.path()) }
-    };
-    write(&table)?;
-    if shard.index == 0 && before.is_none() {
+    SummaryTable::refresh(run)?;
+    if shard.index == 0 && !continuing {
         // The HParams experiment: every hyper-parameter with the values it takes (one per run
         // folder: the first shard writes it).
         let sessions: Vec<&[(String, toml::Value)]> = plan.variants.iter().map(|v| v.hparams.as_slice()).collect();
         TensorBoardSink::create(run.path())
             .add_summary(hparams::experiment(&hparams::domains(&sessions), hparams::now_secs()));
     }
+    let mut failed = Vec::new();
     for (i, v) in plan.variants.iter().enumerate().filter(|(i, _)| shard.owns(*i)) {
-        let attempt = match (before.is_some(), table.rows[i].status) {
+        let attempt = match (continuing, table.rows[i].status) {
             (true, Status::Ok) => continue,
             (true, Status::Pending) => Attempt::Resume { allow_data_change: false },
             (true, Status::Failed) => Attempt::Retry,
@@ -158,31 +164,33 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
         if result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
             return Err(resume_hint(result.unwrap_err(), run.path()));
         }
-        table.rows[i] =
-            Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
-        write(&table)?;
+        let row = Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
+        table.record(run, i, row)?;
+        let summary = SummaryTable::refresh(run)?;
         if let Err(err) = result {
             log.info(format!("variant {} failed: {err:#}", v.folder));
+            failed.push(v.folder.as_str());
             if opts.fail_fast {
                 return Err(err.context(format!("variant {} failed (--fail-fast)", v.folder)));
             }
         }
+        if !sharded && i + 1 == total {
+            log.info(format!("summary:\n{}", summary.markdown()));
+        }
     }
     if sharded {
         log.info(format!(
-            "shard {shard} done; once every shard is, merge their summaries with: ablate summarize {}",
+            "shard {shard} done; {} has every variant finished so far (`ablate summarize {}` once all shards have ended)",
+            run.path().join("summary.md").display(),
             run.path().display()
         ));
-    } else {
-        log.info(format!("summary:\n{}", table.markdown()));
     }
-    let failed = table.failed();
     if !failed.is_empty() {
         bail!(
             "{} of {owned} variants failed ({}); see {}",
             failed.len(),
             failed.join(", "),
-            run.path().join(if sharded { "log.shard-*.txt" } else { "summary.md" }).display()
+            run.path().join("summary.md").display()
         );
     }
     Ok(())

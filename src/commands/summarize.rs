@@ -8,23 +8,51 @@ use crate::output::report::SummaryTable;
 use crate::output::run_folder::RunFolder;
 use crate::output::summary::{self, Row};
 
-/// Merges a sharded run's shard summaries into `summary.csv`, `summary.md` and `summary.png`,
-/// or redraws them from an unsharded run's `summary.csv`. Returns the markdown table and a
-/// note per shard that has not written its summary, and one if variants are unfinished.
-pub fn summarize(run: &Path) -> anyhow::Result<(String, Vec<String>)> {
+/// A run's summary, rewritten by [`summarize`].
+#[derive(Debug, Clone)]
+pub struct Summarized {
+    pub run: PathBuf,
+    /// The table as markdown.
+    pub markdown: String,
+    pub failed: Vec<String>,
+    pub pending: Vec<String>,
+}
+
+impl Summarized {
+    /// `Ok` when every variant finished well; else an error naming the failed and unfinished
+    /// variants and the command that finishes them (the Slurm summary job's exit status).
+    pub fn complete(&self) -> anyhow::Result<()> {
+        let mut parts = Vec::new();
+        if !self.failed.is_empty() {
+            parts.push(format!("{} failed ({})", self.failed.len(), self.failed.join(", ")));
+        }
+        if !self.pending.is_empty() {
+            parts.push(format!("{} not finished ({})", self.pending.len(), self.pending.join(", ")));
+        }
+        if parts.is_empty() {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "{} of the run's variants: train them with `ablate resume {run}` (or on Slurm: `ablate slurm --resume {run} | bash`)",
+            parts.join(" and "),
+            run = self.run.display()
+        )
+    }
+}
+
+/// Rewrites a run's `summary.csv`, `summary.md` and `summary.png` from its variants' folders
+/// (whichever processes trained them: the shards of a sweep, a resume).
+pub fn summarize(run: &Path) -> anyhow::Result<Summarized> {
     let folder = RunFolder::open(run)?;
     let _lock = folder.lock()?;
-    let (table, mut notes) = if folder.shards_dir().is_dir() {
-        SummaryTable::merge_shards(&folder.shards_dir(), folder.title())?
-    } else {
-        (SummaryTable::read(run, folder.title())?, Vec::new())
-    };
-    let unfinished = table.pending().len();
-    if unfinished > 0 {
-        notes.push(format!("{unfinished} of {} variants not finished (pending)", table.rows.len()));
-    }
-    table.write(run)?;
-    Ok((table.markdown(), notes))
+    let table = SummaryTable::refresh(&folder)?;
+    let names = |v: Vec<&str>| v.into_iter().map(String::from).collect();
+    Ok(Summarized {
+        run: run.to_path_buf(),
+        markdown: table.markdown(),
+        failed: names(table.failed()),
+        pending: names(table.pending()),
+    })
 }
 
 /// A column `compare` sorts by, best first.

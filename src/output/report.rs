@@ -1,14 +1,15 @@
 //! A run's summary as one value: [`SummaryTable`], its rows, and its files together (the
-//! table as `summary.csv` and `summary.md`, its plot as `summary.png`). Here rather than in
+//! table as `summary.csv` and `summary.md`, its plot as `summary.png`), made from the variants'
+//! own `status.toml` files. Here rather than in
 //! `summary`, so that the plot, which reads the table's rows, and the table do not import each
 //! other.
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 
+use super::run_folder::RunFolder;
 use super::summary::{self, Row, Status};
-use crate::spec::Shard;
 
 /// A run's summary: one row per variant, in the plan's order.
 #[derive(Debug, Clone)]
@@ -22,49 +23,50 @@ impl SummaryTable {
         Self { title, rows }
     }
 
-    /// The table a run folder's `summary.csv` holds.
-    pub fn read(run: &Path, title: String) -> anyhow::Result<Self> {
-        let path = run.join("summary.csv");
-        let rows =
-            summary::read(&path).with_context(|| format!("{}: not a run folder made by ablate run", run.display()))?;
-        Ok(Self { title, rows })
-    }
-
-    /// Merges a sharded run's shard summaries (`shards/summary-I-of-N.csv`, row `i` taken from
-    /// shard `i mod N`); returns the table and a note per shard that has not written its
-    /// summary (its variants stay `pending`).
-    pub fn merge_shards(shards_dir: &Path, title: String) -> anyhow::Result<(Self, Vec<String>)> {
-        let mut found: Vec<(Shard, Vec<Row>)> = Vec::new();
-        for entry in std::fs::read_dir(shards_dir)? {
-            let path = entry?.path();
-            let Some(shard) = path.file_name().and_then(|n| n.to_str()).and_then(Shard::from_summary_file) else {
-                continue;
-            };
-            let rows = summary::read(&path).with_context(|| format!("reading {}", path.display()))?;
-            found.push((shard, rows));
-        }
-        let Some(count) = found.first().map(|(s, _)| s.count) else {
-            bail!("{}: no shard summaries (summary-I-of-N.csv) yet", shards_dir.display());
-        };
-        if let Some((s, _)) = found.iter().find(|(s, _)| s.count != count) {
-            bail!("{}: shard summaries of different shard counts ({count} and {})", shards_dir.display(), s.count);
-        }
-        let mut rows = found[0].1.clone();
-        if let Some((s, r)) = found.iter().find(|(_, r)| r.len() != rows.len()) {
-            bail!("{}: shard {s} lists {} variants, another {}", shards_dir.display(), r.len(), rows.len());
-        }
-        let mut notes = Vec::new();
-        for index in 0..count {
-            match found.iter().find(|(s, _)| s.index == index) {
-                Some((s, theirs)) => {
-                    for (i, row) in rows.iter_mut().enumerate().filter(|(i, _)| s.owns(*i)) {
-                        *row = theirs[i].clone();
-                    }
-                }
-                None => notes.push(format!("shard {index}/{count} has not written its summary yet")),
+    /// The run's table as its variants' folders say it is: the variant list of `variants.csv`
+    /// (written once, when the run started), each row replaced by its folder's `status.toml`
+    /// when the variant has ended. Nothing else records a status, so `run`, its shards,
+    /// `resume` and `summarize` cannot disagree. A folder from before `variants.csv` existed
+    /// lists its variants in `summary.csv`.
+    pub fn collect(folder: &RunFolder) -> anyhow::Result<Self> {
+        let list = if folder.variants_csv().is_file() { folder.variants_csv() } else { folder.summary_csv() };
+        let mut rows = summary::read(&list).with_context(|| format!("reading {}", list.display()))?;
+        for row in &mut rows {
+            if let Some(ended) = summary::read_status(&folder.existing_variant(&row.variant).status())? {
+                *row = ended;
             }
         }
-        Ok((Self { title, rows }, notes))
+        Ok(Self { title: folder.title(), rows })
+    }
+
+    /// Writes `variants.csv`, the run's variant list (every row pending), unless it is there:
+    /// every shard of a sweep writes the same list, whichever lands first is kept.
+    pub fn write_list(&self, folder: &RunFolder) -> anyhow::Result<()> {
+        if !folder.variants_csv().exists() {
+            let pending: Vec<Row> =
+                self.rows.iter().map(|r| Row::pending(&r.variant, &r.values, (r.params, r.macs))).collect();
+            summary::write_csv(&folder.variants_csv(), &pending)?;
+        }
+        Ok(())
+    }
+
+    /// Records how variant `i` ended: its folder's `status.toml`, and this table's row.
+    pub fn record(&mut self, folder: &RunFolder, i: usize, row: Row) -> anyhow::Result<()> {
+        summary::write_status(&folder.existing_variant(&row.variant).status(), &row)?;
+        self.rows[i] = row;
+        Ok(())
+    }
+
+    /// Rewrites the run's `summary.csv`, `.md` and `.png` from its folders (see [`collect`]),
+    /// under the folder's summary lock: processes that finish variants at once (the shards of
+    /// a sweep) each write a table with every status recorded before theirs.
+    ///
+    /// [`collect`]: Self::collect
+    pub fn refresh(folder: &RunFolder) -> anyhow::Result<Self> {
+        let _lock = folder.lock_summary()?;
+        let table = Self::collect(folder)?;
+        table.write(folder.path())?;
+        Ok(table)
     }
 
     /// Folders of the variants that failed.
@@ -89,13 +91,5 @@ impl SummaryTable {
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         summary::write_tables(dir, &self.title, &self.rows)?;
         super::plot::write_png(&dir.join("summary.png"), &self.title, &self.rows)
-    }
-
-    /// Writes the rows alone, as a shard's `summary-I-of-N.csv` at `path`.
-    pub fn write_shard(&self, path: &Path) -> anyhow::Result<()> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
-        }
-        summary::write_csv(path, &self.rows)
     }
 }

@@ -25,41 +25,36 @@ impl RunFolder {
     }
 
     /// `<runs_dir>/<id>_<title>`, shared by the shards of one sweep. A shard (or unsharded
-    /// run) that already ran there is refused: a run id is used once, unless `requeued` (Slurm
-    /// runs a pre-empted or failed task again: it continues what it left).
+    /// run) that already ran there (its log exists) is refused: a run id is used once, unless
+    /// `requeued` (Slurm runs a pre-empted or failed task again: it continues what it left).
     pub fn shared(runs_dir: &Path, title: &str, id: &str, shard: Shard, requeued: bool) -> anyhow::Result<Self> {
         let root = runs_dir.join(shared_name(id, title));
         std::fs::create_dir_all(&root).with_context(|| format!("cannot create the run folder {}", root.display()))?;
         let folder = Self { root };
-        let mine = folder.own_summary(shard);
-        if requeued {
-            return Ok(folder);
-        }
-        for done in [&mine, &folder.summary_csv()] {
-            if done.exists() {
-                bail!(
-                    "{} exists: run id {id} was used before (shard {shard}); pick another --run-id, or continue it with `ablate resume {}`",
-                    done.display(),
-                    folder.root.display()
-                );
-            }
+        let mine = folder.log(Some(shard));
+        if !requeued && mine.exists() {
+            bail!(
+                "{} exists: run id {id} was used before (shard {shard}); pick another --run-id, or continue it with `ablate resume {}`",
+                mine.display(),
+                folder.root.display()
+            );
         }
         Ok(folder)
     }
 
-    /// An existing run folder made by `ablate run` (it has a summary, or shard summaries).
+    /// An existing run folder made by `ablate run` (it has its variant list).
     pub fn open(root: &Path) -> anyhow::Result<Self> {
         let folder = Self { root: root.to_path_buf() };
-        if !folder.summary_csv().is_file() && !folder.shards_dir().is_dir() {
+        if !folder.variants_csv().is_file() && !folder.summary_csv().is_file() {
             // `run` takes its lock right after creating the folder: a folder with the lock file (or
-            // nothing at all) and no summary is a run killed while it was being set up.
+            // nothing at all) and no variant list is a run killed while it was being set up.
             if root.join(".lock").is_file() || root.read_dir().is_ok_and(|mut d| d.next().is_none()) {
                 bail!(
-                    "{}: this run was stopped before its first variant started (it has no summary.csv yet): nothing to resume; start it again with ablate run",
+                    "{}: this run was stopped before its first variant started (it has no variants.csv yet): nothing to resume; start it again with ablate run",
                     root.display()
                 );
             }
-            bail!("{}: not a run folder made by ablate run (no summary.csv)", root.display());
+            bail!("{}: not a run folder made by ablate run (no variants.csv)", root.display());
         }
         Ok(folder)
     }
@@ -88,6 +83,14 @@ impl RunFolder {
             Ok(()) => Ok([RunLock { _file: shared }, RunLock::holding(own)]),
             Err(_) => Err(self.busy(&name)),
         }
+    }
+
+    /// Waits for, then holds, the lock of the run's summary files while one process rewrites
+    /// them (a shard finishing a variant while another does).
+    pub fn lock_summary(&self) -> anyhow::Result<RunLock> {
+        let file = self.lock_file(".lock.summary")?;
+        file.lock().with_context(|| format!("cannot lock {}", self.root.join(".lock.summary").display()))?;
+        Ok(RunLock { _file: file })
     }
 
     fn lock_file(&self, name: &str) -> anyhow::Result<std::fs::File> {
@@ -137,22 +140,13 @@ impl RunFolder {
         VariantFolder { dir: if name == "." { self.root.clone() } else { self.root.join(name) } }
     }
 
-    /// The summary a shard (or an unsharded run) writes.
-    pub fn own_summary(&self, shard: Shard) -> PathBuf {
-        if shard.count > 1 { self.shard_summary(shard) } else { self.summary_csv() }
-    }
-
     pub fn summary_csv(&self) -> PathBuf {
         self.root.join("summary.csv")
     }
 
-    /// Where shards write their own summaries.
-    pub fn shards_dir(&self) -> PathBuf {
-        self.root.join("shards")
-    }
-
-    pub fn shard_summary(&self, shard: Shard) -> PathBuf {
-        self.shards_dir().join(shard.summary_file())
+    /// The run's variants in order, each as it was before training (written once).
+    pub fn variants_csv(&self) -> PathBuf {
+        self.root.join("variants.csv")
     }
 
     /// The run's own log (a sweep's: which variant when); a shard writes its own.
@@ -202,6 +196,10 @@ impl VariantFolder {
     }
     pub fn log(&self) -> PathBuf {
         self.dir.join("log.txt")
+    }
+    /// How the variant ended (`ok` or `failed`, with its results); absent until it has.
+    pub fn status(&self) -> PathBuf {
+        self.dir.join("status.toml")
     }
     pub fn metrics(&self) -> PathBuf {
         self.dir.join("metrics.csv")

@@ -87,10 +87,26 @@ pub fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     Ok(write_atomic(path, &w.into_inner()?)?)
 }
 
-/// Reads a `summary.csv`.
+/// Reads a `summary.csv` (or a run's `variants.csv`: the same columns).
 pub fn read(path: &Path) -> anyhow::Result<Vec<Row>> {
     let mut r = csv::Reader::from_path(path)?;
     Ok(r.deserialize().collect::<Result<_, _>>()?)
+}
+
+/// Writes a variant's own record of how it ended (`status.toml` in its folder), atomically:
+/// the one place its status lives; summaries are made from these.
+pub fn write_status(path: &Path, row: &Row) -> anyhow::Result<()> {
+    let text = toml::to_string(row)?;
+    write_atomic(path, text.as_bytes()).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+}
+
+/// Reads a variant's `status.toml`; `None` when it has none (it has not ended yet).
+pub fn read_status(path: &Path) -> anyhow::Result<Option<Row>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Some(toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display())),
+    }
 }
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -160,5 +176,11 @@ mod tests {
         let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
         assert!(md.contains("| groups=1 | 1,234 | 5,678 | 0.9000 |"), "{md}");
         assert!(md.contains("failed: loss \\| NaN"), "{md}");
+        for row in &rows {
+            let path = dir.path().join("status.toml");
+            write_status(&path, row).unwrap();
+            assert_eq!(read_status(&path).unwrap().as_ref(), Some(row));
+        }
+        assert_eq!(read_status(&dir.path().join("none.toml")).unwrap(), None);
     }
 }

@@ -17,18 +17,6 @@ impl Shard {
         variant % self.count == self.index
     }
 
-    /// The shard's summary file name under `<run>/shards/`.
-    pub fn summary_file(&self) -> String {
-        format!("summary-{}-of-{}.csv", self.index, self.count)
-    }
-
-    /// Parses a [`Shard::summary_file`] name back.
-    pub fn from_summary_file(name: &str) -> Option<Shard> {
-        let rest = name.strip_prefix("summary-")?.strip_suffix(".csv")?;
-        let (i, n) = rest.split_once("-of-")?;
-        Shard::new(i.parse().ok()?, n.parse().ok()?).ok()
-    }
-
     pub fn new(index: usize, count: usize) -> Result<Shard, String> {
         if count == 0 {
             return Err("the shard count must be at least 1".into());

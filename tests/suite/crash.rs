@@ -155,7 +155,7 @@ fn a_kill_at_any_point_resumes_to_the_same_bytes() {
         let status = child.wait().unwrap();
         kills += usize::from(status.signal() == Some(libc::SIGKILL));
         let run = only_run(&runs);
-        if !run.join("summary.csv").exists() {
+        if !run.join("variants.csv").exists() {
             // Killed before anything trained: resume says so, and a new run is the way on.
             let out = resume_cmd(&run).stderr(Stdio::piped()).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);

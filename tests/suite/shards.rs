@@ -1,5 +1,5 @@
-//! Scale-out: shards of one sweep in parallel processes, one shared run folder, one merged
-//! summary; the Slurm submission script.
+//! Scale-out: shards of one sweep in parallel processes, one shared run folder, one summary
+//! made from every variant's own status; the Slurm submission scripts.
 
 use std::process::Command;
 
@@ -23,7 +23,7 @@ fn sweep3(dir: &std::path::Path) -> std::path::PathBuf {
 }
 
 #[test]
-fn two_shards_in_parallel_fill_one_run_folder_and_summarize_merges_them() {
+fn two_shards_in_parallel_fill_one_run_folder_and_one_summary() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = sweep3(tmp.path());
     let runs = tmp.path().join("runs");
@@ -57,10 +57,14 @@ fn two_shards_in_parallel_fill_one_run_folder_and_summarize_merges_them() {
         let text = std::fs::read_to_string(run.join(format!("log.shard-{log}-of-2.txt"))).unwrap();
         assert!(text.contains(&format!(": {v}\n")), "{v} not in shard {log}'s log:\n{text}");
     }
-    assert!(!run.join("summary.csv").exists(), "shards do not write the merged summary");
-    let shard0 = ablate::read_summary(&run.join("shards/summary-0-of-2.csv")).unwrap();
-    let statuses: Vec<Status> = shard0.iter().map(|r| r.status).collect();
-    assert_eq!(statuses, [Status::Ok, Status::Pending, Status::Ok]);
+    // Each variant records its own status; each shard rewrites the summary from all of them
+    // under the summary lock, so whichever finished last wrote every variant.
+    for v in ["width=2", "width=4", "width=6"] {
+        let status = std::fs::read_to_string(run.join(v).join("status.toml")).unwrap();
+        assert!(status.contains("status = \"ok\""), "{v}: {status}");
+    }
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
 
     ablate().arg("summarize").arg(&run).assert().success().stdout(predicate::str::contains("| width=4 |"));
     let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
@@ -86,7 +90,7 @@ fn two_shards_in_parallel_fill_one_run_folder_and_summarize_merges_them() {
 }
 
 #[test]
-fn summarize_reports_a_shard_that_has_not_finished() {
+fn summarize_reports_the_variants_not_finished_and_fails() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = sweep3(tmp.path());
     let runs = tmp.path().join("runs");
@@ -99,13 +103,15 @@ fn summarize_reports_a_shard_that_has_not_finished() {
         .assert()
         .success();
     let run = runs.join("j7_tiny");
+    // The summary is written, and its exit status says the run is not complete.
     ablate()
         .arg("summarize")
         .arg(&run)
         .assert()
-        .success()
-        .stderr(predicate::str::contains("shard 0/3 has not written its summary yet"))
-        .stderr(predicate::str::contains("2 of 3 variants not finished"));
+        .failure()
+        .stdout(predicate::str::contains("| width=6 |"))
+        .stderr(predicate::str::contains("2 not finished (width=2, width=4) of the run's variants"))
+        .stderr(predicate::str::contains("ablate slurm --resume"));
     let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Pending, Status::Pending, Status::Ok]);
     // Every variant's config is there, so `ablate resume` can finish the missing ones.
@@ -115,6 +121,7 @@ fn summarize_reports_a_shard_that_has_not_finished() {
     ablate().arg("resume").arg(&run).assert().success();
     let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
+    ablate().arg("summarize").arg(&run).assert().success();
 }
 
 /// Stand-ins for Slurm's commands: `sbatch` runs a job array's tasks at once (each with the
@@ -122,35 +129,60 @@ fn summarize_reports_a_shard_that_has_not_finished() {
 /// as `afterany` would; `srun` runs its command.
 const FAKE_SBATCH: &str = r#"#!/usr/bin/env bash
 set -e
-wrap=
+wrap=; array=
 while [ $# -gt 0 ]; do
   case "$1" in
     --wrap) wrap="$2"; shift 2;;
+    --array=*) array="${1#--array=}"; shift;;
     *) shift;;
   esac
 done
-if [ -n "$wrap" ]; then bash -c "$wrap" > summary.out 2>&1; echo 4243; exit 0; fi
+if [ -n "$wrap" ]; then
+  status=0; sh -c "$wrap" > summary.out 2>&1 || status=$?
+  echo "$status" > summary.status; echo 4243; exit 0
+fi
+case "$array" in *-*) ids=$(seq "${array%-*}" "${array#*-}");; *) ids=${array//,/ };; esac
 script=$(cat)
-last=$(printf '%s\n' "$script" | sed -n 's/^#SBATCH --array=0-\([0-9]*\)$/\1/p')
 pids=()
-for i in $(seq 0 "$last"); do
-  SLURM_ARRAY_JOB_ID=4242 SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_COUNT=$((last + 1)) \
+for i in $ids; do
+  SLURM_ARRAY_JOB_ID=4242 SLURM_ARRAY_TASK_ID=$i SLURM_ARRAY_TASK_COUNT=$(wc -w <<<"$ids") \
     bash -c "$script" > "task$i.out" 2>&1 &
   pids+=($!)
 done
-for p in "${pids[@]}"; do wait "$p"; done
+for p in "${pids[@]}"; do wait "$p" || true; done
 echo "4242;cluster"
 "#;
+
+/// Puts the stand-in `sbatch` and `srun` (with the body `srun`) in `dir/fake-slurm`; returns
+/// the PATH to run with.
+fn fake_slurm(dir: &std::path::Path, srun: &str) -> String {
+    let bin = dir.join("fake-slurm");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (name, body) in [("sbatch", FAKE_SBATCH), ("srun", srun)] {
+        std::fs::write(bin.join(name), body).unwrap();
+        std::process::Command::new("chmod").arg("+x").arg(bin.join(name)).status().unwrap();
+    }
+    format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())
+}
+
+/// What the stand-in Slurm's tasks printed.
+fn task_logs(dir: &std::path::Path) -> String {
+    (0..3)
+        .map(|i| std::fs::read_to_string(dir.join(format!("task{i}.out"))).unwrap_or_default())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
 
 #[test]
 fn the_slurm_script_runs_one_task_per_variant_then_the_summary() {
     let tmp = tempfile::tempdir().unwrap();
     let exp = sweep3(tmp.path());
+    // A runs folder with a space in its name: the script quotes every path.
     let script = ablate()
         .current_dir(tmp.path())
         .arg("slurm")
         .arg("tiny.toml")
-        .args(["--partition", "gpu", "--gpus-per-task", "1", "--time", "1:00:00"])
+        .args(["--runs-dir", "my runs", "--partition", "gpu", "--gpus-per-task", "1", "--time", "1:00:00"])
         .assert()
         .success()
         .get_output()
@@ -158,29 +190,59 @@ fn the_slurm_script_runs_one_task_per_variant_then_the_summary() {
         .clone();
     let script = String::from_utf8(script).unwrap();
     assert!(exp.is_file());
-    for needle in ["#SBATCH --array=0-2\n", "#SBATCH --partition=gpu\n", " summarize runs/${array}_tiny\""] {
+    for needle in ["  --array=0-2 \\\n", "  --partition=gpu \\\n", "folder='my runs'/\"$array\"_tiny\n"] {
         assert!(script.contains(needle), "missing {needle:?} in\n{script}");
     }
-    // Submit it to the stand-in Slurm and check the merged result.
-    let bin = tmp.path().join("fake-slurm");
-    std::fs::create_dir(&bin).unwrap();
-    for (name, body) in [("sbatch", FAKE_SBATCH), ("srun", "#!/bin/sh\nexec \"$@\"\n")] {
-        std::fs::write(bin.join(name), body).unwrap();
-        std::process::Command::new("chmod").arg("+x").arg(bin.join(name)).status().unwrap();
-    }
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    // Submit it to the stand-in Slurm and check the result.
+    let path = fake_slurm(tmp.path(), "#!/bin/sh\nexec \"$@\"\n");
     let out = Command::new("bash").arg("-c").arg(&script).env("PATH", path).current_dir(tmp.path()).output().unwrap();
-    let task_logs = || {
-        (0..3)
-            .map(|i| std::fs::read_to_string(tmp.path().join(format!("task{i}.out"))).unwrap_or_default())
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), task_logs());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("runs/4242_tiny/summary.md"));
-    let rows = ablate::read_summary(&tmp.path().join("runs/4242_tiny/summary.csv")).unwrap();
+    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), task_logs(tmp.path()));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("my runs/4242_tiny/summary.md"));
+    let rows = ablate::read_summary(&tmp.path().join("my runs/4242_tiny/summary.csv")).unwrap();
     assert_eq!(rows.len(), 3);
-    assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}\n{}", task_logs());
+    assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}\n{}", task_logs(tmp.path()));
+    assert_eq!(std::fs::read_to_string(tmp.path().join("summary.status")).unwrap().trim(), "0");
+}
+
+/// `ablate slurm --resume` resubmits just the unfinished variants, by their indices, into the
+/// same folder; the summary job fails while a variant is unfinished and succeeds after.
+#[test]
+fn a_resume_script_finishes_the_unfinished_variants_in_the_same_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    sweep3(tmp.path());
+    let submit = |args: &[&str], srun: &str| {
+        let script = ablate().current_dir(tmp.path()).arg("slurm").args(args).assert().success();
+        let script = String::from_utf8(script.get_output().stdout.clone()).unwrap();
+        let path = fake_slurm(tmp.path(), srun);
+        let out = Command::new("bash").arg("-c").arg(&script).env("PATH", &path).current_dir(tmp.path()).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), task_logs(tmp.path()));
+        let summary = std::fs::read_to_string(tmp.path().join("summary.out")).unwrap();
+        (script, std::fs::read_to_string(tmp.path().join("summary.status")).unwrap().trim().to_string(), summary)
+    };
+    // Tasks 0 and 2 are cancelled before they start: only the middle variant trains, and the
+    // summary job fails, naming the others.
+    let cancelled = "#!/bin/sh\n[ \"$SLURM_ARRAY_TASK_ID\" = 1 ] || exit 143\nexec \"$@\"\n";
+    let (_, status, summary) = submit(&["tiny.toml"], cancelled);
+    assert_ne!(status, "0", "{summary}");
+    assert!(summary.contains("2 not finished (width=2, width=6)"), "{summary}");
+    let run = tmp.path().join("runs/4242_tiny");
+    let trained = std::fs::read(run.join("width=4/checkpoints/best.safetensors")).unwrap();
+
+    let (script, status, summary) = submit(&["--resume", "runs/4242_tiny"], "#!/bin/sh\nexec \"$@\"\n");
+    assert!(script.contains("  --array=0,2 \\\n"), "{script}");
+    assert!(script.contains(&format!(" resume {} --shard \"$SLURM_ARRAY_TASK_ID/3\"\n", run.display())), "{script}");
+    assert_eq!(status, "0", "{summary}");
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}\n{}", task_logs(tmp.path()));
+    assert_eq!(std::fs::read(run.join("width=4/checkpoints/best.safetensors")).unwrap(), trained, "kept");
+    // Nothing left: no script.
+    ablate()
+        .current_dir(tmp.path())
+        .args(["slurm", "--resume", "runs/4242_tiny"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("every variant finished"));
 }
 
 /// A Slurm task sizes ablate's thread pools to its `--cpus-per-task`.
@@ -222,7 +284,7 @@ fn a_requeued_task_continues_where_it_stopped() {
     let run = runs.join("77_tiny");
     task(None).assert().failure().stderr(predicate::str::contains("run id 77 was used before"));
     task(Some("1")).assert().success();
-    let rows = ablate::read_summary(&run.join("shards/summary-0-of-2.csv")).unwrap();
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Ok, Status::Pending, Status::Ok]);
     let log = std::fs::read_to_string(run.join("log.shard-0-of-2.txt")).unwrap();
     assert_eq!(log.matches("variant 1/3: width=2").count(), 1, "the finished variant is kept:\n{log}");
@@ -244,12 +306,7 @@ fn summarize_after_resume_keeps_the_resumed_variants() {
     task("0/2").assert().success();
     task("1/2").args(["--stop-after-steps", "1"]).assert().code(130);
     let run = runs.join("88_tiny");
-    ablate()
-        .arg("summarize")
-        .arg(&run)
-        .assert()
-        .success()
-        .stderr(predicate::str::contains("1 of 3 variants not finished"));
+    ablate().arg("summarize").arg(&run).assert().failure().stderr(predicate::str::contains("1 not finished (width=4)"));
     ablate().arg("resume").arg(&run).assert().success();
     ablate().arg("summarize").arg(&run).assert().success().stderr(predicate::str::contains("not finished").not());
     let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
