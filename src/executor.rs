@@ -214,6 +214,7 @@ pub fn loader(spec: &Spec, items: Arc<Vec<Item>>, pipeline: &[Transform]) -> Loa
     let mut l = Loader::new(items, pipeline.to_vec(), spec.input_hw, spec.data.batch_size);
     l.prefetch = spec.data.prefetch;
     l.skip_bad = spec.data.skip_bad;
+    l.max_pixels = spec.data.max_pixels;
     l.seed = spec.seed;
     l
 }

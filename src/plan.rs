@@ -18,6 +18,7 @@ pub use crate::config::Override;
 use crate::config::load::{self, Sources};
 use crate::config::resolve;
 use crate::config::sweep::{Sweep, Variant, format_value};
+use crate::data::DataError;
 use crate::data::folder::{self, Item};
 use crate::model::{Model, Summary, weights};
 use crate::spec::Spec;
@@ -237,10 +238,14 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
     let classes = folder::class_names(&train_dir, exp.data.classes.as_deref())?;
     let spec = resolve(exp, &file.display().to_string(), classes)?;
     let items = Arc::new(folder::labelled(&spec.train_dir(), &spec.class_names)?);
+    folder::check_split(&items, &spec.class_names, spec.data.val_fraction, spec.seed).map_err(anyhow::Error::msg)?;
     let test_items = match spec.test_dir() {
-        Some(dir) => Some(Arc::new(folder::unlabelled(&dir).context(
-            "no test images: point data.test_dir at them, or set data.test_dir = \"\" to train without a submission",
-        )?)),
+        Some(dir) => Some(Arc::new(folder::unlabelled(&dir, spec.submission.id).map_err(|e| match e {
+            DataError::NoImages { .. } => anyhow::Error::new(e).context(
+                "no test images: point data.test_dir at them, or set data.test_dir = \"\" to train without a submission",
+            ),
+            e => e.into(),
+        })?)),
         None => None,
     };
     let mut model = Model::build(&spec.layers, spec.input_hw, spec.seed, &Device::Cpu)?;

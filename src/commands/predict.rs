@@ -51,7 +51,7 @@ pub fn predict(
         (Some(d), _) => d.to_path_buf(),
         (None, _) => spec.test_dir().context("the run has no data.test_dir: pass --data DIR")?,
     };
-    let items = Arc::new(folder::unlabelled(&test_dir)?);
+    let items = Arc::new(folder::unlabelled(&test_dir, spec.submission.id)?);
     let (device, _) = executor::open_device(&spec, device)?;
     let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &device)?;
     variant.saved().load_weights(&model, which.name())?;

@@ -55,7 +55,7 @@ pub fn run(opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
     // Held until the run ends; the shards of one sweep share the folder, one process each.
     let _lock = if shard.count > 1 { run.lock_shard(shard)?.into() } else { vec![run.lock()?] };
     write_records(&run, &plan)?;
-    if plan.is_single() && opts.run_id.is_none() {
+    if plan.is_single() && shard.count == 1 {
         return run_single(&run, &plan, opts, env);
     }
     run_variants(&run, &plan, opts, shard, env)?;
@@ -93,11 +93,19 @@ fn write_records(run: &RunFolder, plan: &Plan) -> anyhow::Result<()> {
 /// run's.
 fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
     let v = &plan.variants[0];
+    // Slurm ran this task before (`--run-id`, requeued): it continues what it left.
+    let before = opts.requeued && run.variants_csv().exists();
+    let attempt = match before.then(|| SummaryTable::collect(run)).transpose()? {
+        Some(before) if before.rows[0].status == Status::Ok => return Ok(run.path().to_path_buf()),
+        Some(before) if before.rows[0].status == Status::Failed => Attempt::Retry,
+        Some(_) => Attempt::Resume { allow_data_change: false },
+        None => Attempt::Fresh,
+    };
     let mut table = SummaryTable::new(plan.title.clone(), vec![pending(v)]);
     table.write_list(run)?;
     table.write(run.path())?;
     let device = executor::open_device(&v.spec, opts.device)?;
-    let result = executor::train(v, &run.variant(".")?, (&device.0, device.1), env, Attempt::Fresh);
+    let result = executor::train(v, &run.variant(".")?, (&device.0, device.1), env, attempt);
     if !result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
         let row = Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
         table.record(run, 0, row)?;
@@ -143,7 +151,8 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
         }
     }
     SummaryTable::refresh(run)?;
-    if shard.index == 0 && !continuing {
+    // (A single variant at the folder's root records its own HParams session there.)
+    if shard.index == 0 && !continuing && !plan.is_single() {
         // The HParams experiment: every hyper-parameter with the values it takes (one per run
         // folder: the first shard writes it).
         let sessions: Vec<&[(String, toml::Value)]> = plan.variants.iter().map(|v| v.hparams.as_slice()).collect();

@@ -25,6 +25,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
             )
         })?,
     };
+    pipeline_sizes(&train_transforms, &eval_transforms, input_hw, &at)?;
     training(&exp, &at)?;
     let layers = exp.model.layers.iter().enumerate().map(|(i, l)| layer(l, i, &at)).collect::<Result<Vec<_>, _>>()?;
     if layers.is_empty() {
@@ -115,6 +116,9 @@ fn data(exp: &Experiment, at: &At, class_names: &[String]) -> Result<DataSpec, C
     if d.batch_size == 0 {
         return Err(at.invalid("data.batch_size", "expected at least 1".into()));
     }
+    if d.max_pixels == 0 {
+        return Err(at.invalid("data.max_pixels", "expected at least 1".into()));
+    }
     if class_names.len() < 2 {
         return Err(at.invalid("data.classes", format!("expected at least 2 classes, found {class_names:?}")));
     }
@@ -127,19 +131,84 @@ fn data(exp: &Experiment, at: &At, class_names: &[String]) -> Result<DataSpec, C
         prefetch: d.prefetch,
         skip_bad: d.skip_bad,
         cache: d.cache,
+        max_pixels: d.max_pixels,
     })
 }
 
 fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
     let o = &exp.optimizer;
-    if o.lr.is_nan() || o.lr <= 0.0 {
-        return Err(at.invalid("optimizer.lr", format!("expected a positive number, got {}", o.lr)));
+    // Every number must be finite (TOML writes `inf` and `nan`) and in its range.
+    let check = |key: &str, v: f64, ok: bool, expected: &str| {
+        if v.is_finite() && ok { Ok(()) } else { Err(at.invalid(key, format!("expected {expected}, got {v}"))) }
+    };
+    check("optimizer.lr", o.lr, o.lr > 0.0, "a positive number")?;
+    check("optimizer.weight_decay", o.weight_decay, o.weight_decay >= 0.0, "a number >= 0")?;
+    check("optimizer.eps", o.eps, o.eps > 0.0, "a positive number")?;
+    for (i, b) in o.betas.iter().enumerate() {
+        check(&format!("optimizer.betas.{i}"), *b, (0.0..1.0).contains(b), "a number in [0, 1)")?;
     }
-    if o.momentum < 0.0 || (o.nesterov && o.momentum == 0.0) {
-        return Err(at.invalid("optimizer.momentum", "expected momentum >= 0, and > 0 with nesterov".into()));
+    check("optimizer.momentum", o.momentum, o.momentum >= 0.0, "a number >= 0")?;
+    if o.nesterov && o.momentum == 0.0 {
+        return Err(at.invalid("optimizer.momentum", "expected momentum > 0 with nesterov".into()));
+    }
+    let s = &exp.train.lr_schedule;
+    let w = s.warmup_epochs;
+    check("train.lr_schedule.warmup_epochs", w, w >= 0.0, "a number of epochs >= 0")?;
+    check("train.lr_schedule.gamma", s.gamma, s.gamma > 0.0, "a positive factor")?;
+    check("train.lr_schedule.min_lr", s.min_lr, s.min_lr >= 0.0, "a number >= 0")?;
+    if s.step_epochs == 0 {
+        return Err(at.invalid("train.lr_schedule.step_epochs", "expected at least 1".into()));
     }
     if exp.train.epochs == 0 {
         return Err(at.invalid("train.epochs", "expected at least 1".into()));
+    }
+    Ok(())
+}
+
+/// The two pipelines agree with each other and with the model's input: a crop fits the size
+/// before it (when a resize fixed it) and both end at the model's input size.
+fn pipeline_sizes(
+    train: &[Transform],
+    eval: &[Transform],
+    input_hw: (usize, usize),
+    at: &At,
+) -> Result<(), ConfigError> {
+    for (pipeline, key) in [(eval, "transforms.eval"), (train, "transforms.train")] {
+        // What is known of the image size: exact (resize, crop) or a lower bound on both sides
+        // (resize of the shorter side); nothing before the first resize.
+        let mut exact = None;
+        let mut at_least = None;
+        for (i, t) in pipeline.iter().enumerate() {
+            match *t {
+                Transform::Resize(s) => (exact, at_least) = (Some(s), None),
+                Transform::ResizeShorter(n) => (exact, at_least) = (None, Some(n)),
+                Transform::CenterCrop((h, w)) | Transform::RandomCrop((h, w)) => {
+                    let fits = match (exact, at_least) {
+                        (Some((eh, ew)), _) => h <= eh && w <= ew,
+                        (None, Some(n)) => h.min(w) <= n,
+                        (None, None) => true,
+                    };
+                    if !fits {
+                        let before = exact.map_or_else(
+                            || format!("at least {0}x{0}", at_least.unwrap_or(0)),
+                            |(eh, ew)| format!("{eh}x{ew}"),
+                        );
+                        return Err(at.invalid(
+                            &format!("{key}.{i}"),
+                            format!("a {h}x{w} crop does not fit the {before} image the transforms before it make"),
+                        ));
+                    }
+                    (exact, at_least) = (Some((h, w)), None);
+                }
+                Transform::Hflip(_) | Transform::Normalize { .. } => {}
+            }
+        }
+        if let Some((h, w)) = exact.filter(|&s| s != input_hw) {
+            return Err(at.invalid(
+                key,
+                format!("makes {h}x{w} images, but the model takes {}x{} (the eval transforms' size, or model.input): make them agree", input_hw.0, input_hw.1),
+            ));
+        }
     }
     Ok(())
 }

@@ -74,6 +74,14 @@ pub struct DataConfig {
     /// Keep decoded, resized images between epochs: `none`, `memory` or `disk`.
     #[serde(default)]
     pub cache: CacheMode,
+    /// Refuse (or, with `skip_bad`, skip) an image of more pixels than this: a small file can
+    /// decode into gigabytes.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+}
+
+fn default_max_pixels() -> u64 {
+    crate::spec::DEFAULT_MAX_PIXELS
 }
 
 fn default_train_dir() -> String {

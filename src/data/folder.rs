@@ -8,6 +8,7 @@ use rand::seq::SliceRandom;
 use walkdir::WalkDir;
 
 use super::DataError;
+use crate::spec::IdFormat;
 
 /// File extensions read as images (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
@@ -17,7 +18,7 @@ pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
 pub struct Item {
     pub path: PathBuf,
     pub label: Option<usize>,
-    /// Submission id: the number in a test file's name (or its stem when it has none).
+    /// Submission id of a test image (see [`test_id`]); a training image's file stem.
     pub id: String,
 }
 
@@ -95,24 +96,73 @@ fn stem(path: &Path) -> String {
 }
 
 /// The submission id of a test file: the first number in its stem (`cat.12.jpg` -> `12`,
-/// `0042.png` -> `42`), or the whole stem when it holds no digits.
-pub fn test_id(path: &Path) -> String {
+/// `0042.png` -> `42`), or `None` when it holds no digits; its stem with [`IdFormat::Stem`].
+pub fn test_id(path: &Path, format: IdFormat) -> Option<String> {
     let stem = stem(path);
-    let digits: String = stem.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
-    match digits.parse::<u64>() {
-        Ok(n) => n.to_string(),
-        Err(_) => stem,
+    if format == IdFormat::Stem {
+        return Some(stem);
     }
+    let digits: String = stem.chars().skip_while(|c| !c.is_ascii_digit()).take_while(char::is_ascii_digit).collect();
+    digits.parse::<u64>().ok().map(|n| n.to_string())
 }
 
-/// Every test image, in natural order of file names.
-pub fn unlabelled(test_dir: &Path) -> Result<Vec<Item>, DataError> {
+/// Every test image, in natural order of file names, with its submission id. Names without an
+/// id, and names sharing one (`1.png` and `1.jpg`, `01.png` and `1.png`), are an error naming
+/// them: the submission would be ambiguous.
+pub fn unlabelled(test_dir: &Path, format: IdFormat) -> Result<Vec<Item>, DataError> {
     require_dir(test_dir, "test folder (data.root/data.test_dir)")?;
     let files = images_under(test_dir)?;
     if files.is_empty() {
         return Err(DataError::NoImages { path: test_dir.to_path_buf() });
     }
-    Ok(files.into_iter().map(|path| Item { id: test_id(&path), path, label: None }).collect())
+    let name = |p: &Path| p.strip_prefix(test_dir).unwrap_or(p).display().to_string();
+    let unnumbered: Vec<String> = files.iter().filter(|p| test_id(p, format).is_none()).map(|p| name(p)).collect();
+    if !unnumbered.is_empty() {
+        return Err(DataError::Ids {
+            message: format!(
+                "{}: {} test image(s) without a number in their name ({}{}): the submission id is that number; rename them, or set submission.id = \"stem\" to use file names as ids",
+                test_dir.display(),
+                unnumbered.len(),
+                unnumbered.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+                if unnumbered.len() > 5 { ", ..." } else { "" }
+            ),
+        });
+    }
+    let items: Vec<Item> = files
+        .into_iter()
+        .map(|path| Item { id: test_id(&path, format).unwrap_or_default(), path, label: None })
+        .collect();
+    let mut by_id: std::collections::BTreeMap<&str, Vec<&Path>> = Default::default();
+    for item in &items {
+        by_id.entry(&item.id).or_default().push(&item.path);
+    }
+    if let Some((id, paths)) = by_id.iter().find(|(_, p)| p.len() > 1) {
+        let dup = by_id.values().filter(|p| p.len() > 1).count();
+        return Err(DataError::Ids {
+            message: format!(
+                "{}: test images {} share the submission id {id} ({dup} id(s) shared in all): rename them{}",
+                test_dir.display(),
+                paths.iter().map(|p| name(p)).collect::<Vec<_>>().join(" and "),
+                if format == IdFormat::Number { ", or set submission.id = \"stem\"" } else { "" }
+            ),
+        });
+    }
+    Ok(items)
+}
+
+/// Checks that [`split`] leaves every class at least one training image; else names the
+/// class, its count and the fraction.
+pub fn check_split(items: &[Item], classes: &[String], fraction: f64, seed: u64) -> Result<(), String> {
+    let (train, _) = split(items, fraction, seed);
+    for (class, name) in classes.iter().enumerate() {
+        if !train.iter().any(|&i| items[i].label == Some(class)) {
+            let n = items.iter().filter(|i| i.label == Some(class)).count();
+            return Err(format!(
+                "data.val_fraction = {fraction} holds out all {n} image(s) of class {name}: no training image is left for it; lower val_fraction or add images"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Stratified hold-out: from each class, `round(n * fraction)` items (at least one when the
@@ -143,7 +193,11 @@ pub fn fingerprint<'a>(items: impl Iterator<Item = &'a Item>) -> Result<String, 
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for item in items {
         let size = std::fs::metadata(&item.path)
-            .map_err(|e| DataError::Image { path: item.path.clone(), message: format!("cannot read its size: {e}") })?
+            .map_err(|e| DataError::Io {
+                path: item.path.clone(),
+                operation: "read the size of".into(),
+                message: e.to_string(),
+            })?
             .len();
         for b in item.path.to_string_lossy().bytes().chain(size.to_le_bytes()) {
             h ^= b as u64;
@@ -159,9 +213,10 @@ mod tests {
 
     #[test]
     fn test_ids_come_from_the_number_in_the_name() {
-        assert_eq!(test_id(Path::new("test/12.jpg")), "12");
-        assert_eq!(test_id(Path::new("test/cat.0042.png")), "42");
-        assert_eq!(test_id(Path::new("test/abc.png")), "abc");
+        assert_eq!(test_id(Path::new("test/12.jpg"), IdFormat::Number).as_deref(), Some("12"));
+        assert_eq!(test_id(Path::new("test/cat.0042.png"), IdFormat::Number).as_deref(), Some("42"));
+        assert_eq!(test_id(Path::new("test/abc.png"), IdFormat::Number), None);
+        assert_eq!(test_id(Path::new("test/cat.0042.png"), IdFormat::Stem).as_deref(), Some("cat.0042"));
     }
 
     #[test]

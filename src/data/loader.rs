@@ -23,12 +23,45 @@ pub struct Batch {
     pub indices: Vec<usize>,
 }
 
-/// Decodes any supported image to 8-bit RGB (grey, alpha and 16-bit images converted).
-pub fn decode(path: &Path) -> Result<image::RgbImage, DataError> {
-    let err = |message: String| DataError::Image { path: path.to_path_buf(), message };
-    let reader = image::ImageReader::open(path).map_err(|e| err(e.to_string()))?;
-    let reader = reader.with_guessed_format().map_err(|e| err(e.to_string()))?;
-    Ok(reader.decode().map_err(|e| err(e.to_string()))?.to_rgb8())
+/// Decodes any supported image to 8-bit RGB (grey, alpha and 16-bit images converted). An
+/// image of more than `max_pixels` pixels is refused from its header, before it is decoded;
+/// so is a truncated JPEG (whose missing rows the decoder would fill with grey, where PIL
+/// refuses it). A file that cannot be read is an [`DataError::Io`], the rest
+/// [`DataError::Image`].
+pub fn decode(path: &Path, max_pixels: u64) -> Result<image::RgbImage, DataError> {
+    use image::ImageDecoder;
+    let bad = |message: String| DataError::Image { path: path.to_path_buf(), message };
+    let bytes = std::fs::read(path).map_err(|e| DataError::Io {
+        path: path.to_path_buf(),
+        operation: "read".into(),
+        message: e.to_string(),
+    })?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes[..]))
+        .with_guessed_format()
+        .map_err(|e| bad(e.to_string()))?;
+    let format = reader.format();
+    let decoder = reader.into_decoder().map_err(|e| bad(e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if u64::from(w) * u64::from(h) > max_pixels {
+        return Err(bad(format!(
+            "it is {w}x{h} = {} pixels, more than data.max_pixels = {max_pixels}",
+            u64::from(w) * u64::from(h)
+        )));
+    }
+    if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(&bytes) {
+        return Err(bad("the JPEG is truncated (its data ends before the end-of-image marker)".into()));
+    }
+    Ok(image::DynamicImage::from_decoder(decoder).map_err(|e| bad(e.to_string()))?.to_rgb8())
+}
+
+/// Whether a JPEG's last scan is followed by its end-of-image marker (`FF D9`). Inside a scan
+/// every `FF` data byte is stuffed (`FF 00`), so the marker cannot appear there by chance; one
+/// in an embedded thumbnail comes before the first scan (`FF DA`). The decoder itself accepts
+/// a file cut short, which is why this is checked by hand.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    let end = bytes.windows(2).rposition(|w| w == [0xFF, 0xD9]);
+    matches!((last_scan, end), (Some(s), Some(e)) if e > s)
 }
 
 /// The per-image random stream: fixed by (seed, epoch, image), independent of thread timing.
@@ -127,33 +160,36 @@ impl ImageCache {
         }
     }
 
-    fn decode_prefix(&self, path: &Path) -> Result<image::RgbImage, DataError> {
+    fn decode_prefix(&self, path: &Path, max_pixels: u64) -> Result<image::RgbImage, DataError> {
         self.decodes.fetch_add(1, Ordering::Relaxed);
         // The prefix is deterministic: no random numbers are drawn.
         let mut no_rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        apply_image(&self.prefix, decode(path)?, &mut no_rng)
+        apply_image(&self.prefix, decode(path, max_pixels)?, &mut no_rng)
             .map_err(|message| DataError::Image { path: path.to_path_buf(), message })
     }
 
     /// The image after the prefix, owned (the rest of the pipeline transforms it in place).
-    fn get(&self, index: usize, path: &Path) -> Result<image::RgbImage, DataError> {
-        let io =
-            |e: std::io::Error| DataError::Image { path: path.to_path_buf(), message: format!("image cache: {e}") };
+    fn get(&self, index: usize, path: &Path, max_pixels: u64) -> Result<image::RgbImage, DataError> {
+        let io = |operation: &str, cache: &Path, e: std::io::Error| DataError::Io {
+            path: cache.to_path_buf(),
+            operation: format!("{operation} (image {})", path.display()),
+            message: e.to_string(),
+        };
         match &self.store {
             Store::Memory(slots) => {
                 if let Some(img) = slots[index].get() {
                     return Ok(img.clone());
                 }
-                let img = self.decode_prefix(path)?;
+                let img = self.decode_prefix(path, max_pixels)?;
                 // Two threads may race on one image; either result is the same.
                 Ok(slots[index].get_or_init(|| img).clone())
             }
             Store::Disk(disk) => {
                 if let Some(&at) = disk.slots[index].get() {
-                    return disk.read(at).map_err(io);
+                    return disk.read(at).map_err(|e| io("read the image cache", &disk.path, e));
                 }
-                let img = self.decode_prefix(path)?;
-                let at = disk.append(&img).map_err(io)?;
+                let img = self.decode_prefix(path, max_pixels)?;
+                let at = disk.append(&img).map_err(|e| io("write the image cache", &disk.path, e))?;
                 // A racing thread's copy is written too but never read: harmless.
                 disk.slots[index].get_or_init(|| at);
                 Ok(img)
@@ -172,8 +208,11 @@ pub struct Loader {
     pub input_hw: (usize, usize),
     pub batch_size: usize,
     pub prefetch: usize,
+    /// Skip the images that cannot be used ([`DataError::is_bad_image`]) with a warning.
     pub skip_bad: bool,
     pub seed: u64,
+    /// Images of more pixels are refused (see [`decode`]).
+    pub max_pixels: u64,
 }
 
 impl Loader {
@@ -187,6 +226,7 @@ impl Loader {
             prefetch: 2,
             skip_bad: false,
             seed: 0,
+            max_pixels: crate::spec::DEFAULT_MAX_PIXELS,
         }
     }
 
@@ -209,9 +249,9 @@ impl Loader {
         let img = match &self.cache {
             Some(cache) => {
                 let rest = &self.transforms[deterministic_prefix(&self.transforms)..];
-                apply_image(rest, cache.get(index, &item.path)?, &mut rng)
+                apply_image(rest, cache.get(index, &item.path, self.max_pixels)?, &mut rng)
             }
-            None => apply_image(&self.transforms, decode(&item.path)?, &mut rng),
+            None => apply_image(&self.transforms, decode(&item.path, self.max_pixels)?, &mut rng),
         }
         .map_err(|message| DataError::Image { path: item.path.clone(), message })?;
         let (data, hw) = to_tensor(&img, &self.transforms);
@@ -240,7 +280,7 @@ impl Loader {
                     labels.push(self.items[i].label.unwrap_or(0) as u32);
                     indices.push(i);
                 }
-                Err(e) if self.skip_bad => eprintln!("warning: skipping {e}"),
+                Err(e) if self.skip_bad && e.is_bad_image() => eprintln!("warning: skipping {e}"),
                 Err(e) => return Err(e),
             }
         }
@@ -302,5 +342,40 @@ impl Drop for Batches {
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A failing write of the image cache (here a real ENOSPC from `/dev/full`) stops the
+    /// loader naming the cache file, the image and the operation, even with `skip_bad`: it is
+    /// the machine's error, not the image's.
+    #[test]
+    fn an_io_error_is_never_skipped_and_names_the_file_and_operation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let img = tmp.path().join("1.png");
+        image::RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])).save(&img).unwrap();
+        let items = Arc::new(vec![Item { path: img.clone(), label: Some(0), id: "1".into() }]);
+        let pipeline = vec![Transform::Resize((4, 4))];
+        let full = std::fs::OpenOptions::new().read(true).write(true).open("/dev/full").unwrap();
+        let store = Store::Disk(DiskStore {
+            path: tmp.path().join("images.u8"),
+            file: full,
+            end: Mutex::new(0),
+            slots: vec![OnceLock::new()],
+        });
+        let cache = Arc::new(ImageCache { prefix: pipeline.clone(), store, decodes: AtomicUsize::new(0) });
+        let mut loader = Loader::new(items, pipeline, (4, 4), 1).with_cache(cache);
+        loader.skip_bad = true;
+        let err = loader.batches(vec![0], 0).next().unwrap().unwrap_err();
+        assert!(!err.is_bad_image());
+        let text = err.to_string();
+        assert!(text.contains("cannot write the image cache (image ") && text.contains("1.png"), "{text}");
+        assert!(text.contains("images.u8") && text.contains("No space left on device"), "{text}");
+        // A file that is not an image is the image's error, which skip_bad may skip.
+        std::fs::write(&img, b"not an image").unwrap();
+        assert!(decode(&img, u64::MAX).unwrap_err().is_bad_image());
     }
 }

@@ -17,6 +17,22 @@ pub enum DataError {
     NoImages { path: PathBuf },
     #[error("cannot list {}: {message}", path.display())]
     Walk { path: PathBuf, message: String },
+    /// An image that cannot be used (it does not decode, is truncated or too large, or the
+    /// transforms cannot make it the model's size): `data.skip_bad` skips these.
     #[error("cannot read image {}: {message}", path.display())]
     Image { path: PathBuf, message: String },
+    /// A file operation that failed (reading an image file, writing the image cache): never
+    /// skipped, whatever `data.skip_bad` says.
+    #[error("cannot {operation} {}: {message}", path.display())]
+    Io { path: PathBuf, operation: String, message: String },
+    /// Test images that would share a submission id, or have none.
+    #[error("{message}")]
+    Ids { message: String },
+}
+
+impl DataError {
+    /// Whether the error is the image's own (skippable), not the machine's.
+    pub fn is_bad_image(&self) -> bool {
+        matches!(self, DataError::Image { .. })
+    }
 }

@@ -72,7 +72,7 @@ impl CheckpointDir {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let this = Self { dir, resume };
         let current = this.current()?;
-        for entry in std::fs::read_dir(&this.dir)? {
+        for entry in std::fs::read_dir(&this.dir).with_context(|| format!("cannot list {}", this.dir.display()))? {
             let path = entry?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             let stale_commit = path.is_dir() && current.as_deref() != Some(name.as_str());
@@ -249,11 +249,14 @@ impl Checkpointer for CheckpointDir {
         let previous = self.current()?;
         let best_hash = match (&previous, best) {
             (Some(prev), false) => {
-                std::fs::hard_link(self.dir.join(prev).join("best.safetensors"), partial.join("best.safetensors"))?;
+                let from = self.dir.join(prev).join("best.safetensors");
+                std::fs::hard_link(&from, partial.join("best.safetensors"))
+                    .with_context(|| format!("cannot link {} into {}", from.display(), partial.display()))?;
                 self.read_record(prev)?.sha256.get("best.safetensors").cloned().unwrap_or_default()
             }
             _ => {
-                std::fs::hard_link(partial.join("last.safetensors"), partial.join("best.safetensors"))?;
+                std::fs::hard_link(partial.join("last.safetensors"), partial.join("best.safetensors"))
+                    .with_context(|| format!("cannot link best.safetensors in {}", partial.display()))?;
                 sha256(&last)
             }
         };
@@ -273,8 +276,7 @@ impl Checkpointer for CheckpointDir {
         std::fs::rename(&partial, &done).with_context(|| format!("cannot rename {}", partial.display()))?;
         sync_dir(&self.dir)?;
         super::crash::point("commit: folder renamed");
-        super::write_atomic(&self.dir.join("CURRENT"), format!("{name}\n").as_bytes())
-            .with_context(|| format!("cannot write {}", self.dir.join("CURRENT").display()))?;
+        super::write_atomic(&self.dir.join("CURRENT"), format!("{name}\n").as_bytes())?;
         sync_dir(&self.dir)?;
         super::crash::point("commit: CURRENT replaced");
         self.refresh_views(&name)?;

@@ -18,12 +18,17 @@ pub struct RunLog {
 impl RunLog {
     /// Logs to `path` (created) and to the terminal.
     pub fn create(path: &Path, progress: MultiProgress) -> std::io::Result<Self> {
-        Ok(Self { file: Some(Mutex::new(File::create(path)?)), progress })
+        let file = File::create(path).map_err(|e| super::io_error("create", path, e))?;
+        Ok(Self { file: Some(Mutex::new(file)), progress })
     }
 
     /// Logs to the end of `path` (created if missing), as a resumed run does.
     pub fn append(path: &Path, progress: MultiProgress) -> std::io::Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| super::io_error("open", path, e))?;
         Ok(Self { file: Some(Mutex::new(file)), progress })
     }
 

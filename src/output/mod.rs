@@ -16,9 +16,20 @@ pub mod tensorboard;
 use std::io::Write;
 use std::path::Path;
 
+/// An I/O error that says what was done to which file (`cannot write runs/x/summary.csv: No
+/// space left on device`), keeping the error's kind.
+pub fn io_error(operation: &str, path: &Path, e: std::io::Error) -> std::io::Error {
+    std::io::Error::new(e.kind(), format!("cannot {operation} {}: {e}", path.display()))
+}
+
 /// Writes `bytes` to `path` through a temporary file in the same folder and a rename, so a
-/// reader (or a crash) never sees a half-written file.
+/// reader (or a crash) never sees a half-written file. An error names `path` (not the
+/// temporary file).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_unnamed(path, bytes).map_err(|e| io_error("write", path, e))
+}
+
+fn write_atomic_unnamed(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut builder = tempfile::Builder::new();
     // tempfile makes private (0600) files; a run's outputs are ordinary files (0666 less umask).

@@ -12,20 +12,26 @@ use crate::train::{EpochMetrics, MetricSink};
 /// `metrics.csv`, one row per epoch, flushed after each.
 pub struct CsvSink {
     writer: csv::Writer<File>,
+    path: std::path::PathBuf,
 }
 
 impl CsvSink {
     pub fn create(path: &Path) -> anyhow::Result<Self> {
-        Ok(Self { writer: csv::Writer::from_path(path)? })
+        let file = File::create(path).map_err(|e| super::io_error("create", path, e))?;
+        Ok(Self { writer: csv::Writer::from_writer(file), path: path.to_path_buf() })
     }
 
     /// Continues `path` (a resumed run): rows are appended, the header is not written again.
     pub fn append(path: &Path) -> anyhow::Result<Self> {
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|e| super::io_error("open", path, e))?;
         // The header goes out with the first row: an attempt stopped before its first epoch
         // ended left an empty file.
         let empty = file.metadata()?.len() == 0;
-        Ok(Self { writer: csv::WriterBuilder::new().has_headers(empty).from_writer(file) })
+        Ok(Self { writer: csv::WriterBuilder::new().has_headers(empty).from_writer(file), path: path.to_path_buf() })
     }
 
     /// Cuts `path` back to its first `epochs` rows (what the committed checkpoint covers) and
@@ -37,7 +43,7 @@ impl CsvSink {
         for r in &rows {
             w.serialize(r)?;
         }
-        super::write_atomic(path, &w.into_inner()?).with_context(|| format!("cannot write {}", path.display()))?;
+        super::write_atomic(path, &w.into_inner()?)?;
         Ok(rows)
     }
 
@@ -46,16 +52,17 @@ impl CsvSink {
         if !path.exists() {
             return Ok(Vec::new());
         }
-        let mut r = csv::Reader::from_path(path)?;
-        Ok(r.deserialize().collect::<Result<_, _>>()?)
+        let mut r = csv::Reader::from_path(path).with_context(|| format!("cannot read {}", path.display()))?;
+        r.deserialize().collect::<Result<_, _>>().with_context(|| format!("cannot read {}", path.display()))
     }
 }
 
 impl MetricSink for CsvSink {
     fn record(&mut self, m: &EpochMetrics) -> anyhow::Result<()> {
-        self.writer.serialize(m)?;
-        self.writer.flush()?;
-        Ok(())
+        self.writer
+            .serialize(m)
+            .and_then(|()| Ok(self.writer.flush()?))
+            .with_context(|| format!("cannot write {}", self.path.display()))
     }
 }
 

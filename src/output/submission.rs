@@ -2,8 +2,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
-
 use crate::spec::{LabelFormat, SubmissionConfig};
 
 /// Renders the submission for `(id, class index)` pairs.
@@ -39,7 +37,7 @@ pub fn write_new(
 /// Writes the submission atomically, replacing what a previous attempt of the same run wrote
 /// (the run's own `submission.csv`: the same weights give the same file).
 pub fn write(path: &Path, rows: &[(String, usize)], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<()> {
-    super::write_atomic(path, &render(rows, classes, cfg)?).with_context(|| format!("cannot write {}", path.display()))
+    Ok(super::write_atomic(path, &render(rows, classes, cfg)?)?)
 }
 
 #[cfg(test)]
@@ -52,7 +50,7 @@ mod tests {
         let classes = vec!["cats".to_string(), "dogs".to_string()];
         let out = render(&rows, &classes, &SubmissionConfig::default()).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "id,label\n1,1\n2,0\n");
-        let cfg = SubmissionConfig { header: false, label: LabelFormat::Name };
+        let cfg = SubmissionConfig { header: false, label: LabelFormat::Name, ..Default::default() };
         let out = render(&rows, &classes, &cfg).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "1,dogs\n2,cats\n");
     }

@@ -97,7 +97,7 @@ pub fn read(path: &Path) -> anyhow::Result<Vec<Row>> {
 /// the one place its status lives; summaries are made from these.
 pub fn write_status(path: &Path, row: &Row) -> anyhow::Result<()> {
     let text = toml::to_string(row)?;
-    write_atomic(path, text.as_bytes()).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", path.display()))
+    Ok(write_atomic(path, text.as_bytes())?)
 }
 
 /// Reads a variant's `status.toml`; `None` when it has none (it has not ended yet).

@@ -79,10 +79,16 @@ pub struct DataSpec {
     pub batch_size: usize,
     /// Batches decoded ahead.
     pub prefetch: usize,
-    /// Skip unreadable images instead of failing.
+    /// Skip images that cannot be decoded (or are too large) instead of failing; I/O errors
+    /// always stop the run.
     pub skip_bad: bool,
     pub cache: CacheMode,
+    /// The most pixels an image may have.
+    pub max_pixels: u64,
 }
+
+/// `data.max_pixels` unless set: 64 Mpx (8192 x 8192).
+pub const DEFAULT_MAX_PIXELS: u64 = 1 << 26;
 
 /// Epochs, schedule, device and precision.
 #[derive(Debug, Clone)]
@@ -138,6 +144,21 @@ pub struct SubmissionConfig {
     /// `index` (class number, the contest's format) or `name` (class folder name).
     #[serde(default)]
     pub label: LabelFormat,
+    /// `number` (the number in each test file's name, the contest's format) or `stem` (the
+    /// file name without its extension).
+    #[serde(default)]
+    pub id: IdFormat,
+}
+
+/// How a test image's submission id is made from its file name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdFormat {
+    /// The first number in the name: `cat.0042.jpg` -> `42`.
+    #[default]
+    Number,
+    /// The name without its extension: `cat.0042.jpg` -> `cat.0042`.
+    Stem,
 }
 
 fn default_true() -> bool {
@@ -146,7 +167,7 @@ fn default_true() -> bool {
 
 impl Default for SubmissionConfig {
     fn default() -> Self {
-        Self { header: true, label: LabelFormat::Index }
+        Self { header: true, label: LabelFormat::Index, id: IdFormat::Number }
     }
 }
 

@@ -18,8 +18,14 @@ pub enum Transform {
 
 /// The `(h, w)` a pipeline produces whatever its input, if it fixes one.
 pub fn output_size(pipeline: &[Transform]) -> Option<(usize, usize)> {
-    pipeline.iter().rev().find_map(|t| match t {
-        Transform::Resize(s) | Transform::CenterCrop(s) | Transform::RandomCrop(s) => Some(*s),
-        _ => None,
-    })
+    pipeline
+        .iter()
+        .rev()
+        .find_map(|t| match t {
+            Transform::Resize(s) | Transform::CenterCrop(s) | Transform::RandomCrop(s) => Some(Some(*s)),
+            // The other side follows each image's aspect ratio.
+            Transform::ResizeShorter(_) => Some(None),
+            Transform::Hflip(_) | Transform::Normalize { .. } => None,
+        })
+        .flatten()
 }

@@ -2,8 +2,10 @@
 # make slurm-test: `ablate slurm`'s script on a real one-node Slurm (Debian's slurm-wlm and
 # munge on localhost): a three-variant sweep as a job array; task 0 is requeued mid-training
 # (`scontrol requeue`: SIGTERM, a checkpoint, Slurm runs it again and it continues), task 1 is
-# cancelled (`scancel`: SIGTERM, a checkpoint, pending); the summary job runs after both; then
-# `ablate resume` finishes task 1's variant and `ablate summarize` shows every variant ok.
+# cancelled (`scancel`: SIGTERM, a checkpoint, pending); the summary job runs after both and
+# fails (a variant is unfinished); then `ablate slurm --resume` resubmits task 1's variant into
+# the same folder and its summary job shows every variant ok. The runs folder's name has a
+# space (the script quotes every path).
 # Needs root: it installs the packages when missing and starts munged, slurmctld and slurmd.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -57,12 +59,13 @@ epochs = 400
 [sweep]
 "model.params.width" = [2, 4, 6]
 TOML
-"$ablate" slurm tiny.toml --partition debug --time 10:00 --warn-before 60 > submit.sh
+"$ablate" slurm tiny.toml --runs-dir "my runs" --partition debug --time 10:00 --warn-before 60 > submit.sh
 out=$(bash submit.sh)
 echo "$out"
 array=$(sed -n 's/^submitted job array \([0-9]*\) .*/\1/p' <<<"$out")
 [ -n "$array" ] || fail "no job id in: $out"
-run="runs/${array}_tiny"
+summary=$(sed -n 's/.* summary job \([0-9]*\);.*/\1/p' <<<"$out")
+run="my runs/${array}_tiny"
 for _ in $(seq 120); do
   [ -n "$(squeue -h -t R -j "${array}_0")" ] && [ -n "$(squeue -h -t R -j "${array}_1")" ] && break
   sleep 0.5
@@ -75,8 +78,19 @@ for _ in $(seq 300); do [ -z "$(squeue -h)" ] && break; sleep 2; done
 [ -z "$(squeue -h)" ] || fail "jobs still queued after 10 minutes: $(squeue)"
 grep -q "resuming after" "$run/width=2/log.txt" || fail "the requeued task did not continue its checkpoint"
 grep -q "width=4 .*| pending |" "$run/summary.md" || fail "the cancelled variant is not pending: $(cat "$run/summary.md")"
-grep -q "interrupted after" "runs/slurm-${array}_1.out" || fail "the cancelled task did not stop with a checkpoint"
-"$ablate" resume "$run" >/dev/null
-"$ablate" summarize "$run"
+grep -q "interrupted after" "my runs/slurm-${array}_1.out" || fail "the cancelled task did not stop with a checkpoint"
+scontrol show job "$summary" | grep -q "JobState=FAILED" || fail "the summary job did not fail: $(scontrol show job "$summary")"
+grep -q "1 not finished (width=4)" "my runs/slurm-$summary.out" || fail "the summary job did not name the unfinished variant"
+
+"$ablate" slurm --resume "$run" --partition debug --time 10:00 > resume.sh
+grep -q -- "--array=1 " resume.sh || fail "the resume script does not resubmit just task 1: $(cat resume.sh)"
+out=$(bash resume.sh)
+echo "$out"
+summary=$(sed -n 's/.* summary job \([0-9]*\);.*/\1/p' <<<"$out")
+for _ in $(seq 150); do [ -z "$(squeue -h)" ] && break; sleep 2; done
+[ -z "$(squeue -h)" ] || fail "resume jobs still queued after 5 minutes: $(squeue)"
+grep -q "resuming after" "$run/width=4/log.txt" || fail "the resubmitted variant did not continue its checkpoint"
+scontrol show job "$summary" | grep -q "JobState=COMPLETED" || fail "the summary job failed: $(cat "my runs/slurm-$summary.out")"
+cat "$run/summary.md"
 [ "$(grep -c '| ok |' "$run/summary.md")" = 3 ] || fail "not every variant finished: $(cat "$run/summary.md")"
-echo "slurm-test: passed (requeued task continued, cancelled task resumed, summary complete) in $work"
+echo "slurm-test: passed (requeued task continued, cancelled task resubmitted and resumed, summary job failed then passed) in $work"

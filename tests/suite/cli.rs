@@ -107,9 +107,9 @@ fn grey_alpha_and_16_bit_images_are_read_as_rgb() {
     image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_pixel(3, 2, image::Luma([65535])).save(&grey).unwrap();
     let rgba = tmp.path().join("rgba.png");
     image::RgbaImage::from_pixel(2, 2, image::Rgba([10, 20, 30, 0])).save(&rgba).unwrap();
-    let g = ablate::decode(&grey).unwrap();
+    let g = ablate::decode(&grey, u64::MAX).unwrap();
     assert_eq!((g.width(), g.height(), g.get_pixel(0, 0).0), (3, 2, [255, 255, 255]));
-    assert_eq!(ablate::decode(&rgba).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
+    assert_eq!(ablate::decode(&rgba, u64::MAX).unwrap().get_pixel(1, 1).0, [10, 20, 30]);
 }
 
 /// Device choices a CPU-only build must answer clearly, before any run folder exists.
@@ -135,4 +135,68 @@ fn cuda_requests_and_bf16_on_the_cpu_are_clear_errors() {
     run_in(&exp, &runs).assert().success();
     let log = std::fs::read_to_string(only_run(&runs).join("log.txt")).unwrap();
     assert_eq!(log.matches("no CUDA GPU available to this build, training on the CPU").count(), 1, "{log}");
+}
+
+/// A JPEG cut short decodes without complaint in the image crate (its missing rows grey);
+/// ablate refuses it as PIL does, naming it, and `skip_bad` skips it.
+#[test]
+fn a_truncated_jpeg_is_an_error_and_skip_bad_skips_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 2, 5);
+    let whole = tmp.path().join("whole.jpg");
+    let img = image::RgbImage::from_fn(64, 64, |x, y| image::Rgb([(x * 4) as u8, (y * 4) as u8, ((x ^ y) * 4) as u8]));
+    img.save(&whole).unwrap();
+    let bytes = std::fs::read(&whole).unwrap();
+    let cut = data.join("train/red/cut.jpg");
+    std::fs::write(&cut, &bytes[..bytes.len() * 6 / 10]).unwrap();
+    assert!(image::open(&cut).is_ok(), "the image crate alone accepts the truncated file");
+    assert!(ablate::decode(&whole, u64::MAX).is_ok());
+    let err = ablate::decode(&cut, u64::MAX).unwrap_err().to_string();
+    assert!(err.contains("cut.jpg") && err.contains("the JPEG is truncated"), "{err}");
+
+    let exp = experiment(tmp.path(), &data, 1);
+    run_in(&exp, &tmp.path().join("runs"))
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("cut.jpg: the JPEG is truncated"));
+    run_in(&exp, &tmp.path().join("runs2"))
+        .args(["--set", "data.skip_bad=true"])
+        .assert()
+        .success()
+        .stderr(predicates::str::contains("warning: skipping").and(predicates::str::contains("cut.jpg")));
+}
+
+/// An image over `data.max_pixels` is refused from its header, before it is decoded.
+#[test]
+fn an_image_over_the_pixel_limit_is_refused_by_its_header() {
+    let tmp = tempfile::tempdir().unwrap();
+    // 20000 x 20000 pixels of one bit: a 50 KB file that decodes into 1.2 GB of RGB; the
+    // header alone says so.
+    let huge = tmp.path().join("huge.png");
+    let mut header = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut header, 20000, 20000);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::One);
+        let mut writer = enc.write_header().unwrap();
+        writer.write_image_data(&vec![0u8; 20000 * 2500]).unwrap();
+    }
+    assert!(header.len() < 1 << 20, "{} bytes", header.len());
+    std::fs::write(&huge, &header).unwrap();
+    let err = ablate::decode(&huge, 1 << 26).unwrap_err().to_string();
+    assert!(
+        err.contains("huge.png")
+            && err.contains("20000x20000 = 400000000 pixels, more than data.max_pixels = 67108864"),
+        "{err}"
+    );
+
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 2, 5);
+    let exp = experiment(tmp.path(), &data, 1);
+    run_in(&exp, &tmp.path().join("runs"))
+        .args(["--set", "data.max_pixels=100"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("more than data.max_pixels = 100"));
 }

@@ -112,3 +112,59 @@ fn a_head_of_the_wrong_width_is_refused_naming_both_numbers() {
     edit(&exp, "{ linear = { out = \"$classes\" } }", "{ linear = { out = 3 } }");
     fails_with(tmp.path(), &exp, &[], &["ends in 3 outputs, but the dataset has 2 classes (blue, red)"]);
 }
+
+#[test]
+fn transforms_that_cannot_make_the_model_input_are_refused() {
+    let (tmp, exp) = setup();
+    edit(
+        &exp,
+        "train = [{ resize = [16, 16] }, { hflip = 0.5 }",
+        "train = [{ resize = [16, 16] }, { random_crop = 20 }",
+    );
+    fails_with(tmp.path(), &exp, &[], &["transforms.train.1", "a 20x20 crop does not fit the 16x16 image"]);
+    let (tmp, exp) = setup();
+    edit(&exp, "train = [{ resize = [16, 16] }", "train = [{ resize = [20, 20] }");
+    fails_with(tmp.path(), &exp, &[], &["transforms.train", "makes 20x20 images, but the model takes 16x16"]);
+    let (tmp, exp) = setup();
+    edit(&exp, "eval = [{ resize = [16, 16] }", "eval = [{ resize = 20 }, { center_crop = 24 }");
+    fails_with(tmp.path(), &exp, &[], &["transforms.eval.1", "a 24x24 crop does not fit the at least 20x20 image"]);
+}
+
+#[test]
+fn a_split_that_leaves_a_class_no_training_image_is_refused() {
+    let (tmp, exp) = setup();
+    // Two images a class: 0.9 of them rounds to both.
+    edit(&exp, "val_fraction = 0.25", "val_fraction = 0.9");
+    fails_with(tmp.path(), &exp, &[], &["data.val_fraction = 0.9 holds out all 2 image(s) of class blue"]);
+}
+
+#[test]
+fn numbers_that_are_not_finite_are_refused_naming_the_key() {
+    for (set, needle) in [
+        ("optimizer.lr=inf", "`optimizer.lr`: expected a positive number, got inf"),
+        ("optimizer.lr=nan", "`optimizer.lr`: expected a positive number, got NaN"),
+        ("optimizer.weight_decay=-inf", "optimizer.weight_decay"),
+        ("optimizer.betas=[0.9, 1.0]", "`optimizer.betas.1`: expected a number in [0, 1)"),
+        ("train.lr_schedule.gamma=nan", "train.lr_schedule.gamma"),
+        ("train.lr_schedule.warmup_epochs=inf", "train.lr_schedule.warmup_epochs"),
+    ] {
+        let (tmp, exp) = setup();
+        fails_with(tmp.path(), &exp, &["--set", set], &[needle]);
+    }
+}
+
+#[test]
+fn test_images_without_an_id_or_sharing_one_are_refused_naming_them() {
+    let (tmp, exp) = setup();
+    let test = tmp.path().join("data/test");
+    std::fs::copy(test.join("0.png"), test.join("00.png")).unwrap();
+    fails_with(tmp.path(), &exp, &[], &["test images 0.png and 00.png share the submission id 0", "submission.id"]);
+    std::fs::remove_file(test.join("00.png")).unwrap();
+    std::fs::copy(test.join("0.png"), test.join("cover.png")).unwrap();
+    fails_with(tmp.path(), &exp, &[], &["1 test image(s) without a number in their name (cover.png)"]);
+    // File names as ids: every name is its own id.
+    let runs = tmp.path().join("runs");
+    crate::common::run_in(&exp, &runs).args(["--set", "submission.id=\"stem\""]).assert().success();
+    let submission = std::fs::read_to_string(crate::common::only_run(&runs).join("submission.csv")).unwrap();
+    assert!(submission.contains("\ncover,") && submission.contains("\n0,"), "{submission}");
+}

@@ -11,7 +11,15 @@ use candle_nn::ModuleT;
 
 fn spec_at(file: &str, hw: usize) -> ablate::Spec {
     let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    let overrides = vec![ablate::Override::parse(&format!("model.input=[{hw}, {hw}]")).unwrap()];
+    // The model at another input size: the transforms must make that size too.
+    let overrides: Vec<ablate::Override> = ["model.input", "transforms.train", "transforms.eval"]
+        .iter()
+        .map(|key| {
+            let value =
+                if *key == "model.input" { format!("[{hw}, {hw}]") } else { format!("[{{ resize = [{hw}, {hw}] }}]") };
+            ablate::Override::parse(&format!("{key}={value}")).unwrap()
+        })
+        .collect();
     ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
 }
 

@@ -312,3 +312,34 @@ fn summarize_after_resume_keeps_the_resumed_variants() {
     let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
 }
+
+/// One experiment under a run id (a one-task Slurm array): its files at the folder's root, as
+/// without an id; one log, one event file; a requeued task continues it.
+#[test]
+fn a_single_experiment_with_a_run_id_writes_one_log_and_continues_when_requeued() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 20, 3, 5);
+    let exp = experiment(tmp.path(), &data, 2);
+    let runs = tmp.path().join("runs");
+    let task = || {
+        let mut c = ablate();
+        c.arg("run").arg(&exp).arg("--runs-dir").arg(&runs).args(["--run-id", "5"]).env_remove("SLURM_RESTART_COUNT");
+        c
+    };
+    task().args(["--stop-after-steps", "3"]).assert().code(130);
+    let run = runs.join("5_tiny");
+    let events = || ablate::event_files(&run).unwrap().len();
+    assert_eq!(events(), 1, "one TensorBoard writer in the folder");
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(log.contains("model (") && log.contains("interrupted"), "{log}");
+    task().env("SLURM_RESTART_COUNT", "1").assert().success();
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(log.contains("resuming after 0 epochs and 3 batches"), "{log}");
+    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Ok]);
+    // Requeued again after it finished: nothing to do, nothing changed.
+    let best = std::fs::read(run.join("checkpoints/best.safetensors")).unwrap();
+    task().env("SLURM_RESTART_COUNT", "2").assert().success();
+    assert_eq!(std::fs::read(run.join("checkpoints/best.safetensors")).unwrap(), best);
+}
