@@ -107,6 +107,18 @@ impl Plan {
     }
 }
 
+/// `e` with the experiment file and the variant named once: a config error names its file
+/// already; a run without a sweep has no variant name to give.
+fn name_once(e: anyhow::Error, file: &Path, folder: &str) -> anyhow::Error {
+    let file = file.display().to_string();
+    match (folder == ".", format!("{e:#}").contains(&file)) {
+        (true, true) => e,
+        (true, false) => e.context(file),
+        (false, true) => e.context(format!("variant {folder}")),
+        (false, false) => e.context(format!("{file}: variant {folder}")),
+    }
+}
+
 /// Plans `request`: every variant validated (config, data, shapes, weights), nothing written.
 pub fn plan(request: &Request) -> anyhow::Result<Plan> {
     let multi = request.files.len() > 1;
@@ -121,13 +133,12 @@ pub fn plan(request: &Request) -> anyhow::Result<Plan> {
             if variants.iter().any(|v| v.folder == folder) {
                 bail!("two experiments would both write {folder}/: give them different `name`s");
             }
-            let what = || format!("{}: variant {folder}", file.display());
             let sources = Sources {
                 files: load::extends_chain(file)?,
                 overrides: request.overrides.iter().cloned().chain(point.overrides()).collect(),
                 env: true,
             };
-            let mut v = variant(&sources, file, &mut weights).with_context(what)?;
+            let mut v = variant(&sources, file, &mut weights).map_err(|e| name_once(e, file, &folder))?;
             if experiments.len() == index {
                 // The user's own overrides and sweep axes, not this variant's values.
                 let user = Sources { overrides: request.overrides.clone(), ..sources };
