@@ -29,6 +29,7 @@ mod output;
 mod plan;
 mod scaleout;
 mod spec;
+pub mod stats;
 mod train;
 mod units;
 

@@ -12,6 +12,7 @@ mod parity;
 mod resume;
 mod shapes;
 mod shards;
+mod stats;
 mod sweep;
 mod tensorboard;
 mod weights;
