@@ -30,6 +30,9 @@ pub struct Experiments {
     /// axis of the file's [sweep]).
     #[arg(long = "sweep", value_name = "KEY=V1,V2,...")]
     pub sweep: Vec<String>,
+    /// Train every variant N times, with seeds seed, seed + 1, ... (replaces [sweep] repeats).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeats: Option<u64>,
 }
 
 impl Experiments {
@@ -38,6 +41,7 @@ impl Experiments {
         let mut out: Vec<String> = self.experiments.iter().map(|p| p.display().to_string()).collect();
         out.extend(self.set.iter().flat_map(|o| ["--set".to_string(), format!("{}={}", o.key, o.raw)]));
         out.extend(self.sweep.iter().flat_map(|s| ["--sweep".to_string(), s.clone()]));
+        out.extend(self.repeats.iter().flat_map(|n| ["--repeats".to_string(), n.to_string()]));
         out
     }
 }
@@ -108,7 +112,7 @@ pub enum Command {
         what: Experiments,
         /// Instead of experiments: resubmit this run folder's unfinished variants (pending or
         /// failed) as a job array that resumes them into the same folder.
-        #[arg(long, value_name = "RUN", conflicts_with_all = ["experiments", "set", "sweep"])]
+        #[arg(long, value_name = "RUN", conflicts_with_all = ["experiments", "set", "sweep", "repeats"])]
         resume: Option<PathBuf>,
         #[command(flatten)]
         runs_dir: RunsDir,
@@ -188,7 +192,8 @@ mod tests {
 
     #[test]
     fn run_arguments_render_back_to_what_parses_to_them() {
-        let argv = ["ablate", "check", "a.toml", "dir", "--set", "optimizer.lr=3e-4", "--sweep", "seed=1,2"];
+        let argv =
+            ["ablate", "check", "a.toml", "dir", "--set", "optimizer.lr=3e-4", "--sweep", "seed=1,2", "--repeats", "3"];
         let Command::Check { what } = Cli::parse_from(argv).command else { panic!("not check") };
         assert_eq!(what.to_args(), argv[2..]);
     }

@@ -224,7 +224,7 @@ pub fn loader(spec: &Spec, items: Arc<Vec<Item>>, pipeline: &[Transform]) -> Loa
 fn splits(plan: &VariantPlan, folder: &VariantFolder, log: &RunLog) -> anyhow::Result<Splits> {
     let spec = &plan.spec;
     let items = &plan.items;
-    let (train_idx, val_idx) = folder::split(items, spec.data.val_fraction, spec.seed);
+    let (train_idx, val_idx) = folder::split(items, &spec.data.split);
     let data_fingerprint = folder::fingerprint(items.iter().chain(plan.test_items.iter().flat_map(|t| t.iter())))?;
     log.info(format!(
         "data: {} ({} classes: {}), {} train / {} validation images{}",

@@ -13,7 +13,7 @@
 //! - **Specs**: [`spec_from_file`] reads an experiment into a validated [`Spec`]; its layers
 //!   ([`LayerConfig`]) build a [`Model`].
 //! - **Training pieces** used on their own: [`Optimizer`], [`Loader`], [`EpochMetrics`].
-//! - **Run folders**, read back: [`read_summary`], [`read_metrics`], [`read_scalars`],
+//! - **Run folders**, read back: [`read_runs`], [`read_metrics`], [`read_scalars`],
 //!   [`load_checkpoint`].
 //! - **Kernels**: [`ops`], public so that their tests can force each path and prove which ran.
 
@@ -61,7 +61,7 @@ pub use train::{EpochMetrics, Hook, MetricSink};
 // What a run folder holds, read back.
 pub use output::checkpoint::load as load_checkpoint;
 pub use output::sink::CsvSink;
-pub use output::summary::{Row as SummaryRow, Status, read as read_summary};
+pub use output::summary::{Row as SummaryRow, Status, read as read_runs};
 pub use output::tensorboard::{Scalar, event_files, read_scalars};
 
 /// The rows of a variant's `metrics.csv`.

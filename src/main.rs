@@ -84,6 +84,7 @@ fn request(what: &cli::Experiments) -> anyhow::Result<Request> {
         files: ablate::experiment_files(&what.experiments)?,
         overrides: what.set.clone(),
         sweep: what.sweep.clone(),
+        repeats: what.repeats.map(|n| n as usize),
     })
 }
 

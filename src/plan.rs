@@ -31,6 +31,8 @@ pub struct Request {
     pub overrides: Vec<Override>,
     /// `--sweep key=v1,v2` axes, added to (or replacing) each file's `[sweep]`.
     pub sweep: Vec<String>,
+    /// `--repeats N`: replaces each file's `[sweep] repeats`.
+    pub repeats: Option<usize>,
 }
 
 /// Named tensors of a `model.init` weights file, read once and shared by its variants.
@@ -48,14 +50,19 @@ pub struct ExperimentPlan {
 /// One training: a variant of an experiment, validated.
 pub struct VariantPlan {
     /// Its folder in the run: `.` (a run of one), `groups=8`, or `<experiment>[/<variant>]`
-    /// when several experiments run together.
+    /// when several experiments run together; `.../r<k>` (or `r<k>`) for repeat `k`.
     pub folder: String,
+    /// Which repeat of its variant this is, when the variant trains several times.
+    pub repeat: Option<usize>,
+    /// A run of the sweep's baseline variant (`[sweep] baseline`).
+    pub baseline: bool,
     /// The swept values.
     pub values: Vec<(String, toml::Value)>,
     /// HParams session values: the swept ones (after `experiment` when several run), then the
     /// spec's standard ones.
     pub hparams: Vec<(String, toml::Value)>,
-    /// The HParams group: the variant's folder, or the experiment's name for a run of one.
+    /// The HParams group: the variant's folder (without `/r<k>`: repeats are one group), or
+    /// the experiment's name for a run of one.
     pub group: String,
     pub spec: Spec,
     /// Labelled images.
@@ -126,29 +133,43 @@ pub fn plan(request: &Request) -> anyhow::Result<Plan> {
     let mut variants: Vec<VariantPlan> = Vec::new();
     let mut weights = WeightsCache::default();
     for file in &request.files {
-        let (name, points) = sweep_points(file, &request.overrides, &request.sweep)?;
+        let sweep = sweep_points(file, request)?;
         let index = experiments.len();
-        for point in points {
-            let folder = folder_name(multi, &name, &point.name);
-            if variants.iter().any(|v| v.folder == folder) {
-                bail!("two experiments would both write {folder}/: give them different `name`s");
+        for point in &sweep.points {
+            for repeat in (0..sweep.repeats).map(|r| (sweep.repeats > 1).then_some(r)) {
+                let group = folder_name(multi, &sweep.name, &point.name);
+                let folder = match repeat {
+                    None => group.clone(),
+                    Some(r) if group == "." => format!("r{r}"),
+                    Some(r) => format!("{group}/r{r}"),
+                };
+                if variants.iter().any(|v| v.folder == folder) {
+                    bail!("two experiments would both write {folder}/: give them different `name`s");
+                }
+                let chain = load::extends_chain(file)?;
+                let mut overrides: Vec<Override> = request.overrides.iter().cloned().chain(point.overrides()).collect();
+                if let Some(r) = repeat {
+                    overrides.extend(repeat_overrides(&chain, &overrides, r, sweep.folds)?);
+                }
+                let sources = Sources { files: chain, overrides, env: true };
+                let mut v = variant(&sources, file, &mut weights).map_err(|e| name_once(e, file, &folder))?;
+                if experiments.len() == index {
+                    // The user's own overrides and sweep axes, not this variant's values.
+                    let user = Sources { overrides: request.overrides.clone(), ..sources };
+                    let mut args: String = request.sweep.iter().map(|s| format!("# --sweep {s}\n")).collect();
+                    args.extend(request.repeats.map(|n| format!("# --repeats {n}\n")));
+                    experiments
+                        .push(ExperimentPlan { name: sweep.name.clone(), as_written: as_written(&user)? + &args });
+                }
+                let mut session_values = point.values.clone();
+                session_values.extend(repeat.map(|r| ("repeat".to_string(), toml::Value::Integer(r as i64))));
+                v.hparams = session(&session_values, &v.spec, multi.then_some(sweep.name.as_str()));
+                // Repeats of a variant share its HParams group, so TensorBoard shows them together.
+                v.group = if group == "." { v.spec.name.clone() } else { group };
+                v.baseline = sweep.baseline.as_deref() == Some(point.name.as_str());
+                (v.folder, v.values, v.repeat) = (folder, point.values.clone(), repeat);
+                variants.push(v);
             }
-            let sources = Sources {
-                files: load::extends_chain(file)?,
-                overrides: request.overrides.iter().cloned().chain(point.overrides()).collect(),
-                env: true,
-            };
-            let mut v = variant(&sources, file, &mut weights).map_err(|e| name_once(e, file, &folder))?;
-            if experiments.len() == index {
-                // The user's own overrides and sweep axes, not this variant's values.
-                let user = Sources { overrides: request.overrides.clone(), ..sources };
-                let sweep_args: String = request.sweep.iter().map(|s| format!("# --sweep {s}\n")).collect();
-                experiments.push(ExperimentPlan { name: name.clone(), as_written: as_written(&user)? + &sweep_args });
-            }
-            v.group = if folder == "." { v.spec.name.clone() } else { folder.clone() };
-            v.hparams = session(&point.values, &v.spec, multi.then_some(name.as_str()));
-            (v.folder, v.values) = (folder, point.values);
-            variants.push(v);
         }
     }
     let names: Vec<&str> = experiments.iter().map(|e| e.name.as_str()).collect();
@@ -160,6 +181,9 @@ pub fn plan(request: &Request) -> anyhow::Result<Plan> {
 pub struct Unfinished {
     pub folder: String,
     pub values: String,
+    pub repeat: Option<usize>,
+    /// The variant's folder without `/r<k>` (see `Row::group`).
+    pub group: String,
     pub config: PathBuf,
 }
 
@@ -172,7 +196,7 @@ pub fn from_run(unfinished: &[Unfinished]) -> anyhow::Result<Vec<VariantPlan>> {
         if !u.config.is_file() {
             bail!("{}: no config.toml, cannot resume variant {}", u.config.display(), u.folder);
         }
-        let sources = Sources { files: vec![u.config.clone()], overrides: vec![], env: false };
+        let sources = Sources { files: vec![u.config.clone()], overrides: legacy_split(&u.config)?, env: false };
         let mut v = variant(&sources, &u.config, &mut weights)?;
         let values: Vec<(String, toml::Value)> = u
             .values
@@ -181,12 +205,29 @@ pub fn from_run(unfinished: &[Unfinished]) -> anyhow::Result<Vec<VariantPlan>> {
             .filter_map(|kv| Override::parse(kv).ok())
             .map(|o| (o.key, o.value))
             .collect();
-        v.group = if u.folder == "." { v.spec.name.clone() } else { u.folder.clone() };
-        v.hparams = session(&values, &v.spec, None);
-        (v.folder, v.values) = (u.folder.clone(), values);
+        let mut session_values = values.clone();
+        session_values.extend(u.repeat.map(|r| ("repeat".to_string(), toml::Value::Integer(r as i64))));
+        v.group = if u.group == "." { v.spec.name.clone() } else { u.group.clone() };
+        v.hparams = session(&session_values, &v.spec, None);
+        (v.folder, v.values, v.repeat) = (u.folder.clone(), values, u.repeat);
         out.push(v);
     }
     Ok(out)
+}
+
+/// A `config.toml` written before `data.split_seed` existed split by `seed`: resumed, it keeps
+/// that split (`data.split_seed = seed`) rather than taking the new default.
+fn legacy_split(config: &Path) -> anyhow::Result<Vec<Override>> {
+    let text = std::fs::read_to_string(config).with_context(|| format!("cannot read {}", config.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", config.display()))?;
+    let has_split_seed = table.get("data").and_then(|d| d.get("split_seed")).is_some();
+    Ok(match table.get("seed").and_then(toml::Value::as_integer) {
+        Some(seed) if !has_split_seed => {
+            vec![Override { key: "data.split_seed".into(), value: toml::Value::Integer(seed), raw: seed.to_string() }]
+        }
+        _ => Vec::new(),
+    })
 }
 
 /// The spec of experiment `file` (its `extends` chain followed, `overrides` applied, no
@@ -249,7 +290,7 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
     let classes = folder::class_names(&train_dir, exp.data.classes.as_deref())?;
     let spec = resolve(exp, &file.display().to_string(), classes)?;
     let items = Arc::new(folder::labelled(&spec.train_dir(), &spec.class_names)?);
-    folder::check_split(&items, &spec.class_names, spec.data.val_fraction, spec.seed).map_err(anyhow::Error::msg)?;
+    folder::check_split(&items, &spec.class_names, &spec.data.split).map_err(anyhow::Error::msg)?;
     let test_items = match spec.test_dir() {
         Some(dir) => Some(Arc::new(folder::unlabelled(&dir, spec.submission.id).map_err(|e| match e {
             DataError::NoImages { .. } => anyhow::Error::new(e).context(
@@ -286,6 +327,8 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
     };
     Ok(VariantPlan {
         folder: String::new(),
+        repeat: None,
+        baseline: false,
         values: Vec::new(),
         hparams: Vec::new(),
         group: String::new(),
@@ -321,11 +364,41 @@ pub fn prepare_model(
 
 /// The experiment's name and its sweep's points (one empty point without a sweep). A
 /// `model.params` key must exist to be swept: a misspelt one would change nothing.
-fn sweep_points(file: &Path, overrides: &[Override], cli_sweep: &[String]) -> anyhow::Result<(String, Vec<Variant>)> {
+/// An experiment file's sweep: its points, how often each trains, whether the repeats are
+/// folds, and the point the others are compared with.
+struct Points {
+    /// The experiment's `name`.
+    name: String,
+    points: Vec<Variant>,
+    repeats: usize,
+    /// `data.folds`: each repeat validates on its own part.
+    folds: usize,
+    baseline: Option<String>,
+}
+
+/// The `seed` (and, for k-fold, `data.fold`) of repeat `r` of the variant the chain and
+/// `overrides` make: `seed + r`, so repeat `r` of every variant shares a seed.
+fn repeat_overrides(
+    chain: &[PathBuf],
+    overrides: &[Override],
+    r: usize,
+    folds: usize,
+) -> anyhow::Result<Vec<Override>> {
+    let seed = load::load(&Sources { files: chain.to_vec(), overrides: overrides.to_vec(), env: true })?.seed;
+    let set =
+        |key: &str, n: u64| Override { key: key.into(), value: toml::Value::Integer(n as i64), raw: n.to_string() };
+    let mut out = vec![set("seed", seed.wrapping_add(r as u64) & (i64::MAX as u64))];
+    if folds > 1 {
+        out.push(set("data.fold", r as u64));
+    }
+    Ok(out)
+}
+
+fn sweep_points(file: &Path, request: &Request) -> anyhow::Result<Points> {
     let chain = load::extends_chain(file)?;
-    let base = load::load(&Sources { files: chain, overrides: overrides.to_vec(), env: true })?;
+    let base = load::load(&Sources { files: chain, overrides: request.overrides.clone(), env: true })?;
     let file_name = file.display().to_string();
-    let sweep = Sweep::from_table(&base.sweep, &file_name)?.with_cli(cli_sweep)?;
+    let sweep = Sweep::from_table(&base.sweep, &file_name)?.with_cli(&request.sweep)?;
     for axis in &sweep.axes {
         if let Some(name) = axis.key.strip_prefix("model.params.")
             && !base.model.params.contains_key(name)
@@ -340,7 +413,21 @@ fn sweep_points(file: &Path, overrides: &[Override], cli_sweep: &[String]) -> an
     let variants = sweep.expand()?;
     // Without a sweep: one point, no values, no folder of its own.
     let points = if variants.is_empty() { vec![Variant { name: String::new(), values: Vec::new() }] } else { variants };
-    Ok((base.name, points))
+    let asked = request.repeats.or(sweep.repeats);
+    let folds = base.data.folds;
+    if folds > 1 && asked.is_some_and(|n| n != folds) {
+        bail!(
+            "{file_name}: data.folds = {folds} trains each variant once per fold; leave sweep.repeats (and --repeats) unset, or set it to {folds}"
+        );
+    }
+    if let Some(b) = &sweep.baseline
+        && !points.iter().any(|p| p.name == *b)
+    {
+        let names: Vec<&str> = points.iter().map(|p| p.name.as_str()).collect();
+        bail!("{file_name}: sweep.baseline = \"{b}\" is not one of the variants ({})", names.join(", "));
+    }
+    let repeats = if folds > 1 { folds } else { asked.unwrap_or(1) };
+    Ok(Points { name: base.name, points, repeats, folds, baseline: sweep.baseline })
 }
 
 /// The experiment file(s) as the user wrote them: the file itself, then its bases and the

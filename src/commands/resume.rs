@@ -46,7 +46,17 @@ pub fn resume(run: &Path, opts: ResumeOptions, env: &mut Env) -> anyhow::Result<
         .filter(|(i, r)| r.status != Status::Ok && shard.owns(*i))
         .map(|(i, r)| {
             let config = folder.existing_variant(&r.variant).config();
-            (i, plan::Unfinished { folder: r.variant.clone(), values: r.values.clone(), config })
+            let group = r.group().to_string();
+            (
+                i,
+                plan::Unfinished {
+                    folder: r.variant.clone(),
+                    values: r.values.clone(),
+                    repeat: r.repeat,
+                    group,
+                    config,
+                },
+            )
         })
         .unzip();
     let plans = plan::from_run(&unfinished)?;
@@ -64,7 +74,7 @@ pub fn resume(run: &Path, opts: ResumeOptions, env: &mut Env) -> anyhow::Result<
         let row = match result {
             Err(e) if e.is::<Interrupted>() => return Err(resume_hint(e, run)),
             Err(e) if e.is::<Refused>() => return Err(e),
-            Ok(outcome) => Row::finished(&v.folder, &table.rows[i].values, v.size(), Ok(&outcome)),
+            Ok(outcome) => Row::finished(&table.rows[i], Ok(&outcome)),
             Err(e) => {
                 log.info(format!("variant {} failed: {e:#}", v.folder));
                 Row { status: Status::Failed, error: Some(format!("{e:#}")), ..table.rows[i].clone() }

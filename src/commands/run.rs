@@ -64,7 +64,7 @@ pub fn run(opts: &RunOptions, env: &mut Env) -> anyhow::Result<PathBuf> {
 
 /// A variant's summary row before it trains.
 fn pending(v: &VariantPlan) -> Row {
-    Row::pending(&v.folder, &v.values_text(), v.size())
+    Row { baseline: v.baseline, ..Row::pending(&v.folder, &v.values_text(), v.repeat, v.size()) }
 }
 
 /// The run's `experiment.toml`(s), each variant's `config.toml` (a resume needs them for
@@ -107,7 +107,7 @@ fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) ->
     let device = executor::open_device(&v.spec, opts.device)?;
     let result = executor::train(v, &run.variant(".")?, (&device.0, device.1), env, attempt);
     if !result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
-        let row = Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
+        let row = Row::finished(&table.rows[0], result.as_ref().map_err(|e| format!("{e:#}")));
         table.record(run, 0, row)?;
         table.write(run.path())?;
         crate::output::crash::point("finish: summary written");
@@ -173,7 +173,7 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
         if result.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
             return Err(resume_hint(result.unwrap_err(), run.path()));
         }
-        let row = Row::finished(&v.folder, &v.values_text(), v.size(), result.as_ref().map_err(|e| format!("{e:#}")));
+        let row = Row::finished(&pending(v), result.as_ref().map_err(|e| format!("{e:#}")));
         table.record(run, i, row)?;
         let summary = SummaryTable::refresh(run)?;
         if let Err(err) = result {

@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::output::aggregate::{self, Aggregate};
 use crate::output::report::SummaryTable;
 use crate::output::run_folder::RunFolder;
-use crate::output::summary::{self, Row};
 
 /// A run's summary, rewritten by [`summarize`].
 #[derive(Debug, Clone)]
@@ -60,7 +60,6 @@ pub fn summarize(run: &Path) -> anyhow::Result<Summarized> {
 #[value(rename_all = "snake_case")]
 pub enum SortKey {
     BestValAcc,
-    FinalTrainLoss,
     ImagesPerSec,
     Params,
     Macs,
@@ -68,36 +67,40 @@ pub enum SortKey {
 }
 
 impl SortKey {
-    /// The row's value, oriented so that higher is better; `None` (a failed variant) last.
-    fn value(self, r: &Row) -> Option<f64> {
+    /// The variant's mean, oriented so that higher is better; `None` (no finished run) last.
+    fn value(self, g: &Aggregate) -> Option<f64> {
+        let mean = |name| g.metric(name).map(|e| e.mean);
         match self {
-            SortKey::BestValAcc => r.best_val_acc,
-            SortKey::ImagesPerSec => r.images_per_sec,
-            SortKey::FinalTrainLoss => r.final_train_loss.map(|v| -v),
-            SortKey::Seconds => r.seconds.map(|v| -v),
-            SortKey::Params => Some(-(r.params as f64)),
-            SortKey::Macs => Some(-(r.macs as f64)),
+            SortKey::BestValAcc => mean("best_val_acc"),
+            SortKey::ImagesPerSec => mean("images_per_sec"),
+            SortKey::Seconds => mean("seconds").map(|v| -v),
+            SortKey::Params => Some(-(g.params as f64)),
+            SortKey::Macs => Some(-(g.macs as f64)),
         }
     }
 }
 
-/// Every run's summary rows in one markdown table, optionally sorted by a column (accuracy,
-/// speed: highest first; loss, size, time: lowest first).
+/// Every run's variants, aggregated as in its summary (mean and interval over repeats, the
+/// comparison with its baseline), in one markdown table, optionally sorted by a column
+/// (accuracy, speed: highest first; size, time: lowest first).
 pub fn compare(runs: &[PathBuf], sort: Option<SortKey>) -> anyhow::Result<String> {
-    let mut rows = Vec::new();
+    let mut groups = Vec::new();
     for run in runs {
-        let path = run.join("summary.csv");
         let name = RunFolder::existing(run).title();
-        let summary = summary::read(&path).with_context(|| format!("{} has no readable summary.csv", run.display()))?;
-        rows.extend(summary.into_iter().map(|mut r| {
-            r.variant = if r.variant == "." { name.clone() } else { format!("{name}/{}", r.variant) };
-            r
+        let summary = aggregate::from_csv(&run.join("summary.csv")).with_context(|| {
+            format!("{} has no readable summary.csv (`ablate summarize` rewrites it)", run.display())
+        })?;
+        let named = |v: &str| if v == "." { name.clone() } else { format!("{name}/{v}") };
+        groups.extend(summary.into_iter().map(|mut g| {
+            g.variant = named(&g.variant);
+            g.versus = g.versus.map(|(b, c)| (named(&b), c));
+            g
         }));
     }
     if let Some(key) = sort {
-        rows.sort_by(|a, b| {
+        groups.sort_by(|a, b| {
             key.value(b).unwrap_or(f64::NEG_INFINITY).total_cmp(&key.value(a).unwrap_or(f64::NEG_INFINITY))
         });
     }
-    Ok(summary::markdown("comparison", &rows))
+    Ok(aggregate::markdown("comparison", &groups))
 }

@@ -4,7 +4,8 @@ use super::ConfigError;
 use super::schema::{BlockKind, Experiment, Int, LayerSpec, NormalizeSpec, PoolSpec, Size, StageSpec, TransformSpec};
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
 use crate::spec::{
-    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, Spec, StageConfig, TrainSpec, Transform, output_size,
+    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, Spec, SplitSpec, StageConfig, TrainSpec, Transform,
+    output_size,
 };
 
 /// Validates `exp` (loaded from `file`) for a dataset with `class_names`.
@@ -116,6 +117,12 @@ fn data(exp: &Experiment, at: &At, class_names: &[String]) -> Result<DataSpec, C
     if d.batch_size == 0 {
         return Err(at.invalid("data.batch_size", "expected at least 1".into()));
     }
+    if d.folds == 0 {
+        return Err(at.invalid("data.folds", "expected at least 1 (1: one hold-out split)".into()));
+    }
+    if d.fold >= d.folds {
+        return Err(at.invalid("data.fold", format!("expected a part in 0..{} (data.folds = {})", d.folds, d.folds)));
+    }
     if d.max_pixels == 0 {
         return Err(at.invalid("data.max_pixels", "expected at least 1".into()));
     }
@@ -126,7 +133,7 @@ fn data(exp: &Experiment, at: &At, class_names: &[String]) -> Result<DataSpec, C
         root: std::path::absolute(&d.root).map_err(|e| at.invalid("data.root", e.to_string()))?,
         train_dir: d.train_dir.clone(),
         test_dir: (!d.test_dir.is_empty()).then(|| d.test_dir.clone()),
-        val_fraction: d.val_fraction,
+        split: SplitSpec { val_fraction: d.val_fraction, seed: d.split_seed, folds: d.folds, fold: d.fold },
         batch_size: d.batch_size,
         prefetch: d.prefetch,
         skip_bad: d.skip_bad,

@@ -59,9 +59,20 @@ pub struct DataConfig {
     /// Class names in label order; default: the sorted sub-folder names of the train folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<Vec<String>>,
-    /// Fraction of each class held out for validation (stratified, seeded).
+    /// Fraction of each class held out for validation (stratified, seeded by `split_seed`).
     #[serde(default = "default_val_fraction")]
     pub val_fraction: f64,
+    /// Seed of the validation split, apart from `seed`: repeats of a variant (other seeds)
+    /// train and validate on the same images.
+    #[serde(default)]
+    pub split_seed: u64,
+    /// k-fold cross-validation instead of one hold-out: each class in `folds` stratified parts;
+    /// each repeat validates on its own part (`fold`) and trains on the others. 1: hold-out.
+    #[serde(default = "default_folds")]
+    pub folds: usize,
+    /// The part that validates, `0..folds` (set for each repeat by the sweep).
+    #[serde(default)]
+    pub fold: usize,
     /// Images per training step.
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
@@ -92,6 +103,9 @@ fn default_test_dir() -> String {
 }
 fn default_val_fraction() -> f64 {
     0.1
+}
+fn default_folds() -> usize {
+    1
 }
 fn default_batch_size() -> usize {
     64

@@ -25,11 +25,16 @@ pub struct Axis {
     pub values: Vec<toml::Value>,
 }
 
-/// A sweep: its axes (sorted by key) and mode.
+/// A sweep: its axes (sorted by key) and mode, how often each variant trains, and the
+/// variant the others are compared with.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Sweep {
     pub axes: Vec<Axis>,
     pub mode: Mode,
+    /// `repeats = N`: every variant trains N times (seeds `seed + r`).
+    pub repeats: Option<usize>,
+    /// `baseline = "groups=1"`: a variant's folder name (default: the first variant).
+    pub baseline: Option<String>,
 }
 
 /// One point of a sweep: the value of every axis, and a short folder name.
@@ -54,6 +59,23 @@ impl Sweep {
         let invalid = |key: &str, message: String| ConfigError::Invalid { path: file.into(), key: key.into(), message };
         let mut sweep = Sweep::default();
         for (key, value) in table {
+            if key == "repeats" {
+                let n = value.as_integer().filter(|n| *n >= 1).ok_or_else(|| {
+                    invalid("sweep.repeats", format!("expected a whole number of runs >= 1, got {value}"))
+                })?;
+                sweep.repeats = Some(n as usize);
+                continue;
+            }
+            if key == "baseline" {
+                let name = value.as_str().ok_or_else(|| {
+                    invalid(
+                        "sweep.baseline",
+                        format!("expected a variant's folder name such as \"groups=1\", got {value}"),
+                    )
+                })?;
+                sweep.baseline = Some(name.to_string());
+                continue;
+            }
             if key == "mode" {
                 sweep.mode = match value.as_str() {
                     Some("grid") => Mode::Grid,

@@ -8,7 +8,7 @@ use rand::seq::SliceRandom;
 use walkdir::WalkDir;
 
 use super::DataError;
-use crate::spec::IdFormat;
+use crate::spec::{IdFormat, SplitSpec};
 
 /// File extensions read as images (case-insensitive).
 pub const IMAGE_EXTENSIONS: [&str; 5] = ["jpg", "jpeg", "png", "bmp", "webp"];
@@ -152,31 +152,45 @@ pub fn unlabelled(test_dir: &Path, format: IdFormat) -> Result<Vec<Item>, DataEr
 
 /// Checks that [`split`] leaves every class at least one training image; else names the
 /// class, its count and the fraction.
-pub fn check_split(items: &[Item], classes: &[String], fraction: f64, seed: u64) -> Result<(), String> {
-    let (train, _) = split(items, fraction, seed);
+pub fn check_split(items: &[Item], classes: &[String], spec: &SplitSpec) -> Result<(), String> {
+    let (train, _) = split(items, spec);
     for (class, name) in classes.iter().enumerate() {
         if !train.iter().any(|&i| items[i].label == Some(class)) {
             let n = items.iter().filter(|i| i.label == Some(class)).count();
+            let how = if spec.folds > 1 {
+                format!("data.folds = {}", spec.folds)
+            } else {
+                format!("data.val_fraction = {}", spec.val_fraction)
+            };
             return Err(format!(
-                "data.val_fraction = {fraction} holds out all {n} image(s) of class {name}: no training image is left for it; lower val_fraction or add images"
+                "{how} holds out all {n} image(s) of class {name}: no training image is left for it; lower it or add images"
             ));
         }
     }
     Ok(())
 }
 
-/// Stratified hold-out: from each class, `round(n * fraction)` items (at least one when the
-/// fraction is positive and the class has two or more) chosen by a seeded shuffle.
+/// The validation split, stratified: each class's items in an order shuffled by `spec.seed`;
+/// then either the first `round(n * val_fraction)` validate (hold-out; at least one when the
+/// fraction is positive and the class has two or more), or, with `folds = k`, item `j` of that
+/// order belongs to part `j mod k` and part `fold` validates (k-fold cross-validation: the
+/// parts are disjoint, cover every item, and each holds a class's items within one of n/k).
 /// Returns `(train, val)` indices into `items`, each sorted.
-pub fn split(items: &[Item], fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_5B17);
+pub fn split(items: &[Item], spec: &SplitSpec) -> (Vec<usize>, Vec<usize>) {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(spec.seed ^ 0x5EED_5B17);
     let n_classes = items.iter().filter_map(|i| i.label).max().map_or(0, |m| m + 1);
     let (mut train, mut val) = (Vec::new(), Vec::new());
     for class in 0..n_classes {
         let mut idx: Vec<usize> = (0..items.len()).filter(|&i| items[i].label == Some(class)).collect();
         idx.shuffle(&mut rng);
-        let mut n_val = (idx.len() as f64 * fraction).round() as usize;
-        if fraction > 0.0 && n_val == 0 && idx.len() >= 2 {
+        if spec.folds > 1 {
+            for (j, &i) in idx.iter().enumerate() {
+                if j % spec.folds == spec.fold { val.push(i) } else { train.push(i) }
+            }
+            continue;
+        }
+        let mut n_val = (idx.len() as f64 * spec.val_fraction).round() as usize;
+        if spec.val_fraction > 0.0 && n_val == 0 && idx.len() >= 2 {
             n_val = 1;
         }
         val.extend_from_slice(&idx[..n_val]);
@@ -228,11 +242,42 @@ mod tests {
                 id: i.to_string(),
             })
             .collect();
-        let (train, val) = split(&items, 0.1, 7);
+        let holdout = |seed| SplitSpec { val_fraction: 0.1, seed, folds: 1, fold: 0 };
+        let (train, val) = split(&items, &holdout(7));
         assert_eq!(val.len(), 2 + 1); // round(20 * 0.1) + round(10 * 0.1)
         assert_eq!(train.len() + val.len(), 30);
         assert_eq!(val.iter().filter(|&&i| i >= 20).count(), 1);
-        assert_eq!(split(&items, 0.1, 7), (train, val.clone()));
-        assert_ne!(split(&items, 0.1, 8).1, val);
+        assert_eq!(split(&items, &holdout(7)), (train, val.clone()));
+        assert_ne!(split(&items, &holdout(8)).1, val);
+    }
+
+    #[test]
+    fn folds_are_disjoint_stratified_and_cover_every_item() {
+        // 23 of one class, 10 of the other: parts of 4-5 and 2 per class.
+        let items: Vec<Item> = (0..33)
+            .map(|i| Item {
+                path: PathBuf::from(format!("{i}.png")),
+                label: Some(usize::from(i >= 23)),
+                id: i.to_string(),
+            })
+            .collect();
+        let k = 5;
+        let mut seen = vec![0usize; items.len()];
+        for fold in 0..k {
+            let (train, val) = split(&items, &SplitSpec { val_fraction: 0.1, seed: 3, folds: k, fold });
+            assert_eq!(train.len() + val.len(), items.len());
+            assert!(train.iter().all(|i| !val.contains(i)), "fold {fold} overlaps");
+            for &i in &val {
+                seen[i] += 1;
+            }
+            let per_class = |c| val.iter().filter(|&&i| items[i].label == Some(c)).count();
+            assert!(
+                (4..=5).contains(&per_class(0)) && per_class(1) == 2,
+                "fold {fold}: {} + {}",
+                per_class(0),
+                per_class(1)
+            );
+        }
+        assert!(seen.iter().all(|&n| n == 1), "every item validates exactly once: {seen:?}");
     }
 }

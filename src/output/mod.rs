@@ -1,6 +1,7 @@
 //! What a run leaves behind: the run folder, metric sinks (CSV, TensorBoard, memory),
 //! checkpoints, the submission and the log.
 
+pub mod aggregate;
 pub mod checkpoint;
 pub mod crash;
 pub mod hparams;

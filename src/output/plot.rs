@@ -146,18 +146,7 @@ mod tests {
     use super::*;
 
     fn row(variant: &str, params: usize, acc: Option<f64>, status: Status) -> Row {
-        Row {
-            variant: variant.into(),
-            values: String::new(),
-            params,
-            macs: 0,
-            best_val_acc: acc,
-            final_train_loss: None,
-            images_per_sec: None,
-            seconds: None,
-            status,
-            error: None,
-        }
+        Row { best_val_acc: acc, status, ..Row::pending(variant, "", None, (params, 0)) }
     }
 
     /// Counts pixels close to `c` in a decoded PNG.

@@ -1,6 +1,6 @@
-//! A run's summary as one value: [`SummaryTable`], its rows, and its files together (the
-//! table as `summary.csv` and `summary.md`, its plot as `summary.png`), made from the variants'
-//! own `status.toml` files. Here rather than in
+//! A run's summary as one value: [`SummaryTable`], its rows, and its files together (the runs
+//! as `runs.csv`; the variants aggregated over their runs as `summary.csv` and `summary.md`;
+//! the plot as `summary.png`), made from the variants' own `status.toml` files. Here rather than in
 //! `summary`, so that the plot, which reads the table's rows, and the table do not import each
 //! other.
 
@@ -8,6 +8,7 @@ use std::path::Path;
 
 use anyhow::Context;
 
+use super::aggregate::{self, Aggregate};
 use super::run_folder::RunFolder;
 use super::summary::{self, Row, Status};
 
@@ -43,8 +44,14 @@ impl SummaryTable {
     /// every shard of a sweep writes the same list, whichever lands first is kept.
     pub fn write_list(&self, folder: &RunFolder) -> anyhow::Result<()> {
         if !folder.variants_csv().exists() {
-            let pending: Vec<Row> =
-                self.rows.iter().map(|r| Row::pending(&r.variant, &r.values, (r.params, r.macs))).collect();
+            let pending: Vec<Row> = self
+                .rows
+                .iter()
+                .map(|r| Row {
+                    baseline: r.baseline,
+                    ..Row::pending(&r.variant, &r.values, r.repeat, (r.params, r.macs))
+                })
+                .collect();
             summary::write_csv(&folder.variants_csv(), &pending)?;
         }
         Ok(())
@@ -83,13 +90,26 @@ impl SummaryTable {
         self.rows.iter().filter(|r| r.status == status).map(|r| r.variant.as_str()).collect()
     }
 
-    pub fn markdown(&self) -> String {
-        summary::markdown(&self.title, &self.rows)
+    /// The variants over their runs, each compared with the baseline.
+    pub fn aggregates(&self) -> Vec<Aggregate> {
+        aggregate::aggregate(&self.rows, |_, _| None)
     }
 
-    /// Writes `summary.csv`, `summary.md` and `summary.png` into `dir`.
+    /// `summary.md`: the variants aggregated and compared, then each run when there are repeats.
+    pub fn markdown(&self) -> String {
+        let mut s = aggregate::markdown(&self.title, &self.aggregates());
+        if self.rows.iter().any(|r| r.repeat.is_some()) {
+            s.push_str("\n## Runs\n\n");
+            s.push_str(&summary::markdown(&self.rows));
+        }
+        s
+    }
+
+    /// Writes `runs.csv`, `summary.csv`, `summary.md` and `summary.png` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
-        summary::write_tables(dir, &self.title, &self.rows)?;
+        summary::write_csv(&dir.join("runs.csv"), &self.rows)?;
+        super::write_atomic(&dir.join("summary.csv"), &aggregate::to_csv(&self.aggregates())?)?;
+        super::write_atomic(&dir.join("summary.md"), self.markdown().as_bytes())?;
         super::plot::write_png(&dir.join("summary.png"), &self.title, &self.rows)
     }
 }

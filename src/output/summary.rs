@@ -19,16 +19,30 @@ pub enum Status {
     Failed,
 }
 
-/// One variant's line.
+/// One run's line (a variant, or one repeat of it): `runs.csv`, `variants.csv`, and each
+/// folder's `status.toml`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Row {
-    /// Folder name (`groups=8`), or `.` for a run without a sweep.
+    /// Folder name (`groups=8`, `groups=8/r2` for a repeat), or `.` for a run without a sweep.
     pub variant: String,
     /// `key=value` per swept key, `;`-separated.
     pub values: String,
+    /// The repeat's index when the variant is trained several times (`[sweep] repeats`).
+    #[serde(default)]
+    pub repeat: Option<usize>,
+    /// A run of the variant the others are compared with (`[sweep] baseline`).
+    #[serde(default)]
+    pub baseline: bool,
     pub params: usize,
     pub macs: u64,
     pub best_val_acc: Option<f64>,
+    #[serde(default)]
+    pub final_val_acc: Option<f64>,
+    /// The lowest validation loss of any epoch.
+    #[serde(default)]
+    pub best_val_loss: Option<f64>,
+    #[serde(default)]
+    pub final_val_loss: Option<f64>,
     pub final_train_loss: Option<f64>,
     pub images_per_sec: Option<f64>,
     pub seconds: Option<f64>,
@@ -37,14 +51,19 @@ pub struct Row {
 }
 
 impl Row {
-    /// A variant that has not trained yet.
-    pub fn pending(variant: &str, values: &str, (params, macs): (usize, u64)) -> Self {
+    /// A run that has not trained yet.
+    pub fn pending(variant: &str, values: &str, repeat: Option<usize>, (params, macs): (usize, u64)) -> Self {
         Self {
             variant: variant.into(),
             values: values.into(),
+            repeat,
+            baseline: false,
             params,
             macs,
             best_val_acc: None,
+            final_val_acc: None,
+            best_val_loss: None,
+            final_val_loss: None,
             final_train_loss: None,
             images_per_sec: None,
             seconds: None,
@@ -53,8 +72,8 @@ impl Row {
         }
     }
 
-    /// A variant that trained (`Ok` with its epochs) or failed (`Err` with the error).
-    pub fn finished(variant: &str, values: &str, size: (usize, u64), result: Result<&FitOutcome, String>) -> Self {
+    /// The run of `pending` after it trained (`Ok` with its epochs) or failed (`Err`).
+    pub fn finished(pending: &Row, result: Result<&FitOutcome, String>) -> Self {
         let (status, error, epochs) = match result {
             Ok(o) => (Status::Ok, None, o.epochs.as_slice()),
             Err(e) => (Status::Failed, Some(e), &[][..]),
@@ -62,20 +81,29 @@ impl Row {
         let last = epochs.last();
         Self {
             best_val_acc: epochs.iter().filter_map(|e| e.val_acc).reduce(f64::max),
+            final_val_acc: last.and_then(|e| e.val_acc),
+            best_val_loss: epochs.iter().filter_map(|e| e.val_loss).reduce(f64::min),
+            final_val_loss: last.and_then(|e| e.val_loss),
             final_train_loss: last.map(|e| e.train_loss),
             images_per_sec: last.map(|e| e.images_per_sec),
             seconds: (!epochs.is_empty()).then(|| epochs.iter().map(|e| e.seconds).sum()),
             status,
             error,
-            ..Self::pending(variant, values, size)
+            ..pending.clone()
         }
     }
-}
 
-/// Writes `summary.csv` and `summary.md` into `dir` (`report::write_summary` adds the plot).
-pub fn write_tables(dir: &Path, title: &str, rows: &[Row]) -> anyhow::Result<()> {
-    write_csv(&dir.join("summary.csv"), rows)?;
-    Ok(write_atomic(&dir.join("summary.md"), markdown(title, rows).as_bytes())?)
+    /// The variant this run is a repeat of (its folder without `/r<k>`); the run's own folder
+    /// when it is not a repeat.
+    pub fn group(&self) -> &str {
+        let Some(k) = self.repeat else { return &self.variant };
+        let leaf = format!("r{k}");
+        match self.variant.strip_suffix(&leaf) {
+            Some("") => ".",
+            Some(rest) => rest.strip_suffix('/').unwrap_or(rest),
+            None => &self.variant,
+        }
+    }
 }
 
 /// Writes the rows as CSV to `path` (atomically).
@@ -87,7 +115,7 @@ pub fn write_csv(path: &Path, rows: &[Row]) -> anyhow::Result<()> {
     Ok(write_atomic(path, &w.into_inner()?)?)
 }
 
-/// Reads a `summary.csv` (or a run's `variants.csv`: the same columns).
+/// Reads a `runs.csv` (or a run's `variants.csv`: the same columns).
 pub fn read(path: &Path) -> anyhow::Result<Vec<Row>> {
     let mut r = csv::Reader::from_path(path)?;
     Ok(r.deserialize().collect::<Result<_, _>>()?)
@@ -113,10 +141,10 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
-/// A markdown table of `rows`.
-pub fn markdown(title: &str, rows: &[Row]) -> String {
-    let mut s = format!(
-        "# {title}\n\n| variant | params | MACs | best val acc | final train loss | images/s | seconds | status |\n|---|---:|---:|---:|---:|---:|---:|---|\n"
+/// A markdown table of `rows`, one line per run.
+pub fn markdown(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| run | params | MACs | best val acc | final train loss | images/s | seconds | status |\n|---|---:|---:|---:|---:|---:|---:|---|\n",
     );
     for r in rows {
         let status = match (&r.status, &r.error) {
@@ -147,33 +175,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rows = vec![
             Row {
-                variant: "groups=1".into(),
-                values: "model.params.groups=1".into(),
-                params: 1234,
-                macs: 5678,
                 best_val_acc: Some(0.9),
+                final_val_acc: Some(0.85),
+                best_val_loss: Some(0.3),
+                final_val_loss: Some(0.35),
                 final_train_loss: Some(0.1),
                 images_per_sec: Some(10.0),
                 seconds: Some(3.0),
                 status: Status::Ok,
-                error: None,
+                ..Row::pending("groups=1", "model.params.groups=1", None, (1234, 5678))
             },
             Row {
-                variant: "groups=2".into(),
-                values: "model.params.groups=2".into(),
-                params: 1000,
-                macs: 4000,
-                best_val_acc: None,
-                final_train_loss: None,
-                images_per_sec: None,
-                seconds: None,
                 status: Status::Failed,
                 error: Some("loss | NaN".into()),
+                ..Row::pending("groups=2/r1", "model.params.groups=2", Some(1), (1000, 4000))
             },
         ];
-        write_tables(dir.path(), "t", &rows).unwrap();
-        assert_eq!(read(&dir.path().join("summary.csv")).unwrap(), rows);
-        let md = std::fs::read_to_string(dir.path().join("summary.md")).unwrap();
+        write_csv(&dir.path().join("runs.csv"), &rows).unwrap();
+        assert_eq!(read(&dir.path().join("runs.csv")).unwrap(), rows);
+        let md = markdown(&rows);
+        assert_eq!(rows[0].group(), "groups=1");
+        assert_eq!(rows[1].group(), "groups=2");
+        assert_eq!(Row::pending("r3", "", Some(3), (0, 0)).group(), ".");
         assert!(md.contains("| groups=1 | 1,234 | 5,678 | 0.9000 |"), "{md}");
         assert!(md.contains("failed: loss \\| NaN"), "{md}");
         for row in &rows {

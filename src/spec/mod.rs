@@ -73,8 +73,8 @@ pub struct DataSpec {
     pub train_dir: String,
     /// Unlabelled test images, relative to `root`; `None` trains without a submission.
     pub test_dir: Option<String>,
-    /// Fraction of each class held out for validation.
-    pub val_fraction: f64,
+    /// Which images validate.
+    pub split: SplitSpec,
     /// Images per step (at least 1).
     pub batch_size: usize,
     /// Batches decoded ahead.
@@ -85,6 +85,18 @@ pub struct DataSpec {
     pub cache: CacheMode,
     /// The most pixels an image may have.
     pub max_pixels: u64,
+}
+
+/// How the labelled images are split into training and validation (`data::folder::split`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SplitSpec {
+    /// Fraction of each class held out (hold-out, `folds == 1`).
+    pub val_fraction: f64,
+    /// Seed of the shuffle that decides it.
+    pub seed: u64,
+    /// k-fold cross-validation: `folds` parts per class, part `fold` validates.
+    pub folds: usize,
+    pub fold: usize,
 }
 
 /// `data.max_pixels` unless set: 64 Mpx (8192 x 8192).

@@ -55,7 +55,7 @@ eval = [{ resize = [16, 16] }]
 params = { width = 4 }
 layers = [{ conv = { out = "$width", kernel = 3, padding = 1 } }, "batch_norm", "relu", { max_pool = { kernel = 2 } }, { linear = { out = "$classes" } }]
 [train]
-epochs = 400
+epochs = 4000  # long enough (about 30 s a variant) to be interrupted
 [sweep]
 "model.params.width" = [2, 4, 6]
 TOML
@@ -66,11 +66,13 @@ array=$(sed -n 's/^submitted job array \([0-9]*\) .*/\1/p' <<<"$out")
 [ -n "$array" ] || fail "no job id in: $out"
 summary=$(sed -n 's/.* summary job \([0-9]*\);.*/\1/p' <<<"$out")
 run="my runs/${array}_tiny"
-for _ in $(seq 120); do
-  [ -n "$(squeue -h -t R -j "${array}_0")" ] && [ -n "$(squeue -h -t R -j "${array}_1")" ] && break
+# Both tasks training, each with an epoch committed: then requeue one and cancel the other.
+for _ in $(seq 240); do
+  [ -f "$run/width=2/checkpoints/CURRENT" ] && [ -f "$run/width=4/checkpoints/CURRENT" ] && break
   sleep 0.5
 done
-sleep 2
+[ -n "$(squeue -h -t R -j "${array}_0")" ] && [ -n "$(squeue -h -t R -j "${array}_1")" ] ||
+  fail "tasks 0 and 1 are not both training: $(squeue)"
 scontrol requeue "${array}_0"
 scancel "${array}_1"
 echo "requeued ${array}_0, cancelled ${array}_1; waiting for the array and the summary job (the requeued task starts again after Slurm's delay)"

@@ -74,7 +74,7 @@ fn check(run: &Path, reference: &(Vec<Vec<u8>>, Vec<usize>), what: &str) {
     for (f, (a, b)) in FILES.iter().zip(files.iter().zip(&reference.0)) {
         assert!(a == b, "{what}: {f} differs from the uninterrupted run's");
     }
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows[0].status, ablate::Status::Ok, "{what}: summary status");
     let leftovers: Vec<PathBuf> = walk(run)
         .into_iter()

@@ -18,6 +18,7 @@ fn run(exp: &std::path::Path, runs: &std::path::Path, set: &[&str]) -> (std::pat
             files: vec![exp.to_path_buf()],
             overrides: set.iter().map(|s| ablate::Override::parse(s).unwrap()).collect(),
             sweep: vec![],
+            repeats: None,
         },
         device: Some(ablate::DeviceChoice::Cpu),
         runs_dir: runs.to_path_buf(),

@@ -50,7 +50,7 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     let reference = only_run(&straight);
     same_files(&reference, &run, &["checkpoints/last.safetensors", "checkpoints/best.safetensors", "submission.csv"]);
     assert_eq!(metrics(&reference), metrics(&run));
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows[0].status, ablate::Status::Ok);
 }
 
@@ -68,7 +68,7 @@ fn a_sweep_resumes_the_interrupted_variant_and_reruns_failed_ones() {
     // 12 training images, batch 8: 2 steps an epoch, 4 a variant: stop inside the second.
     run_in(&exp, &cut).args(SET).args(sweep).args(["--stop-after-steps", "5"]).assert().code(130);
     let run = only_run(&cut);
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows[0].status, ablate::Status::Ok);
     assert_eq!(rows[1].status, ablate::Status::Pending);
     ablate().arg("resume").arg(&run).assert().success();
@@ -86,7 +86,7 @@ fn a_sweep_resumes_the_interrupted_variant_and_reruns_failed_ones() {
     std::fs::remove_file(&bad).unwrap();
     let run = only_run(&failing);
     ablate().arg("resume").arg(&run).assert().success();
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert!(rows.iter().all(|r| r.status == ablate::Status::Ok), "{rows:?}");
 }
 

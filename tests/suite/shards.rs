@@ -63,11 +63,11 @@ fn two_shards_in_parallel_fill_one_run_folder_and_one_summary() {
         let status = std::fs::read_to_string(run.join(v).join("status.toml")).unwrap();
         assert!(status.contains("status = \"ok\""), "{v}: {status}");
     }
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
 
     ablate().arg("summarize").arg(&run).assert().success().stdout(predicate::str::contains("| width=4 |"));
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.variant.as_str()).collect::<Vec<_>>(), ["width=2", "width=4", "width=6"]);
     assert!(rows.iter().all(|r| r.status == Status::Ok && r.best_val_acc.is_some()), "{rows:?}");
     assert!(run.join("summary.md").is_file());
@@ -112,14 +112,14 @@ fn summarize_reports_the_variants_not_finished_and_fails() {
         .stdout(predicate::str::contains("| width=6 |"))
         .stderr(predicate::str::contains("2 not finished (width=2, width=4) of the run's variants"))
         .stderr(predicate::str::contains("ablate slurm --resume"));
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Pending, Status::Pending, Status::Ok]);
     // Every variant's config is there, so `ablate resume` can finish the missing ones.
     for v in ["width=2", "width=4", "width=6"] {
         assert!(run.join(v).join("config.toml").is_file(), "{v}");
     }
     ablate().arg("resume").arg(&run).assert().success();
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
     ablate().arg("summarize").arg(&run).assert().success();
 }
@@ -198,7 +198,7 @@ fn the_slurm_script_runs_one_task_per_variant_then_the_summary() {
     let out = Command::new("bash").arg("-c").arg(&script).env("PATH", path).current_dir(tmp.path()).output().unwrap();
     assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stderr), task_logs(tmp.path()));
     assert!(String::from_utf8_lossy(&out.stdout).contains("my runs/4242_tiny/summary.md"));
-    let rows = ablate::read_summary(&tmp.path().join("my runs/4242_tiny/summary.csv")).unwrap();
+    let rows = ablate::read_runs(&tmp.path().join("my runs/4242_tiny/runs.csv")).unwrap();
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}\n{}", task_logs(tmp.path()));
     assert_eq!(std::fs::read_to_string(tmp.path().join("summary.status")).unwrap().trim(), "0");
@@ -233,7 +233,7 @@ fn a_resume_script_finishes_the_unfinished_variants_in_the_same_folder() {
     assert!(script.contains("  --array=0,2 \\\n"), "{script}");
     assert!(script.contains(&format!(" resume {} --shard \"$SLURM_ARRAY_TASK_ID/3\"\n", run.display())), "{script}");
     assert_eq!(status, "0", "{summary}");
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}\n{}", task_logs(tmp.path()));
     assert_eq!(std::fs::read(run.join("width=4/checkpoints/best.safetensors")).unwrap(), trained, "kept");
     // Nothing left: no script.
@@ -284,7 +284,7 @@ fn a_requeued_task_continues_where_it_stopped() {
     let run = runs.join("77_tiny");
     task(None).assert().failure().stderr(predicate::str::contains("run id 77 was used before"));
     task(Some("1")).assert().success();
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Ok, Status::Pending, Status::Ok]);
     let log = std::fs::read_to_string(run.join("log.shard-0-of-2.txt")).unwrap();
     assert_eq!(log.matches("variant 1/3: width=2").count(), 1, "the finished variant is kept:\n{log}");
@@ -309,7 +309,7 @@ fn summarize_after_resume_keeps_the_resumed_variants() {
     ablate().arg("summarize").arg(&run).assert().failure().stderr(predicate::str::contains("1 not finished (width=4)"));
     ablate().arg("resume").arg(&run).assert().success();
     ablate().arg("summarize").arg(&run).assert().success().stderr(predicate::str::contains("not finished").not());
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert!(rows.iter().all(|r| r.status == Status::Ok), "{rows:?}");
 }
 
@@ -336,7 +336,7 @@ fn a_single_experiment_with_a_run_id_writes_one_log_and_continues_when_requeued(
     task().env("SLURM_RESTART_COUNT", "1").assert().success();
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains("resuming after 0 epochs and 3 batches"), "{log}");
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.status).collect::<Vec<_>>(), [Status::Ok]);
     // Requeued again after it finished: nothing to do, nothing changed.
     let best = std::fs::read(run.join("checkpoints/best.safetensors")).unwrap();

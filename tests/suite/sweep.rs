@@ -31,7 +31,7 @@ fn grid_sweep_trains_every_variant_into_its_folder_with_a_summary() {
         }
     }
     assert!(run.join("experiment.toml").is_file() && run.join("summary.md").is_file());
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows.iter().map(|r| r.variant.as_str()).collect::<Vec<_>>(), variants);
     assert!(rows.iter().all(|r| r.status == ablate::Status::Ok && r.best_val_acc.is_some()));
     // conv 3 -> w (k3): 27w + w, bn 2w, linear w*8*8 -> 2: 128w + 2; total 158w + 2  =>  318, 950
@@ -56,7 +56,7 @@ fn a_failing_variant_is_marked_and_the_sweep_goes_on_unless_fail_fast() {
         .failure()
         .stderr(predicate::str::contains("1 of 2 variants failed (skip_bad=false)"));
     let run = only_run(&runs);
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows[0].status, ablate::Status::Failed);
     assert!(rows[0].error.as_deref().unwrap().contains("broken.png"));
     assert_eq!(rows[1].status, ablate::Status::Ok);
@@ -64,7 +64,7 @@ fn a_failing_variant_is_marked_and_the_sweep_goes_on_unless_fail_fast() {
 
     let runs = tmp.path().join("runs-ff");
     run_in(&exp, &runs).args(["--sweep", "data.skip_bad=false,true", "--fail-fast"]).assert().failure();
-    let rows = ablate::read_summary(&only_run(&runs).join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&only_run(&runs).join("runs.csv")).unwrap();
     assert_eq!(rows[1].status, ablate::Status::Pending, "fail-fast stops before the second");
 }
 
@@ -138,7 +138,7 @@ fn several_experiments_share_one_run_folder_and_summary() {
     run_in(&dir, &runs).assert().success();
     let run = only_run(&runs);
     assert!(run.file_name().unwrap().to_str().unwrap().ends_with("_other+tiny"));
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     let names: Vec<&str> = rows.iter().map(|r| r.variant.as_str()).collect();
     assert_eq!(names, ["other", "tiny/width=2", "tiny/width=6"]);
     for f in ["other/metrics.csv", "other/experiment.toml", "tiny/experiment.toml", "tiny/width=6/metrics.csv"] {

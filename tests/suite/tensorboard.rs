@@ -144,7 +144,7 @@ fn real_tensorboard_serves_the_hparams_of_a_sweep() {
     let ok = group("skip_bad=true");
     assert_eq!(ok["hparams"]["data.skip_bad"], true);
     assert_eq!(ok["sessions"][0]["status"], "STATUS_SUCCESS");
-    let rows = ablate::read_summary(&run.join("summary.csv")).unwrap();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     let best = ok["metricValues"].as_array().unwrap().iter().find(|m| m["name"]["tag"] == "best/val_acc").unwrap();
     assert!((best["value"].as_f64().unwrap() - rows[1].best_val_acc.unwrap()).abs() < 1e-6);
     let failed = group("skip_bad=false");
