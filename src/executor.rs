@@ -11,6 +11,7 @@ use crate::data::loader::{ImageCache, Loader};
 use crate::device::{self, DeviceChoice};
 use crate::model::Model;
 use crate::output::log::RunLog;
+use crate::output::predictions::{self, ValPrediction};
 use crate::output::run_folder::VariantFolder;
 use crate::output::sink::CsvSink;
 use crate::output::tensorboard::TensorBoardSink;
@@ -160,8 +161,25 @@ fn train_logged(
     drop(sinks); // closes the event file
     let outcome = outcome?;
     crate::output::crash::point("finish: trained");
-    if let Some(test) = &plan.test_items {
+    if !splits.val_idx.is_empty() || plan.test_items.is_some() {
         checkpointer.load_weights(model, "best")?;
+    }
+    if !splits.val_idx.is_empty() {
+        // Each validation image's class under the best weights: what the summary's McNemar
+        // test compares between variants.
+        let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), device, log)?;
+        let rows: Vec<ValPrediction> = preds
+            .into_iter()
+            .map(|(i, predicted)| {
+                let item = &plan.items[i];
+                let image = item.path.strip_prefix(spec.train_dir()).unwrap_or(&item.path).display().to_string();
+                ValPrediction { image, label: item.label.unwrap_or(0), predicted }
+            })
+            .collect();
+        predictions::write(&folder.val_predictions(), &rows)?;
+        crate::output::crash::point("finish: validation predictions written");
+    }
+    if let Some(test) = &plan.test_items {
         let rows = predictions(model, &loader(spec, test.clone(), &spec.eval_transforms), device, log)?;
         submission::write(&folder.submission(), &rows, &spec.class_names, &spec.submission)?;
         crate::output::crash::point("finish: submission written");
@@ -260,6 +278,7 @@ pub fn predictions(
     device: &Device,
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<(String, usize)>> {
-    let preds = crate::train::predict(model, loader, device, progress)?;
+    let all = (0..loader.items().len()).collect();
+    let preds = crate::train::predict(model, loader, all, device, progress)?;
     Ok(preds.into_iter().map(|(i, c)| (loader.items()[i].id.clone(), c)).collect())
 }

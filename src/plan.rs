@@ -196,7 +196,7 @@ pub fn from_run(unfinished: &[Unfinished]) -> anyhow::Result<Vec<VariantPlan>> {
         if !u.config.is_file() {
             bail!("{}: no config.toml, cannot resume variant {}", u.config.display(), u.folder);
         }
-        let sources = Sources { files: vec![u.config.clone()], overrides: legacy_split(&u.config)?, env: false };
+        let sources = Sources { files: vec![u.config.clone()], overrides: vec![], env: false };
         let mut v = variant(&sources, &u.config, &mut weights)?;
         let values: Vec<(String, toml::Value)> = u
             .values
@@ -213,21 +213,6 @@ pub fn from_run(unfinished: &[Unfinished]) -> anyhow::Result<Vec<VariantPlan>> {
         out.push(v);
     }
     Ok(out)
-}
-
-/// A `config.toml` written before `data.split_seed` existed split by `seed`: resumed, it keeps
-/// that split (`data.split_seed = seed`) rather than taking the new default.
-fn legacy_split(config: &Path) -> anyhow::Result<Vec<Override>> {
-    let text = std::fs::read_to_string(config).with_context(|| format!("cannot read {}", config.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", config.display()))?;
-    let has_split_seed = table.get("data").and_then(|d| d.get("split_seed")).is_some();
-    Ok(match table.get("seed").and_then(toml::Value::as_integer) {
-        Some(seed) if !has_split_seed => {
-            vec![Override { key: "data.split_seed".into(), value: toml::Value::Integer(seed), raw: seed.to_string() }]
-        }
-        _ => Vec::new(),
-    })
 }
 
 /// The spec of experiment `file` (its `extends` chain followed, `overrides` applied, no

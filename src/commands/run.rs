@@ -101,7 +101,7 @@ fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) ->
         Some(_) => Attempt::Resume { allow_data_change: false },
         None => Attempt::Fresh,
     };
-    let mut table = SummaryTable::new(plan.title.clone(), vec![pending(v)]);
+    let mut table = SummaryTable::new(run, vec![pending(v)]);
     table.write_list(run)?;
     table.write(run.path())?;
     let device = executor::open_device(&v.spec, opts.device)?;
@@ -136,7 +136,7 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
     } else {
         log.info(format!("{total} variants into {}", run.path().display()));
     }
-    let mut table = SummaryTable::new(plan.title.clone(), plan.variants.iter().map(pending).collect());
+    let mut table = SummaryTable::new(run, plan.variants.iter().map(pending).collect());
     table.write_list(run)?;
     if continuing {
         table = SummaryTable::collect(run)?;

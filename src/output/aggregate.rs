@@ -316,3 +316,72 @@ pub fn from_csv(path: &std::path::Path) -> anyhow::Result<Vec<Aggregate>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(variant: &str, repeat: Option<usize>, acc: f64) -> Row {
+        Row { best_val_acc: Some(acc), status: Status::Ok, ..Row::pending(variant, "", repeat, (10, 20)) }
+    }
+
+    #[test]
+    fn repeats_pair_by_index_and_single_runs_use_mcnemar() {
+        // Repeat 2 of the variant failed: the pairs are repeats 0 and 1 (and 3).
+        let mut rows = vec![
+            run("a/r0", Some(0), 0.70),
+            run("a/r1", Some(1), 0.72),
+            run("a/r2", Some(2), 0.71),
+            run("a/r3", Some(3), 0.69),
+            run("b/r0", Some(0), 0.75),
+            run("b/r1", Some(1), 0.74),
+            Row { status: Status::Failed, error: Some("NaN".into()), ..run("b/r2", Some(2), 0.0) },
+            run("b/r3", Some(3), 0.70),
+        ];
+        rows[6].best_val_acc = None;
+        let groups = aggregate(&rows, |_, _| panic!("repeats are not compared image by image"));
+        assert_eq!(
+            groups.iter().map(|g| (g.variant.as_str(), g.runs, g.of)).collect::<Vec<_>>(),
+            [("a", 4, 4), ("b", 3, 4)]
+        );
+        assert_eq!(groups[1].status, Status::Failed);
+        assert_eq!(groups[1].error.as_deref(), Some("b/r2: NaN"));
+        let (baseline, c) = groups[1].versus.clone().unwrap();
+        assert_eq!((baseline.as_str(), c.test, c.n), ("a", Test::PairedT, 3));
+        assert!((c.diff - (0.05 + 0.02 + 0.01) / 3.0).abs() < 1e-12, "{c:?}");
+        assert!(groups[0].versus.is_none(), "the baseline is not compared with itself");
+        let e = groups[0].metric("best_val_acc").unwrap();
+        assert!((e.mean - 0.705).abs() < 1e-12 && e.ci.is_some());
+
+        // Single runs: the exact test on the images, and the marked baseline.
+        let mut rows = vec![run("a", None, 0.7), run("b", None, 0.8), run("c", None, 0.6)];
+        rows[1].baseline = true;
+        let groups = aggregate(&rows, |v, b| {
+            assert_eq!(b.variant, "b");
+            Some(stats::mcnemar(if v.variant == "a" { 4 } else { 9 }, 1, 100))
+        });
+        assert!(groups[1].versus.is_none());
+        let (baseline, c) = groups[0].versus.clone().unwrap();
+        assert_eq!((baseline.as_str(), c.test), ("b", Test::McNemar));
+        assert!((c.p.unwrap() - 0.375).abs() < 1e-12, "2 * P(X <= 1), X ~ Bin(5, 1/2) = 12/32");
+        let md = markdown("t", &groups);
+        assert!(
+            md.contains("- a vs b: −3.0 points [")
+                && md.contains("p = 0.375 (exact McNemar test on 100 validation images): not significant at 5 %"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- c vs b: −8.0 points")
+                && md.contains("p = 0.021 (exact McNemar test on 100 validation images): significant"),
+            "{md}"
+        );
+        // summary.csv reads back as written.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("summary.csv");
+        std::fs::write(&path, to_csv(&groups).unwrap()).unwrap();
+        let back = from_csv(&path).unwrap();
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[0].versus.clone().unwrap().1.p, c.p);
+        assert_eq!(back[2].metric("best_val_acc").unwrap().mean, 0.6);
+    }
+}

@@ -7,6 +7,7 @@ pub mod crash;
 pub mod hparams;
 pub mod log;
 pub mod plot;
+pub mod predictions;
 pub mod report;
 pub mod run_folder;
 pub mod sink;

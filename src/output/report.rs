@@ -9,19 +9,23 @@ use std::path::Path;
 use anyhow::Context;
 
 use super::aggregate::{self, Aggregate};
+use super::predictions;
 use super::run_folder::RunFolder;
 use super::summary::{self, Row, Status};
+use crate::stats;
 
-/// A run's summary: one row per variant, in the plan's order.
+/// A run's summary: one row per run (variant, or repeat of one), in the plan's order.
 #[derive(Debug, Clone)]
 pub struct SummaryTable {
     pub title: String,
     pub rows: Vec<Row>,
+    /// The run folder (its variants' validation predictions are compared).
+    folder: RunFolder,
 }
 
 impl SummaryTable {
-    pub fn new(title: String, rows: Vec<Row>) -> Self {
-        Self { title, rows }
+    pub fn new(folder: &RunFolder, rows: Vec<Row>) -> Self {
+        Self { title: folder.title(), rows, folder: folder.clone() }
     }
 
     /// The run's table as its variants' folders say it is: the variant list of `variants.csv`
@@ -37,7 +41,7 @@ impl SummaryTable {
                 *row = ended;
             }
         }
-        Ok(Self { title: folder.title(), rows })
+        Ok(Self::new(folder, rows))
     }
 
     /// Writes `variants.csv`, the run's variant list (every row pending), unless it is there:
@@ -90,9 +94,16 @@ impl SummaryTable {
         self.rows.iter().filter(|r| r.status == status).map(|r| r.variant.as_str()).collect()
     }
 
-    /// The variants over their runs, each compared with the baseline.
+    /// The variants over their runs, each compared with the baseline (single runs by their
+    /// validation predictions, when both validated on the same images).
     pub fn aggregates(&self) -> Vec<Aggregate> {
-        aggregate::aggregate(&self.rows, |_, _| None)
+        let predictions =
+            |r: &Row| predictions::read(&self.folder.existing_variant(&r.variant).val_predictions()).ok().flatten();
+        aggregate::aggregate(&self.rows, |variant, baseline| {
+            let (only_variant, only_baseline, n) =
+                predictions::discordant(&predictions(variant)?, &predictions(baseline)?)?;
+            Some(stats::mcnemar(only_baseline, only_variant, n))
+        })
     }
 
     /// `summary.md`: the variants aggregated and compared, then each run when there are repeats.

@@ -204,6 +204,10 @@ impl VariantFolder {
     pub fn metrics(&self) -> PathBuf {
         self.dir.join("metrics.csv")
     }
+    /// Each validation image's label and its class under the best weights.
+    pub fn val_predictions(&self) -> PathBuf {
+        self.dir.join("val_predictions.csv")
+    }
     pub fn submission(&self) -> PathBuf {
         self.dir.join("submission.csv")
     }

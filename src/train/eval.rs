@@ -45,10 +45,10 @@ pub fn evaluate(
 pub fn predict(
     model: &Model,
     loader: &Loader,
+    order: Vec<usize>,
     device: &Device,
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<(usize, usize)>> {
-    let order: Vec<usize> = (0..loader.items().len()).collect();
     let bar = progress.bar("predict".into(), order.len().div_ceil(loader.batch_size));
     let mut out = Vec::with_capacity(order.len());
     for batch in loader.batches(order, 0) {

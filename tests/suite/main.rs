@@ -1,6 +1,7 @@
 //! ablate's integration tests: one binary, one module per concern. Fixtures build tiny image
 //! folders in temporary directories.
 
+mod ablation;
 mod cli;
 mod common;
 mod config_errors;

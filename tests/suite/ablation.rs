@@ -1,0 +1,151 @@
+//! Ablations with repeats: seeds `seed + r` on one validation split, k-fold parts, the
+//! aggregated summary and its comparisons, and repeats through shards and resume.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ablate::Status;
+use predicates::prelude::*;
+
+use crate::common::{ablate, color_folder, experiment, only_run, run_in};
+
+/// A sweep of width 2 and 4 on 20 images (10 a class), with `sweep` appended to `[sweep]`.
+fn widths(dir: &Path, sweep: &str) -> PathBuf {
+    let data = dir.join("data");
+    color_folder(&data, 10, 2, 5);
+    let exp = experiment(dir, &data, 1);
+    let text = std::fs::read_to_string(&exp).unwrap();
+    let text = text.replace("[model]\n", "[model]\nparams = { width = 4 }\n").replace(
+        "{ conv = { out = 4, kernel = 3, padding = 1 } }",
+        "{ conv = { out = \"$width\", kernel = 3, padding = 1 } }",
+    );
+    std::fs::write(&exp, format!("{text}\n[sweep]\n\"model.params.width\" = [2, 4]\n{sweep}")).unwrap();
+    exp
+}
+
+/// The validation images of a run folder, from its `val_predictions.csv`.
+fn val_images(dir: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(dir.join("val_predictions.csv")).unwrap();
+    text.lines().skip(1).map(|l| l.split(',').next().unwrap().to_string()).collect()
+}
+
+fn summary_lines(run: &Path) -> Vec<csv::StringRecord> {
+    csv::Reader::from_path(run.join("summary.csv")).unwrap().records().map(Result::unwrap).collect()
+}
+
+#[test]
+fn repeats_share_the_split_take_seeds_seed_plus_r_and_are_aggregated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = widths(tmp.path(), "repeats = 3\n");
+    let runs = tmp.path().join("runs");
+    run_in(&exp, &runs).assert().success();
+    let run = only_run(&runs);
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
+    let folders: Vec<&str> = rows.iter().map(|r| r.variant.as_str()).collect();
+    assert_eq!(folders, ["width=2/r0", "width=2/r1", "width=2/r2", "width=4/r0", "width=4/r1", "width=4/r2"]);
+    assert!(rows.iter().all(|r| r.status == Status::Ok));
+    let split = val_images(&run.join("width=2/r0"));
+    assert_eq!(split.len(), 6, "round(10 * 0.25) of each class");
+    for (i, r) in rows.iter().enumerate() {
+        let config = std::fs::read_to_string(run.join(&r.variant).join("config.toml")).unwrap();
+        assert!(config.contains(&format!("seed = {}\n", 7 + i % 3)), "{}: {config}", r.variant);
+        assert_eq!(
+            val_images(&run.join(&r.variant)),
+            split,
+            "{}: repeats and variants validate on one split",
+            r.variant
+        );
+    }
+    // One summary line per variant, over its 3 runs, the second compared with the first.
+    let lines = summary_lines(&run);
+    assert_eq!(lines.len(), 2);
+    assert_eq!((&lines[0][0], &lines[0][4], &lines[0][5]), ("width=2", "3", "3"));
+    assert!(!lines[0][10].is_empty() && !lines[0][11].is_empty(), "an interval: {:?}", lines[0]);
+    let md = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(md.contains("- width=4 vs width=2: ") && md.contains("(paired t-test over 3 repeats)"), "{md}");
+    assert!(md.contains("## Runs") && md.contains("| width=4/r2 |"), "{md}");
+
+    // Repeat 1 is the run of seed 8: bit for bit.
+    let single = tmp.path().join("single");
+    run_in(&exp, &single)
+        .args(["--repeats", "1", "--set", "seed=8", "--sweep", "model.params.width=2"])
+        .assert()
+        .success();
+    let a = std::fs::read(only_run(&single).join("width=2/checkpoints/best.safetensors")).unwrap();
+    let b = std::fs::read(run.join("width=2/r1/checkpoints/best.safetensors")).unwrap();
+    assert_eq!(a, b, "repeat 1 equals a run with seed + 1");
+    // Single runs are compared image by image.
+    let pair = tmp.path().join("pair");
+    run_in(&exp, &pair).args(["--repeats", "1"]).assert().success();
+    let md = std::fs::read_to_string(only_run(&pair).join("summary.md")).unwrap();
+    assert!(md.contains("(exact McNemar test on 6 validation images)"), "{md}");
+}
+
+#[test]
+fn folds_validate_on_disjoint_stratified_parts_covering_every_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = widths(tmp.path(), "");
+    let runs = tmp.path().join("runs");
+    run_in(&exp, &runs).args(["--set", "data.folds=3", "--sweep", "model.params.width=2"]).assert().success();
+    let run = only_run(&runs);
+    let parts: Vec<BTreeSet<String>> = (0..3).map(|k| val_images(&run.join(format!("width=2/r{k}")))).collect();
+    let all: BTreeSet<String> = parts.iter().flatten().cloned().collect();
+    assert_eq!(all.len(), 20, "every image validates once");
+    assert_eq!(parts.iter().map(BTreeSet::len).sum::<usize>(), 20, "the parts are disjoint");
+    for p in &parts {
+        let blue = p.iter().filter(|i| i.starts_with("blue/")).count();
+        assert!((3..=4).contains(&blue) && (3..=4).contains(&(p.len() - blue)), "stratified: {p:?}");
+    }
+    let config = std::fs::read_to_string(run.join("width=2/r2/config.toml")).unwrap();
+    assert!(config.contains("folds = 3\n") && config.contains("fold = 2\n"), "{config}");
+    // Folds set the repeats.
+    run_in(&exp, &tmp.path().join("bad"))
+        .args(["--set", "data.folds=3", "--repeats", "2"])
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("data.folds = 3 trains each variant once per fold"));
+}
+
+#[test]
+fn the_baseline_is_named_in_the_sweep_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = widths(tmp.path(), "baseline = \"width=4\"\n");
+    let runs = tmp.path().join("runs");
+    run_in(&exp, &runs).assert().success();
+    let md = std::fs::read_to_string(only_run(&runs).join("summary.md")).unwrap();
+    assert!(md.contains("## Against the baseline width=4") && md.contains("- width=2 vs width=4: "), "{md}");
+    let text = std::fs::read_to_string(&exp).unwrap();
+    std::fs::write(&exp, text.replace("baseline = \"width=4\"", "baseline = \"width=8\"")).unwrap();
+    run_in(&exp, &tmp.path().join("bad"))
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("sweep.baseline = \"width=8\" is not one of the variants (width=2, width=4)"));
+}
+
+#[test]
+fn repeats_shard_and_resume_like_variants() {
+    let tmp = tempfile::tempdir().unwrap();
+    let exp = widths(tmp.path(), "repeats = 2\n");
+    let runs = tmp.path().join("runs");
+    let task = |shard: &str| {
+        let mut c = ablate();
+        c.arg("run").arg(&exp).arg("--runs-dir").arg(&runs).args(["--shard", shard, "--run-id", "5"]);
+        c
+    };
+    // Four runs; shard 1 of 2 takes width=2/r1 and width=4/r1, and is stopped in its first.
+    task("0/2").assert().success();
+    task("1/2").args(["--stop-after-steps", "1"]).assert().code(130);
+    let run = runs.join("5_tiny");
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [Status::Ok, Status::Pending, Status::Ok, Status::Pending]
+    );
+    let md = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(md.contains("pending (1 of 2 done)"), "{md}");
+    ablate().arg("resume").arg(&run).assert().success();
+    let lines = summary_lines(&run);
+    assert!(lines.iter().all(|l| &l[4] == "2" && &l[6] == "ok"), "{lines:?}");
+    let log = std::fs::read_to_string(run.join("width=2/r1/log.txt")).unwrap();
+    assert!(log.contains("resuming after 0 epochs and 1 batches"), "{log}");
+}
