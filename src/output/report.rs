@@ -118,9 +118,10 @@ impl SummaryTable {
 
     /// Writes `runs.csv`, `summary.csv`, `summary.md` and `summary.png` into `dir`.
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
+        let groups = self.aggregates();
         summary::write_csv(&dir.join("runs.csv"), &self.rows)?;
-        super::write_atomic(&dir.join("summary.csv"), &aggregate::to_csv(&self.aggregates())?)?;
+        super::write_atomic(&dir.join("summary.csv"), &aggregate::to_csv(&groups)?)?;
         super::write_atomic(&dir.join("summary.md"), self.markdown().as_bytes())?;
-        super::plot::write_png(&dir.join("summary.png"), &self.title, &self.rows)
+        super::plot::write_png(&dir.join("summary.png"), &self.title, &groups)
     }
 }
