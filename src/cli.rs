@@ -172,6 +172,26 @@ pub enum Command {
         /// Output CSV (default: <run>/submission-<checkpoint>.csv); never overwritten.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Also write each class's probability (columns p_<class>), for ensembling.
+        #[arg(long)]
+        probs: bool,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
+    /// Score a run's saved checkpoint on a labelled folder (one sub-folder per class): confusion
+    /// matrix, per-class precision, recall and F1, accuracy with its 95 % interval.
+    Evaluate {
+        /// A run folder made by `ablate run` (a variant's folder, in a sweep).
+        run: PathBuf,
+        /// The labelled folder: <DATA>/<class>/<images>, classes named as the run's.
+        #[arg(long)]
+        data: PathBuf,
+        /// Which checkpoint to use.
+        #[arg(long, value_enum, default_value = "best")]
+        checkpoint: Which,
+        /// Name of the report files, <run>/eval/<NAME>_*.csv (default: the folder's name).
+        #[arg(long)]
+        name: Option<String>,
         #[command(flatten)]
         device: DeviceArg,
     },

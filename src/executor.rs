@@ -10,12 +10,14 @@ use crate::data::folder::{self, Item};
 use crate::data::loader::{ImageCache, Loader};
 use crate::device::{self, DeviceChoice};
 use crate::model::Model;
+use crate::output::evaluation::Evaluation;
 use crate::output::log::RunLog;
 use crate::output::predictions::{self, ValPrediction};
 use crate::output::run_folder::VariantFolder;
 use crate::output::sink::CsvSink;
+use crate::output::submission::{self, Submitted};
 use crate::output::tensorboard::TensorBoardSink;
-use crate::output::{submission, write_atomic};
+use crate::output::write_atomic;
 use crate::plan::{VariantPlan, prepare_model};
 use crate::spec::{CacheMode, Precision, Spec, Transform};
 use crate::train::{
@@ -170,13 +172,17 @@ fn train_logged(
         let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), device, log)?;
         let rows: Vec<ValPrediction> = preds
             .into_iter()
-            .map(|(i, predicted)| {
+            .map(|p| {
+                let (i, predicted) = (p.index, p.class);
                 let item = &plan.items[i];
                 let image = item.path.strip_prefix(spec.train_dir()).unwrap_or(&item.path).display().to_string();
                 ValPrediction { image, label: item.label.unwrap_or(0), predicted }
             })
             .collect();
         predictions::write(&folder.val_predictions(), &rows)?;
+        let evaluation = Evaluation::from_pairs(&spec.class_names, rows.iter().map(|r| (r.label, r.predicted)));
+        evaluation.write(&folder.eval_dir(), "val")?;
+        log.info(format!("validation with best.safetensors: {} (eval/val_*)", evaluation.headline()));
         crate::output::crash::point("finish: validation predictions written");
     }
     if let Some(test) = &plan.test_items {
@@ -271,14 +277,17 @@ fn splits(plan: &VariantPlan, folder: &VariantFolder, log: &RunLog) -> anyhow::R
     Ok(Splits { train, train_idx, val, val_idx, data_fingerprint })
 }
 
-/// Every item's predicted class, as `(id, class)`.
+/// Every item's prediction, by submission id.
 pub fn predictions(
     model: &Model,
     loader: &Loader,
     device: &Device,
     progress: &dyn Progress,
-) -> anyhow::Result<Vec<(String, usize)>> {
+) -> anyhow::Result<Vec<Submitted>> {
     let all = (0..loader.items().len()).collect();
     let preds = crate::train::predict(model, loader, all, device, progress)?;
-    Ok(preds.into_iter().map(|(i, c)| (loader.items()[i].id.clone(), c)).collect())
+    Ok(preds
+        .into_iter()
+        .map(|p| Submitted { id: loader.items()[p.index].id.clone(), class: p.class, probs: p.probs })
+        .collect())
 }

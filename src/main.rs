@@ -140,9 +140,15 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
             run_args.extend(["--runs-dir".to_string(), runs_dir.path.display().to_string()]);
             print!("{}", ablate::slurm(&request(&what)?, &run_args, &runs_dir.path, &opts)?);
         }
+        Command::Evaluate { run, data, checkpoint, name, device } => {
+            let done = ablate::evaluate(&run, checkpoint, &data, name.as_deref(), device.device)?;
+            println!("{}", done.evaluation.headline());
+            println!("{}", done.evaluation.per_class_table());
+            println!("{}", done.dir.join(format!("{}_confusion.csv", done.name)).display());
+        }
         Command::Compare { runs, sort } => println!("{}", ablate::compare(&runs, sort)?),
-        Command::Predict { run, checkpoint, data, out, device } => {
-            let out = ablate::predict(&run, checkpoint, data.as_deref(), out.as_deref(), device.device)?;
+        Command::Predict { run, checkpoint, data, out, probs, device } => {
+            let out = ablate::predict(&run, checkpoint, data.as_deref(), out.as_deref(), probs, device.device)?;
             println!("{}", out.display());
         }
     }

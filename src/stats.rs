@@ -40,6 +40,20 @@ fn t_quantile(df: usize) -> f64 {
     t.inverse_cdf(0.5 + LEVEL / 2.0)
 }
 
+/// The 95 % Wilson score interval of a proportion, `k` of `n` (SciPy's
+/// `binomtest(k, n).proportion_ci(method="wilson")`): sound at small counts and near 0 or 1,
+/// where the normal approximation is not. `None` for `n = 0`.
+pub fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
+    if n == 0 {
+        return None;
+    }
+    let (n, p) = (n as f64, k as f64 / n as f64);
+    let z = Normal::standard().inverse_cdf(0.5 + LEVEL / 2.0);
+    let centre = (p + z * z / (2.0 * n)) / (1.0 + z * z / n);
+    let half = z / (1.0 + z * z / n) * (p * (1.0 - p) / n + z * z / (4.0 * n * n)).sqrt();
+    Some((centre - half, centre + half))
+}
+
 /// Which test a [`Comparison`] made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Test {

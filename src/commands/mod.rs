@@ -1,6 +1,7 @@
 //! The commands, one file each: what `main` calls once the command line is parsed.
 
 mod check;
+mod evaluate;
 mod predict;
 mod resume;
 mod run;
@@ -8,6 +9,7 @@ mod slurm;
 mod summarize;
 
 pub use check::check;
+pub use evaluate::{Evaluated, evaluate};
 pub use predict::{Which, predict};
 pub use resume::{ResumeOptions, resume};
 pub use run::{RunOptions, run};

@@ -13,6 +13,7 @@ use crate::output::log::RunLog;
 use crate::output::run_folder::RunFolder;
 use crate::output::submission;
 use crate::plan;
+use crate::spec::SubmissionConfig;
 
 /// Which saved weights `predict` uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -22,7 +23,7 @@ pub enum Which {
 }
 
 impl Which {
-    fn name(self) -> &'static str {
+    pub(super) fn name(self) -> &'static str {
         match self {
             Which::Best => "best",
             Which::Last => "last",
@@ -30,7 +31,7 @@ impl Which {
     }
 }
 
-/// Writes a submission for `data` (a folder of test images, or a dataset root holding the
+/// Writes a submission (with `probs`, each class's probability too) for `data` (a folder of test images, or a dataset root holding the
 /// config's test folder; default: the run's own test folder) to `out` (default:
 /// `<run>/submission-<which>.csv`, never overwritten) and returns its path.
 pub fn predict(
@@ -38,6 +39,7 @@ pub fn predict(
     which: Which,
     data: Option<&Path>,
     out: Option<&Path>,
+    probs: bool,
     device: Option<DeviceChoice>,
 ) -> anyhow::Result<PathBuf> {
     let variant = RunFolder::existing(run).existing_variant(".");
@@ -58,6 +60,7 @@ pub fn predict(
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| run.join(format!("submission-{}.csv", which.name())));
     let log = RunLog::terminal(RunLog::terminal_bars());
     let rows = predictions(&model, &loader(&spec, items, &spec.eval_transforms), &device, &log)?;
-    submission::write_new(&out, &rows, &spec.class_names, &spec.submission)?;
+    let format = SubmissionConfig { probs: probs || spec.submission.probs, ..spec.submission.clone() };
+    submission::write_new(&out, &rows, &spec.class_names, &format)?;
     Ok(out)
 }

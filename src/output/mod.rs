@@ -4,6 +4,7 @@
 pub mod aggregate;
 pub mod checkpoint;
 pub mod crash;
+pub mod evaluation;
 pub mod hparams;
 pub mod log;
 pub mod plot;

@@ -37,7 +37,7 @@ const SERIES: [RGBColor; 6] = [
 /// bundled instead (Bitstream Vera licence, assets/fonts/LICENSE-DejaVu.txt).
 static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
-fn register_font() {
+pub(super) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         for style in [FontStyle::Normal, FontStyle::Bold] {
@@ -58,8 +58,13 @@ pub fn write_png(path: &Path, title: &str, groups: &[Aggregate]) -> anyhow::Resu
         draw(&root, title, groups).map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
         root.present().map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
     }
+    write_rgb_png(path, &rgb, WIDTH, HEIGHT)
+}
+
+/// Encodes an RGB buffer of `width` x `height` as a PNG at `path` (atomically).
+pub(super) fn write_rgb_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> anyhow::Result<()> {
     let mut png = Vec::new();
-    image::codecs::png::PngEncoder::new(&mut png).write_image(&rgb, WIDTH, HEIGHT, image::ExtendedColorType::Rgb8)?;
+    image::codecs::png::PngEncoder::new(&mut png).write_image(rgb, width, height, image::ExtendedColorType::Rgb8)?;
     Ok(write_atomic(path, &png)?)
 }
 

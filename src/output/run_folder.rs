@@ -204,6 +204,11 @@ impl VariantFolder {
     pub fn metrics(&self) -> PathBuf {
         self.dir.join("metrics.csv")
     }
+    /// Evaluation reports: `val_confusion.csv`, `val_per_class.csv`, `val_confusion.png`, and
+    /// those of `ablate evaluate`.
+    pub fn eval_dir(&self) -> PathBuf {
+        self.dir.join("eval")
+    }
     /// Each validation image's label and its class under the best weights.
     pub fn val_predictions(&self) -> PathBuf {
         self.dir.join("val_predictions.csv")

@@ -4,30 +4,43 @@ use std::path::Path;
 
 use crate::spec::{LabelFormat, SubmissionConfig};
 
-/// Renders the submission for `(id, class index)` pairs.
-pub fn render(rows: &[(String, usize)], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<Vec<u8>> {
+/// One test image's line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submitted {
+    pub id: String,
+    pub class: usize,
+    /// Each class's probability (written with `submission.probs` / `predict --probs`).
+    pub probs: Vec<f32>,
+}
+
+/// Renders the submission: `id,label`, then with `cfg.probs` one `p_<class>` column per class
+/// (the softmax of the logits, for ensembling).
+pub fn render(rows: &[Submitted], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     if cfg.header {
-        w.write_record(["id", "label"])?;
+        let mut header = vec!["id".to_string(), "label".to_string()];
+        if cfg.probs {
+            header.extend(classes.iter().map(|c| format!("p_{c}")));
+        }
+        w.write_record(&header)?;
     }
-    for (id, class) in rows {
+    for r in rows {
         let label = match cfg.label {
-            LabelFormat::Index => class.to_string(),
-            LabelFormat::Name => classes[*class].clone(),
+            LabelFormat::Index => r.class.to_string(),
+            LabelFormat::Name => classes[r.class].clone(),
         };
-        w.write_record([id.as_str(), label.as_str()])?;
+        let mut rec = vec![r.id.clone(), label];
+        if cfg.probs {
+            rec.extend(r.probs.iter().map(|p| p.to_string()));
+        }
+        w.write_record(&rec)?;
     }
     Ok(w.into_inner()?)
 }
 
 /// Writes the submission atomically; refuses to replace a file that is already there (a
 /// user's `--out`).
-pub fn write_new(
-    path: &Path,
-    rows: &[(String, usize)],
-    classes: &[String],
-    cfg: &SubmissionConfig,
-) -> anyhow::Result<()> {
+pub fn write_new(path: &Path, rows: &[Submitted], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<()> {
     if path.exists() {
         anyhow::bail!("{} already exists: choose another --out, nothing was overwritten", path.display());
     }
@@ -36,7 +49,7 @@ pub fn write_new(
 
 /// Writes the submission atomically, replacing what a previous attempt of the same run wrote
 /// (the run's own `submission.csv`: the same weights give the same file).
-pub fn write(path: &Path, rows: &[(String, usize)], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<()> {
+pub fn write(path: &Path, rows: &[Submitted], classes: &[String], cfg: &SubmissionConfig) -> anyhow::Result<()> {
     Ok(super::write_atomic(path, &render(rows, classes, cfg)?)?)
 }
 
@@ -46,12 +59,16 @@ mod tests {
 
     #[test]
     fn header_and_label_formats() {
-        let rows = vec![("1".to_string(), 1), ("2".to_string(), 0)];
+        let row = |id: &str, class, p: f32| Submitted { id: id.into(), class, probs: vec![1.0 - p, p] };
+        let rows = vec![row("1", 1, 0.75), row("2", 0, 0.125)];
         let classes = vec!["cats".to_string(), "dogs".to_string()];
         let out = render(&rows, &classes, &SubmissionConfig::default()).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "id,label\n1,1\n2,0\n");
         let cfg = SubmissionConfig { header: false, label: LabelFormat::Name, ..Default::default() };
         let out = render(&rows, &classes, &cfg).unwrap();
         assert_eq!(String::from_utf8(out).unwrap(), "1,dogs\n2,cats\n");
+        let cfg = SubmissionConfig { probs: true, ..Default::default() };
+        let out = render(&rows, &classes, &cfg).unwrap();
+        assert_eq!(String::from_utf8(out).unwrap(), "id,label,p_cats,p_dogs\n1,1,0.25,0.75\n2,0,0.875,0.125\n");
     }
 }

@@ -160,6 +160,9 @@ pub struct SubmissionConfig {
     /// file name without its extension).
     #[serde(default)]
     pub id: IdFormat,
+    /// Also write each class's probability, one `p_<class>` column each.
+    #[serde(default)]
+    pub probs: bool,
 }
 
 /// How a test image's submission id is made from its file name.
@@ -179,7 +182,7 @@ fn default_true() -> bool {
 
 impl Default for SubmissionConfig {
     fn default() -> Self {
-        Self { header: true, label: LabelFormat::Index, id: IdFormat::Number }
+        Self { header: true, label: LabelFormat::Index, id: IdFormat::Number, probs: false }
     }
 }
 

@@ -41,21 +41,38 @@ pub fn evaluate(
     Ok((loss_sum / seen as f64, hits as f64 / seen as f64))
 }
 
-/// The predicted class of every item of `loader`, in item order, as `(item index, class)`.
+/// One image's prediction.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Predicted {
+    /// Index into the loader's items.
+    pub index: usize,
+    /// The class of the highest logit.
+    pub class: usize,
+    /// Softmax of the logits.
+    pub probs: Vec<f32>,
+}
+
+/// The prediction for each item of `loader` at `order`, in that order (an image a loader with
+/// `skip_bad` skipped has none).
 pub fn predict(
     model: &Model,
     loader: &Loader,
     order: Vec<usize>,
     device: &Device,
     progress: &dyn Progress,
-) -> anyhow::Result<Vec<(usize, usize)>> {
+) -> anyhow::Result<Vec<Predicted>> {
     let bar = progress.bar("predict".into(), order.len().div_ceil(loader.batch_size));
     let mut out = Vec::with_capacity(order.len());
     for batch in loader.batches(order, 0) {
         let batch = batch?;
         let logits = model.forward_t(&batch.images.to_device(device)?, false)?;
         let classes = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        out.extend(batch.indices.iter().zip(classes).map(|(&i, c)| (i, c as usize)));
+        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
+        out.extend(batch.indices.iter().zip(classes).zip(probs).map(|((&index, c), probs)| Predicted {
+            index,
+            class: c as usize,
+            probs,
+        }));
         bar.step(None);
     }
     bar.finish();

@@ -149,3 +149,83 @@ fn repeats_shard_and_resume_like_variants() {
     let log = std::fs::read_to_string(run.join("width=2/r1/log.txt")).unwrap();
     assert!(log.contains("resuming after 0 epochs and 1 batches"), "{log}");
 }
+
+/// `ablate evaluate` on a labelled folder gives the confusion matrix that the run's own
+/// predictions (`ablate predict` on the same images, unlabelled) give; `--probs` adds each
+/// class's probability; a run writes its validation report.
+#[test]
+fn evaluate_scores_a_labelled_folder_as_predict_sees_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 8, 2, 3);
+    let exp = experiment(tmp.path(), &data, 2);
+    let runs = tmp.path().join("runs");
+    run_in(&exp, &runs).assert().success();
+    let run = only_run(&runs);
+    let val = std::fs::read_to_string(run.join("eval/val_confusion.csv")).unwrap();
+    assert!(val.starts_with("true \\ predicted,blue,red\n"), "{val}");
+    assert!(run.join("eval/val_per_class.csv").is_file() && run.join("eval/val_confusion.png").is_file());
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(log.contains("validation with best.safetensors: accuracy "), "{log}");
+
+    // Another labelled set (other images), and the same images flat, numbered 1..
+    let other = tmp.path().join("other");
+    color_folder(&other, 7, 0, 99);
+    let labelled = other.join("train");
+    let flat = tmp.path().join("flat");
+    std::fs::create_dir_all(&flat).unwrap();
+    let mut labels = Vec::new();
+    for (label, class) in ["blue", "red"].iter().enumerate() {
+        let mut files: Vec<_> = std::fs::read_dir(labelled.join(class)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for f in files {
+            labels.push(label);
+            std::fs::copy(&f, flat.join(format!("{}.png", labels.len()))).unwrap();
+        }
+    }
+    ablate()
+        .arg("evaluate")
+        .arg(&run)
+        .arg("--data")
+        .arg(&labelled)
+        .assert()
+        .success()
+        .stdout(predicate::str::contains("accuracy ").and(predicate::str::contains("| blue |")));
+    let out = tmp.path().join("flat.csv");
+    ablate().arg("predict").arg(&run).arg("--data").arg(&flat).arg("--out").arg(&out).arg("--probs").assert().success();
+    let mut confusion = [[0u64; 2]; 2];
+    let text = std::fs::read_to_string(&out).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some("id,label,p_blue,p_red"));
+    for line in lines {
+        let f: Vec<&str> = line.split(',').collect();
+        let (id, predicted): (usize, usize) = (f[0].parse().unwrap(), f[1].parse().unwrap());
+        let (pb, pr): (f64, f64) = (f[2].parse().unwrap(), f[3].parse().unwrap());
+        assert!((pb + pr - 1.0).abs() < 1e-5 && usize::from(pr > pb) == predicted, "{line}");
+        confusion[labels[id - 1]][predicted] += 1;
+    }
+    let expected = format!(
+        "true \\ predicted,blue,red\nblue,{},{}\nred,{},{}\n",
+        confusion[0][0], confusion[0][1], confusion[1][0], confusion[1][1]
+    );
+    assert_eq!(std::fs::read_to_string(run.join("eval/train_confusion.csv")).unwrap(), expected);
+    assert!(run.join("eval/train_predictions.csv").is_file());
+    // A report is never overwritten; a folder of other classes is refused, naming it.
+    ablate()
+        .arg("evaluate")
+        .arg(&run)
+        .arg("--data")
+        .arg(&labelled)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("already exists"));
+    std::fs::create_dir_all(flat.join("green")).unwrap();
+    ablate()
+        .arg("evaluate")
+        .arg(&run)
+        .arg("--data")
+        .arg(&flat)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("`green` is not one of the run's classes (blue, red)"));
+}

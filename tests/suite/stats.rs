@@ -1,5 +1,6 @@
 //! The summary's statistics against SciPy's (Debian's `python3-scipy` for `/usr/bin/python3`):
-//! Student-t intervals of a mean, the paired t-test and the exact McNemar test. The cases and
+//! Student-t intervals of a mean, the paired t-test, the exact McNemar test and Wilson's
+//! interval of a proportion. The cases and
 //! SciPy's answers are printed (`--nocapture`) so a run records them.
 
 use ablate::stats::{self, Test};
@@ -21,6 +22,10 @@ for v, b in cases["paired"]:
     out["paired"].append({"p": r.pvalue, "ci": [ci.low, ci.high], "diff": float(np.mean(np.subtract(v, b)))})
 for b, c in cases["mcnemar"]:
     out["mcnemar"].append({"p": stats.binomtest(min(b, c), b + c, 0.5).pvalue})
+out["wilson"] = []
+for k, n in cases["wilson"]:
+    ci = stats.binomtest(k, n).proportion_ci(0.95, method="wilson")
+    out["wilson"].append([ci.low, ci.high])
 print(json.dumps(out))
 "#;
 
@@ -42,7 +47,8 @@ fn statistics_equal_scipys() {
         (vec![0.61, 0.64, 0.58, 0.66, 0.63], vec![0.60, 0.60, 0.59, 0.61, 0.62]),
     ];
     let mcnemar: Vec<(usize, usize)> = vec![(3, 9), (9, 3), (0, 5), (12, 12), (40, 61), (1, 0)];
-    let cases = serde_json::json!({"estimates": estimates, "paired": paired, "mcnemar": mcnemar});
+    let wilson: Vec<(u64, u64)> = vec![(5, 9), (167, 200), (0, 12), (40, 40), (1, 1)];
+    let cases = serde_json::json!({"estimates": estimates, "paired": paired, "mcnemar": mcnemar, "wilson": wilson});
     let mut child = std::process::Command::new("/usr/bin/python3")
         .args(["-c", SCIPY])
         .stdin(std::process::Stdio::piped())
@@ -78,5 +84,10 @@ fn statistics_equal_scipys() {
         let m = stats::mcnemar(b, c, 200);
         assert_eq!(m.test, Test::McNemar);
         close(m.p.unwrap(), f(&s["p"]), &format!("McNemar p ({b}, {c})"));
+    }
+    for (&(k, n), s) in wilson.iter().zip(scipy["wilson"].as_array().unwrap()) {
+        let (lo, hi) = stats::wilson(k, n).unwrap();
+        close(lo, f(&s[0]), &format!("Wilson low ({k} of {n})"));
+        close(hi, f(&s[1]), &format!("Wilson high ({k} of {n})"));
     }
 }
