@@ -161,7 +161,7 @@ fn train_logged(
         }
     }
     drop(sinks); // closes the event file
-    let outcome = outcome?;
+    let mut outcome = outcome?;
     crate::output::crash::point("finish: trained");
     if !splits.val_idx.is_empty() || plan.test_items.is_some() {
         checkpointer.load_weights(model, "best")?;
@@ -194,6 +194,17 @@ fn train_logged(
             rows.len(),
             outcome.best_epoch
         ));
+        // With the answers (data.test_labels): the test report, and the accuracy for the summary.
+        let answers: Option<Vec<usize>> = test.iter().map(|i| i.label).collect();
+        if let Some(answers) = answers {
+            let by_id: std::collections::HashMap<&str, usize> =
+                test.iter().zip(&answers).map(|(i, &a)| (i.id.as_str(), a)).collect();
+            let pairs = rows.iter().map(|r| (by_id[r.id.as_str()], r.class));
+            let evaluation = Evaluation::from_pairs(&spec.class_names, pairs);
+            evaluation.write(&folder.eval_dir(), "test")?;
+            log.info(format!("test with best.safetensors: {} (eval/test_*)", evaluation.headline()));
+            outcome.test = Some((evaluation.correct(), evaluation.total()));
+        }
     }
     let last = outcome.epochs.last().expect("at least one epoch");
     log.info(format!(

@@ -277,12 +277,19 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
     let items = Arc::new(folder::labelled(&spec.train_dir(), &spec.class_names)?);
     folder::check_split(&items, &spec.class_names, &spec.data.split).map_err(anyhow::Error::msg)?;
     let test_items = match spec.test_dir() {
-        Some(dir) => Some(Arc::new(folder::unlabelled(&dir, spec.submission.id).map_err(|e| match e {
-            DataError::NoImages { .. } => anyhow::Error::new(e).context(
-                "no test images: point data.test_dir at them, or set data.test_dir = \"\" to train without a submission",
-            ),
-            e => e.into(),
-        })?)),
+        Some(dir) => {
+            let mut items = folder::unlabelled(&dir, spec.submission.id).map_err(|e| match e {
+                DataError::NoImages { .. } => anyhow::Error::new(e).context(
+                    "no test images: point data.test_dir at them, or set data.test_dir = \"\" to train without a submission",
+                ),
+                e => e.into(),
+            })?;
+            if let Some(labels) = spec.test_labels() {
+                folder::attach_test_labels(&mut items, &labels, &spec.class_names)?;
+            }
+            Some(Arc::new(items))
+        }
+        None if spec.test_labels().is_some() => bail!("data.test_labels needs a test folder (data.test_dir)"),
         None => None,
     };
     let mut model = Model::build(&spec.layers, spec.input_hw, spec.seed, &Device::Cpu)?;

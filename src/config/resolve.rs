@@ -1,5 +1,7 @@
 //! Validation: the merged raw experiment becomes a [`Spec`] that the rest of the program trusts.
 
+use std::path::Path;
+
 use super::ConfigError;
 use super::schema::{BlockKind, Experiment, Int, LayerSpec, NormalizeSpec, PoolSpec, Size, StageSpec, TransformSpec};
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
@@ -7,6 +9,9 @@ use crate::spec::{
     ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, Spec, SplitSpec, StageConfig, TrainSpec, Transform,
     output_size,
 };
+
+/// The test answers' file a dataset root may hold (`data.test_labels` unless set).
+const DEFAULT_TEST_LABELS: &str = "test_labels.csv";
 
 /// Validates `exp` (loaded from `file`) for a dataset with `class_names`.
 pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<Spec, ConfigError> {
@@ -133,6 +138,11 @@ fn data(exp: &Experiment, at: &At, class_names: &[String]) -> Result<DataSpec, C
         root: std::path::absolute(&d.root).map_err(|e| at.invalid("data.root", e.to_string()))?,
         train_dir: d.train_dir.clone(),
         test_dir: (!d.test_dir.is_empty()).then(|| d.test_dir.clone()),
+        test_labels: match d.test_labels.as_deref() {
+            Some("") => None,
+            Some(path) => Some(path.to_string()),
+            None => Path::new(&d.root).join(DEFAULT_TEST_LABELS).is_file().then(|| DEFAULT_TEST_LABELS.to_string()),
+        },
         split: SplitSpec { val_fraction: d.val_fraction, seed: d.split_seed, folds: d.folds, fold: d.fold },
         batch_size: d.batch_size,
         prefetch: d.prefetch,

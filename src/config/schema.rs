@@ -56,6 +56,11 @@ pub struct DataConfig {
     /// Sub-folder of `root` with unlabelled test images named by number; `""` for none.
     #[serde(default = "default_test_dir")]
     pub test_dir: String,
+    /// The test images' answers, `id,label` (label: a class name or number), relative to
+    /// `root`: the run then reports its test accuracy (with `best.safetensors`). Default:
+    /// `test_labels.csv` when `root` has one; `""` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_labels: Option<String>,
     /// Class names in label order; default: the sorted sub-folder names of the train folder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<Vec<String>>,

@@ -150,6 +150,50 @@ pub fn unlabelled(test_dir: &Path, format: IdFormat) -> Result<Vec<Item>, DataEr
     Ok(items)
 }
 
+/// Gives each test item its answer from `labels` (a CSV `id,label`, the label a class name or
+/// number): every test image must have one, else the error names the first missing ids.
+pub fn attach_test_labels(items: &mut [Item], labels: &Path, classes: &[String]) -> Result<(), DataError> {
+    let io =
+        |e: String| DataError::Io { path: labels.to_path_buf(), operation: "read the test labels".into(), message: e };
+    let mut reader = csv::Reader::from_path(labels).map_err(|e| io(e.to_string()))?;
+    let mut answers = std::collections::HashMap::new();
+    for (line, record) in reader.records().enumerate() {
+        let record = record.map_err(|e| io(e.to_string()))?;
+        let bad = |message: String| DataError::Labels { path: labels.to_path_buf(), line: line + 2, message };
+        let (Some(id), Some(label)) = (record.get(0), record.get(1)) else {
+            return Err(bad("expected two columns: id,label".into()));
+        };
+        let class = match classes.iter().position(|c| c == label.trim()) {
+            Some(c) => c,
+            None => label.trim().parse::<usize>().ok().filter(|&c| c < classes.len()).ok_or_else(|| {
+                bad(format!(
+                    "label `{label}` is neither a class ({}) nor a class number below {}",
+                    classes.join(", "),
+                    classes.len()
+                ))
+            })?,
+        };
+        answers.insert(id.trim().to_string(), class);
+    }
+    let missing: Vec<&str> = items.iter().filter(|i| !answers.contains_key(&i.id)).map(|i| i.id.as_str()).collect();
+    if !missing.is_empty() {
+        return Err(DataError::Labels {
+            path: labels.to_path_buf(),
+            line: 0,
+            message: format!(
+                "no label for {} test image id(s): {}{}",
+                missing.len(),
+                missing.iter().take(5).copied().collect::<Vec<_>>().join(", "),
+                if missing.len() > 5 { ", ..." } else { "" }
+            ),
+        });
+    }
+    for item in items {
+        item.label = answers.get(&item.id).copied();
+    }
+    Ok(())
+}
+
 /// Checks that [`split`] leaves every class at least one training image; else names the
 /// class, its count and the fraction.
 pub fn check_split(items: &[Item], classes: &[String], spec: &SplitSpec) -> Result<(), String> {

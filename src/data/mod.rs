@@ -25,6 +25,9 @@ pub enum DataError {
     /// skipped, whatever `data.skip_bad` says.
     #[error("cannot {operation} {}: {message}", path.display())]
     Io { path: PathBuf, operation: String, message: String },
+    /// A test-labels file that does not answer every test image, or not in classes.
+    #[error("{}{}: {message}", path.display(), if *line > 0 { format!(" line {line}") } else { String::new() })]
+    Labels { path: PathBuf, line: usize, message: String },
     /// Test images that would share a submission id, or have none.
     #[error("{message}")]
     Ids { message: String },

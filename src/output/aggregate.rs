@@ -13,11 +13,12 @@ use crate::units::thousands;
 type Metric = fn(&Row) -> Option<f64>;
 
 /// The metrics aggregated over a variant's runs, by column name.
-pub const METRICS: [(&str, Metric); 6] = [
+pub const METRICS: [(&str, Metric); 7] = [
     ("best_val_acc", |r| r.best_val_acc),
     ("final_val_acc", |r| r.final_val_acc),
     ("best_val_loss", |r| r.best_val_loss),
     ("final_val_loss", |r| r.final_val_loss),
+    ("test_acc", |r| r.test_acc),
     ("images_per_sec", |r| r.images_per_sec),
     ("seconds", |r| r.seconds),
 ];
@@ -88,14 +89,24 @@ pub fn aggregate(rows: &[Row], mcnemar: impl Fn(&Row, &Row) -> Option<Comparison
                 of: runs.len(),
                 status,
                 error: failed.and_then(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.variant))),
-                metrics: METRICS
-                    .iter()
-                    .map(|(_, f)| stats::estimate(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>()))
-                    .collect(),
+                metrics: METRICS.iter().map(|(name, f)| metric(name, *f, &ok)).collect(),
                 versus,
             }
         })
         .collect()
+}
+
+/// One metric over the finished runs `ok`. A single run's test accuracy gets the Wilson
+/// interval of its images (there is no spread over runs to give one).
+fn metric(name: &str, f: Metric, ok: &[&Row]) -> Option<Estimate> {
+    let e = stats::estimate(&ok.iter().filter_map(|r| f(r)).collect::<Vec<_>>())?;
+    match (name, ok) {
+        ("test_acc", [run]) => {
+            let n = run.test_images?;
+            Some(Estimate { ci: stats::wilson((e.mean * n as f64).round() as u64, n), ..e })
+        }
+        _ => Some(e),
+    }
 }
 
 /// `variant`'s finished runs against `baseline`'s, on best validation accuracy.
@@ -157,20 +168,33 @@ pub fn sentence(c: &Comparison) -> String {
 /// The aggregated table and the comparisons, as markdown.
 pub fn markdown(title: &str, groups: &[Aggregate]) -> String {
     let spread = groups.iter().any(|g| g.of > 1);
+    let test = groups.iter().any(|g| g.metric("test_acc").is_some());
     let mut s = format!("# {title}\n\n");
     if spread {
-        s.push_str("Mean ± half-width of its 95 % confidence interval (Student's t) over each variant's runs.\n\n");
+        s.push_str("Mean ± half-width of its 95 % confidence interval (Student's t) over each variant's runs.\n");
     }
-    s.push_str("| variant | params | MACs | runs | best val acc | final val acc | best val loss | images/s | seconds | status |\n");
-    s.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    if test {
+        s.push_str(
+            "Test accuracy: best.safetensors on the labelled test images (a single run: ± its Wilson interval).\n",
+        );
+    }
+    if spread || test {
+        s.push('\n');
+    }
+    let test_header = if test { " test acc |" } else { "" };
+    s.push_str(&format!(
+        "| variant | params | MACs | runs | best val acc | final val acc | best val loss |{test_header} images/s | seconds | status |\n"
+    ));
+    s.push_str(&format!("|---|---:|---:|---:|---:|---:|---:|{}---:|---:|---|\n", if test { "---:|" } else { "" }));
     for g in groups {
         let status = match (&g.status, &g.error) {
             (Status::Failed, Some(e)) => format!("failed: {}", e.replace('|', "\\|").replace('\n', " ")),
             (Status::Pending, _) if g.runs > 0 => format!("pending ({} of {} done)", g.runs, g.of),
             (st, _) => format!("{st:?}").to_lowercase(),
         };
+        let test_cell = if test { format!(" {} |", cell(g.metric("test_acc"), 4)) } else { String::new() };
         s.push_str(&format!(
-            "| {} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {}/{} | {} | {} | {} |{test_cell} {} | {} | {} |\n",
             g.variant,
             thousands(g.params as u64),
             thousands(g.macs),

@@ -228,12 +228,20 @@ impl VariantFolder {
     pub fn saved(&self) -> CheckpointDir {
         CheckpointDir::reader(self.checkpoints_dir())
     }
-    /// Removes the temporary files (`.tmp*`) of atomic writes a kill interrupted.
+    /// Removes the temporary files (`.tmp*`) of atomic writes a kill interrupted, in the folder
+    /// and its `eval/`.
     pub fn remove_temporaries(&self) -> anyhow::Result<()> {
-        for entry in std::fs::read_dir(&self.dir).with_context(|| format!("cannot list {}", self.dir.display()))? {
-            let path = entry?.path();
-            if path.is_file() && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".tmp")) {
-                std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        for dir in [self.dir.clone(), self.eval_dir()] {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound && dir != self.dir => continue,
+                Err(e) => return Err(anyhow::anyhow!("cannot list {}: {e}", dir.display())),
+            };
+            for entry in entries {
+                let path = entry?.path();
+                if path.is_file() && path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(".tmp")) {
+                    std::fs::remove_file(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+                }
             }
         }
         Ok(())

@@ -43,6 +43,12 @@ pub struct Row {
     pub best_val_loss: Option<f64>,
     #[serde(default)]
     pub final_val_loss: Option<f64>,
+    /// Accuracy of the best weights on the labelled test images (`data.test_labels`), and
+    /// how many there were.
+    #[serde(default)]
+    pub test_acc: Option<f64>,
+    #[serde(default)]
+    pub test_images: Option<u64>,
     pub final_train_loss: Option<f64>,
     pub images_per_sec: Option<f64>,
     pub seconds: Option<f64>,
@@ -64,6 +70,8 @@ impl Row {
             final_val_acc: None,
             best_val_loss: None,
             final_val_loss: None,
+            test_acc: None,
+            test_images: None,
             final_train_loss: None,
             images_per_sec: None,
             seconds: None,
@@ -74,9 +82,9 @@ impl Row {
 
     /// The run of `pending` after it trained (`Ok` with its epochs) or failed (`Err`).
     pub fn finished(pending: &Row, result: Result<&FitOutcome, String>) -> Self {
-        let (status, error, epochs) = match result {
-            Ok(o) => (Status::Ok, None, o.epochs.as_slice()),
-            Err(e) => (Status::Failed, Some(e), &[][..]),
+        let (status, error, epochs, test) = match result {
+            Ok(o) => (Status::Ok, None, o.epochs.as_slice(), o.test),
+            Err(e) => (Status::Failed, Some(e), &[][..], None),
         };
         let last = epochs.last();
         Self {
@@ -84,6 +92,8 @@ impl Row {
             final_val_acc: last.and_then(|e| e.val_acc),
             best_val_loss: epochs.iter().filter_map(|e| e.val_loss).reduce(f64::min),
             final_val_loss: last.and_then(|e| e.val_loss),
+            test_acc: test.filter(|(_, n)| *n > 0).map(|(k, n)| k as f64 / n as f64),
+            test_images: test.map(|(_, n)| n),
             final_train_loss: last.map(|e| e.train_loss),
             images_per_sec: last.map(|e| e.images_per_sec),
             seconds: (!epochs.is_empty()).then(|| epochs.iter().map(|e| e.seconds).sum()),

@@ -62,6 +62,10 @@ impl Spec {
     pub fn test_dir(&self) -> Option<PathBuf> {
         self.data.test_dir.as_ref().map(|t| self.data.root.join(t))
     }
+    /// The test answers' file, if the experiment has one.
+    pub fn test_labels(&self) -> Option<PathBuf> {
+        self.data.test_labels.as_ref().map(|t| self.data.root.join(t))
+    }
 }
 
 /// Where the images are and how they are batched.
@@ -73,6 +77,8 @@ pub struct DataSpec {
     pub train_dir: String,
     /// Unlabelled test images, relative to `root`; `None` trains without a submission.
     pub test_dir: Option<String>,
+    /// `id,label` answers for the test images, relative to `root`.
+    pub test_labels: Option<String>,
     /// Which images validate.
     pub split: SplitSpec,
     /// Images per step (at least 1).

@@ -37,6 +37,9 @@ pub struct FitOutcome {
     pub epochs: Vec<EpochMetrics>,
     /// Epoch (1-based) whose weights the checkpointer kept as best.
     pub best_epoch: usize,
+    /// `(correct, images)` of the best weights on the labelled test images, when the
+    /// experiment has their answers (`data.test_labels`).
+    pub test: Option<(u64, u64)>,
 }
 
 /// One training: a model, its spec and the components it reports to.
@@ -70,7 +73,7 @@ impl Learner<'_> {
             let m = self.end_epoch(epoch, &mut st, &opt, data)?;
             history.push(m);
         }
-        Ok(FitOutcome { epochs: history, best_epoch: st.best_epoch })
+        Ok(FitOutcome { epochs: history, best_epoch: st.best_epoch, test: None })
     }
 
     /// A fresh state, or the committed one with model and optimizer restored to it (a config

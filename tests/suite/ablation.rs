@@ -229,3 +229,46 @@ fn evaluate_scores_a_labelled_folder_as_predict_sees_it() {
         .failure()
         .stderr(predicate::str::contains("`green` is not one of the run's classes (blue, red)"));
 }
+
+/// A dataset root's `test_labels.csv` (or `data.test_labels`) answers the test images: the run
+/// reports the test accuracy of best.safetensors, the accuracy its submission.csv scores.
+#[test]
+fn test_labels_give_the_test_accuracy_of_the_submission() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 8, 9, 3);
+    // color_folder makes test image i red (class 1) when i is even.
+    let answers: Vec<usize> = (0..9).map(|i| usize::from(i % 2 == 0)).collect();
+    let labels: String = answers.iter().enumerate().map(|(i, a)| format!("{i},{}\n", ["blue", "red"][*a])).collect();
+    std::fs::write(data.join("test_labels.csv"), format!("id,label\n{labels}")).unwrap();
+    let exp = experiment(tmp.path(), &data, 2);
+    let runs = tmp.path().join("runs");
+    run_in(&exp, &runs).assert().success();
+    let run = only_run(&runs);
+    let submission = std::fs::read_to_string(run.join("submission.csv")).unwrap();
+    let right = submission
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let (id, label) = l.split_once(',').unwrap();
+            answers[id.parse::<usize>().unwrap()] == label.parse::<usize>().unwrap()
+        })
+        .count();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
+    assert_eq!(rows[0].test_images, Some(9));
+    assert_eq!(rows[0].test_acc, Some(right as f64 / 9.0));
+    assert!(run.join("eval/test_confusion.csv").is_file());
+    let md = std::fs::read_to_string(run.join("summary.md")).unwrap();
+    assert!(md.contains("| test acc |") && md.contains(&format!("{:.4} ± ", right as f64 / 9.0)), "{md}");
+
+    // An image without an answer: refused before anything is written, naming it.
+    std::fs::write(data.join("test_labels.csv"), "id,label\n0,red\n1,blue\n").unwrap();
+    let refused = tmp.path().join("refused");
+    run_in(&exp, &refused)
+        .assert()
+        .failure()
+        .stderr(predicate::str::contains("test_labels.csv: no label for 7 test image id(s): 2, 3, 4, 5, 6, ..."));
+    assert!(!refused.exists());
+    // "" turns the answers off.
+    run_in(&exp, &tmp.path().join("off")).args(["--set", "data.test_labels=\"\""]).assert().success();
+}
