@@ -10,7 +10,7 @@ use crate::data::folder::{self, Item};
 use crate::data::loader::{ImageCache, Loader};
 use crate::device::{self, DeviceChoice};
 use crate::model::Model;
-use crate::output::evaluation::Evaluation;
+use crate::output::evaluation;
 use crate::output::log::RunLog;
 use crate::output::predictions::{self, ValPrediction};
 use crate::output::run_folder::VariantFolder;
@@ -20,6 +20,7 @@ use crate::output::tensorboard::TensorBoardSink;
 use crate::output::write_atomic;
 use crate::plan::{VariantPlan, prepare_model};
 use crate::spec::{CacheMode, Precision, Spec, Transform};
+use crate::stats::Confusion;
 use crate::train::{
     Checkpointer, FitOutcome, Hook, Interrupted, Learner, MetricSink, Progress, Splits, StopSignal, TrainState,
 };
@@ -180,9 +181,9 @@ fn train_logged(
             })
             .collect();
         predictions::write(&folder.val_predictions(), &rows)?;
-        let evaluation = Evaluation::from_pairs(&spec.class_names, rows.iter().map(|r| (r.label, r.predicted)));
-        evaluation.write(&folder.eval_dir(), "val")?;
-        log.info(format!("validation with best.safetensors: {} (eval/val_*)", evaluation.headline()));
+        let confusion = Confusion::from_pairs(&spec.class_names, rows.iter().map(|r| (r.label, r.predicted)));
+        evaluation::write(&confusion, &folder.eval_dir(), "val")?;
+        log.info(format!("validation with best.safetensors: {} (eval/val_*)", confusion.headline()));
         crate::output::crash::point("finish: validation predictions written");
     }
     if let Some(test) = &plan.test_items {
@@ -200,10 +201,10 @@ fn train_logged(
             let by_id: std::collections::HashMap<&str, usize> =
                 test.iter().zip(&answers).map(|(i, &a)| (i.id.as_str(), a)).collect();
             let pairs = rows.iter().map(|r| (by_id[r.id.as_str()], r.class));
-            let evaluation = Evaluation::from_pairs(&spec.class_names, pairs);
-            evaluation.write(&folder.eval_dir(), "test")?;
-            log.info(format!("test with best.safetensors: {} (eval/test_*)", evaluation.headline()));
-            outcome.test = Some((evaluation.correct(), evaluation.total()));
+            let confusion = Confusion::from_pairs(&spec.class_names, pairs);
+            evaluation::write(&confusion, &folder.eval_dir(), "test")?;
+            log.info(format!("test with best.safetensors: {} (eval/test_*)", confusion.headline()));
+            outcome.test = Some((confusion.correct(), confusion.total()));
         }
     }
     let last = outcome.epochs.last().expect("at least one epoch");

@@ -54,6 +54,114 @@ pub fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
     Some((centre - half, centre + half))
 }
 
+/// A confusion matrix and the scores read from it (precision, recall, F1 per class;
+/// accuracy and its interval).
+/// Counts of (true class, predicted class) over a set of images.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Confusion {
+    pub classes: Vec<String>,
+    /// `counts[t][p]`: images of class `t` predicted as `p`.
+    pub counts: Vec<Vec<u64>>,
+}
+
+/// One class's scores; `None` where the denominator is zero (no image predicted as, or of,
+/// the class), as scikit-learn reports them with `zero_division` left undecided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ClassScore {
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
+    /// Images of the class.
+    pub support: u64,
+}
+
+impl Confusion {
+    /// The matrix of `(label, predicted)` pairs.
+    pub fn from_pairs(classes: &[String], pairs: impl IntoIterator<Item = (usize, usize)>) -> Self {
+        let k = classes.len();
+        let mut counts = vec![vec![0u64; k]; k];
+        for (t, p) in pairs {
+            counts[t][p] += 1;
+        }
+        Self { classes: classes.to_vec(), counts }
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().flatten().sum()
+    }
+
+    pub fn correct(&self) -> u64 {
+        (0..self.classes.len()).map(|i| self.counts[i][i]).sum()
+    }
+
+    pub fn accuracy(&self) -> Option<f64> {
+        (self.total() > 0).then(|| self.correct() as f64 / self.total() as f64)
+    }
+
+    /// The accuracy's 95 % Wilson score interval (see [`wilson`]).
+    pub fn accuracy_interval(&self) -> Option<(f64, f64)> {
+        wilson(self.correct(), self.total())
+    }
+
+    pub fn per_class(&self) -> Vec<ClassScore> {
+        let k = self.classes.len();
+        (0..k)
+            .map(|c| {
+                let tp = self.counts[c][c] as f64;
+                let predicted: u64 = (0..k).map(|t| self.counts[t][c]).sum();
+                let support: u64 = self.counts[c].iter().sum();
+                let precision = (predicted > 0).then(|| tp / predicted as f64);
+                let recall = (support > 0).then(|| tp / support as f64);
+                let f1 = match (precision, recall) {
+                    (Some(p), Some(r)) if p + r > 0.0 => Some(2.0 * p * r / (p + r)),
+                    (Some(_), Some(_)) => Some(0.0),
+                    _ => None,
+                };
+                ClassScore { precision, recall, f1, support }
+            })
+            .collect()
+    }
+
+    /// The mean F1 over the classes that have one.
+    pub fn macro_f1(&self) -> Option<f64> {
+        let f1: Vec<f64> = self.per_class().iter().filter_map(|s| s.f1).collect();
+        (!f1.is_empty()).then(|| f1.iter().sum::<f64>() / f1.len() as f64)
+    }
+
+    /// Each class's recall (`None` for a class without images).
+    pub fn recall(&self) -> Vec<Option<f64>> {
+        self.per_class().iter().map(|s| s.recall).collect()
+    }
+
+    /// Each class's scores as a markdown table.
+    pub fn per_class_table(&self) -> String {
+        let num = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+        let mut s = String::from("| class | precision | recall | F1 | images |\n|---|---:|---:|---:|---:|\n");
+        for (class, score) in self.classes.iter().zip(self.per_class()) {
+            s.push_str(&format!(
+                "| {class} | {} | {} | {} | {} |\n",
+                num(score.precision),
+                num(score.recall),
+                num(score.f1),
+                score.support
+            ));
+        }
+        s
+    }
+
+    /// One line: `accuracy 0.8350 [0.7770, 0.8800] on 200 images, macro F1 0.8342`.
+    pub fn headline(&self) -> String {
+        let num = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));
+        let interval = self.accuracy_interval().map_or(String::new(), |(l, h)| format!(" [{l:.4}, {h:.4}]"));
+        format!(
+            "accuracy {}{interval} on {} images, macro F1 {}",
+            num(self.accuracy()),
+            self.total(),
+            num(self.macro_f1())
+        )
+    }
+}
+
 /// Which test a [`Comparison`] made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Test {

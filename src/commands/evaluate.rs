@@ -12,15 +12,16 @@ use crate::data::folder;
 use crate::device::DeviceChoice;
 use crate::executor::{self, loader};
 use crate::model::Model;
-use crate::output::evaluation::Evaluation;
+use crate::output::evaluation;
 use crate::output::log::RunLog;
 use crate::output::predictions::{self, ValPrediction};
 use crate::output::run_folder::{self, RunFolder};
 use crate::plan;
+use crate::stats::Confusion;
 
 /// What `ablate evaluate` reports.
 pub struct Evaluated {
-    pub evaluation: Evaluation,
+    pub evaluation: Confusion,
     /// The folder the report files went to, and their name prefix.
     pub dir: PathBuf,
     pub name: String,
@@ -84,8 +85,8 @@ pub fn evaluate(
             ValPrediction { image, label: item.label.unwrap_or(0), predicted }
         })
         .collect();
-    let evaluation = Evaluation::from_pairs(&spec.class_names, rows.iter().map(|r| (r.label, r.predicted)));
-    evaluation.write(&dir, &name)?;
+    let evaluation = Confusion::from_pairs(&spec.class_names, rows.iter().map(|r| (r.label, r.predicted)));
+    evaluation::write(&evaluation, &dir, &name)?;
     predictions::write(&dir.join(format!("{name}_predictions.csv")), &rows)?;
     Ok(Evaluated { evaluation, dir, name })
 }
