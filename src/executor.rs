@@ -138,7 +138,7 @@ fn train_logged(
     let history = CsvSink::truncate(&folder.metrics(), done)?;
     let mut sinks: Vec<Box<dyn MetricSink>> = vec![Box::new(CsvSink::append(&folder.metrics())?)];
     if done < spec.train.epochs {
-        let mut tb = TensorBoardSink::with_session(folder.path(), &plan.hparams, &plan.group);
+        let mut tb = TensorBoardSink::with_session(folder.path(), &plan.hparams, &plan.group, &spec.class_names);
         tb.continue_after(&history);
         sinks.push(Box::new(tb));
     }

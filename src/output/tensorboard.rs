@@ -11,13 +11,16 @@ use tensorboard_rs::summary_writer::FileWriter;
 
 use crate::train::{EpochMetrics, MetricSink};
 
-/// Scalars per epoch: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `lr`, `images_per_sec`;
-/// with a session, the HParams session start and end and `best/val_acc` at the end.
+/// Scalars per epoch: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `val/macro_f1`,
+/// `val/top5_acc` (more than 5 classes), `val/recall/<class>`, `lr`, `images_per_sec`; with a
+/// session, the HParams session start and end and `best/val_acc` at the end.
 ///
 /// One writer per folder: tensorboard-rs names files by the second and the pid, so two writers
 /// opened on one folder in the same second would write the same file.
 pub struct TensorBoardSink {
     writer: FileWriter,
+    /// Class names, for the per-class scalars.
+    classes: Vec<String>,
     session: bool,
     best_val_acc: Option<f64>,
     last_epoch: usize,
@@ -25,12 +28,14 @@ pub struct TensorBoardSink {
 
 impl TensorBoardSink {
     pub fn create(dir: &Path) -> Self {
-        Self { writer: FileWriter::new(dir), session: false, best_val_acc: None, last_epoch: 0 }
+        Self { writer: FileWriter::new(dir), classes: Vec::new(), session: false, best_val_acc: None, last_epoch: 0 }
     }
 
-    /// A sink that is also an HParams session with these values (`group`: the variant).
-    pub fn with_session(dir: &Path, hparams: &[(String, toml::Value)], group: &str) -> Self {
+    /// A sink that is also an HParams session with these values (`group`: the variant), of a
+    /// model of `classes`.
+    pub fn with_session(dir: &Path, hparams: &[(String, toml::Value)], group: &str, classes: &[String]) -> Self {
         let mut sink = Self::create(dir);
+        sink.classes = classes.to_vec();
         sink.writer.add_summary(super::hparams::session_start(hparams, group, super::hparams::now_secs()), 0);
         sink.writer.flush();
         sink.session = true;
@@ -68,8 +73,15 @@ impl MetricSink for TensorBoardSink {
         ];
         scalars.extend(m.val_loss.map(|v| ("val/loss", v)));
         scalars.extend(m.val_acc.map(|v| ("val/acc", v)));
+        scalars.extend(m.val_macro_f1.map(|v| ("val/macro_f1", v)));
+        scalars.extend(m.val_top5_acc.map(|v| ("val/top5_acc", v)));
         for (tag, v) in scalars {
             self.writer.add_summary(scalar(tag, v as f32), m.epoch);
+        }
+        for (class, recall) in self.classes.iter().zip(&m.val_recall) {
+            if let Some(r) = recall {
+                self.writer.add_summary(scalar(&format!("val/recall/{class}"), *r as f32), m.epoch);
+            }
         }
         self.writer.flush();
         self.best_val_acc = self.best_val_acc.into_iter().chain(m.val_acc).reduce(f64::max);

@@ -27,6 +27,17 @@ pub struct EpochMetrics {
     pub images_per_sec: f64,
     /// Wall time of the epoch, training and validation.
     pub seconds: f64,
+    /// Mean F1 over the classes, on the validation images.
+    #[serde(default)]
+    pub val_macro_f1: Option<f64>,
+    /// Share of validation images whose class is among the 5 highest logits (more than 5
+    /// classes only).
+    #[serde(default)]
+    pub val_top5_acc: Option<f64>,
+    /// Each class's recall on the validation images, for TensorBoard (`val/recall/<class>`);
+    /// not a column of `metrics.csv`.
+    #[serde(skip)]
+    pub val_recall: Vec<Option<f64>>,
 }
 
 /// Receives each epoch's metrics as the run goes.
@@ -153,6 +164,9 @@ mod tests {
             lr: 0.0,
             images_per_sec: 0.0,
             seconds: 0.0,
+            val_macro_f1: None,
+            val_top5_acc: None,
+            val_recall: Vec::new(),
         }
     }
 

@@ -7,22 +7,38 @@ use candle_nn::ModuleT;
 use super::components::Progress;
 use crate::data::loader::Loader;
 use crate::model::Model;
+use crate::stats::Confusion;
 
 /// How many of a batch's `logits` pick the label `y`.
 pub(crate) fn correct(logits: &Tensor, y: &Tensor) -> candle_core::Result<usize> {
     Ok(logits.argmax(D::Minus1)?.eq(y)?.to_dtype(DType::F32)?.sum_all()?.to_scalar::<f32>()? as usize)
 }
 
-/// Mean loss and accuracy of `model` over `order`, in evaluation mode.
+/// What validation measures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValScores {
+    pub loss: f64,
+    pub acc: f64,
+    pub macro_f1: Option<f64>,
+    /// Top-5 accuracy, with more than 5 classes.
+    pub top5: Option<f64>,
+    /// Each class's recall.
+    pub recall: Vec<Option<f64>>,
+}
+
+/// Mean loss, accuracy, macro F1, top-5 accuracy and per-class recall of `model` over
+/// `order`, in evaluation mode.
 pub fn evaluate(
     model: &Model,
     loader: &Loader,
     order: &[usize],
     device: &Device,
     progress: &dyn Progress,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<ValScores> {
     let bar = progress.bar("validate".into(), order.len().div_ceil(loader.batch_size));
-    let (mut loss_sum, mut hits, mut seen) = (0f64, 0usize, 0usize);
+    let (mut loss_sum, mut top5, mut seen) = (0f64, 0usize, 0usize);
+    let mut pairs = Vec::with_capacity(order.len());
+    let mut classes = 0;
     for batch in loader.batches(order.to_vec(), 0) {
         let batch = batch?;
         let n = batch.labels.len();
@@ -30,7 +46,16 @@ pub fn evaluate(
         let y = Tensor::new(batch.labels.as_slice(), device)?;
         let logits = model.forward_t(&x, false)?;
         loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * n as f64;
-        hits += correct(&logits, &y)?;
+        // The classes as `predict` takes them (argmax), so the best epoch's accuracy is the
+        // accuracy of its predictions.
+        let predicted = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+        let rows = logits.to_dtype(DType::F32)?.to_vec2::<f32>()?;
+        classes = rows.first().map_or(classes, Vec::len);
+        for ((row, &label), p) in rows.iter().zip(&batch.labels).zip(predicted) {
+            pairs.push((label as usize, p as usize));
+            let truth = row[label as usize];
+            top5 += usize::from(row.iter().filter(|&&v| v > truth).count() < 5);
+        }
         seen += n;
         bar.step(None);
     }
@@ -38,7 +63,15 @@ pub fn evaluate(
     if seen == 0 {
         bail!("no validation image could be read");
     }
-    Ok((loss_sum / seen as f64, hits as f64 / seen as f64))
+    let names: Vec<String> = (0..classes).map(|c| c.to_string()).collect();
+    let confusion = Confusion::from_pairs(&names, pairs);
+    Ok(ValScores {
+        loss: loss_sum / seen as f64,
+        acc: confusion.correct() as f64 / seen as f64,
+        macro_f1: confusion.macro_f1(),
+        top5: (classes > 5).then(|| top5 as f64 / seen as f64),
+        recall: confusion.recall(),
+    })
 }
 
 /// One image's prediction.

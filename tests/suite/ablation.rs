@@ -167,6 +167,8 @@ fn evaluate_scores_a_labelled_folder_as_predict_sees_it() {
     assert!(run.join("eval/val_per_class.csv").is_file() && run.join("eval/val_confusion.png").is_file());
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
     assert!(log.contains("validation with best.safetensors: accuracy "), "{log}");
+    let metrics = ablate::read_metrics(&run.join("metrics.csv")).unwrap();
+    assert!(metrics.iter().all(|m| m.val_top5_acc.is_none() && m.val_macro_f1.is_some()), "two classes: no top-5");
 
     // Another labelled set (other images), and the same images flat, numbered 1..
     let other = tmp.path().join("other");
@@ -271,4 +273,35 @@ fn test_labels_give_the_test_accuracy_of_the_submission() {
     assert!(!refused.exists());
     // "" turns the answers off.
     run_in(&exp, &tmp.path().join("off")).args(["--set", "data.test_labels=\"\""]).assert().success();
+}
+
+/// With more than 5 classes, validation also reports top-5 accuracy (at least the accuracy);
+/// with fewer it has none. The macro F1 is every epoch's too.
+#[test]
+fn top5_accuracy_with_more_than_five_classes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 1, 3);
+    // Six classes: each colour folder copied into three.
+    for (class, from) in [("a", "blue"), ("b", "blue"), ("c", "blue"), ("d", "red"), ("e", "red"), ("f", "red")] {
+        let dir = data.join("train").join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for entry in std::fs::read_dir(data.join("train").join(from)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    std::fs::remove_dir_all(data.join("train/blue")).unwrap();
+    std::fs::remove_dir_all(data.join("train/red")).unwrap();
+    let exp = experiment(tmp.path(), &data, 2);
+    let text = std::fs::read_to_string(&exp).unwrap().replace("val_fraction = 0.25", "val_fraction = 0.34");
+    std::fs::write(&exp, text).unwrap();
+    let runs = tmp.path().join("runs");
+    run_in(&exp, &runs).assert().success();
+    let metrics = ablate::read_metrics(&only_run(&runs).join("metrics.csv")).unwrap();
+    for m in &metrics {
+        let (acc, top5) = (m.val_acc.unwrap(), m.val_top5_acc.unwrap());
+        assert!(acc <= top5 && top5 <= 1.0, "{m:?}");
+        assert!(m.val_macro_f1.is_some());
+    }
 }

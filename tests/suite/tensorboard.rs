@@ -38,11 +38,12 @@ fn metrics(run: &std::path::Path) -> Vec<std::collections::HashMap<String, Strin
     r.deserialize().map(|row| row.unwrap()).collect()
 }
 
-const TAGS: [(&str, &str); 6] = [
+const TAGS: [(&str, &str); 7] = [
     ("train/loss", "train_loss"),
     ("train/acc", "train_acc"),
     ("val/loss", "val_loss"),
     ("val/acc", "val_acc"),
+    ("val/macro_f1", "val_macro_f1"),
     ("lr", "lr"),
     ("images_per_sec", "images_per_sec"),
 ];
@@ -58,6 +59,13 @@ fn event_file_holds_every_scalar_of_every_epoch() {
         let want: Vec<(i64, f32)> =
             rows.iter().map(|r| (r["epoch"].parse().unwrap(), r[column].parse::<f64>().unwrap() as f32)).collect();
         assert_eq!(got, want, "{tag}");
+    }
+    // Each class's recall, every epoch.
+    for class in ["blue", "red"] {
+        let tag = format!("val/recall/{class}");
+        let got: Vec<&ablate::Scalar> = scalars.iter().filter(|s| s.tag == tag).collect();
+        assert_eq!(got.len(), rows.len(), "{tag}");
+        assert!(got.iter().all(|s| (0.0..=1.0).contains(&s.value)), "{tag}");
     }
 }
 
