@@ -39,7 +39,7 @@ fn heatmap(c: &Confusion, path: &Path, title: &str) -> anyhow::Result<()> {
     super::plot::register_font();
     let k = c.classes.len().max(1);
     let cell = (560 / k as u32).clamp(8, 120);
-    let (w, h) = (160 + cell * k as u32 + 40, 100 + cell * k as u32 + 120);
+    let (w, h) = ((200 + cell * k as u32).max(660), 100 + cell * k as u32 + 120);
     let mut rgb = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
@@ -57,12 +57,12 @@ fn draw(
 ) -> Result<(), Box<dyn std::error::Error>> {
     root.fill(&WHITE)?;
     let k = c.classes.len();
-    let root = root.titled(&format!("{title}: {}", c.headline()), ("sans-serif", 16))?;
+    let root = root.titled(&format!("{title}: {}", c.headline()), ("sans-serif", 15))?;
     let mut chart = ChartBuilder::on(&root)
         .margin(10)
         .x_label_area_size(90)
         .y_label_area_size(140)
-        .build_cartesian_2d((0..k as i32).into_segmented(), (0..k as i32).into_segmented())?;
+        .build_cartesian_2d((0..k as i32 - 1).into_segmented(), (0..k as i32 - 1).into_segmented())?;
     let name = |v: &SegmentValue<i32>| match v {
         SegmentValue::CenterOf(i) => c.classes.get(*i as usize).cloned().unwrap_or_default(),
         _ => String::new(),
