@@ -10,7 +10,7 @@ use crate::data::folder::{self, Item};
 use crate::data::loader::{ImageCache, Loader};
 use crate::device::{self, DeviceChoice};
 use crate::model::Model;
-use crate::output::evaluation;
+use crate::output::evaluation::{self, Mistake};
 use crate::output::log::RunLog;
 use crate::output::predictions::{self, ValPrediction};
 use crate::output::run_folder::VariantFolder;
@@ -155,6 +155,13 @@ fn train_logged(
         best: Default::default(),
     };
     let outcome = learner.fit(&splits, committed, history);
+    let trained = outcome.as_ref().ok().map(|o| (o.best_epoch, o.epochs.len()));
+    if trained.is_some() && (!splits.val_idx.is_empty() || plan.test_items.is_some()) {
+        checkpointer.load_weights(model, "best")?;
+    }
+    if let Some((best_epoch, epochs)) = trained.filter(|_| !splits.val_idx.is_empty()) {
+        validate_best(plan, folder, model, &splits, (device, log), &mut sinks, (best_epoch, epochs))?;
+    }
     // An interrupted session is not over: its resume finishes it.
     if !outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
         for sink in &mut sinks {
@@ -164,48 +171,8 @@ fn train_logged(
     drop(sinks); // closes the event file
     let mut outcome = outcome?;
     crate::output::crash::point("finish: trained");
-    if !splits.val_idx.is_empty() || plan.test_items.is_some() {
-        checkpointer.load_weights(model, "best")?;
-    }
-    if !splits.val_idx.is_empty() {
-        // Each validation image's class under the best weights: what the summary's McNemar
-        // test compares between variants.
-        let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), device, log)?;
-        let rows: Vec<ValPrediction> = preds
-            .into_iter()
-            .map(|p| {
-                let (i, predicted) = (p.index, p.class);
-                let item = &plan.items[i];
-                let image = item.path.strip_prefix(spec.train_dir()).unwrap_or(&item.path).display().to_string();
-                ValPrediction { image, label: item.label.unwrap_or(0), predicted }
-            })
-            .collect();
-        predictions::write(&folder.val_predictions(), &rows)?;
-        let confusion = Confusion::from_pairs(&spec.class_names, rows.iter().map(|r| (r.label, r.predicted)));
-        evaluation::write(&confusion, &folder.eval_dir(), "val")?;
-        log.info(format!("validation with best.safetensors: {} (eval/val_*)", confusion.headline()));
-        crate::output::crash::point("finish: validation predictions written");
-    }
     if let Some(test) = &plan.test_items {
-        let rows = predictions(model, &loader(spec, test.clone(), &spec.eval_transforms), device, log)?;
-        submission::write(&folder.submission(), &rows, &spec.class_names, &spec.submission)?;
-        crate::output::crash::point("finish: submission written");
-        log.info(format!(
-            "submission.csv: {} test images, predicted with best.safetensors (epoch {})",
-            rows.len(),
-            outcome.best_epoch
-        ));
-        // With the answers (data.test_labels): the test report, and the accuracy for the summary.
-        let answers: Option<Vec<usize>> = test.iter().map(|i| i.label).collect();
-        if let Some(answers) = answers {
-            let by_id: std::collections::HashMap<&str, usize> =
-                test.iter().zip(&answers).map(|(i, &a)| (i.id.as_str(), a)).collect();
-            let pairs = rows.iter().map(|r| (by_id[r.id.as_str()], r.class));
-            let confusion = Confusion::from_pairs(&spec.class_names, pairs);
-            evaluation::write(&confusion, &folder.eval_dir(), "test")?;
-            log.info(format!("test with best.safetensors: {} (eval/test_*)", confusion.headline()));
-            outcome.test = Some((confusion.correct(), confusion.total()));
-        }
+        outcome.test = submit(plan, folder, model, test, (device, log), outcome.best_epoch)?;
     }
     let last = outcome.epochs.last().expect("at least one epoch");
     log.info(format!(
@@ -215,6 +182,88 @@ fn train_logged(
         last.train_loss
     ));
     Ok(outcome)
+}
+
+/// The best weights (loaded in `model`) on the test images: `submission.csv`, and with the
+/// answers (`data.test_labels`) the test report (`eval/test_*`) and `(correct, images)`.
+fn submit(
+    plan: &VariantPlan,
+    folder: &VariantFolder,
+    model: &Model,
+    test: &Arc<Vec<Item>>,
+    (device, log): (&Device, &RunLog),
+    best_epoch: usize,
+) -> anyhow::Result<Option<(u64, u64)>> {
+    let spec = &plan.spec;
+    let rows = predictions(model, &loader(spec, test.clone(), &spec.eval_transforms), device, log)?;
+    submission::write(&folder.submission(), &rows, &spec.class_names, &spec.submission)?;
+    crate::output::crash::point("finish: submission written");
+    log.info(format!(
+        "submission.csv: {} test images, predicted with best.safetensors (epoch {best_epoch})",
+        rows.len()
+    ));
+    let Some(answers) = test.iter().map(|i| i.label).collect::<Option<Vec<usize>>>() else {
+        return Ok(None);
+    };
+    let by_id: std::collections::HashMap<&str, usize> =
+        test.iter().zip(&answers).map(|(i, &a)| (i.id.as_str(), a)).collect();
+    let confusion = Confusion::from_pairs(&spec.class_names, rows.iter().map(|r| (by_id[r.id.as_str()], r.class)));
+    evaluation::write(&confusion, &folder.eval_dir(), "test")?;
+    log.info(format!("test with best.safetensors: {} (eval/test_*)", confusion.headline()));
+    Ok(Some((confusion.correct(), confusion.total())))
+}
+
+/// The best weights (loaded in `model`) on the validation images: each image's class
+/// (`val_predictions.csv`, what the summary's McNemar test compares between variants), the
+/// confusion matrix and per-class scores (`eval/val_*`), and, for TensorBoard, the matrix and
+/// the most confident mistakes as pictures at the last epoch.
+fn validate_best(
+    plan: &VariantPlan,
+    folder: &VariantFolder,
+    model: &Model,
+    splits: &Splits,
+    (device, log): (&Device, &RunLog),
+    sinks: &mut [Box<dyn MetricSink>],
+    (best_epoch, epochs): (usize, usize),
+) -> anyhow::Result<()> {
+    let spec = &plan.spec;
+    let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), device, log)?;
+    let rows: Vec<ValPrediction> = preds
+        .iter()
+        .map(|p| {
+            let item = &plan.items[p.index];
+            let image = item.path.strip_prefix(spec.train_dir()).unwrap_or(&item.path).display().to_string();
+            ValPrediction { image, label: item.label.unwrap_or(0), predicted: p.class }
+        })
+        .collect();
+    predictions::write(&folder.val_predictions(), &rows)?;
+    let confusion = Confusion::from_pairs(&spec.class_names, rows.iter().map(|r| (r.label, r.predicted)));
+    evaluation::write(&confusion, &folder.eval_dir(), "val")?;
+    log.info(format!("validation with best.safetensors (epoch {best_epoch}): {} (eval/val_*)", confusion.headline()));
+    let mistakes: Vec<Mistake> = preds
+        .iter()
+        .zip(&rows)
+        .filter(|(_, r)| r.label != r.predicted)
+        .map(|(p, r)| Mistake {
+            path: &plan.items[p.index].path,
+            truth: &spec.class_names[r.label],
+            predicted: &spec.class_names[r.predicted],
+            confidence: p.probs[r.predicted],
+        })
+        .collect();
+    let heatmap = evaluation::heatmap_png(&confusion, "validation, best.safetensors")?;
+    let worst = evaluation::mistakes_png(mistakes, spec.data.max_pixels)?;
+    if let Some(png) = &worst {
+        write_atomic(&folder.eval_dir().join("val_mistakes.png"), png)?;
+    }
+    for sink in sinks.iter_mut() {
+        sink.image("val/confusion", &heatmap, epochs)?;
+        if let Some(png) = &worst {
+            sink.image("val/mistakes", png, epochs)?;
+        }
+    }
+    crate::output::crash::point("finish: validation predictions written");
+    Ok(())
 }
 
 /// Whether a committed `state` may be continued: the same config, and the same image files

@@ -91,6 +91,33 @@ fn options(list: &[String]) -> String {
     list.iter().map(|o| format!("  {} \\\n", quote(o))).collect()
 }
 
+/// The array's `sbatch` options: its tasks, the common ones, and those of a task.
+fn task_options(sub: &Submission, opts: &SlurmOptions, common: &[String]) -> Vec<String> {
+    let array = match &sub.tasks {
+        Tasks::Run { .. } => format!("0-{}", sub.variants.saturating_sub(1)),
+        Tasks::Resume { unfinished, .. } => unfinished.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
+    };
+    let mut out = vec![
+        format!("--job-name=ablate-{}", sub.name),
+        format!("--array={array}"),
+        format!("--output={}/slurm-%A_%a.out", sub.runs_dir),
+    ];
+    out.extend(common.iter().cloned());
+    // A pre-empted task is queued again and continues (SLURM_RESTART_COUNT); before a time
+    // limit, every step gets SIGUSR1 early enough to commit a checkpoint (not `B:`: ablate runs
+    // in a job step, not in the batch shell).
+    out.push("--requeue".into());
+    out.push(format!("--signal=USR1@{}", opts.warn_secs.unwrap_or(300)));
+    if let Some(g) = opts.gpus_per_task {
+        out.push("--ntasks=1".into());
+        out.push(format!("--gpus-per-task={g}"));
+    }
+    if let Some(c) = opts.cpus_per_task {
+        out.push(format!("--cpus-per-task={c}"));
+    }
+    out
+}
+
 /// A bash script that submits the variants as a job array (one variant per task) and a job,
 /// run after all of them whatever their outcome, that writes the run's summary and fails when
 /// a variant did.
@@ -104,28 +131,7 @@ pub fn script(sub: &Submission, opts: &SlurmOptions) -> String {
         common.push(format!("--time={t}"));
     }
     common.extend(opts.sbatch.iter().map(|s| if s.starts_with("--") { s.clone() } else { format!("--{s}") }));
-    let array = match &sub.tasks {
-        Tasks::Run { .. } => format!("0-{}", sub.variants.saturating_sub(1)),
-        Tasks::Resume { unfinished, .. } => unfinished.iter().map(usize::to_string).collect::<Vec<_>>().join(","),
-    };
-    let mut task_options = vec![
-        format!("--job-name=ablate-{}", sub.name),
-        format!("--array={array}"),
-        format!("--output={}/slurm-%A_%a.out", sub.runs_dir),
-    ];
-    task_options.extend(common.iter().cloned());
-    // A pre-empted task is queued again and continues (SLURM_RESTART_COUNT); before a time
-    // limit, every step gets SIGUSR1 early enough to commit a checkpoint (not `B:`: ablate runs
-    // in a job step, not in the batch shell).
-    task_options.push("--requeue".into());
-    task_options.push(format!("--signal=USR1@{}", opts.warn_secs.unwrap_or(300)));
-    if let Some(g) = opts.gpus_per_task {
-        task_options.push("--ntasks=1".into());
-        task_options.push(format!("--gpus-per-task={g}"));
-    }
-    if let Some(c) = opts.cpus_per_task {
-        task_options.push(format!("--cpus-per-task={c}"));
-    }
+    let task_options = task_options(sub, opts, &common);
     let ablate = quote(sub.ablate);
     // The variant count itself, not $SLURM_ARRAY_TASK_COUNT: an array of some indices
     // (--array=1,3) must not renumber the shards.

@@ -116,6 +116,27 @@ fn run_single(run: &RunFolder, plan: &Plan, opts: &RunOptions, env: &mut Env) ->
     Ok(run.path().to_path_buf())
 }
 
+/// The run's table: as planned (its list written once), or, for a task that continues, as the
+/// folders say, which must list the planned variants.
+fn table_of(run: &RunFolder, plan: &Plan, continuing: bool) -> anyhow::Result<SummaryTable> {
+    let planned = SummaryTable::new(run, plan.variants.iter().map(pending).collect());
+    planned.write_list(run)?;
+    if !continuing {
+        return Ok(planned);
+    }
+    let table = SummaryTable::collect(run)?;
+    let listed: Vec<&str> = table.rows.iter().map(|r| r.variant.as_str()).collect();
+    let names: Vec<&str> = plan.variants.iter().map(|v| v.folder.as_str()).collect();
+    if listed != names {
+        bail!(
+            "{} lists the variants {listed:?}, the experiment now gives {names:?}: it changed since the run started; continue the run with `ablate resume {}`",
+            run.variants_csv().display(),
+            run.path().display()
+        );
+    }
+    Ok(table)
+}
+
 /// A sweep or several experiments: this shard's variants in turn; a failure is recorded and
 /// the next goes on (unless `--fail-fast`). Each variant's status goes into its own folder,
 /// and the run's summary is rewritten from all of them after each.
@@ -136,20 +157,7 @@ fn run_variants(run: &RunFolder, plan: &Plan, opts: &RunOptions, shard: Shard, e
     } else {
         log.info(format!("{total} variants into {}", run.path().display()));
     }
-    let mut table = SummaryTable::new(run, plan.variants.iter().map(pending).collect());
-    table.write_list(run)?;
-    if continuing {
-        table = SummaryTable::collect(run)?;
-        let listed: Vec<&str> = table.rows.iter().map(|r| r.variant.as_str()).collect();
-        let planned: Vec<&str> = plan.variants.iter().map(|v| v.folder.as_str()).collect();
-        if listed != planned {
-            bail!(
-                "{} lists the variants {listed:?}, the experiment now gives {planned:?}: it changed since the run started; continue the run with `ablate resume {}`",
-                run.variants_csv().display(),
-                run.path().display()
-            );
-        }
-    }
+    let mut table = table_of(run, plan, continuing)?;
     SummaryTable::refresh(run)?;
     // (A single variant at the folder's root records its own HParams session there.)
     if shard.index == 0 && !continuing && !plan.is_single() {

@@ -30,12 +30,12 @@ pub fn write(c: &Confusion, dir: &Path, name: &str) -> anyhow::Result<()> {
         w.write_record([class.clone(), num(s.precision), num(s.recall), num(s.f1), s.support.to_string()])?;
     }
     write_atomic(&dir.join(format!("{name}_per_class.csv")), &w.into_inner()?)?;
-    heatmap(c, &dir.join(format!("{name}_confusion.png")), name)
+    Ok(write_atomic(&dir.join(format!("{name}_confusion.png")), &heatmap_png(c, name)?)?)
 }
 
-/// The matrix as a heat-map: each cell shaded by its share of its true class (recall along
-/// the diagonal), with its count.
-fn heatmap(c: &Confusion, path: &Path, title: &str) -> anyhow::Result<()> {
+/// The matrix as a heat-map (PNG bytes): each cell shaded by its share of its true class
+/// (recall along the diagonal), with its count.
+pub fn heatmap_png(c: &Confusion, title: &str) -> anyhow::Result<Vec<u8>> {
     super::plot::register_font();
     let k = c.classes.len().max(1);
     let cell = (560 / k as u32).clamp(8, 120);
@@ -43,10 +43,58 @@ fn heatmap(c: &Confusion, path: &Path, title: &str) -> anyhow::Result<()> {
     let mut rgb = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
-        draw(c, &root, title, cell).map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
-        root.present().map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+        draw(c, &root, title, cell).map_err(|e| anyhow::anyhow!("drawing the confusion matrix: {e}"))?;
+        root.present().map_err(|e| anyhow::anyhow!("drawing the confusion matrix: {e}"))?;
     }
-    super::plot::write_rgb_png(path, &rgb, w, h)
+    super::plot::encode_png(&rgb, w, h)
+}
+
+/// A validation image the model got wrong: its file, true and predicted class, and the
+/// probability it gave the wrong class.
+pub struct Mistake<'a> {
+    pub path: &'a Path,
+    pub truth: &'a str,
+    pub predicted: &'a str,
+    pub confidence: f32,
+}
+
+/// The most confident mistakes (up to 16, most confident first) as a grid of thumbnails, each
+/// captioned with its true and predicted class (PNG bytes); `None` without a mistake.
+pub fn mistakes_png(mut mistakes: Vec<Mistake>, max_pixels: u64) -> anyhow::Result<Option<Vec<u8>>> {
+    const TILE: u32 = 128;
+    const CAPTION: u32 = 34;
+    if mistakes.is_empty() {
+        return Ok(None);
+    }
+    mistakes.sort_by(|a, b| b.confidence.total_cmp(&a.confidence));
+    mistakes.truncate(16);
+    let cols = (mistakes.len() as f64).sqrt().ceil() as u32;
+    let rows = (mistakes.len() as u32).div_ceil(cols);
+    let (w, h) = (cols * TILE, rows * (TILE + CAPTION));
+    let mut canvas = image::RgbImage::from_pixel(w, h, image::Rgb([255, 255, 255]));
+    for (i, m) in mistakes.iter().enumerate() {
+        let img = crate::data::loader::decode(m.path, max_pixels)?;
+        let thumb = image::imageops::resize(&img, TILE - 8, TILE - 8, image::imageops::FilterType::Triangle);
+        let (x, y) = ((i as u32 % cols) * TILE, (i as u32 / cols) * (TILE + CAPTION));
+        image::imageops::overlay(&mut canvas, &thumb, (x + 4) as i64, (y + 4) as i64);
+    }
+    super::plot::register_font();
+    let mut rgb = canvas.into_raw();
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        let caption = |i: usize, m: &Mistake| -> Result<(), Box<dyn std::error::Error>> {
+            let (x, y) = ((i as u32 % cols * TILE) as i32 + 4, (i as u32 / cols * (TILE + CAPTION) + TILE) as i32);
+            root.draw(&Text::new(format!("true: {}", m.truth), (x, y), ("sans-serif", 13)))?;
+            let wrong = ("sans-serif", 13).into_font().color(&RGBColor(214, 39, 40));
+            root.draw(&Text::new(format!("pred: {} {:.2}", m.predicted, m.confidence), (x, y + 15), wrong))?;
+            Ok(())
+        };
+        for (i, m) in mistakes.iter().enumerate() {
+            caption(i, m).map_err(|e| anyhow::anyhow!("drawing the mistakes: {e}"))?;
+        }
+        root.present().map_err(|e| anyhow::anyhow!("drawing the mistakes: {e}"))?;
+    }
+    Ok(Some(super::plot::encode_png(&rgb, w, h)?))
 }
 
 fn draw(
@@ -138,5 +186,35 @@ mod tests {
         let img = image::open(dir.path().join("val_confusion.png")).unwrap().to_rgb8();
         // The darkest cell (cat, cat: 3 of 4) is drawn.
         assert!(img.pixels().filter(|p| p.0[0] < 80 && p.0[2] > 150).count() > 1000);
+    }
+
+    #[test]
+    fn mistakes_are_tiled_most_confident_first_with_captions() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths: Vec<std::path::PathBuf> = (0..5)
+            .map(|i| {
+                let path = dir.path().join(format!("{i}.png"));
+                let colour = if i == 3 { [0, 200, 0] } else { [200, 200, 200] };
+                image::RgbImage::from_pixel(20, 10, image::Rgb(colour)).save(&path).unwrap();
+                path
+            })
+            .collect();
+        let mistakes: Vec<Mistake> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Mistake {
+                path: p,
+                truth: "cat",
+                predicted: "dog",
+                confidence: if i == 3 { 0.99 } else { 0.6 },
+            })
+            .collect();
+        let png = mistakes_png(mistakes, u64::MAX).unwrap().unwrap();
+        let img = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!(img.dimensions(), (3 * 128, 2 * (128 + 34)), "5 tiles: 3 columns, 2 rows");
+        assert_eq!(img.get_pixel(60, 60).0, [0, 200, 0], "the most confident mistake comes first");
+        let red = img.pixels().filter(|p| p.0[0] > 180 && p.0[1] < 90 && p.0[2] < 90).count();
+        assert!(red > 100, "the predicted classes are captioned in red");
+        assert!(mistakes_png(Vec::new(), u64::MAX).unwrap().is_none());
     }
 }

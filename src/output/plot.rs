@@ -63,9 +63,14 @@ pub fn write_png(path: &Path, title: &str, groups: &[Aggregate]) -> anyhow::Resu
 
 /// Encodes an RGB buffer of `width` x `height` as a PNG at `path` (atomically).
 pub(super) fn write_rgb_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> anyhow::Result<()> {
+    Ok(write_atomic(path, &encode_png(rgb, width, height)?)?)
+}
+
+/// An RGB buffer of `width` x `height` as PNG bytes.
+pub(super) fn encode_png(rgb: &[u8], width: u32, height: u32) -> anyhow::Result<Vec<u8>> {
     let mut png = Vec::new();
     image::codecs::png::PngEncoder::new(&mut png).write_image(rgb, width, height, image::ExtendedColorType::Rgb8)?;
-    Ok(write_atomic(path, &png)?)
+    Ok(png)
 }
 
 use image::ImageEncoder as _;

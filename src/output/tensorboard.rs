@@ -89,6 +89,23 @@ impl MetricSink for TensorBoardSink {
         Ok(())
     }
 
+    fn image(&mut self, tag: &str, png: &[u8], epoch: usize) -> anyhow::Result<()> {
+        let size = image::ImageReader::new(std::io::Cursor::new(png)).with_guessed_format()?.into_dimensions()?;
+        let mut picture = tensorboard_proto::summary::Summary_Image::new();
+        picture.set_width(size.0 as i32);
+        picture.set_height(size.1 as i32);
+        picture.set_colorspace(3);
+        picture.set_encoded_image_string(png.to_vec());
+        let mut value = tensorboard_proto::summary::Summary_Value::new();
+        value.set_tag(tag.to_string());
+        value.set_image(picture);
+        let mut summary = tensorboard_proto::summary::Summary::new();
+        summary.mut_value().push(value);
+        self.writer.add_summary(summary, epoch);
+        self.writer.flush();
+        Ok(())
+    }
+
     fn finish(&mut self, ok: bool) -> anyhow::Result<()> {
         if let Some(best) = self.best_val_acc {
             self.writer.add_summary(scalar("best/val_acc", best as f32), self.last_epoch);

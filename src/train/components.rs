@@ -43,6 +43,11 @@ pub struct EpochMetrics {
 /// Receives each epoch's metrics as the run goes.
 pub trait MetricSink {
     fn record(&mut self, m: &EpochMetrics) -> anyhow::Result<()>;
+    /// A picture of the run at `epoch` (PNG bytes): the validation confusion matrix, the most
+    /// confident mistakes.
+    fn image(&mut self, _tag: &str, _png: &[u8], _epoch: usize) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// The run ended (`ok` = trained to the end).
     fn finish(&mut self, _ok: bool) -> anyhow::Result<()> {
         Ok(())

@@ -166,7 +166,7 @@ fn evaluate_scores_a_labelled_folder_as_predict_sees_it() {
     assert!(val.starts_with("true \\ predicted,blue,red\n"), "{val}");
     assert!(run.join("eval/val_per_class.csv").is_file() && run.join("eval/val_confusion.png").is_file());
     let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
-    assert!(log.contains("validation with best.safetensors: accuracy "), "{log}");
+    assert!(log.contains("validation with best.safetensors (epoch ") && log.contains("): accuracy "), "{log}");
     let metrics = ablate::read_metrics(&run.join("metrics.csv")).unwrap();
     assert!(metrics.iter().all(|m| m.val_top5_acc.is_none() && m.val_macro_f1.is_some()), "two classes: no top-5");
 

@@ -36,7 +36,10 @@ fn run_leaves_the_whole_tree_and_predict_reproduces_the_submission() {
 
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let lines: Vec<&str> = metrics.lines().collect();
-    assert_eq!(lines[0], "epoch,train_loss,train_acc,val_loss,val_acc,lr,images_per_sec,seconds");
+    assert_eq!(
+        lines[0],
+        "epoch,train_loss,train_acc,val_loss,val_acc,lr,images_per_sec,seconds,val_macro_f1,val_top5_acc"
+    );
     assert_eq!(lines.len(), 1 + 2, "one row per epoch");
 
     let submission = std::fs::read_to_string(run.join("submission.csv")).unwrap();

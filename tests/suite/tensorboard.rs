@@ -109,6 +109,9 @@ fn real_tensorboard_reads_the_scalars() {
                 rows.iter().map(|r| (r["epoch"].parse().unwrap(), r[column].parse::<f64>().unwrap() as f32)).collect();
             assert_eq!(got, want, "{tag} as TensorBoard reads it ({})", run.display());
         }
+        // The validation confusion matrix of the best weights, as a picture at the last epoch.
+        let last = rows.len();
+        assert!(text.contains(&format!("image val/confusion {last} 660 ")), "{text}");
     }
 }
 
