@@ -155,12 +155,12 @@ fn train_logged(
         best: Default::default(),
     };
     let outcome = learner.fit(&splits, committed, history);
-    let trained = outcome.as_ref().ok().map(|o| (o.best_epoch, o.epochs.len()));
+    let trained = outcome.as_ref().ok().map(|o| o.best_epoch);
     if trained.is_some() && (!splits.val_idx.is_empty() || plan.test_items.is_some()) {
         checkpointer.load_weights(model, "best")?;
     }
-    if let Some((best_epoch, epochs)) = trained.filter(|_| !splits.val_idx.is_empty()) {
-        validate_best(plan, folder, model, &splits, (device, log), &mut sinks, (best_epoch, epochs))?;
+    if let Some(best_epoch) = trained.filter(|_| !splits.val_idx.is_empty()) {
+        validate_best(plan, folder, model, &splits, (device, log), &mut sinks, best_epoch)?;
     }
     // An interrupted session is not over: its resume finishes it.
     if !outcome.as_ref().is_err_and(|e| e.is::<Interrupted>()) {
@@ -216,7 +216,7 @@ fn submit(
 /// The best weights (loaded in `model`) on the validation images: each image's class
 /// (`val_predictions.csv`, what the summary's McNemar test compares between variants), the
 /// confusion matrix and per-class scores (`eval/val_*`), and, for TensorBoard, the matrix and
-/// the most confident mistakes as pictures at the last epoch.
+/// the most confident mistakes as pictures at the best epoch.
 fn validate_best(
     plan: &VariantPlan,
     folder: &VariantFolder,
@@ -224,7 +224,7 @@ fn validate_best(
     splits: &Splits,
     (device, log): (&Device, &RunLog),
     sinks: &mut [Box<dyn MetricSink>],
-    (best_epoch, epochs): (usize, usize),
+    best_epoch: usize,
 ) -> anyhow::Result<()> {
     let spec = &plan.spec;
     let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), device, log)?;
@@ -257,9 +257,9 @@ fn validate_best(
         write_atomic(&folder.eval_dir().join("val_mistakes.png"), png)?;
     }
     for sink in sinks.iter_mut() {
-        sink.image("val/confusion", &heatmap, epochs)?;
+        sink.image("val/confusion", &heatmap, best_epoch)?;
         if let Some(png) = &worst {
-            sink.image("val/mistakes", png, epochs)?;
+            sink.image("val/mistakes", png, best_epoch)?;
         }
     }
     crate::output::crash::point("finish: validation predictions written");

@@ -284,8 +284,9 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
                 ),
                 e => e.into(),
             })?;
-            if let Some(labels) = spec.test_labels() {
-                folder::attach_test_labels(&mut items, &labels, &spec.class_names)?;
+            match spec.test_labels() {
+                Some(labels) => folder::attach_test_labels(&mut items, &labels, &spec.class_names)?,
+                None => _ = folder::labels_from_folders(&mut items, &dir, &spec.class_names),
             }
             Some(Arc::new(items))
         }

@@ -128,11 +128,6 @@ impl Confusion {
         (!f1.is_empty()).then(|| f1.iter().sum::<f64>() / f1.len() as f64)
     }
 
-    /// Each class's recall (`None` for a class without images).
-    pub fn recall(&self) -> Vec<Option<f64>> {
-        self.per_class().iter().map(|s| s.recall).collect()
-    }
-
     /// Each class's scores as a markdown table.
     pub fn per_class_table(&self) -> String {
         let num = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.4}"));

@@ -150,6 +150,29 @@ pub fn unlabelled(test_dir: &Path, format: IdFormat) -> Result<Vec<Item>, DataEr
     Ok(items)
 }
 
+/// A test folder laid out as a training folder (every image in a sub-folder named as a class)
+/// answers itself: each item gets its folder's class. Returns whether it did (no image at the
+/// top level, every first-level folder a class).
+pub fn labels_from_folders(items: &mut [Item], test_dir: &Path, classes: &[String]) -> bool {
+    let class_of = |item: &Item| {
+        let rel = item.path.strip_prefix(test_dir).ok()?;
+        let mut parts = rel.components();
+        let first = parts.next()?.as_os_str().to_str()?;
+        parts.next()?; // a file below the folder, not at the top level
+        classes.iter().position(|c| c == first)
+    };
+    let labels: Option<Vec<usize>> = items.iter().map(class_of).collect();
+    match labels {
+        Some(labels) if !items.is_empty() => {
+            for (item, label) in items.iter_mut().zip(labels) {
+                item.label = Some(label);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Gives each test item its answer from `labels` (a CSV `id,label`, the label a class name or
 /// number): every test image must have one, else the error names the first missing ids.
 pub fn attach_test_labels(items: &mut [Item], labels: &Path, classes: &[String]) -> Result<(), DataError> {

@@ -12,7 +12,8 @@ use tensorboard_rs::summary_writer::FileWriter;
 use crate::train::{EpochMetrics, MetricSink};
 
 /// Scalars per epoch: `train/loss`, `train/acc`, `val/loss`, `val/acc`, `val/macro_f1`,
-/// `val/top5_acc` (more than 5 classes), `val/recall/<class>`, `lr`, `images_per_sec`; with a
+/// `val/top5_acc` (more than 5 classes), `val/precision/<class>`, `val/recall/<class>`,
+/// `val/f1/<class>`, `lr`, `images_per_sec`; with a
 /// session, the HParams session start and end and `best/val_acc` at the end.
 ///
 /// One writer per folder: tensorboard-rs names files by the second and the pid, so two writers
@@ -78,9 +79,11 @@ impl MetricSink for TensorBoardSink {
         for (tag, v) in scalars {
             self.writer.add_summary(scalar(tag, v as f32), m.epoch);
         }
-        for (class, recall) in self.classes.iter().zip(&m.val_recall) {
-            if let Some(r) = recall {
-                self.writer.add_summary(scalar(&format!("val/recall/{class}"), *r as f32), m.epoch);
+        for (class, score) in self.classes.iter().zip(&m.val_classes) {
+            for (name, value) in [("precision", score.precision), ("recall", score.recall), ("f1", score.f1)] {
+                if let Some(v) = value {
+                    self.writer.add_summary(scalar(&format!("val/{name}/{class}"), v as f32), m.epoch);
+                }
             }
         }
         self.writer.flush();

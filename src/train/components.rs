@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::Optimizer;
 use super::state::TrainState;
 use crate::model::Model;
+use crate::stats::ClassScore;
 
 /// One epoch's metrics; `metrics.csv` has exactly these columns.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -34,10 +35,10 @@ pub struct EpochMetrics {
     /// classes only).
     #[serde(default)]
     pub val_top5_acc: Option<f64>,
-    /// Each class's recall on the validation images, for TensorBoard (`val/recall/<class>`);
-    /// not a column of `metrics.csv`.
+    /// Each class's precision, recall and F1 on the validation images, for TensorBoard
+    /// (`val/precision/<class>`, ...); not columns of `metrics.csv`.
     #[serde(skip)]
-    pub val_recall: Vec<Option<f64>>,
+    pub val_classes: Vec<ClassScore>,
 }
 
 /// Receives each epoch's metrics as the run goes.
@@ -171,7 +172,7 @@ mod tests {
             seconds: 0.0,
             val_macro_f1: None,
             val_top5_acc: None,
-            val_recall: Vec::new(),
+            val_classes: Vec::new(),
         }
     }
 

@@ -7,7 +7,7 @@ use candle_nn::ModuleT;
 use super::components::Progress;
 use crate::data::loader::Loader;
 use crate::model::Model;
-use crate::stats::Confusion;
+use crate::stats::{ClassScore, Confusion};
 
 /// How many of a batch's `logits` pick the label `y`.
 pub(crate) fn correct(logits: &Tensor, y: &Tensor) -> candle_core::Result<usize> {
@@ -22,8 +22,8 @@ pub struct ValScores {
     pub macro_f1: Option<f64>,
     /// Top-5 accuracy, with more than 5 classes.
     pub top5: Option<f64>,
-    /// Each class's recall.
-    pub recall: Vec<Option<f64>>,
+    /// Each class's precision, recall and F1.
+    pub classes: Vec<ClassScore>,
 }
 
 /// Mean loss, accuracy, macro F1, top-5 accuracy and per-class recall of `model` over
@@ -70,7 +70,7 @@ pub fn evaluate(
         acc: confusion.correct() as f64 / seen as f64,
         macro_f1: confusion.macro_f1(),
         top5: (classes > 5).then(|| top5 as f64 / seen as f64),
-        recall: confusion.recall(),
+        classes: confusion.per_class(),
     })
 }
 

@@ -218,7 +218,7 @@ impl Learner<'_> {
             val_acc: val.as_ref().map(|v| v.acc),
             val_macro_f1: val.as_ref().and_then(|v| v.macro_f1),
             val_top5_acc: val.as_ref().and_then(|v| v.top5),
-            val_recall: val.map(|v| v.recall).unwrap_or_default(),
+            val_classes: val.map(|v| v.classes).unwrap_or_default(),
             lr: self.lr_now(st, data),
             images_per_sec: st.seen as f64 / train_secs,
             seconds: train_secs + validating.elapsed().as_secs_f64(),

@@ -305,3 +305,32 @@ fn top5_accuracy_with_more_than_five_classes() {
         assert!(m.val_macro_f1.is_some());
     }
 }
+
+/// A test folder laid out as a training folder (`test/<class>/...`) answers itself.
+#[test]
+fn a_test_folder_of_class_folders_gives_the_test_accuracy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 8, 0, 3);
+    let source = tmp.path().join("source");
+    color_folder(&source, 4, 0, 11);
+    let mut answers = std::collections::HashMap::new();
+    for (label, class) in ["blue", "red"].iter().enumerate() {
+        std::fs::create_dir_all(data.join("test").join(class)).unwrap();
+        for i in 0..4 {
+            let id = 10 * label + i; // unique across the class folders
+            std::fs::copy(source.join(format!("train/{class}/{i}.png")), data.join(format!("test/{class}/{id}.png")))
+                .unwrap();
+            answers.insert(id.to_string(), label.to_string());
+        }
+    }
+    let exp = experiment(tmp.path(), &data, 2);
+    let runs = tmp.path().join("runs");
+    run_in(&exp, &runs).assert().success();
+    let run = only_run(&runs);
+    let submission = std::fs::read_to_string(run.join("submission.csv")).unwrap();
+    let right =
+        submission.lines().skip(1).filter(|l| l.split_once(',').is_some_and(|(id, c)| answers[id] == c)).count();
+    let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
+    assert_eq!((rows[0].test_images, rows[0].test_acc), (Some(8), Some(right as f64 / 8.0)));
+}

@@ -60,7 +60,11 @@ fn event_file_holds_every_scalar_of_every_epoch() {
             rows.iter().map(|r| (r["epoch"].parse().unwrap(), r[column].parse::<f64>().unwrap() as f32)).collect();
         assert_eq!(got, want, "{tag}");
     }
-    // Each class's recall, every epoch.
+    // Each class's precision, recall and F1, every epoch (a class predicted nowhere has no
+    // precision, hence no F1).
+    for kind in ["precision", "f1"] {
+        assert!(scalars.iter().any(|s| s.tag.starts_with(&format!("val/{kind}/"))), "no val/{kind}/<class>");
+    }
     for class in ["blue", "red"] {
         let tag = format!("val/recall/{class}");
         let got: Vec<&ablate::Scalar> = scalars.iter().filter(|s| s.tag == tag).collect();
@@ -109,9 +113,11 @@ fn real_tensorboard_reads_the_scalars() {
                 rows.iter().map(|r| (r["epoch"].parse().unwrap(), r[column].parse::<f64>().unwrap() as f32)).collect();
             assert_eq!(got, want, "{tag} as TensorBoard reads it ({})", run.display());
         }
-        // The validation confusion matrix of the best weights, as a picture at the last epoch.
-        let last = rows.len();
-        assert!(text.contains(&format!("image val/confusion {last} 660 ")), "{text}");
+        // The validation confusion matrix of the best weights, as a picture at the best epoch
+        // (the first of the highest validation accuracy).
+        let accs: Vec<f64> = rows.iter().map(|r| r["val_acc"].parse().unwrap()).collect();
+        let best = 1 + accs.iter().position(|a| *a == accs.iter().cloned().fold(f64::MIN, f64::max)).unwrap();
+        assert!(text.contains(&format!("image val/confusion {best} 660 ")), "{text}");
     }
 }
 
