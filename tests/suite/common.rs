@@ -88,3 +88,19 @@ pub fn run_in(experiment: &Path, runs: &Path) -> assert_cmd::Command {
     cmd.arg("run").arg(experiment).arg("--runs-dir").arg(runs);
     cmd
 }
+
+/// The spec of the repository's experiment `file` (relative to the crate) with the model at a
+/// `hw` x `hw` input (the transforms resized to match), for two classes.
+pub fn spec_at(file: &str, hw: usize) -> ablate::Spec {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
+    // The model at another input size: the transforms must make that size too.
+    let overrides: Vec<ablate::Override> = ["model.input", "transforms.train", "transforms.eval"]
+        .iter()
+        .map(|key| {
+            let value =
+                if *key == "model.input" { format!("[{hw}, {hw}]") } else { format!("[{{ resize = [{hw}, {hw}] }}]") };
+            ablate::Override::parse(&format!("{key}={value}")).unwrap()
+        })
+        .collect();
+    ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
+}

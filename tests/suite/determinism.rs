@@ -2,32 +2,16 @@
 //! on 1, 2 and 3 threads, through every convolution algorithm, BatchNorm, pooling and the
 //! optimizers (as the kernels' comments claim: fixed reduction slices, no per-thread sums).
 
-use std::path::Path;
-
 use ablate::Model;
 use ablate::ops::conv::plan::{self, Algo};
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 
-fn spec_at(file: &str, hw: usize) -> ablate::Spec {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    // The model at another input size: the transforms must make that size too.
-    let overrides: Vec<ablate::Override> = ["model.input", "transforms.train", "transforms.eval"]
-        .iter()
-        .map(|key| {
-            let value =
-                if *key == "model.input" { format!("[{hw}, {hw}]") } else { format!("[{{ resize = [{hw}, {hw}] }}]") };
-            ablate::Override::parse(&format!("{key}={value}")).unwrap()
-        })
-        .collect();
-    ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
-}
-
 /// Every gradient and the weights after one AdamW step, as raw bits, on `threads` threads.
 fn step_bits(file: &str, hw: usize, batch: usize, threads: usize) -> (Vec<Vec<u32>>, Vec<Algo>) {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
     pool.install(|| {
-        let spec = spec_at(file, hw);
+        let spec = crate::common::spec_at(file, hw);
         let model = Model::build(&spec.layers, spec.input_hw, 3, &Device::Cpu).unwrap();
         let x = input(&[batch, 3, hw, hw]);
         let y = Tensor::from_vec((0..batch as u32).map(|i| i % 2).collect::<Vec<_>>(), batch, &Device::Cpu).unwrap();

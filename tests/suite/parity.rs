@@ -316,24 +316,10 @@ fn add_relu_matches_pytorch() {
 }
 
 /// An experiment file's model at `hw x hw` for two classes.
-fn spec_at(file: &str, hw: usize) -> ablate::Spec {
-    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join(file);
-    // The model at another input size: the transforms must make that size too.
-    let overrides: Vec<ablate::Override> = ["model.input", "transforms.train", "transforms.eval"]
-        .iter()
-        .map(|key| {
-            let value =
-                if *key == "model.input" { format!("[{hw}, {hw}]") } else { format!("[{{ resize = [{hw}, {hw}] }}]") };
-            ablate::Override::parse(&format!("{key}={value}")).unwrap()
-        })
-        .collect();
-    ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
-}
-
 /// One forward/backward of `case` through ablate's model built from its experiment file,
 /// then one step of each optimizer from the same gradients, in the keys `nets.py` reads.
 fn network_step(case: &Value, tensors: &HashMap<String, Tensor>) -> HashMap<String, Tensor> {
-    let spec = spec_at(case["toml"].as_str().unwrap(), usize_of(case, "hw"));
+    let spec = crate::common::spec_at(case["toml"].as_str().unwrap(), usize_of(case, "hw"));
     let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
     let w0: HashMap<String, Tensor> =
         tensors.iter().filter_map(|(k, v)| k.strip_prefix("w.").map(|k| (k.to_string(), v.clone()))).collect();
