@@ -108,7 +108,11 @@ impl SummaryTable {
 
     /// `summary.md`: the variants aggregated and compared, then each run when there are repeats.
     pub fn markdown(&self) -> String {
-        let mut s = aggregate::markdown(&self.title, &self.aggregates());
+        self.markdown_of(&self.aggregates())
+    }
+
+    fn markdown_of(&self, groups: &[Aggregate]) -> String {
+        let mut s = aggregate::markdown(&self.title, groups);
         if self.rows.iter().any(|r| r.repeat.is_some()) {
             s.push_str("\n## Runs\n\n");
             s.push_str(&summary::markdown(&self.rows));
@@ -121,7 +125,7 @@ impl SummaryTable {
         let groups = self.aggregates();
         summary::write_csv(&dir.join("runs.csv"), &self.rows)?;
         super::write_atomic(&dir.join("summary.csv"), &aggregate::to_csv(&groups)?)?;
-        super::write_atomic(&dir.join("summary.md"), self.markdown().as_bytes())?;
+        super::write_atomic(&dir.join("summary.md"), self.markdown_of(&groups).as_bytes())?;
         super::plot::write_png(&dir.join("summary.png"), &self.title, &groups)
     }
 }
