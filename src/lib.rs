@@ -55,6 +55,7 @@ pub use data::folder::labelled as labelled_images;
 pub use data::loader::{ImageCache, Loader, decode};
 pub use device::open as open_device;
 pub use output::sink::MemorySink;
+pub use train::loss::cross_entropy;
 pub use train::optim::Optimizer;
 pub use train::{EpochMetrics, Hook, MetricSink};
 

@@ -58,6 +58,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
             lr_schedule: exp.train.lr_schedule,
             device,
             precision: exp.train.precision,
+            label_smoothing: exp.train.label_smoothing,
         },
         submission: exp.submission,
         config_toml,
@@ -173,6 +174,8 @@ fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
     check("train.lr_schedule.warmup_epochs", w, w >= 0.0, "a number of epochs >= 0")?;
     check("train.lr_schedule.gamma", s.gamma, s.gamma > 0.0, "a positive factor")?;
     check("train.lr_schedule.min_lr", s.min_lr, s.min_lr >= 0.0, "a number >= 0")?;
+    let ls = exp.train.label_smoothing;
+    check("train.label_smoothing", ls, (0.0..1.0).contains(&ls), "a share in [0, 1)")?;
     if s.step_epochs == 0 {
         return Err(at.invalid("train.lr_schedule.step_epochs", "expected at least 1".into()));
     }

@@ -415,6 +415,10 @@ pub struct TrainConfig {
     /// BatchNorm statistics and the loss in f32.
     #[serde(default)]
     pub precision: Precision,
+    /// Cross-entropy against targets smoothed by this much (PyTorch's
+    /// `F.cross_entropy(label_smoothing=)`): `1 - ε` on the label, `ε / classes` on every class.
+    #[serde(default)]
+    pub label_smoothing: f64,
 }
 
 fn default_epochs() -> usize {
@@ -431,6 +435,7 @@ impl Default for TrainConfig {
             lr_schedule: ScheduleConfig::default(),
             device: default_device(),
             precision: Precision::default(),
+            label_smoothing: 0.0,
         }
     }
 }

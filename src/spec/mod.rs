@@ -116,6 +116,8 @@ pub struct TrainSpec {
     pub lr_schedule: ScheduleConfig,
     pub device: DeviceChoice,
     pub precision: Precision,
+    /// In [0, 1): the share of the target spread over all classes.
+    pub label_smoothing: f64,
 }
 
 /// Pretrained weights to load into the declared model.

@@ -174,7 +174,7 @@ impl Learner<'_> {
         let x = batch.images.to_device(self.device)?;
         let y = Tensor::new(batch.labels.as_slice(), self.device)?;
         let logits = self.model.forward_t(&x, true)?;
-        let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+        let loss = super::loss::cross_entropy(&logits, &y, self.spec.train.label_smoothing)?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
         if !loss_value.is_finite() {
             bail!(

@@ -3,6 +3,7 @@
 pub mod components;
 pub mod eval;
 pub mod learner;
+pub mod loss;
 pub mod optim;
 pub mod state;
 

@@ -147,6 +147,7 @@ fn numbers_that_are_not_finite_are_refused_naming_the_key() {
         ("optimizer.betas=[0.9, 1.0]", "`optimizer.betas.1`: expected a number in [0, 1)"),
         ("train.lr_schedule.gamma=nan", "train.lr_schedule.gamma"),
         ("train.lr_schedule.warmup_epochs=inf", "train.lr_schedule.warmup_epochs"),
+        ("train.label_smoothing=1.0", "`train.label_smoothing`: expected a share in [0, 1), got 1"),
     ] {
         let (tmp, exp) = setup();
         fails_with(tmp.path(), &exp, &["--set", set], &[needle]);

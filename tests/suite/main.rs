@@ -10,6 +10,7 @@ mod determinism;
 mod gradients;
 mod learning;
 mod parity;
+mod recipes;
 mod resume;
 mod shapes;
 mod shards;

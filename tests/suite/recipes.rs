@@ -1,0 +1,73 @@
+//! Training recipes against PyTorch (Debian's `python3-torch` for `/usr/bin/python3`): each
+//! piece computed by ablate in float32 is compared with PyTorch in float32 and float64 on the
+//! same numbers, and may be at most a small factor further from float64 than PyTorch float32.
+
+use candle_core::{Device, Tensor, Var};
+use serde_json::Value;
+
+const TORCH: &str = r#"
+import json, sys, torch
+import torch.nn.functional as F
+c = json.load(sys.stdin)
+out = []
+for eps in c["eps"]:
+    r = {}
+    for dtype, name in [(torch.float32, "f32"), (torch.float64, "f64")]:
+        x = torch.tensor(c["logits"], dtype=dtype, requires_grad=True)
+        loss = F.cross_entropy(x, torch.tensor(c["labels"]), label_smoothing=eps)
+        loss.backward()
+        r[name] = {"loss": loss.item(), "grad": x.grad.flatten().tolist()}
+    out.append(r)
+print(json.dumps(out))
+"#;
+
+/// Largest absolute difference.
+fn err(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+#[test]
+fn label_smoothing_is_pytorchs() {
+    let (n, k) = (16usize, 7usize);
+    let logits: Vec<f32> =
+        (0..n * k).map(|i| 3.0 * ((i as f32) * 0.731).sin() + 0.5 * ((i * i) as f32 * 0.017).cos()).collect();
+    let labels: Vec<u32> = (0..n as u32).map(|i| (i * 5 + 3) % k as u32).collect();
+    let eps = [0.0, 0.1, 0.3];
+    let rows: Vec<Vec<f32>> = logits.chunks(k).map(<[f32]>::to_vec).collect();
+    let case = serde_json::json!({"logits": rows, "labels": labels, "eps": eps});
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", TORCH])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (make test installs python3-torch)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(case.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyTorch failed");
+    let torch: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let nums = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
+
+    for (&e, t) in eps.iter().zip(&torch) {
+        let x = Var::from_vec(logits.clone(), (n, k), &Device::Cpu).unwrap();
+        let y = Tensor::new(labels.as_slice(), &Device::Cpu).unwrap();
+        let loss = ablate::cross_entropy(x.as_tensor(), &y, e).unwrap();
+        let grads = loss.backward().unwrap();
+        let grad: Vec<f64> =
+            grads.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&g| g as f64).collect();
+        let ours = loss.to_scalar::<f32>().unwrap() as f64;
+        let (reference, torch32) = (&t["f64"], &t["f32"]);
+        let loss_err = (ours - reference["loss"].as_f64().unwrap()).abs();
+        let loss_torch = (torch32["loss"].as_f64().unwrap() - reference["loss"].as_f64().unwrap()).abs();
+        let grad_err = err(&grad, &nums(&reference["grad"]));
+        let grad_torch = err(&nums(&torch32["grad"]), &nums(&reference["grad"]));
+        println!(
+            "ε = {e}: loss error {loss_err:.2e} (PyTorch f32 {loss_torch:.2e}), gradient {grad_err:.2e} ({grad_torch:.2e})"
+        );
+        assert!(loss_err <= 4.0 * loss_torch.max(1e-7), "ε = {e}: loss {ours} vs {}", reference["loss"]);
+        assert!(
+            grad_err <= 4.0 * grad_torch.max(1e-8),
+            "ε = {e}: gradient error {grad_err:e}, PyTorch's {grad_torch:e}"
+        );
+    }
+}
