@@ -59,6 +59,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
             device,
             precision: exp.train.precision,
             label_smoothing: exp.train.label_smoothing,
+            clip_grad_norm: exp.train.clip_grad_norm,
         },
         submission: exp.submission,
         config_toml,
@@ -176,6 +177,9 @@ fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
     check("train.lr_schedule.min_lr", s.min_lr, s.min_lr >= 0.0, "a number >= 0")?;
     let ls = exp.train.label_smoothing;
     check("train.label_smoothing", ls, (0.0..1.0).contains(&ls), "a share in [0, 1)")?;
+    if let Some(c) = exp.train.clip_grad_norm {
+        check("train.clip_grad_norm", c, c > 0.0, "a positive norm")?;
+    }
     if s.step_epochs == 0 {
         return Err(at.invalid("train.lr_schedule.step_epochs", "expected at least 1".into()));
     }

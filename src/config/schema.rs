@@ -419,6 +419,10 @@ pub struct TrainConfig {
     /// `F.cross_entropy(label_smoothing=)`): `1 - ε` on the label, `ε / classes` on every class.
     #[serde(default)]
     pub label_smoothing: f64,
+    /// Scale every step's gradients to this joint L2 norm at most (PyTorch's
+    /// `clip_grad_norm_(parameters, max_norm)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
 }
 
 fn default_epochs() -> usize {
@@ -436,6 +440,7 @@ impl Default for TrainConfig {
             device: default_device(),
             precision: Precision::default(),
             label_smoothing: 0.0,
+            clip_grad_norm: None,
         }
     }
 }

@@ -118,6 +118,8 @@ pub struct TrainSpec {
     pub precision: Precision,
     /// In [0, 1): the share of the target spread over all classes.
     pub label_smoothing: f64,
+    /// The largest joint L2 norm of a step's gradients.
+    pub clip_grad_norm: Option<f64>,
 }
 
 /// Pretrained weights to load into the declared model.

@@ -184,7 +184,11 @@ impl Learner<'_> {
         }
         let s = self.spec;
         let lr = lr_at(s.optimizer.lr, &s.train.lr_schedule, st.step, self.steps_per_epoch(data), s.train.epochs);
-        opt.step(&loss.backward()?, lr)?;
+        let mut grads = loss.backward()?;
+        if let Some(max_norm) = s.train.clip_grad_norm {
+            opt.clip_grad_norm(&mut grads, max_norm)?;
+        }
+        opt.step(&grads, lr)?;
         st.correct += correct(&logits, &y)?;
         st.loss_sum += loss_value * n as f64;
         st.seen += n;

@@ -109,6 +109,32 @@ impl Optimizer {
         Self { cfg, params, state, steps: 0, fused: true }
     }
 
+    /// Scales the gradients of the parameters in `grads` so that their joint L2 norm is at most
+    /// `max_norm`, as PyTorch's `torch.nn.utils.clip_grad_norm_`: the norm of the per-tensor
+    /// norms (in float32), then every gradient times `min(1, max_norm / (norm + 1e-6))`.
+    /// Returns the norm before clipping.
+    pub fn clip_grad_norm(&self, grads: &mut GradStore, max_norm: f64) -> Result<f64> {
+        let mut norms = Vec::with_capacity(self.params.len());
+        for (_, var) in &self.params {
+            if let Some(g) = grads.get(var) {
+                norms.push(g.to_dtype(DType::F32)?.sqr()?.sum_all()?.sqrt()?);
+            }
+        }
+        if norms.is_empty() {
+            return Ok(0.0);
+        }
+        let total = Tensor::stack(&norms, 0)?.sqr()?.sum_all()?.sqrt()?.to_scalar::<f32>()?;
+        let coef = (max_norm as f32 / (total + 1e-6)).min(1.0);
+        if coef < 1.0 {
+            for (_, var) in &self.params {
+                if let Some(g) = grads.remove(var) {
+                    grads.insert(var, (g * coef as f64)?);
+                }
+            }
+        }
+        Ok(total as f64)
+    }
+
     /// The optimizer's state by name (`<param>.m`, `<param>.v`, `<param>.momentum`, and
     /// `steps`), for checkpoints that resume exactly.
     pub fn state_dict(&self) -> Result<std::collections::HashMap<String, Tensor>> {

@@ -71,3 +71,105 @@ fn label_smoothing_is_pytorchs() {
         );
     }
 }
+
+const CLIP: &str = r#"
+import json, sys, torch
+c = json.load(sys.stdin)
+out = []
+for max_norm in c["max_norm"]:
+    r = {}
+    for dtype, name in [(torch.float32, "f32"), (torch.float64, "f64")]:
+        ps = []
+        for g in c["grads"]:
+            p = torch.zeros(len(g), dtype=dtype, requires_grad=True)
+            p.grad = torch.tensor(g, dtype=dtype)
+            ps.append(p)
+        total = torch.nn.utils.clip_grad_norm_(ps, max_norm)
+        r[name] = {"total": total.item(), "grads": [x for p in ps for x in p.grad.tolist()]}
+    out.append(r)
+print(json.dumps(out))
+"#;
+
+#[test]
+fn clip_grad_norm_is_pytorchs() {
+    let sizes = [12usize, 5, 12];
+    let grads: Vec<Vec<f32>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(t, &n)| (0..n).map(|i| 0.37 * ((i * 7 + t * 13) as f32 * 0.61).sin() * (t + 1) as f32).collect())
+        .collect();
+    let max_norm = [0.5, 2.0, 1e9];
+    let case = serde_json::json!({"grads": grads, "max_norm": max_norm});
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", CLIP])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (make test installs python3-torch)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(case.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyTorch failed");
+    let torch: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let nums = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
+
+    for (&max, t) in max_norm.iter().zip(&torch) {
+        // Parameters whose gradients are the given numbers: d/dx sum(x * c) = c.
+        let vars: Vec<(String, Var)> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (format!("p{i}"), Var::zeros(n, candle_core::DType::F32, &Device::Cpu).unwrap()))
+            .collect();
+        let mut loss = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu).unwrap();
+        for ((_, v), g) in vars.iter().zip(&grads) {
+            let c = Tensor::new(g.as_slice(), &Device::Cpu).unwrap();
+            loss = (loss + (v.as_tensor() * c).unwrap().sum_all().unwrap()).unwrap();
+        }
+        let mut store = loss.backward().unwrap();
+        let opt = ablate::Optimizer::new(toml::from_str("kind = \"sgd\"").unwrap(), vars.clone());
+        let total = opt.clip_grad_norm(&mut store, max).unwrap();
+        let ours: Vec<f64> =
+            vars.iter().flat_map(|(_, v)| store.get(v).unwrap().to_vec1::<f32>().unwrap()).map(|g| g as f64).collect();
+        let (reference, torch32) = (&t["f64"], &t["f32"]);
+        let total_err = (total - reference["total"].as_f64().unwrap()).abs();
+        let total_torch = (torch32["total"].as_f64().unwrap() - reference["total"].as_f64().unwrap()).abs();
+        let grad_err = err(&ours, &nums(&reference["grads"]));
+        let grad_torch = err(&nums(&torch32["grads"]), &nums(&reference["grads"]));
+        println!(
+            "max_norm {max}: norm error {total_err:.2e} (PyTorch f32 {total_torch:.2e}), gradients {grad_err:.2e} ({grad_torch:.2e})"
+        );
+        assert!(total_err <= 4.0 * total_torch.max(1e-6), "max_norm {max}: norm {total} vs {}", reference["total"]);
+        assert!(
+            grad_err <= 4.0 * grad_torch.max(1e-7),
+            "max_norm {max}: gradient error {grad_err:e}, PyTorch's {grad_torch:e}"
+        );
+    }
+}
+
+/// `train.clip_grad_norm` acts on every step: a norm no gradient reaches changes nothing (bit
+/// for bit), a tiny one changes the weights; a norm that is not positive is refused.
+#[test]
+fn clip_grad_norm_is_applied_in_training() {
+    use crate::common::{color_folder, experiment, only_run, run_in};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 1, 3);
+    let exp = experiment(tmp.path(), &data, 1);
+    let weights = |name: &str, set: &[&str]| {
+        let runs = tmp.path().join(name);
+        let mut c = run_in(&exp, &runs);
+        for s in set {
+            c.args(["--set", s]);
+        }
+        c.assert().success();
+        std::fs::read(only_run(&runs).join("checkpoints/last.safetensors")).unwrap()
+    };
+    let plain = weights("plain", &[]);
+    assert_eq!(weights("loose", &["train.clip_grad_norm=1e9"]), plain);
+    assert_ne!(weights("tight", &["train.clip_grad_norm=1e-6"]), plain);
+    run_in(&exp, &tmp.path().join("bad"))
+        .args(["--set", "train.clip_grad_norm=0"])
+        .assert()
+        .failure()
+        .stderr(predicates::str::contains("`train.clip_grad_norm`: expected a positive norm, got 0"));
+}
