@@ -47,7 +47,7 @@ pub use train::{Interrupted, StopAfterSteps, StopSignal};
 pub use model::{Model, ModelError, weights};
 pub use spec::{
     BlockKind, ConvConfig, DeviceChoice, DownsampleKind, LayerConfig, LinearConfig, MidWidth, OptimizerConfig,
-    OptimizerKind, Shard, Spec, StageConfig, Transform,
+    OptimizerKind, ScheduleConfig, Shard, Spec, StageConfig, Transform,
 };
 
 // Training pieces.
@@ -56,7 +56,7 @@ pub use data::loader::{ImageCache, Loader, decode};
 pub use device::open as open_device;
 pub use output::sink::MemorySink;
 pub use train::loss::cross_entropy;
-pub use train::optim::Optimizer;
+pub use train::optim::{Optimizer, lr_at};
 pub use train::{EpochMetrics, Hook, MetricSink};
 
 // What a run folder holds, read back.

@@ -175,6 +175,9 @@ fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
     check("train.lr_schedule.warmup_epochs", w, w >= 0.0, "a number of epochs >= 0")?;
     check("train.lr_schedule.gamma", s.gamma, s.gamma > 0.0, "a positive factor")?;
     check("train.lr_schedule.min_lr", s.min_lr, s.min_lr >= 0.0, "a number >= 0")?;
+    check("train.lr_schedule.pct_start", s.pct_start, s.pct_start > 0.0 && s.pct_start < 1.0, "a share in (0, 1)")?;
+    check("train.lr_schedule.div_factor", s.div_factor, s.div_factor > 0.0, "a positive factor")?;
+    check("train.lr_schedule.final_div_factor", s.final_div_factor, s.final_div_factor > 0.0, "a positive factor")?;
     let ls = exp.train.label_smoothing;
     check("train.label_smoothing", ls, (0.0..1.0).contains(&ls), "a share in [0, 1)")?;
     if let Some(c) = exp.train.clip_grad_norm {

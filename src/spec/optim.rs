@@ -80,6 +80,13 @@ pub enum ScheduleKind {
     Step,
     /// Cosine decay from `lr` to `min_lr` over the epochs after warm-up.
     Cosine,
+    /// Multiply by `gamma` every epoch (PyTorch's `ExponentialLR`, stepped per epoch).
+    Exponential,
+    /// Multiply by `gamma` at each epoch of `milestones` (PyTorch's `MultiStepLR`).
+    Multistep,
+    /// PyTorch's `OneCycleLR` over every step (cosine, two phases, `lr` as `max_lr`; the
+    /// momentum is not cycled: `cycle_momentum=False`).
+    OneCycle,
 }
 
 /// Learning-rate schedule settings.
@@ -101,6 +108,29 @@ pub struct ScheduleConfig {
     /// Cosine schedule: final rate.
     #[serde(default)]
     pub min_lr: f64,
+    /// Multistep schedule: the epochs (0-based, as PyTorch counts them) at which the rate is
+    /// multiplied by `gamma`.
+    #[serde(default)]
+    pub milestones: Vec<usize>,
+    /// One-cycle schedule: the share of the steps spent rising to `lr`.
+    #[serde(default = "default_pct_start")]
+    pub pct_start: f64,
+    /// One-cycle schedule: the starting rate is `lr / div_factor`.
+    #[serde(default = "default_div_factor")]
+    pub div_factor: f64,
+    /// One-cycle schedule: the final rate is the starting one `/ final_div_factor`.
+    #[serde(default = "default_final_div_factor")]
+    pub final_div_factor: f64,
+}
+
+fn default_pct_start() -> f64 {
+    0.3
+}
+fn default_div_factor() -> f64 {
+    25.0
+}
+fn default_final_div_factor() -> f64 {
+    1e4
 }
 
 fn default_step_epochs() -> usize {
@@ -118,6 +148,10 @@ impl Default for ScheduleConfig {
             step_epochs: default_step_epochs(),
             gamma: default_gamma(),
             min_lr: 0.0,
+            milestones: Vec::new(),
+            pct_start: default_pct_start(),
+            div_factor: default_div_factor(),
+            final_div_factor: default_final_div_factor(),
         }
     }
 }

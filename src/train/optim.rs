@@ -289,6 +289,28 @@ pub fn lr_at(base: f64, s: &ScheduleConfig, step: usize, steps_per_epoch: usize,
             let progress = (step - warmup) as f64 / span as f64;
             s.min_lr + (base - s.min_lr) * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
         }
+        ScheduleKind::Exponential => base * s.gamma.powi((step / spe) as i32),
+        ScheduleKind::Multistep => {
+            let epoch = step / spe;
+            base * s.gamma.powi(s.milestones.iter().filter(|&&m| m <= epoch).count() as i32)
+        }
+        ScheduleKind::OneCycle => one_cycle(base, s, step - warmup, total.saturating_sub(warmup).max(1)),
+    }
+}
+
+/// PyTorch's `OneCycleLR` (`anneal_strategy="cos"`, two phases) at `step` of `total`: from
+/// `max_lr / div_factor` up to `max_lr` by step `pct_start * total - 1`, then down to the start
+/// `/ final_div_factor` at step `total - 1`.
+fn one_cycle(max_lr: f64, s: &ScheduleConfig, step: usize, total: usize) -> f64 {
+    let anneal = |from: f64, to: f64, pct: f64| to + (from - to) / 2.0 * ((std::f64::consts::PI * pct).cos() + 1.0);
+    let initial = max_lr / s.div_factor;
+    let end_rise = s.pct_start * total as f64 - 1.0;
+    let end = total as f64 - 1.0;
+    let step = step as f64;
+    if step <= end_rise && end_rise > 0.0 {
+        anneal(initial, max_lr, step / end_rise)
+    } else {
+        anneal(max_lr, initial / s.final_div_factor, (step - end_rise) / (end - end_rise))
     }
 }
 

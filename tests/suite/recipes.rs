@@ -173,3 +173,61 @@ fn clip_grad_norm_is_applied_in_training() {
         .failure()
         .stderr(predicates::str::contains("`train.clip_grad_norm`: expected a positive norm, got 0"));
 }
+
+const SCHEDULES: &str = r#"
+import json, sys, torch
+c = json.load(sys.stdin)
+spe, epochs, base = c["steps_per_epoch"], c["epochs"], c["lr"]
+out = {}
+def run(name, make, per_step):
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=base)
+    sched = make(opt)
+    lrs = []
+    for step in range(spe * epochs):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        if per_step or (step + 1) % spe == 0:
+            sched.step()
+    out[name] = lrs
+run("exponential", lambda o: torch.optim.lr_scheduler.ExponentialLR(o, gamma=0.8), False)
+run("multistep", lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones=[1, 3], gamma=0.5), False)
+run("one_cycle", lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=base, total_steps=spe * epochs, cycle_momentum=False), True)
+run("one_cycle_custom", lambda o: torch.optim.lr_scheduler.OneCycleLR(o, max_lr=base, total_steps=spe * epochs, pct_start=0.5, div_factor=10.0, final_div_factor=100.0, cycle_momentum=False), True)
+print(json.dumps(out))
+"#;
+
+/// `exponential`, `multistep` and `one_cycle` give PyTorch's schedulers' rate at every step
+/// (the epoch schedulers stepped once an epoch, OneCycleLR every step).
+#[test]
+fn schedules_are_pytorchs_step_by_step() {
+    let (spe, epochs, lr) = (3usize, 5usize, 0.1f64);
+    let case = serde_json::json!({"steps_per_epoch": spe, "epochs": epochs, "lr": lr});
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", SCHEDULES])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (make test installs python3-torch)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(case.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyTorch failed");
+    let torch: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (name, toml_text) in [
+        ("exponential", "kind = \"exponential\"\ngamma = 0.8"),
+        ("multistep", "kind = \"multistep\"\nmilestones = [1, 3]\ngamma = 0.5"),
+        ("one_cycle", "kind = \"one_cycle\""),
+        ("one_cycle_custom", "kind = \"one_cycle\"\npct_start = 0.5\ndiv_factor = 10.0\nfinal_div_factor = 100.0"),
+    ] {
+        let schedule: ablate::ScheduleConfig = toml::from_str(toml_text).unwrap();
+        let ours: Vec<f64> = (0..spe * epochs).map(|step| ablate::lr_at(lr, &schedule, step, spe, epochs)).collect();
+        let theirs: Vec<f64> = torch[name].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        for (step, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-12 * b.abs().max(1e-12),
+                "{name} step {step}: ablate {a}, PyTorch {b}\n{ours:?}\n{theirs:?}"
+            );
+        }
+    }
+}
