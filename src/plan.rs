@@ -294,6 +294,7 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
         None => None,
     };
     let mut model = Model::build(&spec.layers, spec.input_hw, spec.seed, &Device::Cpu)?;
+    check_param_groups(&spec, &model)?;
     let outputs = model.summary().rows.last().map_or(0, |r| r.out_shape.iter().product());
     if outputs != spec.num_classes() {
         bail!(
@@ -332,6 +333,28 @@ fn variant(sources: &Sources, file: &Path, cache: &mut WeightsCache) -> anyhow::
         weights: weights.ok().flatten(),
         init,
     })
+}
+
+/// Every `optimizer.lr_mult` prefix and `optimizer.no_decay` prefix names some parameter of
+/// `model` (a misspelt prefix would silently train with the defaults), and every multiplier is
+/// a finite number >= 0.
+fn check_param_groups(spec: &Spec, model: &Model) -> anyhow::Result<()> {
+    let names: Vec<String> = model.trainable().into_iter().map(|(n, _)| n).collect();
+    let mut tops: Vec<&str> = names.iter().map(|n| n.split('.').next().unwrap_or(n)).collect();
+    tops.dedup();
+    let o = &spec.optimizer;
+    let prefixes = o.lr_mult.keys().map(|p| ("optimizer.lr_mult", p)).chain(
+        o.no_decay.iter().filter(|r| !["bias", "norm"].contains(&r.as_str())).map(|p| ("optimizer.no_decay", p)),
+    );
+    for (key, prefix) in prefixes {
+        if !names.iter().any(|n| n.starts_with(prefix.as_str())) {
+            bail!("{key}: `{prefix}` is the start of no parameter's name (the model's start with {})", tops.join(", "));
+        }
+    }
+    if let Some((p, m)) = o.lr_mult.iter().find(|(_, m)| !(m.is_finite() && **m >= 0.0)) {
+        bail!("optimizer.lr_mult: `{p}` = {m}: expected a finite multiplier >= 0");
+    }
+    Ok(())
 }
 
 /// Loads `model.init`'s `weights` into `model` and applies `model.freeze`; says what it did.

@@ -40,6 +40,28 @@ pub struct OptimizerConfig {
     /// SGD Nesterov momentum.
     #[serde(default)]
     pub nesterov: bool,
+    /// Parameters without weight decay: `"bias"` (every `*.bias`), `"norm"` (every 1-D
+    /// parameter: normalisation layers' weights and biases), or a parameter-name prefix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub no_decay: Vec<String>,
+    /// Learning-rate multipliers by parameter-name prefix (the longest matching prefix wins;
+    /// 1 for the others): fastai's discriminative learning rates.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub lr_mult: std::collections::BTreeMap<String, f64>,
+}
+
+impl OptimizerConfig {
+    /// The weight decay and learning-rate multiplier of the parameter `name` of `rank`
+    /// dimensions.
+    pub fn group_of(&self, name: &str, rank: usize) -> (f64, f64) {
+        let exempt = self.no_decay.iter().any(|rule| match rule.as_str() {
+            "bias" => name == "bias" || name.ends_with(".bias"),
+            "norm" => rank <= 1,
+            prefix => name.starts_with(prefix),
+        });
+        let mult = self.lr_mult.iter().filter(|(p, _)| name.starts_with(p.as_str())).max_by_key(|(p, _)| p.len());
+        (if exempt { 0.0 } else { self.weight_decay }, mult.map_or(1.0, |(_, m)| *m))
+    }
 }
 
 fn default_optimizer() -> OptimizerKind {
@@ -65,6 +87,8 @@ impl Default for OptimizerConfig {
             eps: default_eps(),
             momentum: 0.0,
             nesterov: false,
+            no_decay: Vec::new(),
+            lr_mult: Default::default(),
         }
     }
 }

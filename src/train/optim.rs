@@ -96,6 +96,8 @@ fn fusable(var: &Var) -> bool {
 pub struct Optimizer {
     cfg: OptimizerConfig,
     params: Vec<(String, Var)>,
+    /// Each parameter's weight decay and learning-rate multiplier (its group).
+    groups: Vec<(f64, f64)>,
     state: Vec<State>,
     steps: u64,
     /// Use the fused CPU update where it applies (tests turn it off to compare).
@@ -106,7 +108,8 @@ impl Optimizer {
     pub fn new(cfg: OptimizerConfig, mut params: Vec<(String, Var)>) -> Self {
         params.sort_by(|a, b| a.0.cmp(&b.0));
         let state = params.iter().map(|_| State::None).collect();
-        Self { cfg, params, state, steps: 0, fused: true }
+        let groups = params.iter().map(|(name, var)| cfg.group_of(name, var.rank())).collect();
+        Self { cfg, params, groups, state, steps: 0, fused: true }
     }
 
     /// Scales the gradients of the parameters in `grads` so that their joint L2 norm is at most
@@ -199,9 +202,12 @@ impl Optimizer {
         self.steps += 1;
         let t = self.steps as i32;
         let c = &self.cfg;
-        for ((_, var), state) in self.params.iter().zip(self.state.iter_mut()) {
+        for (((_, var), state), &(weight_decay, mult)) in
+            self.params.iter().zip(self.state.iter_mut()).zip(&self.groups)
+        {
             let Some(g) = grads.get(var) else { continue };
             let p = var.as_tensor();
+            let lr = lr * mult;
             match c.kind {
                 OptimizerKind::Adam | OptimizerKind::Adamw if self.fused && fusable(var) => {
                     let [b1, b2] = c.betas;
@@ -215,8 +221,8 @@ impl Optimizer {
                         eps: c.eps as f32,
                         c1: (1.0 - b1.powi(t)) as f32,
                         c2: (1.0 - b2.powi(t)) as f32,
-                        l2: if adamw { 0.0 } else { c.weight_decay as f32 },
-                        shrink: if adamw { (1.0 - lr * c.weight_decay) as f32 } else { 1.0 },
+                        l2: if adamw { 0.0 } else { weight_decay as f32 },
+                        shrink: if adamw { (1.0 - lr * weight_decay) as f32 } else { 1.0 },
                     };
                     let n = var.elem_count();
                     let moments = match std::mem::replace(state, State::None) {
@@ -232,11 +238,11 @@ impl Optimizer {
                     let [b1, b2] = c.betas;
                     let mut g = g.clone();
                     let mut p_new = p.clone();
-                    if c.weight_decay != 0.0 {
+                    if weight_decay != 0.0 {
                         if c.kind == OptimizerKind::Adam {
-                            g = (g + (p * c.weight_decay)?)?; // L2, coupled
+                            g = (g + (p * weight_decay)?)?; // L2, coupled
                         } else {
-                            p_new = (p * (1.0 - lr * c.weight_decay))?; // decoupled
+                            p_new = (p * (1.0 - lr * weight_decay))?; // decoupled
                         }
                     }
                     let (m, v) = match state {
@@ -254,8 +260,8 @@ impl Optimizer {
                 }
                 OptimizerKind::Sgd => {
                     let mut g = g.clone();
-                    if c.weight_decay != 0.0 {
-                        g = (g + (p * c.weight_decay)?)?;
+                    if weight_decay != 0.0 {
+                        g = (g + (p * weight_decay)?)?;
                     }
                     if c.momentum != 0.0 {
                         let buf = match state {

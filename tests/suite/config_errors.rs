@@ -169,3 +169,23 @@ fn test_images_without_an_id_or_sharing_one_are_refused_naming_them() {
     let submission = std::fs::read_to_string(crate::common::only_run(&runs).join("submission.csv")).unwrap();
     assert!(submission.contains("\ncover,") && submission.contains("\n0,"), "{submission}");
 }
+
+#[test]
+fn parameter_groups_name_parameters_of_the_model() {
+    let (tmp, exp) = setup();
+    fails_with(
+        tmp.path(),
+        &exp,
+        &["--set", "optimizer.lr_mult={ layer9 = 0.1 }"],
+        &["optimizer.lr_mult: `layer9` is the start of no parameter's name (the model's start with bn1, conv1, fc)"],
+    );
+    let (tmp, exp) = setup();
+    fails_with(
+        tmp.path(),
+        &exp,
+        &["--set", "optimizer.lr_mult={ conv1 = -1.0 }"],
+        &["`conv1` = -1: expected a finite multiplier >= 0"],
+    );
+    let (tmp, exp) = setup();
+    fails_with(tmp.path(), &exp, &["--set", "optimizer.no_decay=[\"conv9\"]"], &["optimizer.no_decay: `conv9`"]);
+}

@@ -231,3 +231,99 @@ fn schedules_are_pytorchs_step_by_step() {
         }
     }
 }
+
+const GROUPS: &str = r#"
+import json, sys, torch
+c = json.load(sys.stdin)
+out = {}
+for kind in ["adamw", "adam", "sgd"]:
+    r = {}
+    for dtype, name in [(torch.float32, "f32"), (torch.float64, "f64")]:
+        params = {k: torch.tensor(v["value"], dtype=dtype, requires_grad=True) for k, v in c["params"].items()}
+        groups = []
+        for k, p in params.items():
+            rank = len(c["params"][k]["shape"])
+            exempt = k.endswith(".bias") or rank <= 1
+            mult = 0.1 if k.startswith("features") else 1.0
+            groups.append({"params": [p], "weight_decay": 0.0 if exempt else 0.5, "lr": 0.1 * mult})
+        if kind == "adamw":
+            opt = torch.optim.AdamW(groups, lr=0.1)
+        elif kind == "adam":
+            opt = torch.optim.Adam(groups, lr=0.1)
+        else:
+            opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9)
+        for _ in range(3):
+            opt.zero_grad()
+            sum((p.reshape(-1) ** 2).sum() / 2 for p in params.values()).backward()
+            opt.step()
+        r[name] = {k: p.detach().reshape(-1).tolist() for k, p in params.items()}
+    out[kind] = r
+print(json.dumps(out))
+"#;
+
+/// `optimizer.no_decay = ["bias", "norm"]` and `optimizer.lr_mult` make PyTorch's parameter
+/// groups: three steps of AdamW, Adam and SGD with momentum equal PyTorch's with one group
+/// per parameter, within PyTorch float32's distance to float64.
+#[test]
+fn parameter_groups_are_pytorchs() {
+    let shapes: [(&str, Vec<usize>); 5] = [
+        ("features.0.weight", vec![3, 4]),
+        ("features.0.bias", vec![3]),
+        ("bn.weight", vec![3]),
+        ("fc.weight", vec![2, 3]),
+        ("fc.bias", vec![2]),
+    ];
+    let values: Vec<Vec<f32>> = shapes
+        .iter()
+        .enumerate()
+        .map(|(t, (_, s))| (0..s.iter().product::<usize>()).map(|i| ((i * 3 + t * 7) as f32 * 0.77).sin()).collect())
+        .collect();
+    let params: serde_json::Map<String, Value> = shapes
+        .iter()
+        .zip(&values)
+        .map(|((n, s), v)| (n.to_string(), serde_json::json!({"shape": s, "value": v})))
+        .collect();
+    let case = serde_json::json!({ "params": params });
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", GROUPS])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (make test installs python3-torch)");
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(case.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "PyTorch failed");
+    let torch: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nums = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
+    for kind in ["adamw", "adam", "sgd"] {
+        let cfg: ablate::OptimizerConfig = toml::from_str(&format!(
+            "kind = \"{kind}\"\nlr = 0.1\nweight_decay = 0.5\nmomentum = {}\nno_decay = [\"bias\", \"norm\"]\nlr_mult = {{ features = 0.1 }}",
+            if kind == "sgd" { 0.9 } else { 0.0 }
+        ))
+        .unwrap();
+        let vars: Vec<(String, Var)> = shapes
+            .iter()
+            .zip(&values)
+            .map(|((n, s), v)| (n.to_string(), Var::from_vec(v.clone(), s.as_slice(), &Device::Cpu).unwrap()))
+            .collect();
+        let mut opt = ablate::Optimizer::new(cfg, vars.clone());
+        for _ in 0..3 {
+            let mut loss = Tensor::zeros((), candle_core::DType::F32, &Device::Cpu).unwrap();
+            for (_, v) in &vars {
+                loss = (loss + (v.as_tensor().sqr().unwrap().sum_all().unwrap() * 0.5).unwrap()).unwrap();
+            }
+            opt.step(&loss.backward().unwrap(), 0.1).unwrap();
+        }
+        for (name, v) in &vars {
+            let ours: Vec<f64> =
+                v.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&x| x as f64).collect();
+            let reference = nums(&torch[kind]["f64"][name.as_str()]);
+            let (e, t) = (err(&ours, &reference), err(&nums(&torch[kind]["f32"][name.as_str()]), &reference));
+            assert!(
+                e <= 4.0 * t.max(1e-7),
+                "{kind} {name}: error {e:e}, PyTorch f32's {t:e}\nours {ours:?}\nf64 {reference:?}"
+            );
+        }
+    }
+}
