@@ -195,7 +195,8 @@ fn submit(
     best_epoch: usize,
 ) -> anyhow::Result<Option<(u64, u64)>> {
     let spec = &plan.spec;
-    let rows = predictions(model, &loader(spec, test.clone(), &spec.eval_transforms), device, log)?;
+    let rows =
+        predictions(model, &loader(spec, test.clone(), &spec.eval_transforms), (device, &spec.predict.tta), log)?;
     submission::write(&folder.submission(), &rows, &spec.class_names, &spec.submission)?;
     crate::output::crash::point("finish: submission written");
     log.info(format!(
@@ -227,7 +228,8 @@ fn validate_best(
     best_epoch: usize,
 ) -> anyhow::Result<()> {
     let spec = &plan.spec;
-    let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), device, log)?;
+    // Without test-time augmentation: the predictions whose accuracy is best_val_acc.
+    let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), (device, &[]), log)?;
     let rows: Vec<ValPrediction> = preds
         .iter()
         .map(|p| {
@@ -338,15 +340,15 @@ fn splits(plan: &VariantPlan, folder: &VariantFolder, log: &RunLog) -> anyhow::R
     Ok(Splits { train, train_idx, val, val_idx, data_fingerprint })
 }
 
-/// Every item's prediction, by submission id.
+/// Every item's prediction (averaged over `tta`'s variants of the image), by submission id.
 pub fn predictions(
     model: &Model,
     loader: &Loader,
-    device: &Device,
+    (device, tta): (&Device, &[crate::spec::Tta]),
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<Submitted>> {
     let all = (0..loader.items().len()).collect();
-    let preds = crate::train::predict(model, loader, all, device, progress)?;
+    let preds = crate::train::predict(model, loader, all, (device, tta), progress)?;
     Ok(preds
         .into_iter()
         .map(|p| Submitted { id: loader.items()[p.index].id.clone(), class: p.class, probs: p.probs })

@@ -74,8 +74,13 @@ pub fn evaluate(
     let log = RunLog::terminal(RunLog::terminal_bars());
     let items = Arc::new(items);
     let all = (0..items.len()).collect();
-    let preds =
-        crate::train::predict(&model, &loader(&spec, items.clone(), &spec.eval_transforms), all, &device, &log)?;
+    let preds = crate::train::predict(
+        &model,
+        &loader(&spec, items.clone(), &spec.eval_transforms),
+        all,
+        (&device, &spec.predict.tta),
+        &log,
+    )?;
     let rows: Vec<ValPrediction> = preds
         .into_iter()
         .map(|p| {

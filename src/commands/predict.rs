@@ -59,7 +59,7 @@ pub fn predict(
     variant.saved().load_weights(&model, which.name())?;
     let out = out.map(Path::to_path_buf).unwrap_or_else(|| run.join(format!("submission-{}.csv", which.name())));
     let log = RunLog::terminal(RunLog::terminal_bars());
-    let rows = predictions(&model, &loader(&spec, items, &spec.eval_transforms), &device, &log)?;
+    let rows = predictions(&model, &loader(&spec, items, &spec.eval_transforms), (&device, &spec.predict.tta), &log)?;
     let format = SubmissionConfig { probs: probs || spec.submission.probs, ..spec.submission.clone() };
     submission::write_new(&out, &rows, &spec.class_names, &format)?;
     Ok(out)

@@ -62,6 +62,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
             clip_grad_norm: exp.train.clip_grad_norm,
         },
         submission: exp.submission,
+        predict: exp.predict,
         config_toml,
     })
 }

@@ -35,6 +35,9 @@ pub struct Experiment {
     /// Format of `submission.csv`.
     #[serde(default)]
     pub submission: SubmissionConfig,
+    /// How predictions are made: `tta = ["hflip"]`.
+    #[serde(default)]
+    pub predict: crate::spec::PredictConfig,
     /// Swept keys: `"model.params.groups" = [1, 2, 4]`, and `mode = "grid" | "zip"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sweep: BTreeMap<String, toml::Value>,

@@ -42,6 +42,8 @@ pub struct Spec {
     pub optimizer: OptimizerConfig,
     pub train: TrainSpec,
     pub submission: SubmissionConfig,
+    /// Test-time augmentation of predictions.
+    pub predict: PredictConfig,
     /// The hyper-parameters every run reports to TensorBoard's HParams (optimizer, lr, batch
     /// size, epochs, seed), by config key.
     pub hparams: Vec<(String, toml::Value)>,
@@ -156,6 +158,24 @@ pub enum Precision {
     F32,
     Bf16,
 }
+/// How predictions are made (the submission, `ablate predict`, `ablate evaluate`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictConfig {
+    /// Test-time augmentation: the softmax outputs of the image and of each listed variant of
+    /// it are averaged (timm's and fastai's TTA). `"hflip"`: the image mirrored left-right.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tta: Vec<Tta>,
+}
+
+/// A test-time augmentation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Tta {
+    /// The image mirrored left-right (torchvision's `hflip`).
+    Hflip,
+}
+
 /// What `submission.csv` looks like.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

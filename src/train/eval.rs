@@ -7,6 +7,7 @@ use candle_nn::ModuleT;
 use super::components::Progress;
 use crate::data::loader::Loader;
 use crate::model::Model;
+use crate::spec::Tta;
 use crate::stats::{ClassScore, Confusion};
 
 /// How many of a batch's `logits` pick the label `y`.
@@ -91,16 +92,37 @@ pub fn predict(
     model: &Model,
     loader: &Loader,
     order: Vec<usize>,
-    device: &Device,
+    (device, tta): (&Device, &[Tta]),
     progress: &dyn Progress,
 ) -> anyhow::Result<Vec<Predicted>> {
     let bar = progress.bar("predict".into(), order.len().div_ceil(loader.batch_size));
     let mut out = Vec::with_capacity(order.len());
     for batch in loader.batches(order, 0) {
         let batch = batch?;
-        let logits = model.forward_t(&batch.images.to_device(device)?, false)?;
-        let classes = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?.to_vec2::<f32>()?;
+        let x = batch.images.to_device(device)?;
+        let logits = model.forward_t(&x, false)?;
+        let (classes, probs) = if tta.is_empty() {
+            let classes = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            (classes, candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?)
+        } else {
+            // The mean of the softmax outputs over the image and its variants; the class of
+            // the highest mean.
+            let mut sum = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+            for t in tta {
+                let variant = match t {
+                    Tta::Hflip => {
+                        let w = x.dim(3)?;
+                        let reversed = Tensor::new((0..w as u32).rev().collect::<Vec<_>>(), device)?;
+                        x.index_select(&reversed, 3)?
+                    }
+                };
+                let logits = model.forward_t(&variant, false)?;
+                sum = (sum + candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?)?;
+            }
+            let mean = (sum / (tta.len() + 1) as f64)?;
+            (mean.argmax(D::Minus1)?.to_vec1::<u32>()?, mean)
+        };
+        let probs = probs.to_vec2::<f32>()?;
         out.extend(batch.indices.iter().zip(classes).zip(probs).map(|((&index, c), probs)| Predicted {
             index,
             class: c as usize,

@@ -327,3 +327,51 @@ fn parameter_groups_are_pytorchs() {
         }
     }
 }
+
+/// `predict.tta = ["hflip"]`: the submission's probabilities are the mean of the model's on
+/// each test image and on the image mirrored (here mirrored on disk with the image crate, and
+/// predicted by a run that trained the same weights without TTA).
+#[test]
+fn hflip_tta_averages_the_image_and_its_mirror() {
+    use crate::common::{ablate, color_folder, experiment, only_run, run_in};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 5, 3);
+    let exp = experiment(tmp.path(), &data, 2);
+    let probs = ["--set", "submission.probs=true"];
+    let plain = tmp.path().join("plain");
+    run_in(&exp, &plain).args(probs).assert().success();
+    let tta = tmp.path().join("tta");
+    run_in(&exp, &tta).args(probs).args(["--set", "predict.tta=[\"hflip\"]"]).assert().success();
+    let (plain, tta) = (only_run(&plain), only_run(&tta));
+    assert_eq!(
+        std::fs::read(plain.join("checkpoints/best.safetensors")).unwrap(),
+        std::fs::read(tta.join("checkpoints/best.safetensors")).unwrap(),
+        "TTA does not change training"
+    );
+    let mirrored = tmp.path().join("mirrored");
+    std::fs::create_dir_all(&mirrored).unwrap();
+    for i in 0..5 {
+        let img = image::open(data.join(format!("test/{i}.png"))).unwrap().to_rgb8();
+        image::imageops::flip_horizontal(&img).save(mirrored.join(format!("{i}.png"))).unwrap();
+    }
+    let out = tmp.path().join("mirrored.csv");
+    ablate().arg("predict").arg(&plain).arg("--data").arg(&mirrored).arg("--out").arg(&out).assert().success();
+    let rows = |path: &std::path::Path| -> Vec<(usize, Vec<f64>)> {
+        let text = std::fs::read_to_string(path).unwrap();
+        text.lines()
+            .skip(1)
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[1].parse().unwrap(), f[2..].iter().map(|p| p.parse().unwrap()).collect())
+            })
+            .collect()
+    };
+    let (a, b, t) = (rows(&plain.join("submission.csv")), rows(&out), rows(&tta.join("submission.csv")));
+    for ((a, b), (class, mean)) in a.iter().zip(&b).zip(&t) {
+        let expected: Vec<f64> = a.1.iter().zip(&b.1).map(|(x, y)| (x + y) / 2.0).collect();
+        assert!(mean.iter().zip(&expected).all(|(m, e)| (m - e).abs() < 1e-6), "{mean:?} vs {expected:?}");
+        assert_eq!(*class, usize::from(mean[1] > mean[0]));
+    }
+    assert!(a.iter().zip(&b).any(|(x, y)| (x.1[0] - y.1[0]).abs() > 1e-4), "the mirror changes the outputs");
+}
