@@ -7,16 +7,14 @@ use std::sync::Arc;
 
 use anyhow::bail;
 
-use super::predict::Which;
+use super::predict::{Which, saved_model, saved_run};
 use crate::data::folder;
 use crate::device::DeviceChoice;
-use crate::executor::{self, loader};
-use crate::model::Model;
+use crate::executor::loader;
 use crate::output::evaluation;
 use crate::output::log::RunLog;
 use crate::output::predictions::{self, ValPrediction};
-use crate::output::run_folder::{self, RunFolder};
-use crate::plan;
+use crate::output::run_folder;
 use crate::stats::Confusion;
 
 /// What `ablate evaluate` reports.
@@ -38,12 +36,7 @@ pub fn evaluate(
     name: Option<&str>,
     device: Option<DeviceChoice>,
 ) -> anyhow::Result<Evaluated> {
-    let variant = RunFolder::existing(run).existing_variant(".");
-    let config = variant.config();
-    if !config.is_file() {
-        bail!("{} has no config.toml: expected a run (or variant) folder made by `ablate run`", run.display());
-    }
-    let spec = plan::spec_of_run(&config)?;
+    let (variant, spec) = saved_run(run)?;
     let found = folder::class_names(data, None)?;
     if let Some(stray) = found.iter().find(|c| !spec.class_names.contains(c)) {
         bail!(
@@ -68,9 +61,7 @@ pub fn evaluate(
     if confusion.exists() {
         bail!("{} already exists: pass another --name, nothing was overwritten", confusion.display());
     }
-    let (device, _) = executor::open_device(&spec, device)?;
-    let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &device)?;
-    variant.saved().load_weights(&model, which.name())?;
+    let (model, device) = saved_model(&variant, &spec, which, device)?;
     let log = RunLog::terminal(RunLog::terminal_bars());
     let items = Arc::new(items);
     let all = (0..items.len()).collect();
