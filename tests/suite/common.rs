@@ -104,3 +104,19 @@ pub fn spec_at(file: &str, hw: usize) -> ablate::Spec {
         .collect();
     ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
 }
+
+/// Runs `script` with Debian's `/usr/bin/python3` (`make test` installs python3-torch and
+/// python3-scipy), `input` as JSON on its stdin; returns the JSON it prints.
+pub fn python_json(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("/usr/bin/python3 (make test installs python3-torch and python3-scipy)");
+    child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the Python reference failed (apt-get install python3-torch python3-scipy)");
+    serde_json::from_slice(&out.stdout).unwrap()
+}

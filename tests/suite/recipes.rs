@@ -35,17 +35,7 @@ fn label_smoothing_is_pytorchs() {
     let eps = [0.0, 0.1, 0.3];
     let rows: Vec<Vec<f32>> = logits.chunks(k).map(<[f32]>::to_vec).collect();
     let case = serde_json::json!({"logits": rows, "labels": labels, "eps": eps});
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", TORCH])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("/usr/bin/python3 (make test installs python3-torch)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(case.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "PyTorch failed");
-    let torch: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let torch: Vec<Value> = serde_json::from_value(crate::common::python_json(TORCH, &case)).unwrap();
     let nums = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
 
     for (&e, t) in eps.iter().zip(&torch) {
@@ -100,17 +90,7 @@ fn clip_grad_norm_is_pytorchs() {
         .collect();
     let max_norm = [0.5, 2.0, 1e9];
     let case = serde_json::json!({"grads": grads, "max_norm": max_norm});
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", CLIP])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("/usr/bin/python3 (make test installs python3-torch)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(case.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "PyTorch failed");
-    let torch: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let torch: Vec<Value> = serde_json::from_value(crate::common::python_json(CLIP, &case)).unwrap();
     let nums = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
 
     for (&max, t) in max_norm.iter().zip(&torch) {
@@ -203,17 +183,7 @@ print(json.dumps(out))
 fn schedules_are_pytorchs_step_by_step() {
     let (spe, epochs, lr) = (3usize, 5usize, 0.1f64);
     let case = serde_json::json!({"steps_per_epoch": spe, "epochs": epochs, "lr": lr});
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", SCHEDULES])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("/usr/bin/python3 (make test installs python3-torch)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(case.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "PyTorch failed");
-    let torch: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let torch = crate::common::python_json(SCHEDULES, &case);
     for (name, toml_text) in [
         ("exponential", "kind = \"exponential\"\ngamma = 0.8"),
         ("multistep", "kind = \"multistep\"\nmilestones = [1, 3]\ngamma = 0.5"),
@@ -284,17 +254,7 @@ fn parameter_groups_are_pytorchs() {
         .map(|((n, s), v)| (n.to_string(), serde_json::json!({"shape": s, "value": v})))
         .collect();
     let case = serde_json::json!({ "params": params });
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", GROUPS])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("/usr/bin/python3 (make test installs python3-torch)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(case.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "PyTorch failed");
-    let torch: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let torch = crate::common::python_json(GROUPS, &case);
     let nums = |v: &Value| v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<f64>>();
     for kind in ["adamw", "adam", "sgd"] {
         let cfg: ablate::OptimizerConfig = toml::from_str(&format!(

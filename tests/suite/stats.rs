@@ -49,17 +49,7 @@ fn statistics_equal_scipys() {
     let mcnemar: Vec<(usize, usize)> = vec![(3, 9), (9, 3), (0, 5), (12, 12), (40, 61), (1, 0)];
     let wilson: Vec<(u64, u64)> = vec![(5, 9), (167, 200), (0, 12), (40, 40), (1, 1)];
     let cases = serde_json::json!({"estimates": estimates, "paired": paired, "mcnemar": mcnemar, "wilson": wilson});
-    let mut child = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", SCIPY])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("/usr/bin/python3 (make test installs python3-scipy)");
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(cases.to_string().as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "SciPy failed (apt-get install python3-scipy)");
-    let scipy: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let scipy = crate::common::python_json(SCIPY, &cases);
     println!("cases: {cases}\nSciPy 1.x: {scipy}");
     let f = |v: &Value| v.as_f64().unwrap();
 
