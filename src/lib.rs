@@ -51,6 +51,7 @@ pub use spec::{
 };
 
 // Training pieces.
+pub use data::augment;
 pub use data::folder::labelled as labelled_images;
 pub use data::loader::{ImageCache, Loader, decode};
 pub use device::open as open_device;

@@ -4,6 +4,7 @@ pub mod load;
 pub mod resolve;
 pub mod schema;
 pub mod sweep;
+mod transforms;
 
 use std::path::PathBuf;
 

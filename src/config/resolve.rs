@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use super::ConfigError;
-use super::schema::{BlockKind, Experiment, Int, LayerSpec, NormalizeSpec, PoolSpec, Size, StageSpec, TransformSpec};
+use super::schema::{BlockKind, Experiment, Int, LayerSpec, PoolSpec, StageSpec};
+use super::transforms::transforms;
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
 use crate::spec::{
     ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, Spec, SplitSpec, StageConfig, TrainSpec, Transform,
@@ -228,7 +229,9 @@ fn pipeline_sizes(
                     }
                     (exact, at_least) = (Some((h, w)), None);
                 }
-                Transform::Hflip(_) | Transform::Normalize { .. } => {}
+                // Any image can be cropped and resized to its size.
+                Transform::RandomResizedCrop { size, .. } => (exact, at_least) = (Some(size), None),
+                _ => {}
             }
         }
         if let Some((h, w)) = exact.filter(|&s| s != input_hw) {
@@ -308,60 +311,6 @@ fn stage(st: &StageSpec, key: &str, at: &At) -> Result<LayerConfig, ConfigError>
         stage.bottleneck_width().map_err(|m| at.invalid(key, m))?;
     }
     Ok(LayerConfig::Stage(stage))
-}
-
-/// Validates one transform pipeline; `(key, message)` on error.
-fn transforms(list: &[TransformSpec], key: &str, training: bool) -> Result<Vec<Transform>, (String, String)> {
-    let size = |s: &Size| match *s {
-        Size::Side(n) => (n, n),
-        Size::HeightWidth([h, w]) => (h, w),
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for (i, t) in list.iter().enumerate() {
-        let here = format!("{key}.{i}");
-        if matches!(out.last(), Some(Transform::Normalize { .. })) {
-            return Err((here, "normalize must be the last transform".into()));
-        }
-        let t = match t {
-            TransformSpec::Resize(Size::Side(n)) => Transform::ResizeShorter(*n),
-            TransformSpec::Resize(s) => Transform::Resize(size(s)),
-            TransformSpec::CenterCrop(s) => Transform::CenterCrop(size(s)),
-            TransformSpec::RandomCrop(s) => Transform::RandomCrop(size(s)),
-            TransformSpec::Hflip(p) => {
-                if !(0.0..=1.0).contains(p) {
-                    return Err((here, format!("expected a probability in [0, 1], got {p}")));
-                }
-                Transform::Hflip(*p)
-            }
-            TransformSpec::Normalize(NormalizeSpec::Preset(name)) => match name.as_str() {
-                "imagenet" => Transform::Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
-                other => {
-                    return Err((
-                        here,
-                        format!("unknown preset \"{other}\"; expected \"imagenet\" or {{ mean = [..], std = [..] }}"),
-                    ));
-                }
-            },
-            TransformSpec::Normalize(NormalizeSpec::Explicit { mean, std }) => {
-                if std.iter().any(|s| *s <= 0.0) {
-                    return Err((here, format!("std must be positive, got {std:?}")));
-                }
-                Transform::Normalize { mean: *mean, std: *std }
-            }
-        };
-        if let Transform::Resize((0, _) | (_, 0))
-        | Transform::ResizeShorter(0)
-        | Transform::CenterCrop((0, _) | (_, 0))
-        | Transform::RandomCrop((0, _) | (_, 0)) = t
-        {
-            return Err((here, "sizes must be at least 1".into()));
-        }
-        if !training && matches!(t, Transform::RandomCrop(_) | Transform::Hflip(_)) {
-            return Err((here, "random transforms belong in transforms.train, not eval".into()));
-        }
-        out.push(t);
-    }
-    Ok(out)
 }
 
 /// The hyper-parameters every run reports to HParams, besides the swept ones.

@@ -145,10 +145,128 @@ pub enum TransformSpec {
     CenterCrop(Size),
     /// `[h, w]` taken at a random position (training only).
     RandomCrop(Size),
+    /// torchvision's `RandomResizedCrop` (training only).
+    RandomResizedCrop(ResizedCropSpec),
     /// Horizontal flip with this probability (training only).
     Hflip(f64),
+    /// Vertical flip with this probability (training only).
+    Vflip(f64),
+    /// torchvision's `RandomRotation(degrees)`: `d` for [-d, d], or `[lo, hi]`.
+    RandomRotation(Range),
+    /// torchvision's `RandomAffine`.
+    RandomAffine(AffineSpec),
+    /// torchvision's `ColorJitter`.
+    ColorJitter(JitterSpec),
+    /// `true`: torchvision's `Grayscale(3)`.
+    Grayscale(bool),
+    /// torchvision's `RandomGrayscale(p)`.
+    RandomGrayscale(f64),
+    /// torchvision's `GaussianBlur`.
+    GaussianBlur(BlurSpec),
     /// `"imagenet"` or `{ mean = [..3], std = [..3] }`.
     Normalize(NormalizeSpec),
+    /// torchvision's `RandomErasing`, after `normalize`.
+    RandomErasing(ErasingSpec),
+}
+
+/// A range written as one number `x` (meaning depends on the key: [-x, x] or [1-x, 1+x]) or
+/// as `[lo, hi]`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Range {
+    One(f64),
+    Both([f64; 2]),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResizedCropSpec {
+    pub size: Size,
+    /// Share of the area: default [0.08, 1.0].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<[f64; 2]>,
+    /// Aspect ratio w / h: default [3/4, 4/3].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<[f64; 2]>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AffineSpec {
+    pub degrees: Range,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub translate: Option<[f64; 2]>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<[f64; 2]>,
+    /// `s` for [-s, s] along x, `[lo, hi]` along x, or `[xlo, xhi, ylo, yhi]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shear: Option<Shear>,
+    /// Colour of the pixels from outside the image: one value or `[r, g, b]` (0-255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill: Option<Fill>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Shear {
+    One(f64),
+    X([f64; 2]),
+    XY([f64; 4]),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Fill {
+    Grey(u8),
+    Rgb([u8; 3]),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JitterSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub brightness: Option<Range>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contrast: Option<Range>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saturation: Option<Range>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hue: Option<Range>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlurSpec {
+    /// Odd kernel size, `k` or `[h, w]`.
+    pub kernel: Size,
+    /// `s`, or `[lo, hi]` to draw from: default [0.1, 2.0].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sigma: Option<Range>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErasingSpec {
+    /// Default 0.5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub p: Option<f64>,
+    /// Default [0.02, 0.33].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<[f64; 2]>,
+    /// Default [0.3, 3.3].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ratio: Option<[f64; 2]>,
+    /// A number, `[r, g, b]`, or `"random"`: default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<EraseSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum EraseSpec {
+    One(f32),
+    Rgb([f32; 3]),
+    Named(String),
 }
 
 /// A size written as `256` or `[256, 256]`.

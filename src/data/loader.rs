@@ -13,7 +13,7 @@ use rayon::prelude::*;
 
 use super::DataError;
 use super::folder::Item;
-use super::transforms::{Transform, apply_image, deterministic_prefix, to_tensor};
+use super::transforms::{Transform, apply_image, apply_tensor, deterministic_prefix, to_tensor};
 
 /// One batch: images `(n, 3, h, w)` on the CPU, their labels and their indices into the items.
 #[derive(Debug)]
@@ -254,7 +254,7 @@ impl Loader {
             None => apply_image(&self.transforms, decode(&item.path, self.max_pixels)?, &mut rng),
         }
         .map_err(|message| DataError::Image { path: item.path.clone(), message })?;
-        let (data, hw) = to_tensor(&img, &self.transforms);
+        let (mut data, hw) = to_tensor(&img);
         if hw != self.input_hw {
             return Err(DataError::Image {
                 path: item.path.clone(),
@@ -264,6 +264,8 @@ impl Loader {
                 ),
             });
         }
+        apply_tensor(&self.transforms, &mut data, hw, &mut rng)
+            .map_err(|message| DataError::Image { path: item.path.clone(), message })?;
         Ok(data)
     }
 

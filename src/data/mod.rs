@@ -1,5 +1,6 @@
 //! Data: image-folder discovery, transforms, and batches decoded ahead of the trainer.
 
+pub mod augment;
 pub mod folder;
 pub mod loader;
 pub mod transforms;

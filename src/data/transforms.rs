@@ -1,16 +1,19 @@
-//! Image transforms: decoded RGB image in, normalised CHW f32 tensor data out.
+//! Image transforms: decoded RGB image in, normalised CHW f32 tensor data out. Geometric
+//! steps run on the 8-bit image, the rest on the floats (see [`crate::spec::Phase`]).
 
 use fast_image_resize as fir;
 use image::RgbImage;
 use image::imageops;
 use rand::Rng;
 
+use super::augment;
+use crate::spec::Phase;
 pub use crate::spec::Transform;
 
 /// Bilinear resize with an antialiasing kernel when shrinking (what torchvision's `Resize`
 /// does on PIL images). fast_image_resize's SIMD convolution: the `image` crate's resize was
 /// over half of the data pipeline's time (perf).
-fn resize(img: RgbImage, w: u32, h: u32) -> RgbImage {
+pub(super) fn resize(img: RgbImage, w: u32, h: u32) -> RgbImage {
     if img.dimensions() == (w, h) {
         return img;
     }
@@ -23,7 +26,7 @@ fn resize(img: RgbImage, w: u32, h: u32) -> RgbImage {
     RgbImage::from_raw(w, h, dst.into_vec()).expect("the resized buffer holds w * h * 3 bytes")
 }
 
-fn crop(img: &RgbImage, top: u32, left: u32, (h, w): (usize, usize)) -> RgbImage {
+pub(super) fn crop(img: &RgbImage, top: u32, left: u32, (h, w): (usize, usize)) -> RgbImage {
     imageops::crop_imm(img, left, top, w as u32, h as u32).to_image()
 }
 
@@ -36,10 +39,10 @@ pub fn deterministic_prefix(pipeline: &[Transform]) -> usize {
         .count()
 }
 
-/// Runs the image operations of `ops` (everything but `normalize`) on `img`. Crops larger
-/// than the image are an error naming both sizes.
+/// Runs the geometric steps of `ops` (the others run on the tensor, see [`apply_tensor`]) on
+/// `img`. Crops larger than the image are an error naming both sizes.
 pub fn apply_image(ops: &[Transform], mut img: RgbImage, rng: &mut impl Rng) -> Result<RgbImage, String> {
-    for t in ops {
+    for t in ops.iter().filter(|t| t.phase() == Phase::Geometry) {
         match t {
             Transform::Resize((h, w)) => img = resize(img, *w as u32, *h as u32),
             Transform::ResizeShorter(side) => {
@@ -61,33 +64,68 @@ pub fn apply_image(ops: &[Transform], mut img: RgbImage, rng: &mut impl Rng) -> 
                 };
                 img = crop(&img, top, left, *size);
             }
+            Transform::RandomResizedCrop { size, scale, ratio } => {
+                let hw = (img.height() as usize, img.width() as usize);
+                img = augment::resized_crop(&img, augment::resized_crop_box(rng, hw, *scale, *ratio), *size);
+            }
             Transform::Hflip(p) => {
                 if rng.gen_bool(*p) {
                     imageops::flip_horizontal_in_place(&mut img);
                 }
             }
-            Transform::Normalize { .. } => {}
+            Transform::Vflip(p) => {
+                if rng.gen_bool(*p) {
+                    imageops::flip_vertical_in_place(&mut img);
+                }
+            }
+            Transform::RandomAffine(a) => img = augment::random_affine(rng, a, &img),
+            _ => unreachable!("only geometric steps"),
         }
     }
     Ok(img)
 }
 
-/// CHW floats in [0, 1], normalised when `pipeline` ends in `normalize`; and `(h, w)`.
-pub fn to_tensor(img: &RgbImage, pipeline: &[Transform]) -> (Vec<f32>, (usize, usize)) {
-    let (mean, std) = match pipeline.last() {
-        Some(Transform::Normalize { mean, std }) => (*mean, *std),
-        _ => ([0.0; 3], [1.0; 3]),
-    };
+/// CHW floats in [0, 1] (torchvision's `ToTensor`), and `(h, w)`.
+pub fn to_tensor(img: &RgbImage) -> (Vec<f32>, (usize, usize)) {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = vec![0f32; 3 * h * w];
     let (r, rest) = out.split_at_mut(h * w);
     let (g, b) = rest.split_at_mut(h * w);
     for (i, px) in img.pixels().enumerate() {
-        r[i] = (px[0] as f32 / 255.0 - mean[0]) / std[0];
-        g[i] = (px[1] as f32 / 255.0 - mean[1]) / std[1];
-        b[i] = (px[2] as f32 / 255.0 - mean[2]) / std[2];
+        r[i] = px[0] as f32 / 255.0;
+        g[i] = px[1] as f32 / 255.0;
+        b[i] = px[2] as f32 / 255.0;
     }
     (out, (h, w))
+}
+
+/// Runs the colour steps, `normalize` and erasing of `ops` on CHW floats from [`to_tensor`].
+pub fn apply_tensor(ops: &[Transform], img: &mut [f32], hw: (usize, usize), rng: &mut impl Rng) -> Result<(), String> {
+    let plane = hw.0 * hw.1;
+    for t in ops.iter().filter(|t| t.phase() != Phase::Geometry) {
+        match t {
+            Transform::ColorJitter(j) => augment::color_jitter(&augment::jitter_draw(rng, j), img, plane),
+            Transform::Grayscale(p) => {
+                if *p >= 1.0 || rng.r#gen::<f64>() < *p {
+                    augment::grayscale(img, plane);
+                }
+            }
+            Transform::GaussianBlur { kernel, sigma } => {
+                let s = if sigma[0] == sigma[1] { sigma[0] } else { rng.gen_range(sigma[0]..sigma[1]) };
+                augment::gaussian_blur(img, hw, *kernel, s)?;
+            }
+            Transform::Normalize { mean, std } => {
+                for (c, channel) in img.chunks_exact_mut(plane).enumerate() {
+                    for x in channel {
+                        *x = (*x - mean[c]) / std[c];
+                    }
+                }
+            }
+            Transform::RandomErasing(e) => augment::random_erasing(rng, e, img, hw),
+            _ => unreachable!("no geometric steps"),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -97,7 +135,9 @@ mod tests {
     /// Runs `pipeline` on `img` and returns CHW floats (in [0, 1] unless normalised) and `(h, w)`.
     fn apply(pipeline: &[Transform], img: RgbImage, rng: &mut impl Rng) -> Result<(Vec<f32>, (usize, usize)), String> {
         let img = apply_image(pipeline, img, rng)?;
-        Ok(to_tensor(&img, pipeline))
+        let (mut data, hw) = to_tensor(&img);
+        apply_tensor(pipeline, &mut data, hw, rng)?;
+        Ok((data, hw))
     }
     use rand::SeedableRng;
 

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use layer::{BlockKind, ConvConfig, DownsampleKind, LAYER_NAMES, LayerConfig, LinearConfig, MidWidth, StageConfig};
 pub use optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
 pub use shard::Shard;
-pub use transform::{Transform, output_size};
+pub use transform::{Affine, EraseValue, Erasing, Jitter, Phase, Transform, output_size};
 
 /// A validated experiment: every reference substituted, every value in range.
 #[derive(Debug, Clone)]

@@ -189,3 +189,40 @@ fn parameter_groups_name_parameters_of_the_model() {
     let (tmp, exp) = setup();
     fails_with(tmp.path(), &exp, &["--set", "optimizer.no_decay=[\"conv9\"]"], &["optimizer.no_decay: `conv9`"]);
 }
+
+/// Augmentation steps out of the order they can run in, random steps in eval, and values out
+/// of torchvision's ranges are refused naming the step.
+#[test]
+fn augmentations_out_of_order_or_range_are_refused() {
+    let cases: [(&str, &[&str]); 6] = [
+        (
+            "{ normalize = \"imagenet\" }, { color_jitter = { brightness = 0.4 } }",
+            &["transforms.train.3", "normalize must be the last transform (only random_erasing may follow it)"],
+        ),
+        (
+            "{ color_jitter = { hue = 0.4 } }, { vflip = 0.5 }, { normalize = \"imagenet\" }",
+            &["transforms.train.3", "geometric steps"],
+        ),
+        ("{ random_erasing = {} }, { normalize = \"imagenet\" }", &["transforms.train.3", "random_erasing comes last"]),
+        (
+            "{ color_jitter = { hue = 0.7 } }, { normalize = \"imagenet\" }",
+            &["transforms.train.2", "hue: expected [lo, hi] with -0.5 <= lo <= hi <= 0.5"],
+        ),
+        (
+            "{ gaussian_blur = { kernel = 4 } }, { normalize = \"imagenet\" }",
+            &["transforms.train.2", "kernel: expected odd sizes, got 4x4"],
+        ),
+        (
+            "{ random_resized_crop = { size = 16, scale = [0.9, 0.1] } }, { normalize = \"imagenet\" }",
+            &["transforms.train.2", "scale: expected [lo, hi]"],
+        ),
+    ];
+    for (steps, needles) in cases {
+        let (tmp, exp) = setup();
+        edit(&exp, "{ hflip = 0.5 }, { normalize = \"imagenet\" }", &format!("{{ hflip = 0.5 }}, {steps}"));
+        fails_with(tmp.path(), &exp, &[], needles);
+    }
+    let (tmp, exp) = setup();
+    edit(&exp, "eval = [{ resize = [16, 16] }", "eval = [{ resize = [16, 16] }, { random_rotation = 10 }");
+    fails_with(tmp.path(), &exp, &[], &["transforms.eval.1", "random transforms belong in transforms.train"]);
+}

@@ -116,7 +116,8 @@ fn caches_decode_each_image_once_and_change_nothing() {
     color_folder(&data, 5, 1, 31);
     let classes = vec!["blue".to_string(), "red".to_string()];
     let items = Arc::new(ablate::labelled_images(&data.join("train"), &classes).unwrap());
-    let pipeline = vec![Transform::Resize((18, 18)), Transform::RandomCrop((16, 16)), Transform::Hflip(0.5)];
+    let mut pipeline = vec![Transform::Resize((18, 18)), Transform::RandomCrop((16, 16)), Transform::Hflip(0.5)];
+    pipeline.extend(crate::augment::heaviest_steps());
     let plain = Loader::new(items.clone(), pipeline.clone(), (16, 16), 4);
     let order: Vec<usize> = (0..items.len()).collect();
     let cache_dir = tmp.path().join("run/cache");

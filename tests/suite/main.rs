@@ -2,6 +2,7 @@
 //! folders in temporary directories.
 
 mod ablation;
+mod augment;
 mod cli;
 mod common;
 mod config_errors;
