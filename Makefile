@@ -34,11 +34,21 @@ $(VENV)/.tensorboard-installed:
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check tensorboard
 	touch $@
 
+# timm (the mixup, cutmix and EMA tests compare against its own classes) for Debian's PyTorch:
+# a virtual environment that sees /usr/bin/python3's packages, timm installed without its
+# dependencies (torch, torchvision: Debian's).
+TIMM_VENV := .venv-timm
+$(TIMM_VENV)/.timm-installed: | torch
+	/usr/bin/python3 -m venv --system-site-packages $(TIMM_VENV)
+	$(TIMM_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps timm==0.9.16
+	touch $@
+
 # Tests run with optimised code (candle unoptimised is far too slow to train even a tiny net);
 # --include-ignored adds the test that needs TensorBoard's Python reader. The parity tests
 # (tests/suite/parity.rs) compare against Debian's PyTorch: see `torch` below.
-test: $(VENV)/.tensorboard-installed torch
-	TB_PYTHON=$(CURDIR)/$(VENV)/bin/python $(CARGO) test --release -- --include-ignored
+test: $(VENV)/.tensorboard-installed torch $(TIMM_VENV)/.timm-installed
+	TB_PYTHON=$(CURDIR)/$(VENV)/bin/python TIMM_PYTHON=$(CURDIR)/$(TIMM_VENV)/bin/python \
+	  $(CARGO) test --release -- --include-ignored
 
 # The parity tests' larger networks (ResNet18 up to 224x224, LeNet at 256, ResNeXt50 at 96):
 # about 10 minutes on 2 cores.
@@ -93,4 +103,4 @@ demo-data:
 	$(PYTHON) scripts/make_demo_data.py /usr/share/datasets/fashion-mnist data/demo
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TIMM_VENV)

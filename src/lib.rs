@@ -56,7 +56,8 @@ pub use data::folder::labelled as labelled_images;
 pub use data::loader::{ImageCache, Loader, decode};
 pub use device::open as open_device;
 pub use output::sink::MemorySink;
-pub use train::loss::cross_entropy;
+pub use train::loss::{balanced_class_weights, cross_entropy, soft_cross_entropy, weighted_cross_entropy};
+pub use train::mixup;
 pub use train::optim::{Optimizer, lr_at};
 pub use train::{EpochMetrics, Hook, MetricSink};
 

@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use super::ConfigError;
-use super::schema::{BlockKind, Experiment, Int, LayerSpec, PoolSpec, StageSpec};
+use super::schema::{BlockKind, ClassWeights, Experiment, Int, LayerSpec, PoolSpec, StageSpec};
 use super::transforms::transforms;
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
 use crate::spec::{
-    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, Spec, SplitSpec, StageConfig, TrainSpec, Transform,
-    output_size,
+    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, MixupSpec, Spec, SplitSpec, StageConfig, TrainSpec,
+    Transform, output_size,
 };
 
 /// The test answers' file a dataset root may hold (`data.test_labels` unless set).
@@ -53,15 +53,18 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
         init: exp.model.init.clone(),
         freeze: exp.model.freeze.clone(),
         hparams: standard_hparams(&exp),
-        optimizer: exp.optimizer,
         train: TrainSpec {
+            mixup: mixup(&exp),
             epochs: exp.train.epochs,
             lr_schedule: exp.train.lr_schedule,
             device,
             precision: exp.train.precision,
             label_smoothing: exp.train.label_smoothing,
             clip_grad_norm: exp.train.clip_grad_norm,
+            class_weights: exp.train.class_weights.clone(),
         },
+        // After `train`, which borrows `exp` whole.
+        optimizer: exp.optimizer,
         submission: exp.submission,
         predict: exp.predict,
         config_toml,
@@ -185,11 +188,57 @@ fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
     if let Some(c) = exp.train.clip_grad_norm {
         check("train.clip_grad_norm", c, c > 0.0, "a positive norm")?;
     }
+    let t = &exp.train;
+    check("train.mixup", t.mixup, t.mixup >= 0.0, "Beta's alpha, >= 0 (0: off)")?;
+    check("train.cutmix", t.cutmix, t.cutmix >= 0.0, "Beta's alpha, >= 0 (0: off)")?;
+    check("train.mixup_prob", t.mixup_prob, (0.0..=1.0).contains(&t.mixup_prob), "a probability in [0, 1]")?;
+    let sp = t.mixup_switch_prob;
+    check("train.mixup_switch_prob", sp, (0.0..=1.0).contains(&sp), "a probability in [0, 1]")?;
+    class_weights(exp, at)?;
     if s.step_epochs == 0 {
         return Err(at.invalid("train.lr_schedule.step_epochs", "expected at least 1".into()));
     }
     if exp.train.epochs == 0 {
         return Err(at.invalid("train.epochs", "expected at least 1".into()));
+    }
+    Ok(())
+}
+
+/// `train.mixup` and `train.cutmix`, when either is on.
+fn mixup(exp: &Experiment) -> Option<MixupSpec> {
+    let t = &exp.train;
+    (t.mixup > 0.0 || t.cutmix > 0.0).then_some(MixupSpec {
+        mixup_alpha: t.mixup,
+        cutmix_alpha: t.cutmix,
+        prob: t.mixup_prob,
+        switch_prob: t.mixup_switch_prob,
+    })
+}
+
+/// `"balanced"`, or one positive weight per class; not with mixed (soft) targets.
+fn class_weights(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
+    let key = "train.class_weights";
+    match &exp.train.class_weights {
+        None => return Ok(()),
+        Some(ClassWeights::Named(n)) if n == "balanced" => {}
+        Some(ClassWeights::Named(n)) => {
+            return Err(at.invalid(key, format!("expected \"balanced\" or one weight per class, got \"{n}\"")));
+        }
+        Some(ClassWeights::Given(w)) => {
+            if w.len() != at.classes {
+                return Err(
+                    at.invalid(key, format!("expected {} weights (one per class), got {}", at.classes, w.len()))
+                );
+            }
+            if let Some(bad) = w.iter().find(|v| !(v.is_finite() && **v > 0.0)) {
+                return Err(at.invalid(key, format!("expected positive weights, got {bad}")));
+            }
+        }
+    }
+    if exp.train.mixup > 0.0 || exp.train.cutmix > 0.0 {
+        return Err(
+            at.invalid(key, "class weights do not combine with mixup or cutmix (soft targets): drop one".into())
+        );
     }
     Ok(())
 }

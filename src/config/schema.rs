@@ -426,7 +426,8 @@ impl<'de> Deserialize<'de> for LayerSpec {
 // The block kinds are the model's own types (the model does not import the config); the
 // TOML names them through their serde names.
 pub use crate::spec::{
-    BlockKind, CacheMode, DownsampleKind, InitSpec, OptimizerConfig, Precision, ScheduleConfig, SubmissionConfig,
+    BlockKind, CacheMode, ClassWeights, DownsampleKind, InitSpec, OptimizerConfig, Precision, ScheduleConfig,
+    SubmissionConfig,
 };
 pub use crate::spec::{LAYER_NAMES, LayerConfig};
 
@@ -544,6 +545,37 @@ pub struct TrainConfig {
     /// `clip_grad_norm_(parameters, max_norm)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clip_grad_norm: Option<f64>,
+    /// Beta's α of batch-level mixup (timm's `--mixup`); 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mixup: f64,
+    /// Beta's α of batch-level cutmix (timm's `--cutmix`); 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cutmix: f64,
+    /// Share of batches mixed (timm's `--mixup-prob`).
+    #[serde(default = "default_mixup_prob", skip_serializing_if = "is_one")]
+    pub mixup_prob: f64,
+    /// With mixup and cutmix both on, the share of mixed batches cut (`--mixup-switch-prob`).
+    #[serde(default = "default_switch_prob", skip_serializing_if = "is_half")]
+    pub mixup_switch_prob: f64,
+    /// `"balanced"` or one weight per class: PyTorch's `F.cross_entropy(weight=)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<ClassWeights>,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
+}
+fn is_one(v: &f64) -> bool {
+    *v == 1.0
+}
+fn is_half(v: &f64) -> bool {
+    *v == 0.5
+}
+fn default_mixup_prob() -> f64 {
+    1.0
+}
+fn default_switch_prob() -> f64 {
+    0.5
 }
 
 fn default_epochs() -> usize {
@@ -562,6 +594,11 @@ impl Default for TrainConfig {
             precision: Precision::default(),
             label_smoothing: 0.0,
             clip_grad_norm: None,
+            mixup: 0.0,
+            cutmix: 0.0,
+            mixup_prob: default_mixup_prob(),
+            mixup_switch_prob: default_switch_prob(),
+            class_weights: None,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Validation of the transform pipelines: every step's values in range, steps in the order
 //! they can run (geometry, colour, `normalize`, erasing), random steps in training only.
 
-use super::schema::{EraseSpec, Fill, NormalizeSpec, Range, Shear, Size, TransformSpec};
+use super::schema::{EraseSpec, ErasingSpec, Fill, NormalizeSpec, Range, Shear, Size, TransformSpec};
 use crate::spec::{Affine, EraseValue, Erasing, Jitter, Phase, Transform};
 
 type Invalid = (String, String);
@@ -120,20 +120,7 @@ fn step(spec: &TransformSpec) -> Result<Transform, String> {
             Transform::GaussianBlur { kernel, sigma: range(sigma, "sigma", f64::MIN_POSITIVE, f64::MAX)? }
         }
         TransformSpec::Normalize(n) => normalize(n)?,
-        TransformSpec::RandomErasing(e) => Transform::RandomErasing(Erasing {
-            p: probability(e.p.unwrap_or(0.5))?,
-            scale: range(e.scale.unwrap_or([0.02, 0.33]), "scale", 0.0, 1.0)?,
-            ratio: range(e.ratio.unwrap_or([0.3, 3.3]), "ratio", f64::MIN_POSITIVE, f64::MAX)?,
-            value: match &e.value {
-                None => EraseValue::Constant([0.0; 3]),
-                Some(EraseSpec::One(v)) => EraseValue::Constant([*v; 3]),
-                Some(EraseSpec::Rgb(v)) => EraseValue::Constant(*v),
-                Some(EraseSpec::Named(n)) if n == "random" => EraseValue::Random,
-                Some(EraseSpec::Named(n)) => {
-                    return Err(format!("value: expected a number, [r, g, b] or \"random\", got \"{n}\""));
-                }
-            },
-        }),
+        TransformSpec::RandomErasing(e) => Transform::RandomErasing(erasing(e)?),
     };
     if let Transform::Resize((0, _) | (_, 0))
     | Transform::ResizeShorter(0)
@@ -153,6 +140,23 @@ fn translate(t: [f64; 2]) -> Result<[f64; 2], String> {
     } else {
         Err(format!("translate: expected two shares in [0, 1], got {t:?}"))
     }
+}
+
+fn erasing(e: &ErasingSpec) -> Result<Erasing, String> {
+    Ok(Erasing {
+        p: probability(e.p.unwrap_or(0.5))?,
+        scale: range(e.scale.unwrap_or([0.02, 0.33]), "scale", 0.0, 1.0)?,
+        ratio: range(e.ratio.unwrap_or([0.3, 3.3]), "ratio", f64::MIN_POSITIVE, f64::MAX)?,
+        value: match &e.value {
+            None => EraseValue::Constant([0.0; 3]),
+            Some(EraseSpec::One(v)) => EraseValue::Constant([*v; 3]),
+            Some(EraseSpec::Rgb(v)) => EraseValue::Constant(*v),
+            Some(EraseSpec::Named(n)) if n == "random" => EraseValue::Random,
+            Some(EraseSpec::Named(n)) => {
+                return Err(format!("value: expected a number, [r, g, b] or \"random\", got \"{n}\""));
+            }
+        },
+    })
 }
 
 fn shear(s: &Shear) -> Result<([f64; 2], Option<[f64; 2]>), String> {

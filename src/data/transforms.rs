@@ -1,34 +1,13 @@
 //! Image transforms: decoded RGB image in, normalised CHW f32 tensor data out. Geometric
 //! steps run on the 8-bit image, the rest on the floats (see [`crate::spec::Phase`]).
 
-use fast_image_resize as fir;
 use image::RgbImage;
 use image::imageops;
 use rand::Rng;
 
-use super::augment;
+use super::augment::{self, crop, resize};
 use crate::spec::Phase;
 pub use crate::spec::Transform;
-
-/// Bilinear resize with an antialiasing kernel when shrinking (what torchvision's `Resize`
-/// does on PIL images). fast_image_resize's SIMD convolution: the `image` crate's resize was
-/// over half of the data pipeline's time (perf).
-pub(super) fn resize(img: RgbImage, w: u32, h: u32) -> RgbImage {
-    if img.dimensions() == (w, h) {
-        return img;
-    }
-    let (sw, sh) = img.dimensions();
-    let src = fir::images::Image::from_vec_u8(sw, sh, img.into_raw(), fir::PixelType::U8x3)
-        .expect("an RgbImage buffer holds w * h * 3 bytes");
-    let mut dst = fir::images::Image::new(w, h, fir::PixelType::U8x3);
-    let options = fir::ResizeOptions::new().resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::Bilinear));
-    fir::Resizer::new().resize(&src, &mut dst, &options).expect("same pixel type, non-empty sizes");
-    RgbImage::from_raw(w, h, dst.into_vec()).expect("the resized buffer holds w * h * 3 bytes")
-}
-
-pub(super) fn crop(img: &RgbImage, top: u32, left: u32, (h, w): (usize, usize)) -> RgbImage {
-    imageops::crop_imm(img, left, top, w as u32, h as u32).to_image()
-}
 
 /// How many leading steps of `pipeline` are deterministic image operations (resize, centre
 /// crop): their result can be computed once and cached.

@@ -122,6 +122,35 @@ pub struct TrainSpec {
     pub label_smoothing: f64,
     /// The largest joint L2 norm of a step's gradients.
     pub clip_grad_norm: Option<f64>,
+    /// Batch-level mixup and cutmix, when either is on.
+    pub mixup: Option<MixupSpec>,
+    /// Per-class weights of the loss.
+    pub class_weights: Option<ClassWeights>,
+}
+
+/// `train.mixup`, `train.cutmix` and their probabilities (timm's `--mixup`, `--cutmix`,
+/// `--mixup-prob`, `--mixup-switch-prob`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MixupSpec {
+    /// Beta's α for mixup; 0 turns it off.
+    pub mixup_alpha: f64,
+    /// Beta's α for cutmix; 0 turns it off.
+    pub cutmix_alpha: f64,
+    /// Share of batches mixed at all.
+    pub prob: f64,
+    /// With both on, the share of mixed batches that use cutmix.
+    pub switch_prob: f64,
+}
+
+/// `train.class_weights`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ClassWeights {
+    /// `"balanced"`: `images / (classes · images of the class)` over the training split
+    /// (scikit-learn's `compute_class_weight("balanced")`).
+    Named(String),
+    /// One weight per class, in class order.
+    Given(Vec<f64>),
 }
 
 /// Pretrained weights to load into the declared model.

@@ -19,7 +19,7 @@ use super::optim::{Optimizer, lr_at};
 use super::state::{Interrupted, TrainState, fingerprint};
 use crate::data::loader::{Batch, Loader};
 use crate::model::Model;
-use crate::spec::Spec;
+use crate::spec::{ClassWeights, Spec};
 
 /// The labelled data of a run: one loader per pipeline and the indices of each split.
 pub struct Splits {
@@ -68,8 +68,9 @@ impl Learner<'_> {
         let mut opt = Optimizer::new(self.spec.optimizer.clone(), self.model.trainable());
         let (mut st, mut history) = self.start(&mut opt, resume, history)?;
         st.data_fingerprint = data.data_fingerprint.clone();
+        let objective = Objective::new(self.spec, data, self.device)?;
         for epoch in st.epochs_done + 1..=self.spec.train.epochs {
-            self.train_epoch(epoch, &mut st, &mut opt, data)?;
+            self.train_epoch(epoch, &mut st, &mut opt, data, &objective)?;
             let m = self.end_epoch(epoch, &mut st, &opt, data)?;
             history.push(m);
         }
@@ -124,6 +125,7 @@ impl Learner<'_> {
         st: &mut TrainState,
         opt: &mut Optimizer,
         data: &Splits,
+        objective: &Objective,
     ) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut order = data.train_idx.clone();
@@ -134,7 +136,7 @@ impl Learner<'_> {
         bar.set_position(st.batches_done);
         let elapsed_before = st.elapsed_secs;
         for batch in data.train.batches(order, epoch as u64) {
-            let loss = self.step(batch?, epoch, st, opt, data)?;
+            let loss = self.step(batch?, epoch, st, opt, data, objective)?;
             bar.step(Some(format!(
                 "loss {:.4} acc {:.3}",
                 st.loss_sum / st.seen as f64,
@@ -168,13 +170,13 @@ impl Learner<'_> {
         st: &mut TrainState,
         opt: &mut Optimizer,
         data: &Splits,
+        objective: &Objective,
     ) -> anyhow::Result<f64> {
         let t0 = Instant::now();
         let n = batch.labels.len();
         let x = batch.images.to_device(self.device)?;
-        let y = Tensor::new(batch.labels.as_slice(), self.device)?;
-        let logits = self.model.forward_t(&x, true)?;
-        let loss = super::loss::cross_entropy(&logits, &y, self.spec.train.label_smoothing)?;
+        let mut rng = batch_rng(self.spec.seed, epoch, st.batches_done);
+        let (loss, logits, y) = objective.loss(self.model, x, &batch.labels, &mut rng)?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
         if !loss_value.is_finite() {
             bail!(
@@ -244,6 +246,69 @@ impl Learner<'_> {
         self.checkpointer.commit(self.model, opt, st, improved).context("committing the epoch's checkpoint")?;
         Ok(m)
     }
+}
+
+/// What each step minimises: cross-entropy (smoothed, weighted by class), or the soft-target
+/// cross-entropy of a mixed batch.
+struct Objective {
+    smoothing: f64,
+    classes: usize,
+    /// `train.class_weights`, one per class.
+    weights: Option<Tensor>,
+    mixup: Option<super::mixup::MixupSpec>,
+}
+
+impl Objective {
+    fn new(spec: &Spec, data: &Splits, device: &Device) -> anyhow::Result<Self> {
+        let classes = spec.num_classes();
+        let weights = match &spec.train.class_weights {
+            None => None,
+            Some(ClassWeights::Given(w)) => Some(w.iter().map(|&v| v as f32).collect()),
+            Some(ClassWeights::Named(_)) => {
+                let items = data.train.items();
+                let labels = data.train_idx.iter().map(|&i| items[i].label.unwrap_or(0));
+                Some(super::loss::balanced_class_weights(labels, classes).iter().map(|&v| v as f32).collect())
+            }
+        };
+        let weights = weights.map(|w: Vec<f32>| Tensor::new(w, device)).transpose()?;
+        Ok(Self { smoothing: spec.train.label_smoothing, classes, weights, mixup: spec.train.mixup })
+    }
+
+    /// The batch's loss, its logits, and the labels its accuracy counts against (the
+    /// dominant one of a mixed image).
+    fn loss(
+        &self,
+        model: &Model,
+        x: Tensor,
+        labels: &[u32],
+        rng: &mut impl rand::Rng,
+    ) -> candle_core::Result<(Tensor, Tensor, Tensor)> {
+        let device = x.device().clone();
+        let (h, w) = (x.dim(2)?, x.dim(3)?);
+        if let Some(draw) = self.mixup.and_then(|m| super::mixup::draw(rng, &m, (h, w))) {
+            let mixed = super::mixup::mix_images(&x, &draw)?;
+            let targets = super::mixup::mix_targets(labels, self.classes, draw.lam, self.smoothing, &device)?;
+            let logits = model.forward_t(&mixed, true)?;
+            let loss = super::loss::soft_cross_entropy(&logits, &targets)?;
+            let dominant = Tensor::new(super::mixup::dominant(labels, draw.lam), &device)?;
+            return Ok((loss, logits, dominant));
+        }
+        let y = Tensor::new(labels, &device)?;
+        let logits = model.forward_t(&x, true)?;
+        let loss = match &self.weights {
+            Some(w) => super::loss::weighted_cross_entropy(&logits, &y, w, self.smoothing)?,
+            None => super::loss::cross_entropy(&logits, &y, self.smoothing)?,
+        };
+        Ok((loss, logits, y))
+    }
+}
+
+/// The random stream of a batch's mixing: fixed by (seed, epoch, batch), so a resumed epoch
+/// draws what the uninterrupted one would have.
+fn batch_rng(seed: u64, epoch: usize, batch: usize) -> rand_chacha::ChaCha8Rng {
+    let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6d69_7875_7063_7574);
+    r.set_stream(((epoch as u64) << 32) | batch as u64);
+    r
 }
 
 /// The log line of an epoch.

@@ -4,6 +4,7 @@ pub mod components;
 pub mod eval;
 pub mod learner;
 pub mod loss;
+pub mod mixup;
 pub mod optim;
 pub mod state;
 

@@ -108,8 +108,24 @@ pub fn spec_at(file: &str, hw: usize) -> ablate::Spec {
 /// Runs `script` with Debian's `/usr/bin/python3` (`make test` installs python3-torch and
 /// python3-scipy), `input` as JSON on its stdin; returns the JSON it prints.
 pub fn python_json(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    python_json_with("/usr/bin/python3", script, input)
+}
+
+/// [`python_json`] with timm importable: the interpreter of `make test`'s `.venv-timm`
+/// (`TIMM_PYTHON`), which sees Debian's PyTorch.
+pub fn timm_json(script: &str, input: &serde_json::Value) -> serde_json::Value {
+    let python = std::env::var("TIMM_PYTHON")
+        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/.venv-timm/bin/python").to_string());
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: `make test` (or `make .venv-timm/.timm-installed`) installs timm"
+    );
+    python_json_with(&python, script, input)
+}
+
+pub fn python_json_with(python: &str, script: &str, input: &serde_json::Value) -> serde_json::Value {
     use std::io::Write;
-    let mut child = std::process::Command::new("/usr/bin/python3")
+    let mut child = std::process::Command::new(python)
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

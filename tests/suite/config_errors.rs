@@ -226,3 +226,20 @@ fn augmentations_out_of_order_or_range_are_refused() {
     edit(&exp, "eval = [{ resize = [16, 16] }", "eval = [{ resize = [16, 16] }, { random_rotation = 10 }");
     fails_with(tmp.path(), &exp, &[], &["transforms.eval.1", "random transforms belong in transforms.train"]);
 }
+
+#[test]
+fn class_weights_and_mixing_are_checked() {
+    let cases: [(&str, &[&str]); 4] = [
+        ("train.class_weights=[1.0]", &["train.class_weights", "expected 2 weights (one per class), got 1"]),
+        ("train.class_weights=\"even\"", &["expected \"balanced\" or one weight per class"]),
+        ("train.mixup=-1", &["train.mixup", "Beta's alpha"]),
+        ("train.mixup_prob=2", &["train.mixup_prob", "a probability in [0, 1]"]),
+    ];
+    for (set, needles) in cases {
+        let (tmp, exp) = setup();
+        fails_with(tmp.path(), &exp, &["--set", set], needles);
+    }
+    let (tmp, exp) = setup();
+    let both = ["--set", "train.class_weights=\"balanced\"", "--set", "train.cutmix=1.0"];
+    fails_with(tmp.path(), &exp, &both, &["class weights do not combine with mixup or cutmix"]);
+}

@@ -10,6 +10,7 @@ mod crash;
 mod determinism;
 mod gradients;
 mod learning;
+mod mixup;
 mod parity;
 mod recipes;
 mod resume;

@@ -6,12 +6,17 @@ use predicates::prelude::*;
 
 use crate::common::{ablate, color_folder, experiment, only_run, run_in};
 
-/// Dropout, a random crop and flips: every seeded stream matters for an exact resume.
-const SET: [&str; 4] = [
+/// Dropout, every kind of random augmentation, mixup and cutmix: every seeded stream matters
+/// for an exact resume.
+const SET: [&str; 8] = [
     "--set",
     "model.layers=[{ conv = { out = 4, kernel = 3, padding = 1 } }, \"batch_norm\", \"relu\", { max_pool = { kernel = 2 } }, { dropout = 0.3 }, { linear = { out = \"$classes\" } }]",
     "--set",
-    "transforms.train=[{ resize = [18, 18] }, { random_crop = [16, 16] }, { hflip = 0.5 }]",
+    "transforms.train=[{ resize = [18, 18] }, { random_resized_crop = { size = 16, scale = [0.5, 1.0] } }, { hflip = 0.5 }, { random_rotation = 10 }, { color_jitter = { brightness = 0.3, hue = 0.05 } }, { normalize = \"imagenet\" }, { random_erasing = { p = 0.5 } }]",
+    "--set",
+    "train.mixup=0.4",
+    "--set",
+    "train.cutmix=1.0",
 ];
 
 fn same_files(a: &Path, b: &Path, files: &[&str]) {
@@ -52,6 +57,10 @@ fn an_interrupted_run_resumes_to_the_same_weights() {
     assert_eq!(metrics(&reference), metrics(&run));
     let rows = ablate::read_runs(&run.join("runs.csv")).unwrap();
     assert_eq!(rows[0].status, ablate::Status::Ok);
+    // Mixing acted: without it the same run trains to other numbers.
+    let unmixed = tmp.path().join("unmixed");
+    run_in(&exp, &unmixed).args(&SET[..4]).assert().success();
+    assert_ne!(metrics(&only_run(&unmixed))[0].train_loss, metrics(&reference)[0].train_loss);
 }
 
 #[test]
