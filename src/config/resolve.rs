@@ -7,8 +7,8 @@ use super::schema::{BlockKind, ClassWeights, Experiment, Int, LayerSpec, PoolSpe
 use super::transforms::transforms;
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
 use crate::spec::{
-    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, MixupSpec, Spec, SplitSpec, StageConfig, TrainSpec,
-    Transform, output_size,
+    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, MixupSpec, ScheduleKind, Spec, SplitSpec, StageConfig,
+    TrainSpec, Transform, output_size,
 };
 
 /// The test answers' file a dataset root may hold (`data.test_labels` unless set).
@@ -62,6 +62,9 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
             label_smoothing: exp.train.label_smoothing,
             clip_grad_norm: exp.train.clip_grad_norm,
             class_weights: exp.train.class_weights.clone(),
+            accumulate: exp.train.accumulate,
+            ema: exp.train.ema,
+            early_stopping: exp.train.early_stopping.clone(),
         },
         // After `train`, which borrows `exp` whole.
         optimizer: exp.optimizer,
@@ -195,11 +198,55 @@ fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
     let sp = t.mixup_switch_prob;
     check("train.mixup_switch_prob", sp, (0.0..=1.0).contains(&sp), "a probability in [0, 1]")?;
     class_weights(exp, at)?;
+    stateful(exp, at)?;
     if s.step_epochs == 0 {
         return Err(at.invalid("train.lr_schedule.step_epochs", "expected at least 1".into()));
     }
     if exp.train.epochs == 0 {
         return Err(at.invalid("train.epochs", "expected at least 1".into()));
+    }
+    Ok(())
+}
+
+/// Accumulation, the weights' average, early stopping and the plateau schedule.
+fn stateful(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
+    let t = &exp.train;
+    if t.accumulate == 0 {
+        return Err(at.invalid("train.accumulate", "expected at least 1 batch".into()));
+    }
+    if let Some(e) = &t.ema
+        && !(0.0..1.0).contains(&e.decay)
+    {
+        return Err(at.invalid("train.ema.decay", format!("expected a number in [0, 1), got {}", e.decay)));
+    }
+    let d = &exp.data;
+    let validates = d.val_fraction > 0.0 || d.folds > 1;
+    let mut watched = Vec::new();
+    if let Some(es) = &t.early_stopping {
+        if !(es.min_delta.is_finite() && es.min_delta >= 0.0) {
+            return Err(
+                at.invalid("train.early_stopping.min_delta", format!("expected a number >= 0, got {}", es.min_delta))
+            );
+        }
+        watched.push(("train.early_stopping.monitor", es.monitor));
+    }
+    let s = &t.lr_schedule;
+    if s.kind == ScheduleKind::Plateau {
+        if !(s.threshold.is_finite() && s.threshold >= 0.0) {
+            return Err(
+                at.invalid("train.lr_schedule.threshold", format!("expected a number >= 0, got {}", s.threshold))
+            );
+        }
+        watched.push(("train.lr_schedule.monitor", s.monitor));
+    }
+    if let Some((key, m)) = watched.into_iter().find(|(_, m)| m.validates() && !validates) {
+        return Err(at.invalid(
+            key,
+            format!(
+                "{} needs validation images, but data.val_fraction is 0: watch train/loss or hold images out",
+                m.tag()
+            ),
+        ));
     }
     Ok(())
 }

@@ -426,8 +426,8 @@ impl<'de> Deserialize<'de> for LayerSpec {
 // The block kinds are the model's own types (the model does not import the config); the
 // TOML names them through their serde names.
 pub use crate::spec::{
-    BlockKind, CacheMode, ClassWeights, DownsampleKind, InitSpec, OptimizerConfig, Precision, ScheduleConfig,
-    SubmissionConfig,
+    BlockKind, CacheMode, ClassWeights, DownsampleKind, EarlyStoppingConfig, EmaConfig, InitSpec, OptimizerConfig,
+    Precision, ScheduleConfig, SubmissionConfig,
 };
 pub use crate::spec::{LAYER_NAMES, LayerConfig};
 
@@ -560,6 +560,22 @@ pub struct TrainConfig {
     /// `"balanced"` or one weight per class: PyTorch's `F.cross_entropy(weight=)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_weights: Option<ClassWeights>,
+    /// Batches whose gradients add up to one optimizer step.
+    #[serde(default = "default_accumulate", skip_serializing_if = "is_one_batch")]
+    pub accumulate: usize,
+    /// `{ decay, warmup }`: a moving average of the weights (timm's ModelEmaV2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema: Option<EmaConfig>,
+    /// `{ monitor, patience, min_delta }` (Lightning's EarlyStopping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub early_stopping: Option<EarlyStoppingConfig>,
+}
+
+fn default_accumulate() -> usize {
+    1
+}
+fn is_one_batch(v: &usize) -> bool {
+    *v == 1
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -599,6 +615,9 @@ impl Default for TrainConfig {
             mixup_prob: default_mixup_prob(),
             mixup_switch_prob: default_switch_prob(),
             class_weights: None,
+            accumulate: 1,
+            ema: None,
+            early_stopping: None,
         }
     }
 }

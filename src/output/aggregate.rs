@@ -38,6 +38,8 @@ pub struct Aggregate {
     pub status: Status,
     /// The first failed run's error, with its folder.
     pub error: Option<String>,
+    /// Finished runs that early stopping ended before their last epoch.
+    pub stopped_early: usize,
     /// One estimate per [`METRICS`] entry (none when no run has the value).
     pub metrics: Vec<Option<Estimate>>,
     /// The baseline variant this one is compared with, and how.
@@ -89,6 +91,7 @@ pub fn aggregate(rows: &[Row], mcnemar: impl Fn(&Row, &Row) -> Option<Comparison
                 of: runs.len(),
                 status,
                 error: failed.and_then(|r| r.error.as_ref().map(|e| format!("{}: {e}", r.variant))),
+                stopped_early: ok.iter().filter(|r| r.stopped_early.is_some()).count(),
                 metrics: METRICS.iter().map(|(name, f)| metric(name, *f, &ok)).collect(),
                 versus,
             }
@@ -190,6 +193,7 @@ pub fn markdown(title: &str, groups: &[Aggregate]) -> String {
         let status = match (&g.status, &g.error) {
             (Status::Failed, Some(e)) => format!("failed: {}", e.replace('|', "\\|").replace('\n', " ")),
             (Status::Pending, _) if g.runs > 0 => format!("pending ({} of {} done)", g.runs, g.of),
+            (Status::Ok, _) if g.stopped_early > 0 => format!("ok ({} of {} stopped early)", g.stopped_early, g.runs),
             (st, _) => format!("{st:?}").to_lowercase(),
         };
         let test_cell = if test { format!(" {} |", cell(g.metric("test_acc"), 4)) } else { String::new() };
@@ -334,6 +338,8 @@ pub fn from_csv(path: &std::path::Path) -> anyhow::Result<Vec<Aggregate>> {
             of: int(5)? as usize,
             status,
             error: Some(text(7)).filter(|e| !e.is_empty()),
+            // summary.csv does not keep it; runs.csv does, per run.
+            stopped_early: 0,
             metrics: metrics.into_iter().map(|e| e.map(|e| Estimate { n: runs, ..e })).collect(),
             versus,
         });

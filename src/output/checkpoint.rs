@@ -41,6 +41,8 @@ struct Commit {
 }
 
 const FILES: [&str; 3] = ["last.safetensors", "optimizer.safetensors", "best.safetensors"];
+/// The weights' moving average, in commits of runs that keep one (`train.ema`).
+const EMA: &str = "ema.safetensors";
 
 fn sha256(bytes: &[u8]) -> String {
     use sha2::Digest;
@@ -132,7 +134,8 @@ impl CheckpointDir {
         let dir = self.dir.join(name);
         let commit = self.read_record(name)?;
         let mut files = HashMap::new();
-        for file in FILES {
+        let ema = commit.sha256.contains_key(EMA).then_some(EMA);
+        for file in FILES.into_iter().chain(ema) {
             let path = dir.join(file);
             let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
             let expected = commit.sha256.get(file).map(String::as_str).unwrap_or("(none)");
@@ -206,7 +209,7 @@ impl Checkpointer for CheckpointDir {
         }
     }
 
-    fn restore(&mut self, model: &Model, opt: &mut Optimizer) -> anyhow::Result<()> {
+    fn restore(&mut self, model: &Model, opt: &mut Optimizer) -> anyhow::Result<Option<HashMap<String, Tensor>>> {
         let name = self.current()?.context("no committed checkpoint to restore")?;
         let (_, files) = self.read_commit(&name)?;
         let dir = self.dir.join(&name);
@@ -222,10 +225,17 @@ impl Checkpointer for CheckpointDir {
             &dir.join("last.safetensors").display().to_string(),
         )?;
         opt.load_state_dict(&load("optimizer.safetensors", model.device())?)?;
-        Ok(())
+        files.contains_key(EMA).then(|| load(EMA, model.device())).transpose()
     }
 
-    fn commit(&mut self, model: &Model, opt: &Optimizer, state: &TrainState, best: bool) -> anyhow::Result<()> {
+    fn commit(
+        &mut self,
+        model: &Model,
+        opt: &Optimizer,
+        state: &TrainState,
+        best: bool,
+        ema: Option<&HashMap<String, Tensor>>,
+    ) -> anyhow::Result<()> {
         let name = commit_name(state);
         let partial = self.dir.join(format!(".partial-{name}"));
         if partial.exists() {
@@ -239,13 +249,17 @@ impl Checkpointer for CheckpointDir {
             .collect::<candle_core::Result<_>>()?;
         let last = serialize(&weights, &partial.join("last.safetensors"))?;
         let optimizer = serialize(&opt.state_dict()?, &partial.join("optimizer.safetensors"))?;
+        let ema = ema.map(|e| serialize(e, &partial.join(EMA))).transpose()?;
         let mut sha = std::collections::BTreeMap::new();
-        for (file, bytes) in [("last.safetensors", &last), ("optimizer.safetensors", &optimizer)] {
+        let written =
+            [("last.safetensors", Some(&last)), ("optimizer.safetensors", Some(&optimizer)), (EMA, ema.as_ref())];
+        for (file, bytes) in written.into_iter().filter_map(|(f, b)| b.map(|b| (f, b))) {
             write_synced(&partial.join(file), bytes)?;
             sha.insert(file.to_string(), sha256(bytes));
             super::crash::point("commit: file written");
         }
-        // The best weights: this state's own when it is the best, else the previous commit's.
+        // The best weights: this state's own (its average, with one) when it is the best,
+        // else the previous commit's.
         let previous = self.current()?;
         let best_hash = match (&previous, best) {
             (Some(prev), false) => {
@@ -253,6 +267,11 @@ impl Checkpointer for CheckpointDir {
                 std::fs::hard_link(&from, partial.join("best.safetensors"))
                     .with_context(|| format!("cannot link {} into {}", from.display(), partial.display()))?;
                 self.read_record(prev)?.sha256.get("best.safetensors").cloned().unwrap_or_default()
+            }
+            _ if ema.is_some() => {
+                std::fs::hard_link(partial.join(EMA), partial.join("best.safetensors"))
+                    .with_context(|| format!("cannot link best.safetensors in {}", partial.display()))?;
+                sha256(ema.as_ref().expect("checked"))
             }
             _ => {
                 std::fs::hard_link(partial.join("last.safetensors"), partial.join("best.safetensors"))

@@ -295,6 +295,7 @@ mod tests {
             of: 1,
             status: if acc.is_some() { Status::Ok } else { Status::Failed },
             error: None,
+            stopped_early: 0,
             metrics,
             versus: None,
         }

@@ -54,6 +54,9 @@ pub struct Row {
     pub seconds: Option<f64>,
     pub status: Status,
     pub error: Option<String>,
+    /// When and why early stopping ended the training (`train.early_stopping`).
+    #[serde(default)]
+    pub stopped_early: Option<String>,
 }
 
 impl Row {
@@ -77,14 +80,15 @@ impl Row {
             seconds: None,
             status: Status::Pending,
             error: None,
+            stopped_early: None,
         }
     }
 
     /// The run of `pending` after it trained (`Ok` with its epochs) or failed (`Err`).
     pub fn finished(pending: &Row, result: Result<&FitOutcome, String>) -> Self {
-        let (status, error, epochs, test) = match result {
-            Ok(o) => (Status::Ok, None, o.epochs.as_slice(), o.test),
-            Err(e) => (Status::Failed, Some(e), &[][..], None),
+        let (status, error, epochs, test, stopped_early) = match result {
+            Ok(o) => (Status::Ok, None, o.epochs.as_slice(), o.test, o.stopped_early.clone()),
+            Err(e) => (Status::Failed, Some(e), &[][..], None, None),
         };
         let last = epochs.last();
         Self {
@@ -99,6 +103,7 @@ impl Row {
             seconds: (!epochs.is_empty()).then(|| epochs.iter().map(|e| e.seconds).sum()),
             status,
             error,
+            stopped_early,
             ..pending.clone()
         }
     }

@@ -8,6 +8,7 @@
 
 mod layer;
 mod optim;
+mod recipe;
 mod shard;
 mod transform;
 
@@ -16,7 +17,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use layer::{BlockKind, ConvConfig, DownsampleKind, LAYER_NAMES, LayerConfig, LinearConfig, MidWidth, StageConfig};
-pub use optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind};
+pub use optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind, ThresholdMode};
+pub use recipe::{EarlyStoppingConfig, EmaConfig, Monitor};
 pub use shard::Shard;
 pub use transform::{Affine, EraseValue, Erasing, Jitter, Phase, Transform, output_size};
 
@@ -126,6 +128,12 @@ pub struct TrainSpec {
     pub mixup: Option<MixupSpec>,
     /// Per-class weights of the loss.
     pub class_weights: Option<ClassWeights>,
+    /// Batches whose gradients add up to one optimizer step (at least 1).
+    pub accumulate: usize,
+    /// A moving average of the weights, evaluated and used for predictions.
+    pub ema: Option<EmaConfig>,
+    /// Stop when a metric stops improving.
+    pub early_stopping: Option<EarlyStoppingConfig>,
 }
 
 /// `train.mixup`, `train.cutmix` and their probabilities (timm's `--mixup`, `--cutmix`,

@@ -111,6 +111,19 @@ pub enum ScheduleKind {
     /// PyTorch's `OneCycleLR` over every step (cosine, two phases, `lr` as `max_lr`; the
     /// momentum is not cycled: `cycle_momentum=False`).
     OneCycle,
+    /// Multiply by `gamma` when `monitor` has not improved for `patience` epochs (PyTorch's
+    /// `ReduceLROnPlateau`, stepped after each epoch's validation; `min_lr` its floor).
+    Plateau,
+}
+
+/// How `plateau` judges an improvement: relative (`best · (1 ∓ threshold)`) or absolute
+/// (`best ∓ threshold`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThresholdMode {
+    #[default]
+    Rel,
+    Abs,
 }
 
 /// Learning-rate schedule settings.
@@ -145,6 +158,27 @@ pub struct ScheduleConfig {
     /// One-cycle schedule: the final rate is the starting one `/ final_div_factor`.
     #[serde(default = "default_final_div_factor")]
     pub final_div_factor: f64,
+    /// Plateau schedule: the metric watched.
+    #[serde(default)]
+    pub monitor: super::Monitor,
+    /// Plateau schedule: epochs without improvement tolerated.
+    #[serde(default = "default_patience")]
+    pub patience: usize,
+    /// Plateau schedule: the least improvement that counts.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    #[serde(default)]
+    pub threshold_mode: ThresholdMode,
+    /// Plateau schedule: epochs after a reduction before counting again.
+    #[serde(default)]
+    pub cooldown: usize,
+}
+
+fn default_patience() -> usize {
+    10
+}
+fn default_threshold() -> f64 {
+    1e-4
 }
 
 fn default_pct_start() -> f64 {
@@ -176,6 +210,11 @@ impl Default for ScheduleConfig {
             pct_start: default_pct_start(),
             div_factor: default_div_factor(),
             final_div_factor: default_final_div_factor(),
+            monitor: super::Monitor::default(),
+            patience: default_patience(),
+            threshold: default_threshold(),
+            threshold_mode: ThresholdMode::default(),
+            cooldown: 0,
         }
     }
 }

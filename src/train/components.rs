@@ -2,7 +2,10 @@
 //! how progress shows, when to stop, and hooks for training features. `output` implements
 //! the first three for a run folder; tests implement them in memory.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use candle_core::Tensor;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::{Deserialize, Serialize};
@@ -59,11 +62,20 @@ pub trait MetricSink {
 pub trait Checkpointer {
     /// The state a previous attempt committed; `None` to start afresh.
     fn committed(&self) -> anyhow::Result<Option<TrainState>>;
-    /// Loads the committed model and optimizer tensors (after [`Checkpointer::committed`]).
-    fn restore(&mut self, model: &Model, opt: &mut Optimizer) -> anyhow::Result<()>;
-    /// Commits model, optimizer and `state` together (`best`: the model is also the best so
-    /// far): a later [`Checkpointer::restore`] sees all of them or the previous commit.
-    fn commit(&mut self, model: &Model, opt: &Optimizer, state: &TrainState, best: bool) -> anyhow::Result<()>;
+    /// Loads the committed model and optimizer tensors (after [`Checkpointer::committed`]);
+    /// returns the committed weights' average, if the run keeps one.
+    fn restore(&mut self, model: &Model, opt: &mut Optimizer) -> anyhow::Result<Option<HashMap<String, Tensor>>>;
+    /// Commits model, optimizer, the weights' average `ema` (when kept) and `state` together
+    /// (`best`: these weights, or their average, are the best so far): a later
+    /// [`Checkpointer::restore`] sees all of them or the previous commit.
+    fn commit(
+        &mut self,
+        model: &Model,
+        opt: &Optimizer,
+        state: &TrainState,
+        best: bool,
+        ema: Option<&HashMap<String, Tensor>>,
+    ) -> anyhow::Result<()>;
 }
 
 /// Lines and progress bars for whoever watches.

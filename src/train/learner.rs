@@ -8,18 +8,21 @@
 use std::time::Instant;
 
 use anyhow::{Context, bail};
+use candle_core::backprop::GradStore;
 use candle_core::{Device, Tensor};
 use candle_nn::ModuleT;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 
 use super::components::{BestPolicy, Checkpointer, EpochMetrics, Hook, MetricSink, Progress, StepEnd, StopSignal};
+use super::ema::Ema;
 use super::eval::{correct, evaluate};
 use super::optim::{Optimizer, lr_at};
 use super::state::{Interrupted, TrainState, fingerprint};
+use super::watch;
 use crate::data::loader::{Batch, Loader};
 use crate::model::Model;
-use crate::spec::{ClassWeights, Spec};
+use crate::spec::{ClassWeights, ScheduleKind, Spec};
 
 /// The labelled data of a run: one loader per pipeline and the indices of each split.
 pub struct Splits {
@@ -40,6 +43,8 @@ pub struct FitOutcome {
     /// `(correct, images)` of the best weights on the labelled test images, when the
     /// experiment has their answers (`data.test_labels`).
     pub test: Option<(u64, u64)>,
+    /// When and why early stopping ended the training.
+    pub stopped_early: Option<String>,
 }
 
 /// One training: a model, its spec and the components it reports to.
@@ -65,23 +70,29 @@ impl Learner<'_> {
         resume: Option<TrainState>,
         history: Vec<EpochMetrics>,
     ) -> anyhow::Result<FitOutcome> {
-        let mut opt = Optimizer::new(self.spec.optimizer.clone(), self.model.trainable());
-        let (mut st, mut history) = self.start(&mut opt, resume, history)?;
+        let mut w = Working {
+            opt: Optimizer::new(self.spec.optimizer.clone(), self.model.trainable()),
+            ema: self.spec.train.ema.map(|c| Ema::new(c, self.model)).transpose()?,
+            objective: Objective::new(self.spec, data, self.device)?,
+        };
+        let (mut st, mut history) = self.start(&mut w, resume, history)?;
         st.data_fingerprint = data.data_fingerprint.clone();
-        let objective = Objective::new(self.spec, data, self.device)?;
         for epoch in st.epochs_done + 1..=self.spec.train.epochs {
-            self.train_epoch(epoch, &mut st, &mut opt, data, &objective)?;
-            let m = self.end_epoch(epoch, &mut st, &opt, data)?;
+            if st.stopped_early.is_some() {
+                break;
+            }
+            self.train_epoch(epoch, &mut st, &mut w, data)?;
+            let m = self.end_epoch(epoch, &mut st, &w, data)?;
             history.push(m);
         }
-        Ok(FitOutcome { epochs: history, best_epoch: st.best_epoch, test: None })
+        Ok(FitOutcome { epochs: history, best_epoch: st.best_epoch, test: None, stopped_early: st.stopped_early })
     }
 
-    /// A fresh state, or the committed one with model and optimizer restored to it (a config
-    /// that changed since is refused).
+    /// A fresh state, or the committed one with model, optimizer and average restored to it
+    /// (a config that changed since is refused).
     fn start(
         &mut self,
-        opt: &mut Optimizer,
+        w: &mut Working,
         resume: Option<TrainState>,
         history: Vec<EpochMetrics>,
     ) -> anyhow::Result<(TrainState, Vec<EpochMetrics>)> {
@@ -95,48 +106,47 @@ impl Learner<'_> {
                 st.fingerprint
             );
         }
-        self.checkpointer.restore(self.model, opt)?;
+        let average = self.checkpointer.restore(self.model, &mut w.opt)?;
+        match (&mut w.ema, average) {
+            (Some(ema), Some(saved)) => ema.load(&saved)?,
+            (Some(_), None) => bail!("the checkpoint holds no ema.safetensors, but train.ema is set"),
+            _ => {}
+        }
         self.model.set_dropout_word_pos(st.dropout_word_pos.parse().context("state.toml: dropout_word_pos")?);
         self.progress.info(&format!("resuming after {} epochs and {} batches", st.epochs_done, st.batches_done));
         Ok((st, history))
     }
 
-    fn steps_per_epoch(&self, data: &Splits) -> usize {
+    fn batches_per_epoch(&self, data: &Splits) -> usize {
         data.train_idx.len().div_ceil(self.spec.data.batch_size)
     }
 
-    /// The learning rate of the latest step (the base rate before any).
-    fn lr_now(&self, st: &TrainState, data: &Splits) -> f64 {
-        let s = self.spec;
-        lr_at(
-            s.optimizer.lr,
-            &s.train.lr_schedule,
-            st.step.saturating_sub(1),
-            self.steps_per_epoch(data),
-            s.train.epochs,
-        )
+    /// Optimizer steps per epoch: one per `train.accumulate` batches.
+    fn steps_per_epoch(&self, data: &Splits) -> usize {
+        self.batches_per_epoch(data).div_ceil(self.spec.train.accumulate)
     }
 
-    /// The epoch's remaining batches in its seeded order; on a stop request, commits and
-    /// returns [`Interrupted`].
-    fn train_epoch(
-        &mut self,
-        epoch: usize,
-        st: &mut TrainState,
-        opt: &mut Optimizer,
-        data: &Splits,
-        objective: &Objective,
-    ) -> anyhow::Result<()> {
+    /// The learning rate of optimizer step `step` (0-based), after the plateau's reductions.
+    fn lr_of_step(&self, step: usize, st: &TrainState, data: &Splits) -> f64 {
+        let s = self.spec;
+        let base = st.plateau.lr.unwrap_or(s.optimizer.lr);
+        lr_at(base, &s.train.lr_schedule, step, self.steps_per_epoch(data), s.train.epochs)
+    }
+
+    /// The epoch's remaining batches in its seeded order; on a stop request, commits (after
+    /// the accumulation group in progress) and returns [`Interrupted`].
+    fn train_epoch(&mut self, epoch: usize, st: &mut TrainState, w: &mut Working, data: &Splits) -> anyhow::Result<()> {
         let started = Instant::now();
         let mut order = data.train_idx.clone();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(self.spec.seed.wrapping_add(epoch as u64)));
         // A resumed epoch skips the batches it already trained on (the order is seeded).
         let order = order.split_off((st.batches_done * self.spec.data.batch_size).min(order.len()));
-        let bar = self.progress.bar(format!("epoch {epoch}/{}", self.spec.train.epochs), self.steps_per_epoch(data));
+        let bar = self.progress.bar(format!("epoch {epoch}/{}", self.spec.train.epochs), self.batches_per_epoch(data));
         bar.set_position(st.batches_done);
         let elapsed_before = st.elapsed_secs;
+        let mut pending = None;
         for batch in data.train.batches(order, epoch as u64) {
-            let loss = self.step(batch?, epoch, st, opt, data, objective)?;
+            let loss = self.step(batch?, epoch, st, w, data, &mut pending)?;
             bar.step(Some(format!(
                 "loss {:.4} acc {:.3}",
                 st.loss_sum / st.seen as f64,
@@ -146,11 +156,11 @@ impl Learner<'_> {
             for hook in self.hooks.iter_mut() {
                 hook.on_step_end(&end)?;
             }
-            if self.stop.is_requested() {
+            if self.stop.is_requested() && pending.is_none() {
                 bar.finish();
                 st.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
                 st.dropout_word_pos = self.model.dropout_word_pos().to_string();
-                self.checkpointer.commit(self.model, opt, st, false)?;
+                self.checkpointer.commit(self.model, &w.opt, st, false, w.average().as_ref())?;
                 return Err(Interrupted { epoch, batches_done: st.batches_done }.into());
             }
         }
@@ -162,21 +172,22 @@ impl Learner<'_> {
         Ok(())
     }
 
-    /// One optimizer step on `batch`; returns its loss.
+    /// Forward and backward on `batch`, its gradients added to `pending`; at the end of an
+    /// accumulation group, one optimizer step (and the average's update). Returns the loss.
     fn step(
         &mut self,
         batch: Batch,
         epoch: usize,
         st: &mut TrainState,
-        opt: &mut Optimizer,
+        w: &mut Working,
         data: &Splits,
-        objective: &Objective,
+        pending: &mut Option<GradStore>,
     ) -> anyhow::Result<f64> {
         let t0 = Instant::now();
         let n = batch.labels.len();
         let x = batch.images.to_device(self.device)?;
         let mut rng = batch_rng(self.spec.seed, epoch, st.batches_done);
-        let (loss, logits, y) = objective.loss(self.model, x, &batch.labels, &mut rng)?;
+        let (loss, logits, y) = w.objective.loss(self.model, x, &batch.labels, &mut rng)?;
         let loss_value = loss.to_scalar::<f32>()? as f64;
         if !loss_value.is_finite() {
             bail!(
@@ -184,29 +195,53 @@ impl Learner<'_> {
                 st.step + 1
             );
         }
-        let s = self.spec;
-        let lr = lr_at(s.optimizer.lr, &s.train.lr_schedule, st.step, self.steps_per_epoch(data), s.train.epochs);
-        let mut grads = loss.backward()?;
-        if let Some(max_norm) = s.train.clip_grad_norm {
-            opt.clip_grad_norm(&mut grads, max_norm)?;
+        let (group_images, group_ends) = self.group(st.batches_done, data);
+        // Each batch weighs by its images in the group: the group's gradient is that of one
+        // batch of all its images (with one group, the loss itself).
+        let whole = self.spec.train.accumulate == 1 || group_images == n;
+        let loss = if whole { loss } else { (loss * (n as f64 / group_images as f64))? };
+        let grads = loss.backward()?;
+        *pending = Some(match pending.take() {
+            None => grads,
+            Some(sum) => add_grads(sum, &grads, &self.model.trainable())?,
+        });
+        if group_ends {
+            let mut grads = pending.take().expect("just set");
+            if let Some(max_norm) = self.spec.train.clip_grad_norm {
+                w.opt.clip_grad_norm(&mut grads, max_norm)?;
+            }
+            w.opt.step(&grads, self.lr_of_step(st.step, st, data))?;
+            st.step += 1;
+            if let Some(ema) = &mut w.ema {
+                ema.update(self.model, st.step)?;
+            }
         }
-        opt.step(&grads, lr)?;
         st.correct += correct(&logits, &y)?;
         st.loss_sum += loss_value * n as f64;
         st.seen += n;
-        st.step += 1;
         st.batches_done += 1;
         st.compute_secs += t0.elapsed().as_secs_f64();
         Ok(loss_value)
     }
 
-    /// Evaluates, records the epoch everywhere, keeps the best weights and commits the
-    /// epoch's end.
+    /// For the epoch's batch `b` (0-based): the images of its accumulation group, and whether
+    /// it is the group's last batch.
+    fn group(&self, b: usize, data: &Splits) -> (usize, bool) {
+        let (k, size, total) = (self.spec.train.accumulate, self.spec.data.batch_size, data.train_idx.len());
+        let batches = self.batches_per_epoch(data);
+        let first = b / k * k;
+        let end = (first + k).min(batches);
+        let images = (first..end).map(|j| size.min(total - j * size)).sum();
+        (images, b + 1 == end)
+    }
+
+    /// Evaluates (the weights' average, when kept), records the epoch everywhere, steps the
+    /// plateau schedule and early stopping, keeps the best weights and commits the epoch's end.
     fn end_epoch(
         &mut self,
         epoch: usize,
         st: &mut TrainState,
-        opt: &Optimizer,
+        w: &Working,
         data: &Splits,
     ) -> anyhow::Result<EpochMetrics> {
         let train_secs = st.elapsed_secs;
@@ -214,7 +249,11 @@ impl Learner<'_> {
         let val = if data.val_idx.is_empty() {
             None
         } else {
-            Some(evaluate(self.model, &data.val, &data.val_idx, self.device, self.progress)?)
+            let run = || evaluate(self.model, &data.val, &data.val_idx, self.device, self.progress);
+            Some(match &w.ema {
+                Some(ema) => ema.with_weights(self.model, run)?,
+                None => run()?,
+            })
         };
         let m = EpochMetrics {
             epoch,
@@ -225,7 +264,7 @@ impl Learner<'_> {
             val_macro_f1: val.as_ref().and_then(|v| v.macro_f1),
             val_top5_acc: val.as_ref().and_then(|v| v.top5),
             val_classes: val.map(|v| v.classes).unwrap_or_default(),
-            lr: self.lr_now(st, data),
+            lr: self.lr_of_step(st.step.saturating_sub(1), st, data),
             images_per_sec: st.seen as f64 / train_secs,
             seconds: train_secs + validating.elapsed().as_secs_f64(),
         };
@@ -236,6 +275,7 @@ impl Learner<'_> {
             hook.on_epoch_end(&m, self.stop)?;
         }
         self.progress.info(&epoch_line(&m, self.spec.train.epochs, st));
+        self.watch(&m, st);
         let score = self.best.score(&m);
         let improved = self.best.improves(st.best_score, score);
         if improved {
@@ -243,9 +283,65 @@ impl Learner<'_> {
             st.best_epoch = epoch;
         }
         *st = st.next_epoch(epoch, self.model.dropout_word_pos());
-        self.checkpointer.commit(self.model, opt, st, improved).context("committing the epoch's checkpoint")?;
+        self.checkpointer
+            .commit(self.model, &w.opt, st, improved, w.average().as_ref())
+            .context("committing the epoch's checkpoint")?;
         Ok(m)
     }
+
+    /// Steps the plateau schedule and early stopping on the epoch's metrics.
+    fn watch(&self, m: &EpochMetrics, st: &mut TrainState) {
+        let s = &self.spec.train;
+        if s.lr_schedule.kind == ScheduleKind::Plateau
+            && let Some(v) = watch::value(m, s.lr_schedule.monitor)
+            && let Some(lr) = st.plateau.step(&s.lr_schedule, self.spec.optimizer.lr, v)
+        {
+            self.progress.info(&format!(
+                "plateau: {} has not improved for {} epochs; learning rate reduced to {lr:.3e}",
+                s.lr_schedule.monitor.tag(),
+                s.lr_schedule.patience + 1
+            ));
+        }
+        if let Some(es) = &s.early_stopping
+            && let Some(v) = watch::value(m, es.monitor)
+            && let Some(reason) = st.early.step(es, v)
+            && m.epoch < s.epochs
+        {
+            self.progress.info(&format!("early stopping after epoch {}: {reason}", m.epoch));
+            st.stopped_early = Some(format!("after epoch {}: {reason}", m.epoch));
+        }
+    }
+}
+
+/// What a training keeps beside its state: the optimizer, the weights' average and the loss.
+struct Working {
+    opt: Optimizer,
+    ema: Option<Ema>,
+    objective: Objective,
+}
+
+impl Working {
+    fn average(&self) -> Option<std::collections::HashMap<String, Tensor>> {
+        self.ema.as_ref().map(Ema::tensors)
+    }
+}
+
+/// `sum` plus the gradients of `params` in `more`.
+fn add_grads(
+    mut sum: GradStore,
+    more: &GradStore,
+    params: &[(String, candle_core::Var)],
+) -> candle_core::Result<GradStore> {
+    for (_, var) in params {
+        if let Some(g) = more.get(var) {
+            let total = match sum.get(var) {
+                Some(s) => (s + g)?,
+                None => g.clone(),
+            };
+            sum.insert(var, total);
+        }
+    }
+    Ok(sum)
 }
 
 /// What each step minimises: cross-entropy (smoothed, weighted by class), or the soft-target

@@ -1,12 +1,14 @@
 //! Training: the learner, its components (as traits), optimizers and schedules, evaluation.
 
 pub mod components;
+pub mod ema;
 pub mod eval;
 pub mod learner;
 pub mod loss;
 pub mod mixup;
 pub mod optim;
 pub mod state;
+pub mod watch;
 
 pub use components::{Bar, Checkpointer, EpochMetrics, Hook, MetricSink, Progress, StopAfterSteps, StopSignal};
 pub use eval::predict;

@@ -301,6 +301,8 @@ pub fn lr_at(base: f64, s: &ScheduleConfig, step: usize, steps_per_epoch: usize,
             base * s.gamma.powi(s.milestones.iter().filter(|&&m| m <= epoch).count() as i32)
         }
         ScheduleKind::OneCycle => one_cycle(base, s, step - warmup, total.saturating_sub(warmup).max(1)),
+        // The learner multiplies in the reductions, which depend on the metrics.
+        ScheduleKind::Plateau => base,
     }
 }
 

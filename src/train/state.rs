@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::watch::{EarlyStop, Plateau};
+
 /// Everything needed to continue a training exactly where it stopped (`checkpoints/state.toml`,
 /// beside `last.safetensors` and `optimizer.safetensors`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +30,15 @@ pub struct TrainState {
     /// Fingerprint of the image files the run trains on (see `Splits::data_fingerprint`).
     #[serde(default)]
     pub data_fingerprint: String,
+    /// The plateau schedule's state.
+    #[serde(default)]
+    pub plateau: Plateau,
+    /// Early stopping's state.
+    #[serde(default)]
+    pub early: EarlyStop,
+    /// Why training stopped before its last epoch, when early stopping stopped it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_early: Option<String>,
 }
 
 impl TrainState {
@@ -47,6 +58,9 @@ impl TrainState {
             best_score: None,
             dropout_word_pos: "0".into(),
             data_fingerprint: String::new(),
+            plateau: Plateau::default(),
+            early: EarlyStop::default(),
+            stopped_early: None,
         }
     }
 
@@ -60,6 +74,9 @@ impl TrainState {
             best_score: self.best_score,
             dropout_word_pos: dropout_word_pos.to_string(),
             data_fingerprint: self.data_fingerprint.clone(),
+            plateau: self.plateau.clone(),
+            early: self.early.clone(),
+            stopped_early: self.stopped_early.clone(),
             ..Self::fresh(&self.fingerprint)
         }
     }

@@ -1,0 +1,60 @@
+//! The weights' exponential moving average (timm's `ModelEmaV2`): after each optimizer step,
+//! every float tensor of the model's state (parameters and BatchNorm statistics) moves
+//! towards the model's, `ema = decay · ema + (1 − decay) · model`; counters are copied.
+
+use std::collections::{BTreeMap, HashMap};
+
+use candle_core::Tensor;
+
+use crate::model::Model;
+use crate::spec::EmaConfig;
+
+pub struct Ema {
+    cfg: EmaConfig,
+    tensors: BTreeMap<String, Tensor>,
+}
+
+impl Ema {
+    /// An average starting at the model's current weights (copied: the optimizer updates the
+    /// model's storage in place).
+    pub fn new(cfg: EmaConfig, model: &Model) -> candle_core::Result<Self> {
+        let tensors =
+            model.state_dict().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<candle_core::Result<_>>()?;
+        Ok(Self { cfg, tensors })
+    }
+
+    /// Moves the average towards `model` after optimizer step `step` (1-based).
+    pub fn update(&mut self, model: &Model, step: usize) -> candle_core::Result<()> {
+        let decay = self.cfg.decay_at(step);
+        let current = model.state_dict();
+        for (name, avg) in self.tensors.iter_mut() {
+            let m = &current[name];
+            *avg = if m.dtype().is_float() { ((&*avg * decay)? + (m * (1.0 - decay))?)? } else { m.copy()? };
+        }
+        Ok(())
+    }
+
+    /// The averaged tensors by name, for checkpoints and evaluation.
+    pub fn tensors(&self) -> HashMap<String, Tensor> {
+        self.tensors.iter().map(|(k, t)| (k.clone(), t.clone())).collect()
+    }
+
+    /// Continues from saved tensors (a resume).
+    pub fn load(&mut self, saved: &HashMap<String, Tensor>) -> candle_core::Result<()> {
+        for (name, avg) in self.tensors.iter_mut() {
+            let Some(t) = saved.get(name) else { candle_core::bail!("ema.safetensors lacks `{name}`") };
+            *avg = t.to_device(avg.device())?.to_dtype(avg.dtype())?;
+        }
+        Ok(())
+    }
+
+    /// Runs `f` with the average's weights in `model`, then puts the model's own back.
+    pub fn with_weights<T>(&self, model: &Model, f: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<T> {
+        let own: HashMap<String, Tensor> =
+            model.state_dict().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<candle_core::Result<_>>()?;
+        model.load_state_dict(&self.tensors(), "the weights' average")?;
+        let out = f();
+        model.load_state_dict(&own, "the model's own weights")?;
+        out
+    }
+}
