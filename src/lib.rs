@@ -46,8 +46,8 @@ pub use train::{Interrupted, StopAfterSteps, StopSignal};
 // Validated experiments and the models they build.
 pub use model::{Model, ModelError, weights};
 pub use spec::{
-    BlockKind, ConvConfig, DeviceChoice, DownsampleKind, LayerConfig, LinearConfig, MidWidth, OptimizerConfig,
-    OptimizerKind, ScheduleConfig, Shard, Spec, StageConfig, Transform,
+    BlockKind, ConvConfig, DeviceChoice, DownsampleKind, EarlyStoppingConfig, EmaConfig, LayerConfig, LinearConfig,
+    MidWidth, OptimizerConfig, OptimizerKind, ScheduleConfig, Shard, Spec, StageConfig, Transform,
 };
 
 // Training pieces.
@@ -56,10 +56,11 @@ pub use data::folder::labelled as labelled_images;
 pub use data::loader::{ImageCache, Loader, decode};
 pub use device::open as open_device;
 pub use output::sink::MemorySink;
+pub use train::ema::Ema;
 pub use train::loss::{balanced_class_weights, cross_entropy, soft_cross_entropy, weighted_cross_entropy};
-pub use train::mixup;
 pub use train::optim::{Optimizer, lr_at};
 pub use train::{EpochMetrics, Hook, MetricSink};
+pub use train::{mixup, watch};
 
 // What a run folder holds, read back.
 pub use output::checkpoint::load as load_checkpoint;

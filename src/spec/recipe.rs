@@ -11,7 +11,8 @@ pub struct EmaConfig {
     /// Weight of the average at each step: `ema = decay · ema + (1 − decay) · weights`.
     #[serde(default = "default_decay")]
     pub decay: f64,
-    /// Start with a smaller decay, `1 − (1 + step)^(−2/3)`, growing to `decay`.
+    /// Start with a smaller decay, `1 − step^(−2/3)` after `step + 1` updates (the first
+    /// update copies the weights), growing to `decay` (timm's `ModelEmaV3(use_warmup=True)`).
     #[serde(default)]
     pub warmup: bool,
 }
@@ -21,13 +22,17 @@ fn default_decay() -> f64 {
 }
 
 impl EmaConfig {
-    /// The decay of the update after `step` optimizer steps (this one included).
+    /// The decay of the update after `step` optimizer steps (this one included, so 1 at the
+    /// first), as `ModelEmaV3.get_decay(step)` with `warmup_gamma = 1`, `warmup_power = 2/3`.
     pub fn decay_at(&self, step: usize) -> f64 {
         if !self.warmup {
             return self.decay;
         }
-        let warm = 1.0 - (1.0 + step as f64).powf(-2.0 / 3.0);
-        warm.min(self.decay).max(0.0)
+        let s = step.saturating_sub(1);
+        if s == 0 {
+            return 0.0;
+        }
+        (1.0 - (1.0 + s as f64).powf(-2.0 / 3.0)).min(self.decay).max(0.0)
     }
 }
 

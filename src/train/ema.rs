@@ -1,6 +1,8 @@
 //! The weights' exponential moving average (timm's `ModelEmaV2`): after each optimizer step,
 //! every float tensor of the model's state (parameters and BatchNorm statistics) moves
-//! towards the model's, `ema = decay · ema + (1 − decay) · model`; counters are copied.
+//! towards the model's, `ema = decay · ema + (1 − decay) · model`. BatchNorm's step counters
+//! are copied, as `ModelEmaV3` does (V2 averages them too, truncating to an integer; they
+//! only matter to BatchNorm without momentum, which ablate does not build).
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -105,6 +105,21 @@ pub fn spec_at(file: &str, hw: usize) -> ablate::Spec {
     ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
 }
 
+/// The LeNet experiment's spec with its layers replaced by `layers` (a TOML list), at `hw`.
+pub fn spec_at_layers(layers: &str, hw: usize) -> ablate::Spec {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/lenet.toml");
+    let overrides: Vec<ablate::Override> = [
+        format!("model.input=[{hw}, {hw}]"),
+        format!("transforms.train=[{{ resize = [{hw}, {hw}] }}]"),
+        format!("transforms.eval=[{{ resize = [{hw}, {hw}] }}]"),
+        format!("model.layers={layers}"),
+    ]
+    .iter()
+    .map(|o| ablate::Override::parse(o).unwrap())
+    .collect();
+    ablate::spec_from_file(&file, &overrides, &["a", "b"]).unwrap()
+}
+
 /// Runs `script` with Debian's `/usr/bin/python3` (`make test` installs python3-torch and
 /// python3-scipy), `input` as JSON on its stdin; returns the JSON it prints.
 pub fn python_json(script: &str, input: &serde_json::Value) -> serde_json::Value {

@@ -243,3 +243,21 @@ fn class_weights_and_mixing_are_checked() {
     let both = ["--set", "train.class_weights=\"balanced\"", "--set", "train.cutmix=1.0"];
     fails_with(tmp.path(), &exp, &both, &["class weights do not combine with mixup or cutmix"]);
 }
+
+#[test]
+fn stateful_recipe_settings_are_checked() {
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["train.accumulate=0"], &["train.accumulate", "expected at least 1 batch"]),
+        (&["train.ema={ decay = 1.0 }"], &["train.ema.decay", "expected a number in [0, 1), got 1"]),
+        (
+            &["data.val_fraction=0.0", "train.early_stopping={ monitor = \"val/acc\" }"],
+            &["train.early_stopping.monitor", "val/acc needs validation images"],
+        ),
+        (&["train.lr_schedule={ kind = \"plateau\", monitor = \"val/loss2\" }"], &["lr_schedule", "val/loss2"]),
+    ];
+    for (sets, needles) in cases {
+        let (tmp, exp) = setup();
+        let args: Vec<&str> = sets.iter().flat_map(|s| ["--set", s]).collect();
+        fails_with(tmp.path(), &exp, &args, needles);
+    }
+}

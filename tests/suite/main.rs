@@ -16,6 +16,7 @@ mod recipes;
 mod resume;
 mod shapes;
 mod shards;
+mod stateful;
 mod stats;
 mod sweep;
 mod tensorboard;
