@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::Optimizer;
 use super::state::TrainState;
 use crate::model::Model;
+use crate::spec::Monitor;
 use crate::stats::ClassScore;
 
 /// One epoch's metrics; `metrics.csv` has exactly these columns.
@@ -42,6 +43,19 @@ pub struct EpochMetrics {
     /// (`val/precision/<class>`, ...); not columns of `metrics.csv`.
     #[serde(skip)]
     pub val_classes: Vec<ClassScore>,
+}
+
+impl EpochMetrics {
+    /// The value of `monitor` this epoch, if it has it.
+    pub fn watched(&self, monitor: Monitor) -> Option<f64> {
+        match monitor {
+            Monitor::ValLoss => self.val_loss,
+            Monitor::ValAcc => self.val_acc,
+            Monitor::ValMacroF1 => self.val_macro_f1,
+            Monitor::TrainLoss => Some(self.train_loss),
+            Monitor::TrainAcc => Some(self.train_acc),
+        }
+    }
 }
 
 /// Receives each epoch's metrics as the run goes.

@@ -19,7 +19,6 @@ use super::ema::Ema;
 use super::eval::{correct, evaluate};
 use super::optim::{Optimizer, lr_at};
 use super::state::{Interrupted, TrainState, fingerprint};
-use super::watch;
 use crate::data::loader::{Batch, Loader};
 use crate::model::Model;
 use crate::spec::{ClassWeights, ScheduleKind, Spec};
@@ -293,7 +292,7 @@ impl Learner<'_> {
     fn watch(&self, m: &EpochMetrics, st: &mut TrainState) {
         let s = &self.spec.train;
         if s.lr_schedule.kind == ScheduleKind::Plateau
-            && let Some(v) = watch::value(m, s.lr_schedule.monitor)
+            && let Some(v) = m.watched(s.lr_schedule.monitor)
             && let Some(lr) = st.plateau.step(&s.lr_schedule, self.spec.optimizer.lr, v)
         {
             self.progress.info(&format!(
@@ -303,7 +302,7 @@ impl Learner<'_> {
             ));
         }
         if let Some(es) = &s.early_stopping
-            && let Some(v) = watch::value(m, es.monitor)
+            && let Some(v) = m.watched(es.monitor)
             && let Some(reason) = st.early.step(es, v)
             && m.epoch < s.epochs
         {

@@ -3,19 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::components::EpochMetrics;
-use crate::spec::{EarlyStoppingConfig, Monitor, ScheduleConfig, ThresholdMode};
-
-/// The value of `monitor` in `m`, if the epoch has it.
-pub fn value(m: &EpochMetrics, monitor: Monitor) -> Option<f64> {
-    match monitor {
-        Monitor::ValLoss => m.val_loss,
-        Monitor::ValAcc => m.val_acc,
-        Monitor::ValMacroF1 => m.val_macro_f1,
-        Monitor::TrainLoss => Some(m.train_loss),
-        Monitor::TrainAcc => Some(m.train_acc),
-    }
-}
+use crate::spec::{EarlyStoppingConfig, ScheduleConfig, ThresholdMode};
 
 /// `ReduceLROnPlateau`'s state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
