@@ -52,6 +52,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
         layers,
         init: exp.model.init.clone(),
         freeze: exp.model.freeze.clone(),
+        unfreeze_epoch: exp.model.unfreeze_epoch,
         hparams: standard_hparams(&exp),
         train: TrainSpec {
             mixup: mixup(&exp),
@@ -211,6 +212,18 @@ fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
 /// Accumulation, the weights' average, early stopping and the plateau schedule.
 fn stateful(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
     let t = &exp.train;
+    match exp.model.unfreeze_epoch {
+        Some(_) if exp.model.freeze.is_empty() => {
+            return Err(at.invalid("model.unfreeze_epoch", "nothing is frozen: set model.freeze too".into()));
+        }
+        Some(e) if e == 0 || e > t.epochs => {
+            return Err(at.invalid(
+                "model.unfreeze_epoch",
+                format!("expected an epoch from 1 to train.epochs = {}, got {e}", t.epochs),
+            ));
+        }
+        _ => {}
+    }
     if t.accumulate == 0 {
         return Err(at.invalid("train.accumulate", "expected at least 1 batch".into()));
     }

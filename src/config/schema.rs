@@ -305,6 +305,10 @@ pub struct ModelConfig {
     /// Parameter-name prefixes kept fixed during training (`["conv1", "bn1", "layer1"]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub freeze: Vec<String>,
+    /// From this epoch (1-based) every parameter trains (fastai's `fine_tune`: the head
+    /// first, then all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unfreeze_epoch: Option<usize>,
 }
 
 /// A whole number written literally or as a `"$name"` reference into `model.params`.

@@ -48,6 +48,9 @@ pub struct Builder<'a> {
     pub buffers: BTreeMap<String, Var>,
     /// BatchNorm's `num_batches_tracked`, kept as i64 like PyTorch's.
     pub counters: BTreeMap<String, Arc<AtomicI64>>,
+    /// Each BatchNorm's switch to evaluation mode (set while its parameters are frozen), by
+    /// the layer's name.
+    pub frozen_norms: BTreeMap<String, Arc<AtomicBool>>,
     pub autocast: Autocast,
 }
 
@@ -61,6 +64,7 @@ impl<'a> Builder<'a> {
             params: BTreeMap::new(),
             buffers: BTreeMap::new(),
             counters: BTreeMap::new(),
+            frozen_norms: BTreeMap::new(),
             autocast: Autocast::default(),
         }
     }
@@ -112,6 +116,14 @@ impl<'a> Builder<'a> {
     /// Records non-trainable state saved in checkpoints.
     pub fn buffer(&mut self, leaf: &str, var: Var) {
         self.buffers.insert(self.name(leaf), var);
+    }
+
+    /// The switch that keeps the normalisation layer of the current scope in evaluation mode
+    /// while its parameters are frozen (see `Model::freeze`).
+    pub fn frozen_norm(&mut self) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        self.frozen_norms.insert(self.scope(), flag.clone());
+        flag
     }
 
     /// An integer counter saved in checkpoints, starting at 0.

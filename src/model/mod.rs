@@ -37,7 +37,9 @@ pub struct Model {
     /// BatchNorm's `num_batches_tracked`, saved as i64 scalars like PyTorch's.
     counters: BTreeMap<String, Arc<AtomicI64>>,
     /// Name prefixes excluded from training.
-    frozen: Vec<String>,
+    frozen: std::sync::RwLock<Vec<String>>,
+    /// Each BatchNorm's evaluation-mode switch, by layer name.
+    frozen_norms: BTreeMap<String, Arc<std::sync::atomic::AtomicBool>>,
     summary: Summary,
     /// The generator dropout masks come from (its position is saved for exact resumes).
     dropout_rng: Arc<Mutex<rand_chacha::ChaCha8Rng>>,
@@ -78,7 +80,8 @@ impl Model {
             params: b.params,
             buffers: b.buffers,
             counters: b.counters,
-            frozen: Vec::new(),
+            frozen: Default::default(),
+            frozen_norms: b.frozen_norms,
             summary: net.summary,
             dropout_rng: net.dropout_rng,
             autocast: b.autocast,
@@ -117,10 +120,12 @@ impl Model {
 
     /// The parameters the optimizer updates: all but the frozen ones.
     pub fn trainable(&self) -> Vec<(String, Var)> {
-        self.params().into_iter().filter(|(k, _)| !self.frozen.iter().any(|p| under_prefix(k, p))).collect()
+        self.params().into_iter().filter(|(k, _)| !self.is_frozen(k)).collect()
     }
 
-    /// Keeps parameters under `prefixes` fixed; a prefix that names nothing is an error.
+    /// Keeps parameters under `prefixes` fixed, and the BatchNorm layers whose parameters
+    /// they are in evaluation mode (running statistics used, not updated: the layers stay
+    /// what they were trained to); a prefix that names nothing is an error.
     pub fn freeze(&mut self, prefixes: &[String]) -> Result<(), ModelError> {
         for p in prefixes {
             if !self.params.keys().any(|k| under_prefix(k, p)) {
@@ -133,8 +138,29 @@ impl Model {
                 });
             }
         }
-        self.frozen = prefixes.to_vec();
+        *self.frozen.write().expect("frozen list poisoned") = prefixes.to_vec();
+        for (layer, flag) in &self.frozen_norms {
+            flag.store(self.is_frozen(&format!("{layer}.weight")), Ordering::Relaxed);
+        }
         Ok(())
+    }
+
+    /// Whether any parameter is kept fixed.
+    pub fn has_frozen(&self) -> bool {
+        !self.frozen.read().expect("frozen list poisoned").is_empty()
+    }
+
+    /// Whether parameter `name` is kept fixed.
+    pub fn is_frozen(&self, name: &str) -> bool {
+        self.frozen.read().expect("frozen list poisoned").iter().any(|p| under_prefix(name, p))
+    }
+
+    /// Trains every parameter from now on (fastai's `unfreeze`), BatchNorm in training mode.
+    pub fn unfreeze(&self) {
+        self.frozen.write().expect("frozen list poisoned").clear();
+        for flag in self.frozen_norms.values() {
+            flag.store(false, Ordering::Relaxed);
+        }
     }
 
     /// First name segments of the parameters (`conv1`, `bn1`, `layer1`, `fc`).

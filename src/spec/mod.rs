@@ -41,6 +41,8 @@ pub struct Spec {
     pub init: Option<InitSpec>,
     /// Parameter-name prefixes kept fixed.
     pub freeze: Vec<String>,
+    /// The epoch (1-based) from which every parameter trains.
+    pub unfreeze_epoch: Option<usize>,
     pub optimizer: OptimizerConfig,
     pub train: TrainSpec,
     pub submission: SubmissionConfig,

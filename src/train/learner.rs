@@ -70,7 +70,8 @@ impl Learner<'_> {
         history: Vec<EpochMetrics>,
     ) -> anyhow::Result<FitOutcome> {
         let mut w = Working {
-            opt: Optimizer::new(self.spec.optimizer.clone(), self.model.trainable()),
+            // Every parameter: a frozen one gets no gradient (see `step`) until it is unfrozen.
+            opt: Optimizer::new(self.spec.optimizer.clone(), self.model.params()),
             ema: self.spec.train.ema.map(|c| Ema::new(c, self.model)).transpose()?,
             objective: Objective::new(self.spec, data, self.device)?,
         };
@@ -79,6 +80,11 @@ impl Learner<'_> {
         for epoch in st.epochs_done + 1..=self.spec.train.epochs {
             if st.stopped_early.is_some() {
                 break;
+            }
+            if let Some(u) = self.spec.unfreeze_epoch.filter(|&u| epoch >= u && self.model.has_frozen()) {
+                self.model.unfreeze();
+                self.progress
+                    .info(&format!("epoch {epoch}: every layer trains from now on (model.unfreeze_epoch = {u})"));
             }
             self.train_epoch(epoch, &mut st, &mut w, data)?;
             let m = self.end_epoch(epoch, &mut st, &w, data)?;
@@ -199,7 +205,12 @@ impl Learner<'_> {
         // batch of all its images (with one group, the loss itself).
         let whole = self.spec.train.accumulate == 1 || group_images == n;
         let loss = if whole { loss } else { (loss * (n as f64 / group_images as f64))? };
-        let grads = loss.backward()?;
+        let mut grads = loss.backward()?;
+        for (name, var) in self.model.params() {
+            if self.model.is_frozen(&name) {
+                grads.remove(&var);
+            }
+        }
         *pending = Some(match pending.take() {
             None => grads,
             Some(sum) => add_grads(sum, &grads, &self.model.trainable())?,

@@ -333,3 +333,68 @@ fn a_run_with_every_stateful_piece_resumes_bit_identically_and_stops_early() {
     };
     assert_eq!(strip(&reference), strip(&run));
 }
+
+/// All tensors of a run's `last.safetensors` (counters as f32).
+fn state(run: &std::path::Path) -> HashMap<String, Vec<f32>> {
+    let t = candle_core::safetensors::load(run.join("checkpoints/last.safetensors"), &Device::Cpu).unwrap();
+    t.into_iter()
+        .map(|(k, t)| {
+            (k, t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+        .collect()
+}
+
+/// `model.freeze` keeps the frozen layers exactly as they were, BatchNorm's running statistics
+/// included (its layers run in evaluation mode); with `unfreeze_epoch`, they train from that
+/// epoch on (fastai's `fine_tune`), and the log says when.
+#[test]
+fn frozen_layers_and_their_batchnorm_stay_put_until_unfrozen() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 8, 0, 9);
+    let exp = experiment(tmp.path(), &data, 3);
+    let layers = [
+        "--set",
+        "model.layers=[{ conv = { out = 4, kernel = 3, padding = 1 } }, \"batch_norm\", \"relu\", { conv = { out = 4, kernel = 3, padding = 1 } }, \"batch_norm\", \"relu\", \"global_avg_pool\", { linear = { out = \"$classes\" } }]",
+        "--set",
+        "data.test_dir=\"\"",
+        "--set",
+        "model.freeze=[\"conv1\", \"bn1\"]",
+    ];
+    let (frozen, thawed) = (tmp.path().join("frozen"), tmp.path().join("thawed"));
+    run_in(&exp, &frozen).args(layers).args(["--set", "train.epochs=1"]).assert().success();
+    run_in(&exp, &thawed).args(layers).args(["--set", "model.unfreeze_epoch=2"]).assert().success();
+    // The initial state: the same seed, no training (a run stopped before its first step has
+    // no checkpoint, so build the model the same way).
+    let spec = ablate::spec_from_file(&exp, &[ablate::Override::parse(layers[1]).unwrap()], &["blue", "red"]).unwrap();
+    let init = ablate::Model::build(&spec.layers, spec.input_hw, spec.seed, &Device::Cpu).unwrap();
+    let init: HashMap<String, Vec<f32>> = init
+        .state_dict()
+        .into_iter()
+        .map(|(k, t)| {
+            (k, t.to_dtype(candle_core::DType::F32).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap())
+        })
+        .collect();
+    let after = state(&only_run(&frozen));
+    for name in [
+        "conv1.weight",
+        "conv1.bias",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "bn1.running_var",
+        "bn1.num_batches_tracked",
+    ] {
+        assert_eq!(after[name], init[name], "{name} changed while frozen");
+    }
+    for name in ["conv2.weight", "bn2.running_mean", "bn2.num_batches_tracked", "fc.weight"] {
+        assert_ne!(after[name], init[name], "{name} must train");
+    }
+    let run = only_run(&thawed);
+    let log = std::fs::read_to_string(run.join("log.txt")).unwrap();
+    assert!(log.contains("epoch 2: every layer trains from now on (model.unfreeze_epoch = 2)"), "{log}");
+    let after = state(&run);
+    for name in ["conv1.weight", "bn1.weight", "bn1.running_mean"] {
+        assert_ne!(after[name], init[name], "{name} must train once unfrozen");
+    }
+}

@@ -1,7 +1,7 @@
 //! `batch_norm`: batch normalisation over channels (or features), with PyTorch's semantics.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use candle_core::{D, DType, Result, Tensor, Var};
 use candle_nn::ModuleT;
@@ -22,6 +22,8 @@ pub struct BatchNorm {
     eps: f64,
     /// A ReLU follows: computed in the same pass (and one backward pass).
     relu_after: bool,
+    /// Frozen (`model.freeze`): running statistics in training too, and left as they are.
+    frozen: Arc<AtomicBool>,
 }
 
 impl BatchNorm {
@@ -35,6 +37,7 @@ impl BatchNorm {
         b.buffer("running_mean", running_mean.clone());
         b.buffer("running_var", running_var.clone());
         let batches_tracked = b.counter("num_batches_tracked");
+        let frozen = b.frozen_norm();
         Ok(Self {
             weight,
             bias,
@@ -44,6 +47,7 @@ impl BatchNorm {
             momentum: 0.1,
             eps: 1e-5,
             relu_after: false,
+            frozen,
         })
     }
 
@@ -111,7 +115,7 @@ impl BatchNorm {
 
 impl ModuleT for BatchNorm {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
-        self.forward_fused(xs, train)
+        self.forward_fused(xs, train && !self.frozen.load(Ordering::Relaxed))
     }
 }
 
