@@ -108,9 +108,16 @@ def convs(n, steps):
     print(f"total: forward {total_f:.0f} ms, backward {total_b:.0f} ms")
 
 
-def data_pipeline():
+def data_pipeline(augment=False):
     from torchvision import transforms as T
-    tf = T.Compose([T.Resize((256, 256)), T.ToTensor(), T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    tf = T.Compose([T.Resize((256, 256)), T.ToTensor(), norm])
+    if augment:
+        # The same steps as examples/bench.rs's data_aug, on PIL images as torchvision's
+        # reference scripts apply them.
+        tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.RandomRotation(15),
+                        T.ColorJitter(0.4, 0.4, 0.4, 0.1), T.RandomGrayscale(0.1), T.GaussianBlur(5, (0.1, 2.0)),
+                        T.ToTensor(), norm, T.RandomErasing(0.25, value="random")])
     ds = torchvision.datasets.ImageFolder(os.path.join(ROOT, "target/bench-data/jpegs/train"), transform=tf)
     dl = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=2)
     t0 = time.perf_counter()
@@ -132,8 +139,8 @@ def main():
     elif workload.startswith("resnext_g"):
         s = train_steps(resnext_stage(int(workload[len("resnext_g"):])), (32, 256, 32, 32), 10, steps)
         img, ms = 32 / s, s * 1e3
-    elif workload == "data":
-        secs, n = data_pipeline()
+    elif workload in ("data", "data_aug"):
+        secs, n = data_pipeline(workload == "data_aug")
         img, ms = n / secs, secs * 1e3
     else:
         sys.exit(f"unknown workload {workload}")

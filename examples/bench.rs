@@ -234,15 +234,49 @@ pub fn jpeg_folder() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
-fn data_pipeline() -> anyhow::Result<(f64, usize)> {
+/// The decoding, resizing and normalising pipeline over the JPEG folder (`data`), or the
+/// heaviest augmentation recipe ablate has (`data_aug`: torchvision's RandomResizedCrop(224),
+/// flip, rotation, ColorJitter(0.4, 0.4, 0.4, 0.1), RandomGrayscale, GaussianBlur, Normalize,
+/// RandomErasing), as `bench/torch_ref.py` runs them through torchvision.
+fn data_pipeline(augment: bool) -> anyhow::Result<(f64, usize)> {
+    use ablate::augment::{Affine, EraseValue, Erasing, Jitter};
     let dir = jpeg_folder()?;
     let classes = vec!["a".to_string(), "b".to_string()];
     let items = Arc::new(ablate::labelled_images(&dir.join("train"), &classes)?);
-    let transforms = vec![
-        Transform::Resize((256, 256)),
-        Transform::Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] },
-    ];
-    let loader = Loader::new(items.clone(), transforms, (256, 256), 64);
+    let normalize = Transform::Normalize { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+    let (transforms, hw) = if augment {
+        let steps = vec![
+            Transform::RandomResizedCrop { size: (224, 224), scale: [0.08, 1.0], ratio: [0.75, 4.0 / 3.0] },
+            Transform::Hflip(0.5),
+            Transform::RandomAffine(Affine {
+                degrees: [-15.0, 15.0],
+                translate: None,
+                scale: None,
+                shear: None,
+                fill: [0; 3],
+                rotation: true,
+            }),
+            Transform::ColorJitter(Jitter {
+                brightness: Some([0.6, 1.4]),
+                contrast: Some([0.6, 1.4]),
+                saturation: Some([0.6, 1.4]),
+                hue: Some([-0.1, 0.1]),
+            }),
+            Transform::Grayscale(0.1),
+            Transform::GaussianBlur { kernel: (5, 5), sigma: [0.1, 2.0] },
+            normalize,
+            Transform::RandomErasing(Erasing {
+                p: 0.25,
+                scale: [0.02, 0.33],
+                ratio: [0.3, 3.3],
+                value: EraseValue::Random,
+            }),
+        ];
+        (steps, (224, 224))
+    } else {
+        (vec![Transform::Resize((256, 256)), normalize], (256, 256))
+    };
+    let loader = Loader::new(items.clone(), transforms, hw, 64);
     let order: Vec<usize> = (0..items.len()).collect();
     let t0 = Instant::now();
     let mut seen = 0;
@@ -287,8 +321,8 @@ fn main() -> anyhow::Result<()> {
             let s = train_steps(&m, (n, 3, 224, 224), 2, steps)?;
             (n as f64 / s, s * 1e3)
         }
-        "data" => {
-            let (secs, n) = data_pipeline()?;
+        "data" | "data_aug" => {
+            let (secs, n) = data_pipeline(workload == "data_aug")?;
             (n as f64 / secs, secs * 1e3)
         }
         w if w.starts_with("resnext_g") => {

@@ -230,7 +230,8 @@ fn rgb_to_hsv(r: f32, g: f32, b: f32) -> (f32, f32, f32) {
     let hg = if maxc == g && maxc != r { 2.0 + rc - bc } else { 0.0 };
     let hb = if maxc != g && maxc != r { 4.0 + gc - rc } else { 0.0 };
     let h = (hr + hg + hb) / 6.0 + 1.0;
-    (h % 1.0, s, maxc)
+    // fmod(h, 1) for h in (0, 2): exact either way.
+    (if h >= 1.0 { h - 1.0 } else { h }, s, maxc)
 }
 
 fn hsv_to_rgb(h: f32, s: f32, v: f32) -> (f32, f32, f32) {
@@ -272,8 +273,8 @@ fn reflect(i: isize, n: usize) -> usize {
 
 /// `gaussian_blur` with kernel `(kh, kw)` (odd) and one sigma, reflect-padded: torchvision
 /// convolves with the outer product of the two 1-D kernels; this applies them one after the
-/// other, which is the same sum in another order. An image no larger than half the kernel
-/// (where reflect padding is undefined) is an error.
+/// other (rows, then columns), which is the same sum in another order. An image no larger
+/// than half the kernel (where reflect padding is undefined) is an error.
 pub fn gaussian_blur(
     img: &mut [f32],
     (h, w): (usize, usize),
@@ -284,24 +285,31 @@ pub fn gaussian_blur(
         return Err(format!("a {kh}x{kw} blur kernel needs an image larger than half of it, not {h}x{w}"));
     }
     let (ky, kx) = (gaussian_kernel(kh, sigma), gaussian_kernel(kw, sigma));
-    let mut tmp = vec![0f32; h * w];
+    let mut rows = vec![0f32; h * w];
     for plane in img.chunks_exact_mut(h * w) {
-        for y in 0..h {
-            for x in 0..w {
-                tmp[y * w + x] = kx
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| c * plane[y * w + reflect(x as isize + k as isize - (kw / 2) as isize, w)])
-                    .sum();
+        for (src, dst) in plane.chunks_exact(w).zip(rows.chunks_exact_mut(w)) {
+            dst.fill(0.0);
+            for (k, &c) in kx.iter().enumerate() {
+                let off = k as isize - (kw / 2) as isize;
+                // The taps inside the row in one pass over slices (vectorised), then the
+                // reflected ones at the ends.
+                let (lo, hi) = ((-off).max(0) as usize, (w as isize - off.max(0)) as usize);
+                for (o, &v) in dst[lo..hi].iter_mut().zip(&src[(lo as isize + off) as usize..]) {
+                    *o += c * v;
+                }
+                for x in (0..lo).chain(hi..w) {
+                    dst[x] += c * src[reflect(x as isize + off, w)];
+                }
             }
         }
         for y in 0..h {
-            for x in 0..w {
-                plane[y * w + x] = ky
-                    .iter()
-                    .enumerate()
-                    .map(|(k, c)| c * tmp[reflect(y as isize + k as isize - (kh / 2) as isize, h) * w + x])
-                    .sum();
+            let out = &mut plane[y * w..(y + 1) * w];
+            out.fill(0.0);
+            for (k, &c) in ky.iter().enumerate() {
+                let row = reflect(y as isize + k as isize - (kh / 2) as isize, h);
+                for (o, &v) in out.iter_mut().zip(&rows[row * w..(row + 1) * w]) {
+                    *o += c * v;
+                }
             }
         }
     }
