@@ -254,7 +254,7 @@ impl Loader {
             None => apply_image(&self.transforms, decode(&item.path, self.max_pixels)?, &mut rng),
         }
         .map_err(|message| DataError::Image { path: item.path.clone(), message })?;
-        let (mut data, hw) = to_tensor(&img);
+        let (mut data, hw) = to_tensor(&img, &self.transforms);
         if hw != self.input_hw {
             return Err(DataError::Image {
                 path: item.path.clone(),

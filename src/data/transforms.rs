@@ -64,24 +64,37 @@ pub fn apply_image(ops: &[Transform], mut img: RgbImage, rng: &mut impl Rng) -> 
     Ok(img)
 }
 
-/// CHW floats in [0, 1] (torchvision's `ToTensor`), and `(h, w)`.
-pub fn to_tensor(img: &RgbImage) -> (Vec<f32>, (usize, usize)) {
+/// The `normalize` that directly follows the geometric steps, which [`to_tensor`] applies
+/// in the same pass (the common pipeline: no colour steps).
+fn leading_normalize(pipeline: &[Transform]) -> Option<([f32; 3], [f32; 3])> {
+    match pipeline.iter().find(|t| t.phase() != Phase::Geometry) {
+        Some(Transform::Normalize { mean, std }) => Some((*mean, *std)),
+        _ => None,
+    }
+}
+
+/// CHW floats in [0, 1] (torchvision's `ToTensor`), normalised in the same pass when
+/// `pipeline`'s first step after the geometric ones is `normalize`; and `(h, w)`.
+pub fn to_tensor(img: &RgbImage, pipeline: &[Transform]) -> (Vec<f32>, (usize, usize)) {
+    let (mean, std) = leading_normalize(pipeline).unwrap_or(([0.0; 3], [1.0; 3]));
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = vec![0f32; 3 * h * w];
     let (r, rest) = out.split_at_mut(h * w);
     let (g, b) = rest.split_at_mut(h * w);
     for (i, px) in img.pixels().enumerate() {
-        r[i] = px[0] as f32 / 255.0;
-        g[i] = px[1] as f32 / 255.0;
-        b[i] = px[2] as f32 / 255.0;
+        r[i] = (px[0] as f32 / 255.0 - mean[0]) / std[0];
+        g[i] = (px[1] as f32 / 255.0 - mean[1]) / std[1];
+        b[i] = (px[2] as f32 / 255.0 - mean[2]) / std[2];
     }
     (out, (h, w))
 }
 
-/// Runs the colour steps, `normalize` and erasing of `ops` on CHW floats from [`to_tensor`].
+/// Runs the colour steps, `normalize` and erasing of `ops` on CHW floats from [`to_tensor`]
+/// (which made `ops`: a `normalize` it applied is not applied again).
 pub fn apply_tensor(ops: &[Transform], img: &mut [f32], hw: (usize, usize), rng: &mut impl Rng) -> Result<(), String> {
     let plane = hw.0 * hw.1;
-    for t in ops.iter().filter(|t| t.phase() != Phase::Geometry) {
+    let skip = usize::from(leading_normalize(ops).is_some());
+    for t in ops.iter().filter(|t| t.phase() != Phase::Geometry).skip(skip) {
         match t {
             Transform::ColorJitter(j) => augment::color_jitter(&augment::jitter_draw(rng, j), img, plane),
             Transform::Grayscale(p) => {
@@ -114,7 +127,7 @@ mod tests {
     /// Runs `pipeline` on `img` and returns CHW floats (in [0, 1] unless normalised) and `(h, w)`.
     fn apply(pipeline: &[Transform], img: RgbImage, rng: &mut impl Rng) -> Result<(Vec<f32>, (usize, usize)), String> {
         let img = apply_image(pipeline, img, rng)?;
-        let (mut data, hw) = to_tensor(&img);
+        let (mut data, hw) = to_tensor(&img, pipeline);
         apply_tensor(pipeline, &mut data, hw, rng)?;
         Ok((data, hw))
     }
