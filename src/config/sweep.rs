@@ -35,6 +35,9 @@ pub struct Sweep {
     pub repeats: Option<usize>,
     /// `baseline = "groups=1"`: a variant's folder name (default: the first variant).
     pub baseline: Option<String>,
+    /// `[[sweep.variants]]`: variants named and set one by one, in file order (instead of
+    /// axes), for ablations whose variants differ in several keys at once.
+    pub named: Vec<Variant>,
 }
 
 /// One point of a sweep: the value of every axis, and a short folder name.
@@ -76,6 +79,10 @@ impl Sweep {
                 sweep.baseline = Some(name.to_string());
                 continue;
             }
+            if key == "variants" {
+                sweep.named = named_variants(value, file)?;
+                continue;
+            }
             if key == "mode" {
                 sweep.mode = match value.as_str() {
                     Some("grid") => Mode::Grid,
@@ -115,6 +122,16 @@ impl Sweep {
 
     /// Every variant, in the documented order.
     pub fn expand(&self) -> Result<Vec<Variant>, ConfigError> {
+        if !self.named.is_empty() {
+            if let Some(a) = self.axes.first() {
+                return Err(ConfigError::Invalid {
+                    path: "sweep".into(),
+                    key: a.key.clone(),
+                    message: "sweep axes do not combine with [[sweep.variants]]: set the key in each variant".into(),
+                });
+            }
+            return Ok(self.named.clone());
+        }
         if self.axes.is_empty() {
             return Ok(Vec::new());
         }
@@ -174,6 +191,36 @@ impl Sweep {
             })
             .collect())
     }
+}
+
+/// `[[sweep.variants]]` entries: `name` (a folder name) and `set` (dotted key -> value).
+fn named_variants(value: &toml::Value, file: &str) -> Result<Vec<Variant>, ConfigError> {
+    let invalid = |key: String, message: String| ConfigError::Invalid { path: file.into(), key, message };
+    let list = value.as_array().filter(|a| !a.is_empty()).ok_or_else(|| {
+        invalid("sweep.variants".into(), "expected [[sweep.variants]] tables with a name and a set".into())
+    })?;
+    let mut out: Vec<Variant> = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let key = |k: &str| format!("sweep.variants.{i}.{k}");
+        let table = v.as_table().ok_or_else(|| invalid(key("name"), format!("expected a table, got {v}")))?;
+        if let Some(other) = table.keys().find(|k| *k != "name" && *k != "set") {
+            return Err(invalid(key(other), "unknown key: a variant has a name and a set".into()));
+        }
+        let name = table.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+        if name.is_empty() || safe(name) != name {
+            return Err(invalid(key("name"), format!("expected a folder name of letters, digits and ._+-, got {name:?}")));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(invalid(key("name"), format!("two variants are named {name:?}")));
+        }
+        let values = match table.get("set") {
+            None => Vec::new(),
+            Some(toml::Value::Table(t)) => t.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            Some(other) => return Err(invalid(key("set"), format!("expected a table of dotted keys, got {other}"))),
+        };
+        out.push(Variant { name: name.to_string(), values });
+    }
+    Ok(out)
 }
 
 /// Splits `1,2,[3, 4]` at top-level commas (not inside brackets, braces or quotes).

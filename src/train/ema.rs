@@ -6,7 +6,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use candle_core::Tensor;
+use candle_core::{CpuStorage, DType, InplaceOp2, Layout, Tensor};
+use rayon::prelude::*;
 
 use crate::model::Model;
 use crate::spec::EmaConfig;
@@ -31,7 +32,14 @@ impl Ema {
         let current = model.state_dict();
         for (name, avg) in self.tensors.iter_mut() {
             let m = &current[name];
-            *avg = if m.dtype().is_float() { ((&*avg * decay)? + (m * (1.0 - decay))?)? } else { m.copy()? };
+            if !m.dtype().is_float() {
+                *avg = m.copy()?;
+            } else if avg.device().is_cpu() && avg.dtype() == DType::F32 && avg.is_contiguous() {
+                // In place, one pass (three tensor ops a step made ResNet18's epochs 2.4x slower).
+                avg.inplace_op2(&m.contiguous()?, &Step { decay: decay as f32, rest: (1.0 - decay) as f32 })?;
+            } else {
+                *avg = ((&*avg * decay)? + (m * (1.0 - decay))?)?;
+            }
         }
         Ok(())
     }
@@ -58,5 +66,36 @@ impl Ema {
         let out = f();
         model.load_state_dict(&own, "the model's own weights")?;
         out
+    }
+}
+
+/// `avg = decay · avg + rest · model` over f32 storage, as the tensor ops compute it.
+struct Step {
+    decay: f32,
+    rest: f32,
+}
+
+impl InplaceOp2 for Step {
+    fn name(&self) -> &'static str {
+        "ablate-ema-step"
+    }
+
+    fn cpu_fwd(&self, s1: &mut CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> candle_core::Result<()> {
+        let (Some((a0, a1)), Some((m0, m1))) = (l1.contiguous_offsets(), l2.contiguous_offsets()) else {
+            candle_core::bail!("ema step: contiguous tensors only");
+        };
+        let (CpuStorage::F32(a), CpuStorage::F32(m)) = (s1, s2) else {
+            candle_core::bail!("ema step: f32 only");
+        };
+        let (a, m) = (&mut a[a0..a1], &m[m0..m1]);
+        if a.len() != m.len() {
+            candle_core::bail!("ema step: average of {}, model tensor of {}", a.len(), m.len());
+        }
+        a.par_chunks_mut(1 << 14).zip(m.par_chunks(1 << 14)).for_each(|(a, m)| {
+            for (a, &m) in a.iter_mut().zip(m) {
+                *a = *a * self.decay + m * self.rest;
+            }
+        });
+        Ok(())
     }
 }
