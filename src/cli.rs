@@ -159,6 +159,28 @@ pub enum Command {
         #[command(flatten)]
         what: Experiments,
     },
+    /// The learning-rate range test (fastai's lr_find): train with a rate growing each step
+    /// until the loss diverges; write the loss against the rate (lr_find.csv, lr_find.png)
+    /// and print the suggested rate.
+    #[command(name = "lr-find", mut_arg("experiments", |a| a.required(true)))]
+    LrFind {
+        #[command(flatten)]
+        what: Experiments,
+        /// The first learning rate.
+        #[arg(long, default_value_t = 1e-7)]
+        start: f64,
+        /// The last learning rate.
+        #[arg(long, default_value_t = 10.0)]
+        end: f64,
+        /// The most steps (the test stops when the loss diverges).
+        #[arg(long, default_value_t = 100)]
+        steps: usize,
+        /// Output folder (default: runs/<date>_<time>_lr-find).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        device: DeviceArg,
+    },
     /// Write a submission for a test folder from a run's saved checkpoint.
     Predict {
         /// A run folder made by `ablate run`.

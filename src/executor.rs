@@ -228,8 +228,10 @@ fn validate_best(
     best_epoch: usize,
 ) -> anyhow::Result<()> {
     let spec = &plan.spec;
-    // Without test-time augmentation: the predictions whose accuracy is best_val_acc.
-    let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), (device, &[]), log)?;
+    // With test-time augmentation only when validation used it: the predictions whose
+    // accuracy is best_val_acc.
+    let tta = spec.predict.validation_tta();
+    let preds = crate::train::predict(model, &splits.val, splits.val_idx.clone(), (device, tta), log)?;
     let rows: Vec<ValPrediction> = preds
         .iter()
         .map(|p| {

@@ -146,6 +146,18 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
             println!("{}", done.evaluation.per_class_table());
             println!("{}", done.dir.join(format!("{}_confusion.csv", done.name)).display());
         }
+        Command::LrFind { what, start, end, steps, out, device } => {
+            let stamp = chrono::Local::now().format("%Y-%m-%d_%H-%M-%S");
+            let out = out.unwrap_or_else(|| std::path::PathBuf::from(format!("runs/{stamp}_lr-find")));
+            let opts = ablate::LrFindOptions { start, end, steps, out, device: device.device };
+            let found = ablate::lr_find(&request(&what)?, &opts)?;
+            let last = found.points.last().map_or(0.0, |p| p.lr);
+            println!("{} steps, up to lr {last:.2e}: {}", found.points.len(), found.out.join("lr_find.png").display());
+            match found.suggested {
+                Some(lr) => println!("suggested learning rate: {lr:.2e}  (--set optimizer.lr={lr:.2e})"),
+                None => println!("no suggestion: the test stopped after too few steps (try a smaller --start)"),
+            }
+        }
         Command::Compare { runs, sort } => println!("{}", ablate::compare(&runs, sort)?),
         Command::Predict { run, checkpoint, data, out, probs, device } => {
             let out = ablate::predict(&run, checkpoint, data.as_deref(), out.as_deref(), probs, device.device)?;

@@ -2,6 +2,7 @@
 
 mod check;
 mod evaluate;
+mod lr_find;
 mod predict;
 mod resume;
 mod run;
@@ -10,6 +11,7 @@ mod summarize;
 
 pub use check::check;
 pub use evaluate::{Evaluated, evaluate};
+pub use lr_find::{LrFindOptions, LrFound, lr_find};
 pub use predict::{Which, predict};
 pub use resume::{ResumeOptions, resume};
 pub use run::{RunOptions, run};

@@ -208,7 +208,10 @@ fn named_variants(value: &toml::Value, file: &str) -> Result<Vec<Variant>, Confi
         }
         let name = table.get("name").and_then(|n| n.as_str()).unwrap_or_default();
         if name.is_empty() || safe(name) != name {
-            return Err(invalid(key("name"), format!("expected a folder name of letters, digits and ._+-, got {name:?}")));
+            return Err(invalid(
+                key("name"),
+                format!("expected a folder name of letters, digits and ._+-, got {name:?}"),
+            ));
         }
         if out.iter().any(|o| o.name == name) {
             return Err(invalid(key("name"), format!("two variants are named {name:?}")));
@@ -319,5 +322,25 @@ mod tests {
         let v = &s.expand().unwrap()[0];
         assert_eq!(v.name, "out=_1__2_,groups=4");
         assert_eq!(v.overrides()[1].key, "model.params.groups");
+    }
+
+    #[test]
+    fn named_variants_keep_file_order_and_set_several_keys() {
+        let src = "repeats = 2\n[[variants]]\nname = \"base\"\n[[variants]]\nname = \"ls+mix\"\nset = { \"train.label_smoothing\" = 0.1, \"train.mixup\" = 0.2 }\n[[variants]]\nname = \"a\"";
+        let s = Sweep::from_table(&table(src), "x").unwrap();
+        let v = s.expand().unwrap();
+        assert_eq!(v.iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), ["base", "ls+mix", "a"]);
+        assert!(v[0].values.is_empty());
+        let set = v[1].overrides();
+        let keys: Vec<&str> = set.iter().map(|o| o.key.as_str()).collect();
+        assert_eq!(keys, ["train.label_smoothing", "train.mixup"]);
+        assert_eq!(s.repeats, Some(2));
+        // Axes do not mix with named variants; names must be folder names and distinct.
+        let mixed = s.clone().with_cli(&["optimizer.lr=1e-3,1e-4".into()]).unwrap();
+        assert!(mixed.expand().unwrap_err().to_string().contains("do not combine with [[sweep.variants]]"));
+        let bad = Sweep::from_table(&table("[[variants]]\nname = \"a b\""), "x").unwrap_err().to_string();
+        assert!(bad.contains("sweep.variants.0.name") && bad.contains("letters, digits"), "{bad}");
+        let twice = Sweep::from_table(&table("[[variants]]\nname = \"a\"\n[[variants]]\nname = \"a\""), "x");
+        assert!(twice.unwrap_err().to_string().contains("two variants are named \"a\""));
     }
 }

@@ -61,6 +61,69 @@ pub fn write_png(path: &Path, title: &str, groups: &[Aggregate]) -> anyhow::Resu
     write_rgb_png(path, &rgb, WIDTH, HEIGHT)
 }
 
+/// `lr_find.png`: the smoothed loss (and each step's loss, faint) against the learning rate
+/// on a log axis, the suggested rate marked.
+pub fn lr_find_png(
+    path: &Path,
+    title: &str,
+    points: &[crate::train::lr_find::LrPoint],
+    suggested: Option<f64>,
+) -> anyhow::Result<()> {
+    register_font();
+    let (w, h) = (900u32, 540u32);
+    let mut rgb = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (w, h)).into_drawing_area();
+        draw_lr_find(&root, title, points, suggested)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+        root.present().map_err(|e| anyhow::anyhow!("drawing {}: {e}", path.display()))?;
+    }
+    write_rgb_png(path, &rgb, w, h)
+}
+
+fn draw_lr_find(
+    root: &DrawingArea<BitMapBackend, Shift>,
+    title: &str,
+    points: &[crate::train::lr_find::LrPoint],
+    suggested: Option<f64>,
+) -> DrawResult {
+    root.fill(&WHITE)?;
+    let finite: Vec<_> = points.iter().filter(|p| p.smoothed.is_finite() && p.loss.is_finite()).collect();
+    let (lo, hi) = (points.first().map_or(1e-7, |p| p.lr), points.last().map_or(1.0, |p| p.lr).max(1e-30));
+    let best = finite.iter().map(|p| p.smoothed).fold(f64::INFINITY, f64::min);
+    let first = finite.first().map_or(1.0, |p| p.smoothed);
+    // The range the smoothed curve takes before it diverges, with a margin.
+    let top = finite.iter().map(|p| p.smoothed).filter(|v| *v <= 4.0 * best).fold(first, f64::max);
+    let (y0, y1) = if best.is_finite() {
+        (best - 0.1 * (top - best).max(1e-3), top + 0.1 * (top - best).max(1e-3))
+    } else {
+        (0.0, 1.0)
+    };
+    let caption = match suggested {
+        Some(lr) => format!("{title}: learning-rate range test, suggested {lr:.2e}"),
+        None => format!("{title}: learning-rate range test (no suggestion: too few steps)"),
+    };
+    let mut chart = ChartBuilder::on(root)
+        .caption(caption, ("sans-serif", 20))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((lo..hi.max(lo * 1.0001)).log_scale(), y0..y1)?;
+    chart
+        .configure_mesh()
+        .x_desc("learning rate")
+        .y_desc("training loss")
+        .x_label_formatter(&|v| format!("{v:.0e}"))
+        .draw()?;
+    let clip = |v: f64| v.clamp(y0, y1);
+    chart.draw_series(LineSeries::new(finite.iter().map(|p| (p.lr, clip(p.loss))), SERIES[0].mix(0.25)))?;
+    chart.draw_series(LineSeries::new(finite.iter().map(|p| (p.lr, clip(p.smoothed))), SERIES[0].stroke_width(2)))?;
+    if let Some(lr) = suggested {
+        chart.draw_series(LineSeries::new([(lr, y0), (lr, y1)], ERRORBAR.stroke_width(2)))?;
+    }
+    Ok(())
+}
+
 /// Encodes an RGB buffer of `width` x `height` as a PNG at `path` (atomically).
 pub(super) fn write_rgb_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> anyhow::Result<()> {
     Ok(write_atomic(path, &encode_png(rgb, width, height)?)?)

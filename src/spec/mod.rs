@@ -205,6 +205,17 @@ pub struct PredictConfig {
     /// it are averaged (timm's and fastai's TTA). `"hflip"`: the image mirrored left-right.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tta: Vec<Tta>,
+    /// Validate with the same augmentation (each epoch's val metrics, the best epoch, and
+    /// `val_predictions.csv`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validate: bool,
+}
+
+impl PredictConfig {
+    /// The test-time augmentation validation uses.
+    pub fn validation_tta(&self) -> &[Tta] {
+        if self.validate { &self.tta } else { &[] }
+    }
 }
 
 /// A test-time augmentation.

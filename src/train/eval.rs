@@ -28,12 +28,14 @@ pub struct ValScores {
 }
 
 /// Mean loss, accuracy, macro F1, top-5 accuracy and per-class recall of `model` over
-/// `order`, in evaluation mode.
+/// `order`, in evaluation mode. With test-time augmentation (`tta`), each image's
+/// probabilities are the mean softmax over it and its variants, and its loss the negative log
+/// of the label's mean probability.
 pub fn evaluate(
     model: &Model,
     loader: &Loader,
     order: &[usize],
-    device: &Device,
+    (device, tta): (&Device, &[Tta]),
     progress: &dyn Progress,
 ) -> anyhow::Result<ValScores> {
     let bar = progress.bar("validate".into(), order.len().div_ceil(loader.batch_size));
@@ -45,7 +47,12 @@ pub fn evaluate(
         let n = batch.labels.len();
         let x = batch.images.to_device(device)?;
         let y = Tensor::new(batch.labels.as_slice(), device)?;
-        let logits = model.forward_t(&x, false)?;
+        let logits = if tta.is_empty() {
+            model.forward_t(&x, false)?
+        } else {
+            // Log-probabilities: cross-entropy of these is the NLL of the mean probability.
+            mean_probs(model, &x, tta)?.log()?
+        };
         loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * n as f64;
         // The classes as `predict` takes them (argmax), so the best epoch's accuracy is the
         // accuracy of its predictions.
@@ -100,26 +107,12 @@ pub fn predict(
     for batch in loader.batches(order, 0) {
         let batch = batch?;
         let x = batch.images.to_device(device)?;
-        let logits = model.forward_t(&x, false)?;
         let (classes, probs) = if tta.is_empty() {
+            let logits = model.forward_t(&x, false)?;
             let classes = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             (classes, candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?)
         } else {
-            // The mean of the softmax outputs over the image and its variants; the class of
-            // the highest mean.
-            let mut sum = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
-            for t in tta {
-                let variant = match t {
-                    Tta::Hflip => {
-                        let w = x.dim(3)?;
-                        let reversed = Tensor::new((0..w as u32).rev().collect::<Vec<_>>(), device)?;
-                        x.index_select(&reversed, 3)?
-                    }
-                };
-                let logits = model.forward_t(&variant, false)?;
-                sum = (sum + candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?)?;
-            }
-            let mean = (sum / (tta.len() + 1) as f64)?;
+            let mean = mean_probs(model, &x, tta)?;
             (mean.argmax(D::Minus1)?.to_vec1::<u32>()?, mean)
         };
         let probs = probs.to_vec2::<f32>()?;
@@ -132,4 +125,22 @@ pub fn predict(
     }
     bar.finish();
     Ok(out)
+}
+
+/// The mean of the softmax outputs over the images `x` and each variant `tta` makes of them
+/// (timm's and fastai's test-time augmentation).
+fn mean_probs(model: &Model, x: &Tensor, tta: &[Tta]) -> candle_core::Result<Tensor> {
+    let probs = |x: &Tensor| candle_nn::ops::softmax_last_dim(&model.forward_t(x, false)?.to_dtype(DType::F32)?);
+    let mut sum = probs(x)?;
+    for t in tta {
+        let variant = match t {
+            Tta::Hflip => {
+                let w = x.dim(3)?;
+                let reversed = Tensor::new((0..w as u32).rev().collect::<Vec<_>>(), x.device())?;
+                x.index_select(&reversed, 3)?
+            }
+        };
+        sum = (sum + probs(&variant)?)?;
+    }
+    sum / (tta.len() + 1) as f64
 }

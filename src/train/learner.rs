@@ -259,7 +259,8 @@ impl Learner<'_> {
         let val = if data.val_idx.is_empty() {
             None
         } else {
-            let run = || evaluate(self.model, &data.val, &data.val_idx, self.device, self.progress);
+            let tta = self.spec.predict.validation_tta();
+            let run = || evaluate(self.model, &data.val, &data.val_idx, (self.device, tta), self.progress);
             Some(match &w.ema {
                 Some(ema) => ema.with_weights(self.model, run)?,
                 None => run()?,
@@ -356,7 +357,7 @@ fn add_grads(
 
 /// What each step minimises: cross-entropy (smoothed, weighted by class), or the soft-target
 /// cross-entropy of a mixed batch.
-struct Objective {
+pub(super) struct Objective {
     smoothing: f64,
     classes: usize,
     /// `train.class_weights`, one per class.
@@ -365,7 +366,7 @@ struct Objective {
 }
 
 impl Objective {
-    fn new(spec: &Spec, data: &Splits, device: &Device) -> anyhow::Result<Self> {
+    pub(super) fn new(spec: &Spec, data: &Splits, device: &Device) -> anyhow::Result<Self> {
         let classes = spec.num_classes();
         let weights = match &spec.train.class_weights {
             None => None,
@@ -382,7 +383,7 @@ impl Objective {
 
     /// The batch's loss, its logits, and the labels its accuracy counts against (the
     /// dominant one of a mixed image).
-    fn loss(
+    pub(super) fn loss(
         &self,
         model: &Model,
         x: Tensor,
@@ -411,7 +412,7 @@ impl Objective {
 
 /// The random stream of a batch's mixing: fixed by (seed, epoch, batch), so a resumed epoch
 /// draws what the uninterrupted one would have.
-fn batch_rng(seed: u64, epoch: usize, batch: usize) -> rand_chacha::ChaCha8Rng {
+pub(super) fn batch_rng(seed: u64, epoch: usize, batch: usize) -> rand_chacha::ChaCha8Rng {
     let mut r = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6d69_7875_7063_7574);
     r.set_stream(((epoch as u64) << 32) | batch as u64);
     r

@@ -5,6 +5,7 @@ pub mod ema;
 pub mod eval;
 pub mod learner;
 pub mod loss;
+pub mod lr_find;
 pub mod mixup;
 pub mod optim;
 pub mod state;

@@ -335,3 +335,42 @@ fn hflip_tta_averages_the_image_and_its_mirror() {
     }
     assert!(a.iter().zip(&b).any(|(x, y)| (x.1[0] - y.1[0]).abs() > 1e-4), "the mirror changes the outputs");
 }
+
+/// `predict.validate = true` validates with the test-time augmentation: each epoch's val
+/// metrics, the best epoch and `val_predictions.csv` (whose accuracy is the best epoch's); the
+/// weights trained are the same as without it.
+#[test]
+fn validation_with_tta_scores_the_averaged_predictions() {
+    use crate::common::{color_folder, experiment, only_run, run_in};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 12, 0, 8);
+    let exp = experiment(tmp.path(), &data, 3);
+    let common = ["--set", "predict.tta=[\"hflip\"]", "--set", "data.test_dir=\"\""];
+    let (plain, tta) = (tmp.path().join("plain"), tmp.path().join("tta"));
+    run_in(&exp, &plain).args(common).assert().success();
+    run_in(&exp, &tta).args(common).args(["--set", "predict.validate=true"]).assert().success();
+    let (plain, tta) = (only_run(&plain), only_run(&tta));
+    assert_eq!(
+        std::fs::read(plain.join("checkpoints/last.safetensors")).unwrap(),
+        std::fs::read(tta.join("checkpoints/last.safetensors")).unwrap(),
+        "validating with TTA does not change training"
+    );
+    let (a, b) = (
+        ablate::read_metrics(&plain.join("metrics.csv")).unwrap(),
+        ablate::read_metrics(&tta.join("metrics.csv")).unwrap(),
+    );
+    assert!(a.iter().zip(&b).all(|(x, y)| x.val_loss != y.val_loss), "TTA changes every epoch's validation loss");
+    let best = b.iter().filter_map(|m| m.val_acc).fold(0.0, f64::max);
+    let text = std::fs::read_to_string(tta.join("val_predictions.csv")).unwrap();
+    let rows: Vec<(usize, usize)> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            (f[1].parse().unwrap(), f[2].parse().unwrap())
+        })
+        .collect();
+    let acc = rows.iter().filter(|(l, p)| l == p).count() as f64 / rows.len() as f64;
+    assert!((acc - best).abs() < 1e-12, "val_predictions.csv scores {acc}, the best epoch {best}");
+}

@@ -398,3 +398,71 @@ fn frozen_layers_and_their_batchnorm_stay_put_until_unfrozen() {
         assert_ne!(after[name], init[name], "{name} must train once unfrozen");
     }
 }
+
+/// fastai 2.7's `valley` and the trimming of its `lr_find`, as written there (fastai itself
+/// needs matplotlib and pandas, which Debian's PyTorch setup here lacks).
+const FASTAI_VALLEY: &str = r#"
+import json, sys
+c = json.load(sys.stdin)
+num_it = c["steps"]
+losses = c["smoothed"][num_it // 10:-5]
+n = len(losses)
+max_start, max_end = 0, 0
+lds = [1] * n
+for i in range(1, n):
+    for j in range(0, i):
+        if (losses[i] < losses[j]) and (lds[i] < lds[j] + 1):
+            lds[i] = lds[j] + 1
+        if lds[max_end] < lds[i]:
+            max_end = i
+            max_start = max_end - lds[max_end]
+sections = (max_end - max_start) / 3
+idx = max_start + int(sections) + int(sections / 2)
+print(json.dumps(idx + num_it // 10))
+"#;
+
+/// `ablate lr-find`: exponentially spaced rates from --start, the debiased smoothing of the
+/// loss, a stop once it passes 4x its best, and fastai's `valley` suggestion, printed as a
+/// --set.
+#[test]
+fn lr_find_tests_an_exponential_range_and_suggests_the_steepest_descent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 30, 0, 5);
+    let exp = experiment(tmp.path(), &data, 1);
+    let out = tmp.path().join("lr");
+    let (start, end, steps) = (1e-5, 1e3, 80);
+    let assert = ablate()
+        .args(["lr-find", exp.to_str().unwrap(), "--set", "data.test_dir=\"\"", "--out", out.to_str().unwrap()])
+        .args(["--start", &start.to_string(), "--end", &end.to_string(), "--steps", &steps.to_string()])
+        .assert()
+        .success();
+    let stdout = String::from_utf8(assert.get_output().stdout.clone()).unwrap();
+    println!("{stdout}");
+    let rows: Vec<Vec<f64>> = std::fs::read_to_string(out.join("lr_find.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert!(rows.len() > 20 && rows.len() < steps, "{} steps: the loss must diverge before {end}", rows.len());
+    let ratio = (end / start).powf(1.0 / (steps - 1) as f64);
+    assert_eq!(rows[0][1], start);
+    for w in rows.windows(2) {
+        assert!((w[1][1] / w[0][1] / ratio - 1.0).abs() < 1e-9, "rates must grow by {ratio} a step");
+    }
+    let mut average = 0.0;
+    for (i, r) in rows.iter().enumerate() {
+        average = 0.98 * average + 0.02 * r[2];
+        assert!((r[3] - average / (1.0 - 0.98f64.powi(i as i32 + 1))).abs() < 1e-9 * r[3].abs().max(1.0));
+    }
+    let smoothed: Vec<f64> = rows.iter().map(|r| r[3]).collect();
+    let at = crate::common::python_json(FASTAI_VALLEY, &json!({"smoothed": smoothed, "steps": steps})).as_u64().unwrap()
+        as usize;
+    let expected = format!("suggested learning rate: {:.2e}  (--set optimizer.lr={:.2e})", rows[at][1], rows[at][1]);
+    assert!(stdout.contains(&expected), "expected {expected:?} in {stdout}");
+    let png = std::fs::read(out.join("lr_find.png")).unwrap();
+    assert!(png.starts_with(b"\x89PNG"), "lr_find.png is a PNG");
+    // A second test into the same folder is refused: nothing is overwritten.
+    ablate().args(["lr-find", exp.to_str().unwrap(), "--out", out.to_str().unwrap()]).assert().failure();
+}
