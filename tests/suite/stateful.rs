@@ -431,7 +431,7 @@ fn lr_find_tests_an_exponential_range_and_suggests_the_steepest_descent() {
     color_folder(&data, 30, 0, 5);
     let exp = experiment(tmp.path(), &data, 1);
     let out = tmp.path().join("lr");
-    let (start, end, steps) = (1e-5, 1e3, 80);
+    let (start, end, steps) = (1e-5f64, 1e3f64, 80);
     let assert = ablate()
         .args(["lr-find", exp.to_str().unwrap(), "--set", "data.test_dir=\"\"", "--out", out.to_str().unwrap()])
         .args(["--start", &start.to_string(), "--end", &end.to_string(), "--steps", &steps.to_string()])
