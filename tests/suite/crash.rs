@@ -18,12 +18,22 @@ use crate::common::{color_folder, experiment, only_run};
 const EPOCHS: usize = 3;
 /// What must come out byte for byte.
 const FILES: [&str; 3] = ["checkpoints/last.safetensors", "checkpoints/best.safetensors", "submission.csv"];
-/// Dropout and a random crop: every seeded stream must continue exactly.
-const SET: [&str; 4] = [
+/// Dropout, augmentation and mixup (every seeded stream must continue exactly), and the
+/// recipe pieces with state of their own: the weights' average (a fourth file in each
+/// commit), gradient accumulation and the plateau schedule.
+const SET: [&str; 12] = [
     "--set",
     "model.layers=[{ conv = { out = 4, kernel = 3, padding = 1 } }, \"batch_norm\", \"relu\", { max_pool = { kernel = 2 } }, { dropout = 0.3 }, { linear = { out = \"$classes\" } }]",
     "--set",
-    "transforms.train=[{ resize = [18, 18] }, { random_crop = [16, 16] }, { hflip = 0.5 }]",
+    "transforms.train=[{ resize = [18, 18] }, { random_crop = [16, 16] }, { hflip = 0.5 }, { color_jitter = { brightness = 0.2 } }, { normalize = \"imagenet\" }]",
+    "--set",
+    "train.mixup=0.4",
+    "--set",
+    "train.ema={ decay = 0.9 }",
+    "--set",
+    "train.accumulate=2",
+    "--set",
+    "train.lr_schedule={ kind = \"plateau\", monitor = \"train/loss\", patience = 0, threshold = 0.3 }",
 ];
 
 fn bin() -> Command {
