@@ -115,7 +115,7 @@ def data_pipeline(augment=False):
     if augment:
         # The same steps as examples/bench.rs's data_aug, on PIL images as torchvision's
         # reference scripts apply them.
-        tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.RandomRotation(15),
+        tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip(), T.TrivialAugmentWide(), T.RandomRotation(15),
                         T.ColorJitter(0.4, 0.4, 0.4, 0.1), T.RandomGrayscale(0.1), T.GaussianBlur(5, (0.1, 2.0)),
                         T.ToTensor(), norm, T.RandomErasing(0.25, value="random")])
     ds = torchvision.datasets.ImageFolder(os.path.join(ROOT, "target/bench-data/jpegs/train"), transform=tf)

@@ -236,7 +236,7 @@ pub fn jpeg_folder() -> anyhow::Result<PathBuf> {
 
 /// The decoding, resizing and normalising pipeline over the JPEG folder (`data`), or the
 /// heaviest augmentation recipe ablate has (`data_aug`: torchvision's RandomResizedCrop(224),
-/// flip, rotation, ColorJitter(0.4, 0.4, 0.4, 0.1), RandomGrayscale, GaussianBlur, Normalize,
+/// flip, TrivialAugmentWide, rotation, ColorJitter(0.4, 0.4, 0.4, 0.1), RandomGrayscale, GaussianBlur, Normalize,
 /// RandomErasing), as `bench/torch_ref.py` runs them through torchvision.
 fn data_pipeline(augment: bool) -> anyhow::Result<(f64, usize)> {
     use ablate::augment::{Affine, EraseValue, Erasing, Jitter};
@@ -248,6 +248,7 @@ fn data_pipeline(augment: bool) -> anyhow::Result<(f64, usize)> {
         let steps = vec![
             Transform::RandomResizedCrop { size: (224, 224), scale: [0.08, 1.0], ratio: [0.75, 4.0 / 3.0] },
             Transform::Hflip(0.5),
+            Transform::TrivialAugment { bins: 31, fill: [0; 3] },
             Transform::RandomAffine(Affine {
                 degrees: [-15.0, 15.0],
                 translate: None,

@@ -51,9 +51,9 @@ pub use spec::{
 };
 
 // Training pieces.
-pub use data::augment;
 pub use data::folder::labelled as labelled_images;
 pub use data::loader::{ImageCache, Loader, decode};
+pub use data::{augment, autoaugment};
 pub use device::open as open_device;
 pub use output::sink::MemorySink;
 pub use train::ema::Ema;

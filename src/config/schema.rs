@@ -155,6 +155,10 @@ pub enum TransformSpec {
     RandomRotation(Range),
     /// torchvision's `RandomAffine`.
     RandomAffine(AffineSpec),
+    /// torchvision's `TrivialAugmentWide`: `{}` or `{ bins = 31, fill = 0 }`.
+    TrivialAugment(AutoAugmentSpec),
+    /// torchvision's `RandAugment`: `{ n = 2, m = 9, bins = 31, fill = 0 }`.
+    RandAugment(AutoAugmentSpec),
     /// torchvision's `ColorJitter`.
     ColorJitter(JitterSpec),
     /// `true`: torchvision's `Grayscale(3)`.
@@ -219,6 +223,22 @@ pub enum Shear {
 pub enum Fill {
     Grey(u8),
     Rgb([u8; 3]),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AutoAugmentSpec {
+    /// RandAugment: ops per image (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub n: Option<usize>,
+    /// RandAugment: the magnitude bin (default 9).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub m: Option<usize>,
+    /// Magnitude bins (default 31).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bins: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fill: Option<Fill>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! Validation of the transform pipelines: every step's values in range, steps in the order
 //! they can run (geometry, colour, `normalize`, erasing), random steps in training only.
 
-use super::schema::{EraseSpec, ErasingSpec, Fill, NormalizeSpec, Range, Shear, Size, TransformSpec};
+use super::schema::{AutoAugmentSpec, EraseSpec, ErasingSpec, Fill, NormalizeSpec, Range, Shear, Size, TransformSpec};
 use crate::spec::{Affine, EraseValue, Erasing, Jitter, Phase, Transform};
 
 type Invalid = (String, String);
@@ -89,13 +89,22 @@ fn step(spec: &TransformSpec) -> Result<Transform, String> {
             translate: a.translate.map(translate).transpose()?,
             scale: a.scale.map(|s| range(s, "scale", f64::MIN_POSITIVE, f64::MAX)).transpose()?,
             shear: a.shear.as_ref().map(shear).transpose()?,
-            fill: match a.fill {
-                None => [0; 3],
-                Some(Fill::Grey(v)) => [v; 3],
-                Some(Fill::Rgb(v)) => v,
-            },
+            fill: fill(a.fill),
             rotation: false,
         }),
+        TransformSpec::TrivialAugment(a) => {
+            if a.n.is_some() || a.m.is_some() {
+                return Err("trivial_augment takes bins and fill (n and m are rand_augment's)".into());
+            }
+            Transform::TrivialAugment { bins: bins(a)?, fill: fill(a.fill) }
+        }
+        TransformSpec::RandAugment(a) => {
+            let (n, m, bins) = (a.n.unwrap_or(2), a.m.unwrap_or(9), bins(a)?);
+            if m >= bins {
+                return Err(format!("m: expected a magnitude bin below bins = {bins}, got {m}"));
+            }
+            Transform::RandAugment { n, m, bins, fill: fill(a.fill) }
+        }
         TransformSpec::ColorJitter(j) => {
             let factor = |r: Option<Range>, what| r.map(|r| around(r, 1.0, what, 0.0, f64::MAX)).transpose();
             Transform::ColorJitter(Jitter {
@@ -131,6 +140,21 @@ fn step(spec: &TransformSpec) -> Result<Transform, String> {
         return Err("sizes must be at least 1".into());
     }
     Ok(t)
+}
+
+fn fill(f: Option<Fill>) -> [u8; 3] {
+    match f {
+        None => [0; 3],
+        Some(Fill::Grey(v)) => [v; 3],
+        Some(Fill::Rgb(v)) => v,
+    }
+}
+
+fn bins(a: &AutoAugmentSpec) -> Result<usize, String> {
+    match a.bins.unwrap_or(31) {
+        b if b >= 2 => Ok(b),
+        b => Err(format!("bins: expected at least 2, got {b}")),
+    }
 }
 
 /// Largest shifts as shares of the width and height.

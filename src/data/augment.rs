@@ -340,6 +340,12 @@ pub fn affine_draw(rng: &mut impl Rng, a: &Affine, (h, w): (usize, usize)) -> Af
 /// torchvision's `_get_inverse_affine_matrix` about the image centre: where each output
 /// pixel comes from, as `[a, b, c, d, e, f]` (x' = a x + b y + c, y' = d x + e y + f).
 pub fn inverse_affine_matrix(d: &AffineDraw) -> [f64; 6] {
+    inverse_affine_matrix_at(d, (0.0, 0.0))
+}
+
+/// [`inverse_affine_matrix`] about `center`, relative to the image centre (torchvision's
+/// `center_f`: `[-w/2, -h/2]` is the top-left corner).
+pub fn inverse_affine_matrix_at(d: &AffineDraw, (cx, cy): (f64, f64)) -> [f64; 6] {
     let rot = d.angle.to_radians();
     let (sx, sy) = (d.shear.0.to_radians(), d.shear.1.to_radians());
     let (tx, ty) = d.translate;
@@ -348,8 +354,10 @@ pub fn inverse_affine_matrix(d: &AffineDraw) -> [f64; 6] {
     let c = (rot - sy).sin() / sy.cos();
     let dd = -(rot - sy).sin() * sx.tan() / sy.cos() + rot.cos();
     let mut m = [dd, -b, 0.0, -c, a, 0.0].map(|x| x / d.scale);
-    m[2] += m[0] * -tx + m[1] * -ty;
-    m[5] += m[3] * -tx + m[4] * -ty;
+    m[2] += m[0] * (-cx - tx) + m[1] * (-cy - ty);
+    m[5] += m[3] * (-cx - tx) + m[4] * (-cy - ty);
+    m[2] += cx;
+    m[5] += cy;
     m
 }
 

@@ -1,6 +1,7 @@
 //! Data: image-folder discovery, transforms, and batches decoded ahead of the trainer.
 
 pub mod augment;
+pub mod autoaugment;
 pub mod folder;
 pub mod loader;
 pub mod transforms;

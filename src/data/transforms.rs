@@ -6,6 +6,7 @@ use image::imageops;
 use rand::Rng;
 
 use super::augment::{self, crop, resize};
+use super::autoaugment;
 use crate::spec::Phase;
 pub use crate::spec::Transform;
 
@@ -58,6 +59,16 @@ pub fn apply_image(ops: &[Transform], mut img: RgbImage, rng: &mut impl Rng) -> 
                 }
             }
             Transform::RandomAffine(a) => img = augment::random_affine(rng, a, &img),
+            Transform::TrivialAugment { bins, fill } => {
+                let (op, magnitude) = autoaugment::trivial_draw(rng, *bins);
+                img = autoaugment::apply(&img, op, magnitude, *fill);
+            }
+            Transform::RandAugment { n, m, bins, fill } => {
+                let hw = (img.height() as usize, img.width() as usize);
+                for (op, magnitude) in autoaugment::rand_draws(rng, *n, *m, *bins, hw) {
+                    img = autoaugment::apply(&img, op, magnitude, *fill);
+                }
+            }
             _ => unreachable!("only geometric steps"),
         }
     }

@@ -21,6 +21,19 @@ pub enum Transform {
     },
     Hflip(f64),
     Vflip(f64),
+    /// torchvision's `TrivialAugmentWide(num_magnitude_bins)`: one op of 14 at a random
+    /// strength, on the 8-bit image.
+    TrivialAugment {
+        bins: usize,
+        fill: [u8; 3],
+    },
+    /// torchvision's `RandAugment(num_ops = n, magnitude = m, num_magnitude_bins)`.
+    RandAugment {
+        n: usize,
+        m: usize,
+        bins: usize,
+        fill: [u8; 3],
+    },
     /// torchvision's `RandomAffine` (nearest neighbour, constant fill); `RandomRotation` is the
     /// case with only `degrees`, and turns the other way, as torchvision's does.
     RandomAffine(Affine),
@@ -105,7 +118,9 @@ impl Transform {
             | Self::RandomResizedCrop { .. }
             | Self::Hflip(_)
             | Self::Vflip(_)
-            | Self::RandomAffine(_) => Phase::Geometry,
+            | Self::RandomAffine(_)
+            | Self::TrivialAugment { .. }
+            | Self::RandAugment { .. } => Phase::Geometry,
             Self::ColorJitter(_) | Self::Grayscale(_) | Self::GaussianBlur { .. } => Phase::Colour,
             Self::Normalize { .. } => Phase::Normalize,
             Self::RandomErasing(_) => Phase::Erasing,

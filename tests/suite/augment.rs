@@ -310,6 +310,8 @@ pub fn heaviest_steps() -> Vec<ablate::Transform> {
     use ablate::Transform;
     use ablate::augment::{Affine, EraseValue, Erasing, Jitter};
     vec![
+        Transform::TrivialAugment { bins: 31, fill: [0; 3] },
+        Transform::RandAugment { n: 2, m: 9, bins: 31, fill: [0; 3] },
         Transform::Vflip(0.3),
         Transform::RandomAffine(Affine {
             degrees: [-15.0, 15.0],
@@ -360,4 +362,111 @@ fn augmented_batches_depend_on_seed_and_epoch_not_threads() {
     assert_eq!(one, batches(3, 3, 1), "the thread count changed the augmented images");
     assert_ne!(one, batches(1, 3, 2), "the next epoch must draw anew");
     assert_ne!(one, batches(1, 4, 1), "another seed must draw anew");
+}
+
+const AUTO_OPS: &str = r#"
+import json, sys, torch
+import numpy as np
+import torchvision.transforms.autoaugment as A
+from torchvision.transforms import InterpolationMode as I
+c = json.load(sys.stdin)
+chw = torch.from_numpy(np.array(c["image"], dtype=np.uint8)).permute(2, 0, 1).contiguous()
+out = [A._apply_op(chw, name, float(m), interpolation=I.NEAREST, fill=None).permute(1, 2, 0).flatten().tolist()
+       for name, m in c["cases"]]
+print(json.dumps(out))
+"#;
+
+/// Each op of TrivialAugmentWide and RandAugment computes what torchvision's `_apply_op`
+/// computes on an 8-bit tensor: the same bytes, barring a float32 sum torchvision orders
+/// otherwise landing on the other side of a rounding (then one level apart).
+#[test]
+fn autoaugment_ops_are_torchvisions() {
+    use ablate::autoaugment::{Op, apply};
+    let (h, w) = (30u32, 44u32);
+    let img = test_image(h, w);
+    let hwc: Vec<Vec<[u8; 3]>> = (0..h).map(|y| (0..w).map(|x| img.get_pixel(x, y).0).collect()).collect();
+    let cases: Vec<(Op, &str, f64)> = vec![
+        (Op::Identity, "Identity", 0.0),
+        (Op::ShearX, "ShearX", 0.5),
+        (Op::ShearX, "ShearX", -0.3),
+        (Op::ShearY, "ShearY", 0.7),
+        (Op::TranslateX, "TranslateX", 12.7),
+        (Op::TranslateX, "TranslateX", -5.2),
+        (Op::TranslateY, "TranslateY", 8.0),
+        (Op::Rotate, "Rotate", 40.0),
+        (Op::Rotate, "Rotate", -100.0),
+        (Op::Brightness, "Brightness", 0.5),
+        (Op::Brightness, "Brightness", -0.7),
+        (Op::Color, "Color", 0.9),
+        (Op::Color, "Color", -0.5),
+        (Op::Contrast, "Contrast", 0.6),
+        (Op::Contrast, "Contrast", -0.4),
+        (Op::Sharpness, "Sharpness", 0.9),
+        (Op::Sharpness, "Sharpness", -0.8),
+        (Op::Posterize, "Posterize", 4.0),
+        (Op::Posterize, "Posterize", 2.0),
+        (Op::Posterize, "Posterize", 8.0),
+        (Op::Solarize, "Solarize", 128.0),
+        (Op::Solarize, "Solarize", 246.5),
+        (Op::AutoContrast, "AutoContrast", 0.0),
+        (Op::Equalize, "Equalize", 0.0),
+    ];
+    let names: Vec<(&str, f64)> = cases.iter().map(|&(_, n, m)| (n, m)).collect();
+    let torch = crate::common::python_json(AUTO_OPS, &json!({"image": hwc, "cases": names}));
+    for ((op, name, m), t) in cases.iter().zip(torch.as_array().unwrap()) {
+        let ours = apply(&img, *op, *m, [0; 3]);
+        let (same, most) = compare_u8(ours.as_raw(), t);
+        println!("{name} {m}: {same:.4} of the bytes equal, largest difference {most}");
+        assert!(same >= 0.999 && most <= 1, "{name} {m}: {same} equal, largest difference {most}");
+    }
+}
+
+const AUTO_DRAWS: &str = r#"
+import json, sys, torch
+from scipy.stats import ks_2samp
+import torchvision.transforms as T
+import torchvision.transforms.autoaugment as A
+c = json.load(sys.stdin)
+torch.manual_seed(0)
+names = ["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness", "Color", "Contrast",
+         "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize"]
+seen = []
+A._apply_op = lambda img, op, m, interpolation, fill: seen.append([names.index(op), m]) or img
+img = torch.zeros(3, c["h"], c["w"], dtype=torch.uint8)
+out = {}
+for key, policy in [("trivial", T.TrivialAugmentWide()), ("rand", T.RandAugment(num_ops=2, magnitude=9))]:
+    seen.clear()
+    for _ in range(c["n"]):
+        policy(img)
+    ours = c[key]
+    out[key] = [ks_2samp([s[k] for s in seen], [o[k] for o in ours]).pvalue for k in range(2)]
+    # The magnitudes of one signed op (Rotate) on their own.
+    rot = lambda rows: [r[1] for r in rows if r[0] == 5]
+    out[key].append(ks_2samp(rot(seen), rot(ours)).pvalue)
+print(json.dumps(out))
+"#;
+
+/// TrivialAugmentWide's and RandAugment's draws (which op, which magnitude, which sign) follow
+/// torchvision's: 20,000 images each, KS p > 0.001 on the op, the magnitude, and Rotate's
+/// magnitudes alone (torchvision seeded: deterministic).
+#[test]
+fn autoaugment_draws_are_torchvisions() {
+    use ablate::autoaugment::{OPS, rand_draws, trivial_draw};
+    let (n, h, w) = (20_000, 30, 44);
+    let mut r = rng(3);
+    let index = |op| OPS.iter().position(|o| *o == op).unwrap() as f64;
+    let trivial: Vec<[f64; 2]> = (0..n)
+        .map(|_| {
+            let (op, m) = trivial_draw(&mut r, 31);
+            [index(op), m]
+        })
+        .collect();
+    let rand: Vec<[f64; 2]> =
+        (0..n).flat_map(|_| rand_draws(&mut r, 2, 9, 31, (h, w))).map(|(op, m)| [index(op), m]).collect();
+    let p = crate::common::python_json(AUTO_DRAWS, &json!({"n": n, "h": h, "w": w, "trivial": trivial, "rand": rand}));
+    for (key, ps) in p.as_object().unwrap() {
+        let ps = floats(ps);
+        println!("{key}: KS p-values (op, magnitude, Rotate's magnitude) {ps:.3?}");
+        assert!(ps.iter().all(|&p| p > 1e-3), "{key}: draws differ from torchvision's: {ps:?}");
+    }
 }

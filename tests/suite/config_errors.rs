@@ -194,7 +194,15 @@ fn parameter_groups_name_parameters_of_the_model() {
 /// of torchvision's ranges are refused naming the step.
 #[test]
 fn augmentations_out_of_order_or_range_are_refused() {
-    let cases: [(&str, &[&str]); 6] = [
+    let cases: [(&str, &[&str]); 8] = [
+        (
+            "{ rand_augment = { m = 31 } }, { normalize = \"imagenet\" }",
+            &["transforms.train.2", "m: expected a magnitude bin below bins = 31, got 31"],
+        ),
+        (
+            "{ trivial_augment = { n = 2 } }, { normalize = \"imagenet\" }",
+            &["transforms.train.2", "n and m are rand_augment's"],
+        ),
         (
             "{ normalize = \"imagenet\" }, { color_jitter = { brightness = 0.4 } }",
             &["transforms.train.3", "normalize must be the last transform (only random_erasing may follow it)"],
