@@ -3,12 +3,12 @@
 use std::path::Path;
 
 use super::ConfigError;
-use super::schema::{BlockKind, ClassWeights, Experiment, Int, LayerSpec, PoolSpec, StageSpec};
+use super::schema::{BlockKind, ClassWeights, Experiment, Int, LayerSpec, PoolSpec, PredictSpec, StageSpec, TtaSpec};
 use super::transforms::transforms;
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
 use crate::spec::{
-    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, MixupSpec, ScheduleKind, Spec, SplitSpec, StageConfig,
-    TrainSpec, Transform, output_size,
+    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, MixupSpec, PredictConfig, ScheduleKind, Spec, SplitSpec,
+    StageConfig, TrainSpec, Transform, Tta, output_size,
 };
 
 /// The test answers' file a dataset root may hold (`data.test_labels` unless set).
@@ -70,7 +70,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
         // After `train`, which borrows `exp` whole.
         optimizer: exp.optimizer,
         submission: exp.submission,
-        predict: exp.predict,
+        predict: predict(&exp.predict, input_hw).map_err(|(k, m): (String, String)| at.invalid(&k, m))?,
         config_toml,
     })
 }
@@ -207,6 +207,37 @@ fn training(exp: &Experiment, at: &At) -> Result<(), ConfigError> {
         return Err(at.invalid("train.epochs", "expected at least 1".into()));
     }
     Ok(())
+}
+
+/// `[predict]`: each test-time pipeline valid for evaluation and making the model's input.
+fn predict(p: &PredictSpec, input_hw: (usize, usize)) -> Result<PredictConfig, (String, String)> {
+    let mut tta = Vec::with_capacity(p.tta.len());
+    for (i, t) in p.tta.iter().enumerate() {
+        let key = format!("predict.tta.{i}");
+        tta.push(match t {
+            TtaSpec::Named(n) if n == "hflip" => Tta::Hflip,
+            TtaSpec::Named(n) => {
+                return Err((
+                    key,
+                    format!("unknown test-time augmentation \"{n}\": expected \"hflip\" or a list of eval transforms"),
+                ));
+            }
+            TtaSpec::Pipeline(steps) => {
+                let pipeline = transforms(steps, &key, false)?;
+                if output_size(&pipeline) != Some(input_hw) {
+                    return Err((
+                        key,
+                        format!(
+                            "must end at the model's input, {}x{} (a resize or crop to it)",
+                            input_hw.0, input_hw.1
+                        ),
+                    ));
+                }
+                Tta::Pipeline(pipeline)
+            }
+        });
+    }
+    Ok(PredictConfig { tta, validate: p.validate })
 }
 
 /// Accumulation, the weights' average, early stopping and the plateau schedule.

@@ -37,7 +37,7 @@ pub struct Experiment {
     pub submission: SubmissionConfig,
     /// How predictions are made: `tta = ["hflip"]`.
     #[serde(default)]
-    pub predict: crate::spec::PredictConfig,
+    pub predict: PredictSpec,
     /// Swept keys: `"model.params.groups" = [1, 2, 4]`, and `mode = "grid" | "zip"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sweep: BTreeMap<String, toml::Value>,
@@ -171,6 +171,25 @@ pub enum TransformSpec {
     Normalize(NormalizeSpec),
     /// torchvision's `RandomErasing`, after `normalize`.
     RandomErasing(ErasingSpec),
+}
+
+/// `[predict]`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PredictSpec {
+    /// `"hflip"`, or an eval pipeline (a list of transforms), per variant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tta: Vec<TtaSpec>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub validate: bool,
+}
+
+/// One test-time variant as written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TtaSpec {
+    Named(String),
+    Pipeline(Vec<TransformSpec>),
 }
 
 /// A range written as one number `x` (meaning depends on the key: [-x, x] or [1-x, 1+x]) or

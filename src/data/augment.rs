@@ -43,6 +43,15 @@ fn uniform(rng: &mut impl Rng, [lo, hi]: [f64; 2]) -> f64 {
 /// A box `(top, left, h, w)` in an image.
 pub type Region = (usize, usize, usize, usize);
 
+/// One try of both samplers: a share of the area drawn uniformly from `scale` and an aspect
+/// ratio log-uniformly from `ratio`, as the two sides `(sqrt(area · aspect), sqrt(area /
+/// aspect))`, rounded half to even as Python's `round`.
+fn box_sides(rng: &mut impl Rng, (height, width): (usize, usize), scale: [f64; 2], ratio: [f64; 2]) -> (usize, usize) {
+    let target = (height * width) as f64 * uniform(rng, scale);
+    let aspect = uniform(rng, [ratio[0].ln(), ratio[1].ln()]).exp();
+    ((target * aspect).sqrt().round_ties_even() as usize, (target / aspect).sqrt().round_ties_even() as usize)
+}
+
 /// `RandomResizedCrop.get_params`: up to 10 boxes of a uniform share of the area and a
 /// log-uniform aspect ratio until one fits, then the largest centred box within the ratio
 /// range. Python's `round` (half to even) as torchvision uses it.
@@ -52,13 +61,8 @@ pub fn resized_crop_box(
     scale: [f64; 2],
     ratio: [f64; 2],
 ) -> Region {
-    let area = (height * width) as f64;
-    let log_ratio = [ratio[0].ln(), ratio[1].ln()];
     for _ in 0..10 {
-        let target = area * uniform(rng, scale);
-        let aspect = uniform(rng, log_ratio).exp();
-        let w = (target * aspect).sqrt().round_ties_even() as usize;
-        let h = (target / aspect).sqrt().round_ties_even() as usize;
+        let (w, h) = box_sides(rng, (height, width), scale, ratio);
         if 0 < w && w <= width && 0 < h && h <= height {
             let top = rng.gen_range(0..=height - h);
             let left = rng.gen_range(0..=width - w);
@@ -91,13 +95,9 @@ pub fn erasing_box(
     scale: [f64; 2],
     ratio: [f64; 2],
 ) -> Option<Region> {
-    let area = (height * width) as f64;
-    let log_ratio = [ratio[0].ln(), ratio[1].ln()];
     for _ in 0..10 {
-        let target = area * uniform(rng, scale);
-        let aspect = uniform(rng, log_ratio).exp();
-        let h = (target * aspect).sqrt().round_ties_even() as usize;
-        let w = (target / aspect).sqrt().round_ties_even() as usize;
+        // RandomErasing names the sides the other way round from RandomResizedCrop.
+        let (h, w) = box_sides(rng, (height, width), scale, ratio);
         if h < height && w < width {
             return Some((rng.gen_range(0..=height - h), rng.gen_range(0..=width - w), h, w));
         }

@@ -242,6 +242,12 @@ impl Loader {
         &self.items
     }
 
+    /// The same items and settings through another pipeline (without a cache), for a test-time
+    /// variant of each image.
+    pub fn with_transforms(&self, transforms: Vec<Transform>) -> Self {
+        Self { transforms: Arc::new(transforms), cache: None, ..self.clone() }
+    }
+
     /// One image through the pipeline.
     fn load(&self, index: usize, epoch: u64) -> Result<Vec<f32>, DataError> {
         let item = &self.items[index];

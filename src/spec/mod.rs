@@ -198,16 +198,13 @@ pub enum Precision {
     Bf16,
 }
 /// How predictions are made (the submission, `ablate predict`, `ablate evaluate`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct PredictConfig {
     /// Test-time augmentation: the softmax outputs of the image and of each listed variant of
-    /// it are averaged (timm's and fastai's TTA). `"hflip"`: the image mirrored left-right.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// it are averaged (timm's and fastai's TTA).
     pub tta: Vec<Tta>,
     /// Validate with the same augmentation (each epoch's val metrics, the best epoch, and
     /// `val_predictions.csv`).
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub validate: bool,
 }
 
@@ -218,12 +215,13 @@ impl PredictConfig {
     }
 }
 
-/// A test-time augmentation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// A test-time variant of an image.
+#[derive(Debug, Clone, PartialEq)]
 pub enum Tta {
     /// The image mirrored left-right (torchvision's `hflip`).
     Hflip,
+    /// The image through another eval pipeline (one that makes the model's input size).
+    Pipeline(Vec<Transform>),
 }
 
 /// What `submission.csv` looks like.

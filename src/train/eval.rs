@@ -1,11 +1,11 @@
 //! Evaluation and prediction: the model in inference mode over a loader's items.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use candle_core::{D, DType, Device, Tensor};
 use candle_nn::ModuleT;
 
 use super::components::Progress;
-use crate::data::loader::Loader;
+use crate::data::loader::{Batch, Batches, Loader};
 use crate::model::Model;
 use crate::spec::Tta;
 use crate::stats::{ClassScore, Confusion};
@@ -42,8 +42,8 @@ pub fn evaluate(
     let (mut loss_sum, mut top5, mut seen) = (0f64, 0usize, 0usize);
     let mut pairs = Vec::with_capacity(order.len());
     let mut classes = 0;
-    for batch in loader.batches(order.to_vec(), 0) {
-        let batch = batch?;
+    for batch in with_views(loader, order.to_vec(), tta) {
+        let (batch, views) = batch?;
         let n = batch.labels.len();
         let x = batch.images.to_device(device)?;
         let y = Tensor::new(batch.labels.as_slice(), device)?;
@@ -51,7 +51,7 @@ pub fn evaluate(
             model.forward_t(&x, false)?
         } else {
             // Log-probabilities: cross-entropy of these is the NLL of the mean probability.
-            mean_probs(model, &x, tta)?.log()?
+            mean_probs(model, &x, &views, tta)?.log()?
         };
         loss_sum += candle_nn::loss::cross_entropy(&logits, &y)?.to_scalar::<f32>()? as f64 * n as f64;
         // The classes as `predict` takes them (argmax), so the best epoch's accuracy is the
@@ -104,15 +104,15 @@ pub fn predict(
 ) -> anyhow::Result<Vec<Predicted>> {
     let bar = progress.bar("predict".into(), order.len().div_ceil(loader.batch_size));
     let mut out = Vec::with_capacity(order.len());
-    for batch in loader.batches(order, 0) {
-        let batch = batch?;
+    for batch in with_views(loader, order, tta) {
+        let (batch, views) = batch?;
         let x = batch.images.to_device(device)?;
         let (classes, probs) = if tta.is_empty() {
             let logits = model.forward_t(&x, false)?;
             let classes = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
             (classes, candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?)
         } else {
-            let mean = mean_probs(model, &x, tta)?;
+            let mean = mean_probs(model, &x, &views, tta)?;
             (mean.argmax(D::Minus1)?.to_vec1::<u32>()?, mean)
         };
         let probs = probs.to_vec2::<f32>()?;
@@ -127,11 +127,40 @@ pub fn predict(
     Ok(out)
 }
 
+/// The batches of `loader` over `order`, each with the images of every pipeline variant in
+/// `tta` (the same images, in the same order, through the other pipelines' own loaders).
+fn with_views<'a>(
+    loader: &Loader,
+    order: Vec<usize>,
+    tta: &'a [Tta],
+) -> impl Iterator<Item = anyhow::Result<(Batch, Vec<Tensor>)>> + 'a {
+    let mut others: Vec<Batches> = tta
+        .iter()
+        .filter_map(|t| match t {
+            Tta::Pipeline(p) => Some(loader.with_transforms(p.clone()).batches(order.clone(), 0)),
+            Tta::Hflip => None,
+        })
+        .collect();
+    loader.batches(order, 0).map(move |batch| {
+        let batch = batch?;
+        let mut views = Vec::with_capacity(others.len());
+        for other in &mut others {
+            let view = other.next().context("a test-time pipeline ran out of images")??;
+            if view.indices != batch.indices {
+                bail!("an image could be read through the eval pipeline but not a test-time one (data.skip_bad)");
+            }
+            views.push(view.images);
+        }
+        Ok((batch, views))
+    })
+}
+
 /// The mean of the softmax outputs over the images `x` and each variant `tta` makes of them
-/// (timm's and fastai's test-time augmentation).
-fn mean_probs(model: &Model, x: &Tensor, tta: &[Tta]) -> candle_core::Result<Tensor> {
+/// (timm's and fastai's test-time augmentation); `views` are the pipeline variants' images.
+fn mean_probs(model: &Model, x: &Tensor, views: &[Tensor], tta: &[Tta]) -> candle_core::Result<Tensor> {
     let probs = |x: &Tensor| candle_nn::ops::softmax_last_dim(&model.forward_t(x, false)?.to_dtype(DType::F32)?);
     let mut sum = probs(x)?;
+    let mut views = views.iter();
     for t in tta {
         let variant = match t {
             Tta::Hflip => {
@@ -139,6 +168,7 @@ fn mean_probs(model: &Model, x: &Tensor, tta: &[Tta]) -> candle_core::Result<Ten
                 let reversed = Tensor::new((0..w as u32).rev().collect::<Vec<_>>(), x.device())?;
                 x.index_select(&reversed, 3)?
             }
+            Tta::Pipeline(_) => views.next().expect("one view per pipeline").to_device(x.device())?,
         };
         sum = (sum + probs(&variant)?)?;
     }

@@ -206,9 +206,11 @@ impl Learner<'_> {
         let whole = self.spec.train.accumulate == 1 || group_images == n;
         let loss = if whole { loss } else { (loss * (n as f64 / group_images as f64))? };
         let mut grads = loss.backward()?;
-        for (name, var) in self.model.params() {
-            if self.model.is_frozen(&name) {
-                grads.remove(&var);
+        if self.model.has_frozen() {
+            for (name, var) in self.model.params() {
+                if self.model.is_frozen(&name) {
+                    grads.remove(&var);
+                }
             }
         }
         *pending = Some(match pending.take() {

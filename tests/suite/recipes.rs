@@ -374,3 +374,41 @@ fn validation_with_tta_scores_the_averaged_predictions() {
     let acc = rows.iter().filter(|(l, p)| l == p).count() as f64 / rows.len() as f64;
     assert!((acc - best).abs() < 1e-12, "val_predictions.csv scores {acc}, the best epoch {best}");
 }
+
+/// `predict.tta` with an eval pipeline: each image's probabilities are the mean of the model's
+/// through the eval transforms and through the listed pipeline (here a 20x20 resize cropped to
+/// 16x16). Without a hold-out every run keeps the same weights, so the runs that evaluate
+/// through either pipeline alone give the two terms.
+#[test]
+fn pipeline_tta_averages_the_eval_pipeline_and_the_listed_one() {
+    use crate::common::{color_folder, experiment, only_run, run_in};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 6, 5, 11);
+    let exp = experiment(tmp.path(), &data, 2);
+    let other = "[{ resize = [20, 20] }, { center_crop = [16, 16] }, { normalize = \"imagenet\" }]";
+    let common = ["--set", "submission.probs=true", "--set", "data.val_fraction=0.0"];
+    let (plain, through, tta) = (tmp.path().join("plain"), tmp.path().join("through"), tmp.path().join("tta"));
+    run_in(&exp, &plain).args(common).assert().success();
+    run_in(&exp, &through).args(common).args(["--set", &format!("transforms.eval={other}")]).assert().success();
+    run_in(&exp, &tta).args(common).args(["--set", &format!("predict.tta=[{other}]")]).assert().success();
+    let probs = |run: &std::path::Path| -> Vec<Vec<f64>> {
+        let text = std::fs::read_to_string(only_run(run).join("submission.csv")).unwrap();
+        text.lines().skip(1).map(|l| l.split(',').skip(2).map(|p| p.parse().unwrap()).collect()).collect()
+    };
+    let (a, b, t) = (probs(&plain), probs(&through), probs(&tta));
+    assert!(a.iter().zip(&b).any(|(x, y)| (x[0] - y[0]).abs() > 1e-4), "the other pipeline changes the outputs");
+    for ((a, b), t) in a.iter().zip(&b).zip(&t) {
+        for ((x, y), m) in a.iter().zip(b).zip(t) {
+            assert!((m - (x + y) / 2.0).abs() < 1e-6, "{m} is not the mean of {x} and {y}");
+        }
+    }
+    // A pipeline that does not make the model's input is refused before training.
+    let bad = tmp.path().join("bad");
+    run_in(&exp, &bad).args(["--set", "predict.tta=[[{ resize = [20, 20] }]]"]).assert().failure().stderr(
+        predicates::prelude::PredicateBooleanExt::and(
+            predicates::str::contains("predict.tta.0"),
+            predicates::str::contains("must end at the model's input, 16x16"),
+        ),
+    );
+}
