@@ -220,7 +220,7 @@ pub fn markdown(title: &str, groups: &[Aggregate]) -> String {
         }
     }
     for baseline in baselines {
-        s.push_str(&format!("\n## Against the baseline {baseline}: best validation accuracy\n\n"));
+        s.push_str(&format!("\n## Against the baseline, `{baseline}`: best validation accuracy\n\n"));
         for g in groups {
             if let Some((b, c)) = g.versus.as_ref().filter(|(b, _)| b == baseline) {
                 s.push_str(&format!("- {} vs {b}: {}\n", g.variant, sentence(c)));

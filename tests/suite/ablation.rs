@@ -113,7 +113,7 @@ fn the_baseline_is_named_in_the_sweep_and_checked() {
     let runs = tmp.path().join("runs");
     run_in(&exp, &runs).assert().success();
     let md = std::fs::read_to_string(only_run(&runs).join("summary.md")).unwrap();
-    assert!(md.contains("## Against the baseline width=4") && md.contains("- width=2 vs width=4: "), "{md}");
+    assert!(md.contains("## Against the baseline, `width=4`") && md.contains("- width=2 vs width=4: "), "{md}");
     let text = std::fs::read_to_string(&exp).unwrap();
     std::fs::write(&exp, text.replace("baseline = \"width=4\"", "baseline = \"width=8\"")).unwrap();
     run_in(&exp, &tmp.path().join("bad"))
