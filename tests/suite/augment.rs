@@ -7,6 +7,8 @@ use ablate::augment;
 use rand::SeedableRng;
 use serde_json::{Value, json};
 
+use crate::common::{floats, max_err};
+
 fn rng(seed: u64) -> rand_chacha::ChaCha8Rng {
     rand_chacha::ChaCha8Rng::seed_from_u64(seed)
 }
@@ -17,15 +19,6 @@ fn test_image(h: u32, w: u32) -> image::RgbImage {
         let v = |k: u32| ((x * 37 + y * 91 + k * 53) % 256) as u8 / 2 + ((x * y + k) % 7 * 18) as u8;
         if (x + y) % 11 == 0 { image::Rgb([v(0); 3]) } else { image::Rgb([v(0), v(1), v(2)]) }
     })
-}
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
 }
 
 const COLOUR: &str = r#"

@@ -151,3 +151,14 @@ pub fn python_json_with(python: &str, script: &str, input: &serde_json::Value) -
     assert!(out.status.success(), "the Python reference failed (apt-get install python3-torch python3-scipy)");
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// A JSON list of numbers (a Python reference's output).
+pub fn floats(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+}
+
+/// The largest absolute difference of two equally long lists.
+pub fn max_err(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}

@@ -7,14 +7,7 @@ use candle_core::{Device, Tensor, Var};
 use rand::SeedableRng;
 use serde_json::{Value, json};
 
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
-}
-
-fn max_err(a: &[f64], b: &[f64]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
-}
+use crate::common::{floats, max_err};
 
 fn values(t: &Tensor) -> Vec<f64> {
     t.flatten_all().unwrap().to_vec1::<f32>().unwrap().iter().map(|&v| v as f64).collect()
