@@ -11,6 +11,7 @@ use crate::data::loader::{ImageCache, Loader};
 use crate::device::{self, DeviceChoice};
 use crate::model::Model;
 use crate::output::evaluation::{self, Mistake};
+use crate::output::kernel_plan;
 use crate::output::log::RunLog;
 use crate::output::predictions::{self, ValPrediction};
 use crate::output::run_folder::VariantFolder;
@@ -107,10 +108,15 @@ pub fn train(
     notice.into_iter().for_each(|n| log.info(n));
     if device.is_cpu() {
         log.info(format!("CPU threads: {}", rayon::current_num_threads()));
+        log.info(kernel_plan::pin_variant(folder.path(), folder.run())?);
     }
     log.info(format!("model ({}x{} input):\n{}", spec.input_hw.0, spec.input_hw.1, model.summary()));
     import.into_iter().for_each(|r| log.info(r));
     let result = train_logged(plan, folder, &model, device, &log, env, attempt);
+    // The last passes planned (the test images' last batch) are recorded too.
+    let recorded = kernel_plan::save(folder.path());
+    recorded.as_ref().ok().into_iter().flatten().for_each(|line| log.info(line));
+    let result = recorded.and(result);
     if let Err(e) = &result {
         log.info(format!("error: {e:#}"));
     }

@@ -89,6 +89,7 @@ fn request(what: &cli::Experiments) -> anyhow::Result<Request> {
 }
 
 fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
+    ablate::configure_kernel_tuning()?;
     match command {
         Command::Run { what, device, runs_dir, fail_fast, shard, run_id, testing } => {
             let (shard, run_id) =

@@ -88,6 +88,26 @@ pub fn with_cap<R>(cap: Level, f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The CPU's model as the OS reports it (`/proc/cpuinfo`'s model name, family, model and
+/// stepping on Linux; the architecture elsewhere): what kernel timings are kept under, since
+/// they hold for one microarchitecture.
+pub fn cpu_model() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim() == name).map(|(_, v)| v.trim().to_string()))
+    };
+    match field("model name") {
+        Some(name) => format!(
+            "{name} (family {}, model {}, stepping {})",
+            field("cpu family").unwrap_or_default(),
+            field("model").unwrap_or_default(),
+            field("stepping").unwrap_or_default()
+        ),
+        None => std::env::consts::ARCH.to_string(),
+    }
+}
+
 /// The levels this CPU runs, narrowest first: what a test can force.
 pub fn available() -> Vec<Level> {
     Level::ALL.into_iter().filter(|&l| l <= Isa::detected().level()).collect()

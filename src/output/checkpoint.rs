@@ -28,6 +28,8 @@ pub fn load(model: &Model, path: &Path) -> anyhow::Result<()> {
 /// a resume reads only what `CURRENT` names, verified against its hashes.
 pub struct CheckpointDir {
     dir: PathBuf,
+    /// The variant folder, whose `kernels.json` records the kernel plan (none: not recorded).
+    plan_dir: Option<PathBuf>,
     /// Whether a committed state is to be continued (a resume) or ignored (a fresh start).
     resume: bool,
 }
@@ -72,7 +74,7 @@ impl CheckpointDir {
     /// kill interrupted are removed, and the views are made to match `CURRENT`.
     pub fn open(dir: PathBuf, resume: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let this = Self { dir, resume };
+        let this = Self { dir, resume, plan_dir: None };
         let current = this.current()?;
         for entry in std::fs::read_dir(&this.dir).with_context(|| format!("cannot list {}", this.dir.display()))? {
             let path = entry?.path();
@@ -90,7 +92,7 @@ impl CheckpointDir {
 
     /// `dir` as it is, to read weights from.
     pub fn reader(dir: PathBuf) -> Self {
-        Self { dir, resume: false }
+        Self { dir, resume: false, plan_dir: None }
     }
 
     /// Loads the current commit's `best` or `last` weights into `model`, verified (hash and
@@ -198,7 +200,21 @@ fn check_finite(tensors: &HashMap<String, Tensor>, source: &Path) -> anyhow::Res
     Ok(())
 }
 
+impl CheckpointDir {
+    /// Records the kernel plan in the variant folder `dir` ([`super::kernel_plan`]).
+    pub fn with_kernel_plan(self, dir: &Path) -> Self {
+        Self { plan_dir: Some(dir.to_path_buf()), ..self }
+    }
+}
+
 impl Checkpointer for CheckpointDir {
+    fn record_kernel_plan(&mut self) -> anyhow::Result<Option<String>> {
+        match &self.plan_dir {
+            Some(dir) => super::kernel_plan::save(dir),
+            None => Ok(None),
+        }
+    }
+
     fn committed(&self) -> anyhow::Result<Option<TrainState>> {
         if !self.resume {
             return Ok(None);

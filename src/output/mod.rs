@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod crash;
 pub mod evaluation;
 pub mod hparams;
+pub mod kernel_plan;
 pub mod log;
 pub mod plot;
 pub mod predictions;

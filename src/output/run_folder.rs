@@ -132,12 +132,15 @@ impl RunFolder {
         let dir = if name == "." { self.root.clone() } else { self.root.join(name) };
         // Inside this run's folder: nothing else's to overwrite.
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(VariantFolder { dir })
+        Ok(VariantFolder { dir, run: self.root.clone() })
     }
 
     /// The variant's folder as it is, for reading (a resume).
     pub fn existing_variant(&self, name: &str) -> VariantFolder {
-        VariantFolder { dir: if name == "." { self.root.clone() } else { self.root.join(name) } }
+        VariantFolder {
+            dir: if name == "." { self.root.clone() } else { self.root.join(name) },
+            run: self.root.clone(),
+        }
     }
 
     pub fn summary_csv(&self) -> PathBuf {
@@ -185,11 +188,17 @@ impl RunLock {
 #[derive(Debug, Clone)]
 pub struct VariantFolder {
     dir: PathBuf,
+    /// The run folder (`dir` itself for a run of one variant).
+    run: PathBuf,
 }
 
 impl VariantFolder {
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+    /// The run folder the variant belongs to.
+    pub fn run(&self) -> &Path {
+        &self.run
     }
     pub fn config(&self) -> PathBuf {
         self.dir.join("config.toml")
@@ -248,8 +257,9 @@ impl VariantFolder {
     }
 
     /// The learner's checkpointer on `checkpoints/`; `resume` continues what it holds.
+    /// The variant's checkpoints, recording the kernel plan in the run folder.
     pub fn checkpointer(&self, resume: bool) -> anyhow::Result<CheckpointDir> {
-        CheckpointDir::open(self.checkpoints_dir(), resume)
+        Ok(CheckpointDir::open(self.checkpoints_dir(), resume)?.with_kernel_plan(self.path()))
     }
 }
 

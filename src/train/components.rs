@@ -90,6 +90,13 @@ pub trait Checkpointer {
         best: bool,
         ema: Option<&HashMap<String, Tensor>>,
     ) -> anyhow::Result<()>;
+    /// Records the convolution kernel plan (`ops::conv::tune`) where the run keeps it, when
+    /// it grew; the learner calls it after every step and before every commit, so nothing
+    /// committed was computed with a plan the run folder does not hold. Returns a line for
+    /// the log when kernels were timed.
+    fn record_kernel_plan(&mut self) -> anyhow::Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// Lines and progress bars for whoever watches.

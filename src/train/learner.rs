@@ -152,6 +152,7 @@ impl Learner<'_> {
         let mut pending = None;
         for batch in data.train.batches(order, epoch as u64) {
             let loss = self.step(batch?, epoch, st, w, data, &mut pending)?;
+            self.record_kernel_plan()?;
             bar.step(Some(format!(
                 "loss {:.4} acc {:.3}",
                 st.loss_sum / st.seen as f64,
@@ -165,6 +166,7 @@ impl Learner<'_> {
                 bar.finish();
                 st.elapsed_secs = elapsed_before + started.elapsed().as_secs_f64();
                 st.dropout_word_pos = self.model.dropout_word_pos().to_string();
+                self.record_kernel_plan()?;
                 self.checkpointer.commit(self.model, &w.opt, st, false, w.average().as_ref())?;
                 return Err(Interrupted { epoch, batches_done: st.batches_done }.into());
             }
@@ -236,6 +238,14 @@ impl Learner<'_> {
         Ok(loss_value)
     }
 
+    /// Has the checkpointer record the kernel plan if it grew, logging what was timed.
+    fn record_kernel_plan(&mut self) -> anyhow::Result<()> {
+        if let Some(line) = self.checkpointer.record_kernel_plan()? {
+            self.progress.info(&line);
+        }
+        Ok(())
+    }
+
     /// For the epoch's batch `b` (0-based): the images of its accumulation group, and whether
     /// it is the group's last batch.
     fn group(&self, b: usize, data: &Splits) -> (usize, bool) {
@@ -296,6 +306,7 @@ impl Learner<'_> {
             st.best_epoch = epoch;
         }
         *st = st.next_epoch(epoch, self.model.dropout_word_pos());
+        self.record_kernel_plan()?;
         self.checkpointer
             .commit(self.model, &w.opt, st, improved, w.average().as_ref())
             .context("committing the epoch's checkpoint")?;

@@ -72,7 +72,16 @@ epochs = {epochs}
 
 /// The `ablate` binary built by cargo for these tests.
 pub fn ablate() -> assert_cmd::Command {
-    assert_cmd::Command::cargo_bin("ablate").unwrap()
+    let mut cmd = assert_cmd::Command::cargo_bin("ablate").unwrap();
+    cmd.envs(kernel_env());
+    cmd
+}
+
+/// The kernel-plan environment tests run `ablate` in: the built-in ladder, so that runs a
+/// test compares use one plan whatever the timings (tests/suite/tuning.rs turns tuning on),
+/// and never the user's own cache.
+pub fn kernel_env() -> [(&'static str, std::ffi::OsString); 2] {
+    [("ABLATE_TUNE", "off".into()), ("XDG_CACHE_HOME", std::env::temp_dir().join("ablate-tests-no-cache").into())]
 }
 
 /// The single run folder under `runs`.

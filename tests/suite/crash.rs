@@ -36,8 +36,14 @@ const SET: [&str; 12] = [
     "train.lr_schedule={ kind = \"plateau\", monitor = \"train/loss\", patience = 0, threshold = 0.3 }",
 ];
 
+/// `ablate` with kernels planned by timing, as users run it, and a cache of this test's own:
+/// the reference run times each pass once, every later run reuses its choices (so all runs
+/// use one plan), and each resume must take the plan its run recorded.
 fn bin() -> Command {
-    Command::new(assert_cmd::cargo::cargo_bin("ablate"))
+    let mut c = Command::new(assert_cmd::cargo::cargo_bin("ablate"));
+    c.env("ABLATE_TUNE", "on")
+        .env("XDG_CACHE_HOME", std::env::temp_dir().join(format!("ablate-crash-cache-{}", std::process::id())));
+    c
 }
 
 fn run_cmd(exp: &Path, runs: &Path) -> Command {

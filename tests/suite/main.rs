@@ -20,4 +20,5 @@ mod stateful;
 mod stats;
 mod sweep;
 mod tensorboard;
+mod tuning;
 mod weights;

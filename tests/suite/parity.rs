@@ -7,13 +7,15 @@
 //! Every convolution case runs through every algorithm of the kernel plan that can take it
 //! and, for ablate's own SIMD kernels, every build this CPU has; each run asserts which
 //! algorithm and build actually ran, and the table must exercise every (algorithm, pass) pair
-//! the plan has.
+//! the plan has. The plan timing picks (`ABLATE_TUNE=on`, the default) runs too, and must
+//! equal, bit for bit, the algorithms it chose run forced.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use ablate::ops::conv::plan::{self, Algo, Pass};
+use ablate::ops::conv::tune::{self, Mode};
 use ablate::ops::conv::{ConvParams, conv2d};
 use ablate::ops::isa::{self, Isa, Level};
 use ablate::ops::pool::{PoolKind, PoolParams, pool2d};
@@ -178,6 +180,11 @@ fn convolutions_match_pytorch_on_every_algorithm_and_build() {
         }
         compare(&refs, case, &format!("{geometry} planned"), &outputs, &mut rows);
 
+        // The plan timing makes: every pass by a measured candidate.
+        let (tuned, tuned_ran) = tune::with_mode(Mode::On, || plan::record(run));
+        compare(&refs, case, &format!("{geometry} tuned"), &tuned, &mut rows);
+        let mut forced_outputs = HashMap::new();
+
         // Every other algorithm and build that can take it.
         for algo in Algo::ALL {
             for level in levels_for(algo) {
@@ -196,7 +203,17 @@ fn convolutions_match_pytorch_on_every_algorithm_and_build() {
                     }
                 }
                 compare(&refs, case, &format!("{geometry} {algo:?} {level:?}"), &outputs, &mut rows);
+                if level == Isa::detected().level() {
+                    forced_outputs.insert(algo, (outputs, supported));
+                }
             }
+        }
+        for (i, (r, (name, t))) in tuned_ran.iter().zip(&tuned).enumerate() {
+            let (forced, supported) = &forced_outputs[&r.algo];
+            assert!(supported[i], "{geometry}: the tuned plan ran {:?} for {name}, which cannot run it", r.algo);
+            let same = t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                == forced[i].1.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            assert!(same, "{geometry}: {name} of the tuned plan ({:?}) differs from {:?} forced", r.algo, r.algo);
         }
     }
     report("convolutions", &rows);

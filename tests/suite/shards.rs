@@ -32,7 +32,7 @@ fn two_shards_in_parallel_fill_one_run_folder_and_one_summary() {
     // shard from the Slurm variables, shard 0 from the command line.
     let spawn = |shard: Option<&str>| {
         let mut c = Command::new(&bin);
-        c.arg("run").arg(&exp).arg("--runs-dir").arg(&runs);
+        c.arg("run").arg(&exp).arg("--runs-dir").arg(&runs).envs(crate::common::kernel_env());
         for k in ["SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_JOB_ID"] {
             c.env_remove(k);
         }

@@ -89,16 +89,16 @@ impl Dims {
     }
 }
 
-/// Output maps smaller than this (pixels) stay with im2col + GEMM: on ResNet18's 7x7 stage
-/// the grid's padded columns and tile rounding waste a third of these kernels' work
-/// (measured there: 12 + 36 ms against 12 + 24 ms per conv); from 14x14 up they win.
+/// Output maps smaller than this (pixels) stay with im2col + GEMM on the ladder: on ResNet18's
+/// 7x7 stage the grid's padded columns and tile rounding waste a third of these kernels' work
+/// (measured on a Zen 5: 12 + 36 ms against 12 + 24 ms per conv); from 14x14 up they win.
+/// Tuning times them on every map.
 const MIN_PIXELS: usize = 100;
 
-/// Whether these kernels take the convolution's forward and weight gradient: stride 1 or 2,
-/// dilation 1, a real window, channel counts per group in whole vectors, padding no wider
-/// than the window and a map of at least [`MIN_PIXELS`] (the plan also asks for an AVX-512
-/// CPU, which the kernels take as proof). The input gradient, [`input_grad`], takes stride 1
-/// only.
+/// Whether these kernels can take the convolution's forward and weight gradient: stride 1 or
+/// 2, dilation 1, a real window, channel counts per group in whole vectors and padding no
+/// wider than the window (the plan also asks for an AVX-512 CPU, which the kernels take as
+/// proof). The input gradient, [`input_grad`], takes stride 1 only.
 pub(super) fn applies(dilation: usize, d: &Dims) -> bool {
     matches!(d.stride, 1 | 2)
         && dilation == 1
@@ -107,7 +107,11 @@ pub(super) fn applies(dilation: usize, d: &Dims) -> bool {
         && d.og.is_multiple_of(16)
         && d.ph < d.kh
         && d.pw < d.kw
-        && d.oh() * d.ow() >= MIN_PIXELS
+}
+
+/// Whether the ladder picks these kernels where they apply: maps of at least [`MIN_PIXELS`].
+pub(super) fn worthwhile(d: &Dims) -> bool {
+    d.oh() * d.ow() >= MIN_PIXELS
 }
 
 /// A batch of zero-padded planes, each split into its `s x s` stride phases: per sample and

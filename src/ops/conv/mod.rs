@@ -10,6 +10,7 @@ mod direct;
 mod gemm;
 mod implicit;
 pub mod plan;
+pub mod tune;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -108,9 +109,9 @@ impl Geometry {
     }
 }
 
-/// Forward by the planned kernel: `out (n, o, oh, ow)`.
-fn forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
-    match plan(Pass::Forward, g) {
+/// Forward by `k`: `out (n, o, oh, ow)`.
+fn forward_by(k: Kernel, x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    match k {
         Kernel::Implicit(cpu, d) => implicit::forward(cpu, x, wt, &d),
         Kernel::Direct(isa, d) => {
             let mut out = vec![0f32; g.n * g.out_len()];
@@ -124,9 +125,9 @@ fn forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     }
 }
 
-/// Input gradient by the planned kernel: `dx (n, c, h, w)`.
-fn input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
-    match plan(Pass::InputGrad, g) {
+/// Input gradient by `k`: `dx (n, c, h, w)`.
+fn input_grad_by(k: Kernel, dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
+    match k {
         Kernel::Implicit(cpu, d) => implicit::input_grad(cpu, dy, wt, &d),
         Kernel::Direct(isa, d) => {
             let mut dx = vec![0f32; g.n * g.in_len()];
@@ -144,9 +145,9 @@ fn input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     }
 }
 
-/// Weight gradient by the planned kernel: `dw (o, c / groups, kh, kw)`.
-fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
-    match plan(Pass::WeightGrad, g) {
+/// Weight gradient by `k`: `dw (o, c / groups, kh, kw)`.
+fn weight_grad_by(k: Kernel, x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    match k {
         Kernel::Implicit(cpu, d) => implicit::weight_grad(cpu, x, dy, &d),
         Kernel::Direct(isa, d) => gemm::sum_over_samples(g, g.o * g.k(), |slice, dw| {
             for &n in slice {
@@ -173,7 +174,7 @@ impl CustomOp2 for Conv2d {
         let g = Geometry::new(l1.shape(), l2.shape(), self.0)?;
         let x = f32_slice(self.name(), s1, l1)?;
         let wt = f32_slice(self.name(), s2, l2)?;
-        let out = forward(x, wt, &g);
+        let out = forward_by(plan(Pass::Forward, &g), x, wt, &g);
         Ok((CpuStorage::F32(out), Shape::from((g.n, g.o, g.oh, g.ow))))
     }
 
@@ -205,7 +206,7 @@ impl CustomOp2 for ConvInputGrad {
         let g = Geometry::new(&self.x_shape, l2.shape(), self.params)?;
         let dy = f32_slice(self.name(), s1, l1)?;
         let wt = f32_slice(self.name(), s2, l2)?;
-        Ok((CpuStorage::F32(input_grad(dy, wt, &g)), self.x_shape.clone()))
+        Ok((CpuStorage::F32(input_grad_by(plan(Pass::InputGrad, &g), dy, wt, &g)), self.x_shape.clone()))
     }
 }
 
@@ -224,7 +225,7 @@ impl CustomOp2 for ConvWeightGrad {
         let g = Geometry::new(l1.shape(), &self.w_shape, self.params)?;
         let x = f32_slice(self.name(), s1, l1)?;
         let dy = f32_slice(self.name(), s2, l2)?;
-        Ok((CpuStorage::F32(weight_grad(x, dy, &g)), self.w_shape.clone()))
+        Ok((CpuStorage::F32(weight_grad_by(plan(Pass::WeightGrad, &g), x, dy, &g)), self.w_shape.clone()))
     }
 }
 

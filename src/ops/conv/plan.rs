@@ -9,6 +9,9 @@
 //! 3. [`Algo::Batched`]: im2col + one GEMM over the whole batch, for maps under
 //!    [`BATCH_BELOW`] pixels;
 //! 4. [`Algo::PerSample`]: im2col + one GEMM per sample, parallel over the batch.
+//!
+//! With tuning on (`ABLATE_TUNE`, [`super::tune`]), the ladder is only the default: every
+//! algorithm that can run a pass is a [`candidate`], and the measured fastest runs.
 
 use std::cell::{Cell, RefCell};
 
@@ -16,7 +19,8 @@ use super::{Geometry, direct, implicit};
 use crate::ops::isa::{Avx512, Isa, Level};
 
 /// A convolution algorithm (see the module docs for when each runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Algo {
     Implicit,
     Direct,
@@ -26,6 +30,16 @@ pub enum Algo {
 
 impl Algo {
     pub const ALL: [Algo; 4] = [Algo::Implicit, Algo::Direct, Algo::Batched, Algo::PerSample];
+
+    /// The name in plan files and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Implicit => "implicit",
+            Algo::Direct => "direct",
+            Algo::Batched => "batched",
+            Algo::PerSample => "per_sample",
+        }
+    }
 }
 
 /// One of a convolution's three computations.
@@ -62,8 +76,17 @@ impl Kernel {
     }
 }
 
-/// `algo` for `pass` of `g` on `isa`, if it can run it.
+/// `algo` for `pass` of `g` on `isa`, if the ladder lets it run it.
 fn kernel(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Option<Kernel> {
+    match algo {
+        Algo::Implicit if !implicit::worthwhile(&g.implicit()?) => None,
+        _ => candidate(algo, pass, g, isa),
+    }
+}
+
+/// `algo` for `pass` of `g` on `isa`, if it can run it at all: what tuning times (the ladder
+/// also leaves out the implicit kernels on small maps, [`implicit::worthwhile`]).
+pub(super) fn candidate(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Option<Kernel> {
     match algo {
         Algo::Implicit => {
             let d = g.implicit()?;
@@ -79,7 +102,7 @@ fn kernel(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Option<Kernel> {
 }
 
 /// What the ladder picks for `pass` of `g` on `isa`.
-fn choose(pass: Pass, g: &Geometry, isa: Isa) -> Kernel {
+pub(super) fn choose(pass: Pass, g: &Geometry, isa: Isa) -> Kernel {
     let batched = g.l() < BATCH_BELOW && g.n > 1;
     kernel(Algo::Implicit, pass, g, isa).or_else(|| kernel(Algo::Direct, pass, g, isa)).unwrap_or(if batched {
         Kernel::Batched
@@ -103,11 +126,14 @@ thread_local! {
 }
 
 /// The kernel for `pass` of `g`, on this thread's SIMD level: the algorithm [`with_forced`]
-/// asks for where it can run this pass, else the ladder's choice.
+/// asks for where it can run this pass, else the tuned plan's ([`super::tune`]), else the
+/// ladder's choice.
 pub(super) fn plan(pass: Pass, g: &Geometry) -> Kernel {
     let isa = Isa::current();
-    let forced = FORCED.with(Cell::get).and_then(|algo| kernel(algo, pass, g, isa));
-    let k = forced.unwrap_or_else(|| choose(pass, g, isa));
+    let forced = FORCED.with(Cell::get).and_then(|algo| candidate(algo, pass, g, isa));
+    let k = forced
+        .or_else(|| super::tune::planned(pass, g, isa, || choose(pass, g, isa)))
+        .unwrap_or_else(|| choose(pass, g, isa));
     RECORD.with(|r| {
         if let Some(v) = r.borrow_mut().as_mut() {
             v.push(Ran { pass, algo: k.algo(), level: isa.level() });
@@ -127,7 +153,7 @@ pub fn ladder(pass: Pass, x: &[usize], w: &[usize], p: super::ConvParams) -> Opt
 /// SIMD level.
 pub fn supports(algo: Algo, pass: Pass, x: &[usize], w: &[usize], p: super::ConvParams) -> bool {
     let Ok(g) = Geometry::new(&x.into(), &w.into(), p) else { return false };
-    kernel(algo, pass, &g, Isa::current()).is_some()
+    candidate(algo, pass, &g, Isa::current()).is_some()
 }
 
 /// Runs `f` with every convolution pass on this thread that `algo` can run using it (ops run
