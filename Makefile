@@ -10,7 +10,7 @@ BIN := target/release/ablate
 VENV := .venv
 SETS := $(foreach s,$(SET),--set $(s))
 
-.PHONY: build exp sweep check test parity torch lint bench tensorboard demo-data clean-venv check-cuda build-cuda gpu-check slurm-test
+.PHONY: build exp sweep check test parity torch lint bench bench-avx2 tensorboard demo-data clean-venv check-cuda build-cuda gpu-check slurm-test
 
 build:
 	$(CARGO) build --release $(FEATURES)
@@ -81,6 +81,11 @@ lint:
 bench:
 	$(CARGO) build --release --example bench
 	/usr/bin/python3 bench/run.py $(BENCH_ARGS)
+
+# The same on the AVX2 build against PyTorch capped at AVX2: what a CPU without AVX-512 gets.
+bench-avx2:
+	CARGO_TARGET_DIR=target/avx2 $(CARGO) build --release --example bench --no-default-features
+	/usr/bin/python3 bench/run.py --isa avx2 $(BENCH_ARGS)
 
 # CUDA without a GPU: type-check with --features cuda (CUDA 13.4 from NVIDIA's PyPI wheels into
 # .cuda-venv; about 10 minutes the first time), or build binaries for a GPU machine

@@ -29,6 +29,20 @@ def peak_rss_mb():
     return float("nan")
 
 
+def aten_isa():
+    """ATen's CPU capability (its own vectorised kernels; `ATEN_CPU_CAPABILITY` lowers it)."""
+    for line in torch.__config__.show().splitlines():
+        if "CPU capability usage:" in line:
+            return line.split(":", 1)[1].strip().lower()
+    return "unknown"
+
+
+def timed(f):
+    t0 = time.perf_counter()
+    f()
+    return time.perf_counter() - t0
+
+
 def lenet():
     return nn.Sequential(
         nn.Conv2d(3, 6, 5), nn.MaxPool2d(2), nn.ReLU(),
@@ -130,6 +144,12 @@ def main():
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 5
     if workload == "convs":
         return convs(16, steps)
+    if workload == "peak":
+        # torch.mm of the size examples/bench.rs's `peak` multiplies (OpenBLAS here).
+        a, b = torch.rand(2048, 2048), torch.rand(2048, 2048)
+        best = min(timed(lambda: torch.mm(a, b)) for _ in range(steps + 1))
+        print(json.dumps({"framework": "pytorch", "workload": "peak", "gflops": round(2 * 2048 ** 3 / best / 1e9, 1), "isa": aten_isa()}))
+        return
     if workload == "lenet":
         s = train_steps(lenet(), (64, 3, 256, 256), 2, steps)
         img, ms = 64 / s, s * 1e3
@@ -145,7 +165,7 @@ def main():
     else:
         sys.exit(f"unknown workload {workload}")
     print(json.dumps({"framework": "pytorch", "workload": workload, "img_per_s": round(img, 2),
-                      "ms_per_step": round(ms, 1), "peak_rss_mb": round(peak_rss_mb())}))
+                      "ms_per_step": round(ms, 1), "peak_rss_mb": round(peak_rss_mb()), "isa": aten_isa()}))
 
 
 if __name__ == "__main__":

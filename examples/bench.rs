@@ -7,6 +7,12 @@
 //! 3-block bottleneck stage, 256 channels at 32x32, 3x3 width 128 in G groups, batch 32), and
 //! `data` (decode + resize to 256x256 + normalise 2,000 JPEGs of 500x375).
 //!
+//! `peak`: the `gemm` crate's f32 matrix product (2048 x 2048 x 2048) on all threads, in
+//! GFLOP/s: the ceiling ablate's convolutions are measured against.
+//!
+//! Convolutions are planned as in `ablate run` (`ABLATE_TUNE`, on by default: timed in the
+//! warm-up steps the first time, then from the machine's cache).
+//!
 //! Options (the GPU check, bench/gpu-check.sh): `--device cuda:0`, `--batch N`, `--bf16`, and
 //! the workload `agree`: ResNet18's forward pass on the CPU and on `--device` with the same
 //! weights and batch, printing the largest difference (exit status 1 above 1e-3).
@@ -37,7 +43,7 @@ fn root() -> PathBuf {
 /// One benchmark run.
 #[derive(Debug, clap::Parser)]
 struct Opts {
-    /// lenet | resnet18 | resnext_g<G> | data | agree | convs[:<filter>]
+    /// lenet | resnet18 | resnext_g<G> | data | data_aug | peak | agree | convs[:<filter>]
     workload: String,
     /// Timed steps (after two warm-up steps).
     #[arg(default_value_t = 5)]
@@ -153,6 +159,75 @@ const RESNET18_CONVS: [ConvShape; 11] = [
     ("l4 3x3", 512, 512, 3, 1, 1, 7, 3, true),
     ("l4 1x1/2", 256, 512, 1, 2, 0, 14, 1, true),
 ];
+
+/// Floating-point operations of one ResNet18 training image at 224x224 in its convolutions
+/// (forward, weight gradient, and input gradient but for the stem): the numerator of its
+/// share of the GEMM peak.
+fn resnet18_train_gflop_per_img() -> f64 {
+    let flops: usize = RESNET18_CONVS
+        .iter()
+        .map(|&(_, c, o, k, s, p, hw, count, dgrad)| {
+            let oh = (hw + 2 * p - k) / s + 1;
+            2 * count * o * oh * oh * c * k * k * if dgrad { 3 } else { 2 }
+        })
+        .sum();
+    flops as f64 / 1e9
+}
+
+/// GFLOP/s of the `gemm` crate's best of `runs` square f32 products of side `n` on all
+/// threads.
+fn gemm_peak(n: usize, runs: usize) -> f64 {
+    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0f32; n * n];
+    let mut best = f64::INFINITY;
+    for _ in 0..runs + 1 {
+        let t0 = Instant::now();
+        // SAFETY: a, b and c are n x n, row-major, and c is borrowed uniquely.
+        unsafe {
+            gemm::gemm(
+                n,
+                n,
+                n,
+                c.as_mut_ptr(),
+                1,
+                n as isize,
+                false,
+                a.as_ptr(),
+                1,
+                n as isize,
+                b.as_ptr(),
+                1,
+                n as isize,
+                0.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::Rayon(0),
+            );
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+    }
+    std::hint::black_box(&c);
+    2.0 * (n as f64).powi(3) / best / 1e9
+}
+
+/// The SIMD builds this binary runs: ablate's own kernels and the `gemm` crate's.
+fn isa_fields() -> String {
+    let ours = format!("{:?}", ablate::ops::isa::Isa::detected().level()).to_lowercase();
+    #[cfg(target_arch = "x86_64")]
+    let gemm = if cfg!(feature = "avx512") && std::arch::is_x86_feature_detected!("avx512f") {
+        "avx512"
+    } else if std::arch::is_x86_feature_detected!("avx2") {
+        "avx2"
+    } else {
+        "baseline"
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let gemm = "baseline";
+    format!("\"isa\": \"{ours}\", \"gemm_isa\": \"{gemm}\"")
+}
 
 /// Per-layer timing of ResNet18's convolutions (forward, and backward through candle's
 /// autograd: weight gradient, plus the input gradient where the network needs one), median
@@ -289,6 +364,7 @@ fn data_pipeline(augment: bool) -> anyhow::Result<(f64, usize)> {
 
 fn main() -> anyhow::Result<()> {
     ablate::keep_freed_memory();
+    ablate::configure_kernel_tuning()?;
     let opts = <Opts as clap::Parser>::parse();
     let (workload, steps) = (opts.workload.as_str(), opts.steps);
     let dev = ablate::open_device(opts.device)?.0;
@@ -305,6 +381,11 @@ fn main() -> anyhow::Result<()> {
             if worst > 1e-3 {
                 bail!("CPU and {:?} disagree: relative difference {worst:.3e} > 1e-3", dev.location());
             }
+            return Ok(());
+        }
+        "peak" => {
+            let gflops = gemm_peak(2048, steps);
+            println!("{{\"framework\": \"ablate\", \"workload\": \"peak\", \"gflops\": {gflops:.1}, {}}}", isa_fields());
             return Ok(());
         }
         w if w.starts_with("convs") => {
@@ -335,9 +416,11 @@ fn main() -> anyhow::Result<()> {
         }
         other => bail!("unknown workload {other}"),
     };
+    let gflop = if workload == "resnet18" { resnet18_train_gflop_per_img() } else { 0.0 };
     println!(
-        "{{\"framework\": \"ablate\", \"workload\": \"{workload}\", \"img_per_s\": {img_per_s:.2}, \"ms_per_step\": {ms:.1}, \"peak_rss_mb\": {:.0}}}",
-        peak_rss_mb()
+        "{{\"framework\": \"ablate\", \"workload\": \"{workload}\", \"img_per_s\": {img_per_s:.2}, \"ms_per_step\": {ms:.1}, \"peak_rss_mb\": {:.0}, \"conv_gflop_per_img\": {gflop:.3}, {}}}",
+        peak_rss_mb(),
+        isa_fields()
     );
     Ok(())
 }

@@ -42,8 +42,16 @@ thread_local! {
 fn detect() -> Level {
     #[cfg(target_arch = "x86_64")]
     {
+        // The AVX2 build (no `avx512` feature) stops at AVX2, as the `gemm` crate then does.
         use std::arch::is_x86_feature_detected as has;
-        if has!("avx512f") && has!("avx512bw") && has!("avx512vl") && has!("avx512dq") && has!("avx2") && has!("fma") {
+        if cfg!(feature = "avx512")
+            && has!("avx512f")
+            && has!("avx512bw")
+            && has!("avx512vl")
+            && has!("avx512dq")
+            && has!("avx2")
+            && has!("fma")
+        {
             return Level::Avx512;
         }
         if has!("avx2") && has!("fma") {
