@@ -280,6 +280,11 @@ fn convs(n: usize, steps: usize, only: &str) -> anyhow::Result<()> {
         total = (total.0 + f * count as f64, total.1 + b * count as f64);
     }
     println!("total: forward {:.0} ms, backward {:.0} ms", total.0, total.1);
+    println!("plan (microseconds per candidate where timed):");
+    for (key, e) in ablate::ops::conv::tune::used_plan() {
+        let us: Vec<String> = e.us.iter().map(|(a, t)| format!("{} {t:.0}", a.name())).collect();
+        println!("  {key}: {} [{}]", e.algo.name(), us.join(", "));
+    }
     Ok(())
 }
 
@@ -385,7 +390,10 @@ fn main() -> anyhow::Result<()> {
         }
         "peak" => {
             let gflops = gemm_peak(2048, steps);
-            println!("{{\"framework\": \"ablate\", \"workload\": \"peak\", \"gflops\": {gflops:.1}, {}}}", isa_fields());
+            println!(
+                "{{\"framework\": \"ablate\", \"workload\": \"peak\", \"gflops\": {gflops:.1}, {}}}",
+                isa_fields()
+            );
             return Ok(());
         }
         w if w.starts_with("convs") => {

@@ -290,27 +290,37 @@ mod tests {
             (2, 16, 3, 3, 16, 3, 1, 1, 1, 1),
             // 80 outputs: a four-vector weight-gradient tile and a one-vector tail.
             (2, 16, 6, 9, 80, 3, 1, 1, 1, 1),
+            // RGB stems (3 input channels: an odd reduction, a single-tap tail in the weight
+            // gradient; the input gradient on im2col): 7x7 stride 2 padding 3, and 3x3.
+            (2, 3, 23, 21, 16, 7, 2, 3, 1, 1),
+            (2, 3, 12, 11, 32, 3, 1, 1, 1, 1),
             // Stride 2 (forward and weight gradient over the input's phases): 3x3 with
             // padding 1, odd and even sizes, two groups, and 5x5 with padding 2.
             (1, 16, 21, 23, 16, 3, 2, 1, 1, 1),
             (2, 32, 20, 22, 32, 3, 2, 1, 1, 2),
             (1, 16, 21, 21, 16, 5, 2, 2, 1, 1),
         ];
+        // Each case on the ladder's plan, then with the implicit kernels wherever they can run.
+        let plans: [fn(&mut dyn FnMut()); 2] = [|f| f(), |f| plan::with_forced(plan::Algo::Implicit, f)];
         for (i, &(n, c, h, w, o, k, stride, padding, dilation, groups)) in cases.iter().enumerate() {
-            let p = ConvParams { stride, padding, dilation, groups };
-            let x = Var::from_tensor(&seeded(&[n, c, h, w], i as u64)).unwrap();
-            let wt = Var::from_tensor(&seeded(&[o, c / groups, k, k], 100 + i as u64)).unwrap();
-            let probe = seeded(&[n, o, p.out_size(h, k).unwrap(), p.out_size(w, k).unwrap()], 7);
+            for run_on in plans {
+                run_on(&mut || {
+                    let p = ConvParams { stride, padding, dilation, groups };
+                    let x = Var::from_tensor(&seeded(&[n, c, h, w], i as u64)).unwrap();
+                    let wt = Var::from_tensor(&seeded(&[o, c / groups, k, k], 100 + i as u64)).unwrap();
+                    let probe = seeded(&[n, o, p.out_size(h, k).unwrap(), p.out_size(w, k).unwrap()], 7);
 
-            let ours = conv2d(&x, &wt, p).unwrap();
-            let reference = x.conv2d(&wt, padding, stride, dilation, groups).unwrap();
-            assert!(max_rel_diff(&ours, &reference) < 1e-4, "forward, case {i}");
+                    let ours = conv2d(&x, &wt, p).unwrap();
+                    let reference = x.conv2d(&wt, padding, stride, dilation, groups).unwrap();
+                    assert!(max_rel_diff(&ours, &reference) < 1e-4, "forward, case {i}");
 
-            let g_ours = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            let g_ref = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
-            for (name, v) in [("input", &x), ("weight", &wt)] {
-                let (a, b) = (g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
-                assert!(max_rel_diff(a, b) < 1e-4, "{name} gradient, case {i}");
+                    let g_ours = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    let g_ref = (reference * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+                    for (name, v) in [("input", &x), ("weight", &wt)] {
+                        let (a, b) = (g_ours.get(v).unwrap(), g_ref.get(v).unwrap());
+                        assert!(max_rel_diff(a, b) < 1e-4, "{name} gradient, case {i}");
+                    }
+                });
             }
         }
     }

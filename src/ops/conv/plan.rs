@@ -90,7 +90,7 @@ pub(super) fn candidate(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Optio
     match algo {
         Algo::Implicit => {
             let d = g.implicit()?;
-            if pass == Pass::InputGrad && d.stride != 1 {
+            if pass == Pass::InputGrad && !implicit::input_grad_applies(&d) {
                 return None;
             }
             Some(Kernel::Implicit(isa.avx512()?, d))
