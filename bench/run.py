@@ -52,6 +52,14 @@ def cpuinfo():
     return info, set(info.get("flags", "").split())
 
 
+def l2_size():
+    try:
+        with open("/sys/devices/system/cpu/cpu0/cache/index2/size") as f:
+            return f.read().strip() + " per core"
+    except OSError:
+        return "?"
+
+
 def max_mhz():
     try:
         with open("/sys/devices/system/cpu/cpu0/cpufreq/cpuinfo_max_freq") as f:
@@ -77,7 +85,7 @@ def machine(a, torch_env, ours_isa, torch_isa):
     freq = ", ".join(x for x in (f"{float(info['cpu MHz']):.0f} MHz reported" if "cpu MHz" in info else None, max_mhz()) if x)
     return (f"{datetime.date.today()} on {platform.node()}: {info.get('model name', platform.processor() or platform.machine())} "
             f"(family {info.get('cpu family', '?')}, model {info.get('model', '?')}), {os.cpu_count()} cores, {freq or 'frequency unknown'}, "
-            f"L2 {info.get('cache size', '?')}; CPU flags: {' '.join(simd)}\n"
+            f"L2 {l2_size()}; CPU flags: {' '.join(simd)}\n"
             f"ablate: own kernels {ours_isa['isa']}, gemm crate {ours_isa['gemm_isa']}; PyTorch: ATen {torch_isa}, "
             f"oneDNN {onednn_isa(torch_env)}\n{a.rounds} rounds, median of {a.steps} steps each; convolution plan: "
             f"ABLATE_TUNE={os.environ.get('ABLATE_TUNE', 'on')}\n")
