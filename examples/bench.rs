@@ -424,6 +424,11 @@ fn main() -> anyhow::Result<()> {
         }
         other => bail!("unknown workload {other}"),
     };
+    // The convolution plan, on stderr (`bench/run.py` reads stdout's last line).
+    for (key, e) in ablate::ops::conv::tune::used_plan() {
+        let us: Vec<String> = e.us.iter().map(|(a, t)| format!("{} {t:.0}", a.name())).collect();
+        eprintln!("plan: {key}: {} [{}]", e.algo.name(), us.join(", "));
+    }
     let gflop = if workload == "resnet18" { resnet18_train_gflop_per_img() } else { 0.0 };
     println!(
         "{{\"framework\": \"ablate\", \"workload\": \"{workload}\", \"img_per_s\": {img_per_s:.2}, \"ms_per_step\": {ms:.1}, \"peak_rss_mb\": {:.0}, \"conv_gflop_per_img\": {gflop:.3}, {}}}",

@@ -63,6 +63,46 @@ pub(crate) fn f32_slice<'a>(op: &str, s: &'a CpuStorage, l: &Layout) -> Result<&
 }
 
 /// Test inputs shared by the ops' tests.
+/// `a` row by row (rows of `row` floats, in parallel): element `j` of row `r` becomes
+/// `per_row(r)(a[r * row + j])`, written into a vector that is never zeroed first. The
+/// zeroing of freshly allocated outputs (`vec![0.0; n]`, overwritten right after) was 7-9 % of
+/// a ResNet18 or LeNet training step in perf.
+pub(crate) fn map_rows<F: Fn(f32) -> f32>(a: &[f32], row: usize, per_row: impl Fn(usize) -> F + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(a.len());
+    out.spare_capacity_mut()[..a.len()].par_chunks_mut(row.max(1)).zip(a.par_chunks(row.max(1))).enumerate().for_each(
+        |(r, (o, a))| {
+            let f = per_row(r);
+            for (o, &a) in o.iter_mut().zip(a) {
+                o.write(f(a));
+            }
+        },
+    );
+    // SAFETY: the first a.len() slots were split into chunks of the same lengths as a's and
+    // paired with them one to one, and the loop above wrote every slot of every chunk.
+    unsafe { out.set_len(a.len()) };
+    out
+}
+
+/// `f(a[i], b[i])` for every element (same lengths), in parallel chunks, into a vector that is
+/// never zeroed first (see [`map_rows`]).
+pub(crate) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    const CHUNK: usize = 1 << 16;
+    assert_eq!(a.len(), b.len(), "map2: lengths differ");
+    let mut out = Vec::with_capacity(a.len());
+    out.spare_capacity_mut()[..a.len()].par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(
+        |(o, (a, b))| {
+            for (o, (&a, &b)) in o.iter_mut().zip(a.iter().zip(b)) {
+                o.write(f(a, b));
+            }
+        },
+    );
+    // SAFETY: as in map_rows: equal-length chunks paired one to one, every slot written.
+    unsafe { out.set_len(a.len()) };
+    out
+}
+
 #[cfg(test)]
 pub(crate) mod testing {
     use candle_core::{Device, Tensor};

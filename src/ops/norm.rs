@@ -134,12 +134,9 @@ impl CustomOp3 for BatchNormOp {
         let (_, c, sp) = ncs(l1.shape())?;
         let ss = scale_shift(stats, affine, c, self.eps);
         let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(c * sp).zip(x.par_chunks(c * sp)).for_each(|(yb, xb)| {
-            for (ch, &(scale, shift)) in ss.iter().enumerate() {
-                let r = ch * sp..(ch + 1) * sp;
-                yb[r.clone()].iter_mut().zip(&xb[r]).for_each(|(y, &x)| *y = (x * scale + shift).max(floor));
-            }
+        let y = super::map_rows(x, sp, |r| {
+            let (scale, shift) = ss[r % c];
+            move |x: f32| (x * scale + shift).max(floor)
         });
         if self.relu {
             super::trace::relu(&y, l1.dims());
@@ -350,10 +347,7 @@ impl CustomOp1 for Relu {
 
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = f32_slice(self.name(), s, l)?;
-        let mut y = vec![0f32; x.len()];
-        y.par_chunks_mut(1 << 16).zip(x.par_chunks(1 << 16)).for_each(|(y, x)| {
-            y.iter_mut().zip(x).for_each(|(y, &x)| *y = x.max(0.0));
-        });
+        let y = super::map_rows(x, 1 << 16, |_| |x: f32| x.max(0.0));
         super::trace::relu(&y, l.dims());
         Ok((CpuStorage::F32(y), l.shape().clone()))
     }
@@ -361,16 +355,6 @@ impl CustomOp1 for Relu {
     fn bwd(&self, _x: &Tensor, res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
         Ok(Some(res.apply_op2_no_bwd(&dy.contiguous()?, &ReluGrad)?))
     }
-}
-
-/// `f` of two same-length slices, element by element, in parallel chunks.
-fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {
-    const CHUNK: usize = 1 << 16;
-    let mut out = vec![0f32; a.len()];
-    out.par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(|(o, (a, b))| {
-        o.iter_mut().zip(a.iter().zip(b)).for_each(|(o, (&a, &b))| *o = f(a, b));
-    });
-    out
 }
 
 /// `(y, dy) -> dy * (y > 0)`.
@@ -384,7 +368,7 @@ impl CustomOp2 for ReluGrad {
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let y = f32_slice(self.name(), s1, l1)?;
         let dy = f32_slice(self.name(), s2, l2)?;
-        let dx = map2(y, dy, |y, g| if y > 0.0 { g } else { 0.0 });
+        let dx = super::map2(y, dy, |y, g| if y > 0.0 { g } else { 0.0 });
         Ok((CpuStorage::F32(dx), l1.shape().clone()))
     }
 }
@@ -404,7 +388,7 @@ impl CustomOp2 for AddRelu {
         if l1.shape() != l2.shape() {
             candle_core::bail!("add_relu: shapes {:?} and {:?} differ", l1.dims(), l2.dims());
         }
-        let y = map2(a, b, |a, b| (a + b).max(0.0));
+        let y = super::map2(a, b, |a, b| (a + b).max(0.0));
         super::trace::relu(&y, l1.dims());
         Ok((CpuStorage::F32(y), l1.shape().clone()))
     }
