@@ -9,7 +9,8 @@ bench/torch_ref.py (Debian's python3-torch, python3-torchvision, libopenblas0-pt
 
 `--isa avx2` (`make bench-avx2`) measures both sides as on a CPU without AVX-512: ablate's
 AVX2 build (target/avx2/release/examples/bench, `--no-default-features`) against PyTorch with
-`ATEN_CPU_CAPABILITY=avx2` and oneDNN capped by `ONEDNN_MAX_CPU_ISA=AVX2`.
+`ATEN_CPU_CAPABILITY=avx2`, oneDNN capped by `ONEDNN_MAX_CPU_ISA=AVX2` and OpenBLAS on its
+Haswell (AVX2) kernels (`OPENBLAS_CORETYPE=Haswell`).
 
 The table's header describes the machine (CPU model, cores, frequency, the ISA each side
 used) and the `gemm` crate's f32 peak; ResNet18's line says what share of that peak its
@@ -29,10 +30,10 @@ WORKLOADS = ["lenet", "resnet18"] + [f"resnext_g{g}" for g in (1, 2, 4, 8, 32, 6
 
 def run(cmd, extra_env=None):
     env = dict(os.environ)
-    env.update(extra_env or {})
     # Debian's OpenBLAS is current: the workaround variables set on some machines only slow it.
     env.pop("OPENBLAS_CORETYPE", None)
     env.pop("OPENBLAS_L2_SIZE", None)
+    env.update(extra_env or {})
     out = subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -100,7 +101,9 @@ def main():
     a = ap.parse_args()
     if a.isa == "avx2":
         ours = os.path.join(ROOT, "target/avx2/release/examples/bench")
-        torch_env = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+        # OpenBLAS (PyTorch's matmul: the linear layers) picks its kernels by CPU model, not by
+        # ATen's setting: Haswell's are its AVX2 ones.
+        torch_env = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "OPENBLAS_CORETYPE": "Haswell"}
     else:
         ours = os.path.join(ROOT, "target/release/examples/bench")
         torch_env = {}

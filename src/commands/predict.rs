@@ -46,7 +46,9 @@ pub(super) fn saved_run(run: &Path) -> anyhow::Result<(VariantFolder, Spec)> {
     Ok((variant, spec))
 }
 
-/// The run's model with its `which` weights, on the device asked for (or the spec's).
+/// The run's model with its `which` weights, on the device asked for (or the spec's), its
+/// convolutions planned as the run planned them (its `kernels.json`), so that the same images
+/// give the run's own numbers.
 pub(super) fn saved_model(
     variant: &VariantFolder,
     spec: &Spec,
@@ -54,6 +56,7 @@ pub(super) fn saved_model(
     device: Option<DeviceChoice>,
 ) -> anyhow::Result<(Model, Device)> {
     let (device, _) = executor::open_device(spec, device)?;
+    crate::output::kernel_plan::pin_variant(variant.path(), variant.run())?;
     let model = Model::build(&spec.layers, spec.input_hw, spec.seed, &device)?;
     variant.saved().load_weights(&model, which.name())?;
     Ok((model, device))

@@ -91,13 +91,14 @@ pub(crate) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> 
     const CHUNK: usize = 1 << 16;
     assert_eq!(a.len(), b.len(), "map2: lengths differ");
     let mut out = Vec::with_capacity(a.len());
-    out.spare_capacity_mut()[..a.len()].par_chunks_mut(CHUNK).zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK))).for_each(
-        |(o, (a, b))| {
+    out.spare_capacity_mut()[..a.len()]
+        .par_chunks_mut(CHUNK)
+        .zip(a.par_chunks(CHUNK).zip(b.par_chunks(CHUNK)))
+        .for_each(|(o, (a, b))| {
             for (o, (&a, &b)) in o.iter_mut().zip(a.iter().zip(b)) {
                 o.write(f(a, b));
             }
-        },
-    );
+        });
     // SAFETY: as in map_rows: equal-length chunks paired one to one, every slot written.
     unsafe { out.set_len(a.len()) };
     out

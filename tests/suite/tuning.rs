@@ -207,3 +207,53 @@ fn a_resume_runs_the_plan_its_run_recorded() {
     assert!(log.contains("passes recorded in kernels.json"), "{log}");
     assert!(last_state(&cut) == last_state(&reference), "the resume did not run the recorded plan");
 }
+
+/// `ablate predict --probs` on the run's own test images.
+fn predicted(bench: &Bench, run: &Path, mode: &str, out: &str) -> String {
+    let out = bench.tmp.path().join(out);
+    crate::common::ablate()
+        .arg("predict")
+        .arg(run)
+        .arg("--probs")
+        .arg("--out")
+        .arg(&out)
+        .env("ABLATE_TUNE", mode)
+        .env("XDG_CACHE_HOME", &bench.cache)
+        .env("RAYON_NUM_THREADS", THREADS)
+        .assert()
+        .success();
+    std::fs::read_to_string(out).unwrap()
+}
+
+#[test]
+fn predict_computes_with_the_plan_its_run_recorded() {
+    // The implicit kernels (AVX-512, 16 output channels) add a reduction of more than 128
+    // products in blocks, the GEMMs in one chain: the second convolution's forward pass (16 x 9
+    // products per output) tells the plans apart.
+    if ablate::ops::isa::Isa::detected().avx512().is_none() {
+        eprintln!("WARNING: no AVX-512 on this CPU: predict_computes_with_the_plan_its_run_recorded checks nothing");
+        return;
+    }
+    let bench = Bench::new(1);
+    let layers = "model.layers=[{ conv = { out = 16, kernel = 3, padding = 1 } }, \"relu\", \
+                  { conv = { out = 16, kernel = 3, padding = 1 } }, \"relu\", { max_pool = { kernel = 2 } }, \
+                  { linear = { out = \"$classes\" } }]";
+    let (run, _) = bench.run("ladder", "off", &["--set", layers], 0);
+    let recorded = run.join("kernels.json");
+    // Every forward pass swapped between the implicit kernels and the batched GEMM.
+    let mut swapped = json_at(&recorded);
+    let mut test_batch = false;
+    for (key, entry) in swapped["plan"].as_object_mut().unwrap() {
+        if key.starts_with("forward") {
+            let other = if entry["algo"] == "implicit" { "batched" } else { "implicit" };
+            *entry = json!({ "algo": other });
+            // The second convolution on the run's 3 test images.
+            test_batch |= key.starts_with("forward x3x16x16x16 w16x16x3x3");
+        }
+    }
+    assert!(test_batch, "the test images' pass is not in the run's plan: {swapped:#}");
+    let as_run = predicted(&bench, &run, "off", "as_run.csv");
+    std::fs::write(&recorded, serde_json::to_vec(&swapped).unwrap()).unwrap();
+    let as_swapped = predicted(&bench, &run, "off", "swapped.csv");
+    assert!(as_run != as_swapped, "predict did not compute with the run's kernels.json");
+}
