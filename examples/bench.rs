@@ -424,7 +424,22 @@ fn main() -> anyhow::Result<()> {
         }
         other => bail!("unknown workload {other}"),
     };
-    // The convolution plan, on stderr (`bench/run.py` reads stdout's last line).
+    // The convolution plan and what timing it cost, on stderr (`bench/run.py` reads stdout's
+    // last line).
+    let timed = ablate::ops::conv::tune::take_timed();
+    let mut per_geometry = std::collections::BTreeMap::<String, f64>::new();
+    for t in &timed {
+        let geometry = t.key.split_once(' ').map_or(t.key.as_str(), |(_, g)| g).to_string();
+        *per_geometry.entry(geometry).or_default() += t.spent.as_secs_f64();
+    }
+    let slowest = per_geometry.iter().max_by(|a, b| a.1.total_cmp(b.1));
+    eprintln!(
+        "tuning: {} passes of {} geometries timed in {:.2} s; slowest geometry {}",
+        timed.len(),
+        per_geometry.len(),
+        timed.iter().map(|t| t.spent.as_secs_f64()).sum::<f64>(),
+        slowest.map_or("-".into(), |(g, s)| format!("{g}: {s:.2} s"))
+    );
     for (key, e) in ablate::ops::conv::tune::used_plan() {
         let us: Vec<String> = e.us.iter().map(|(a, t)| format!("{} {t:.0}", a.name())).collect();
         eprintln!("plan: {key}: {} [{}]", e.algo.name(), us.join(", "));

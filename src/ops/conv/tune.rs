@@ -59,10 +59,11 @@ const CANDIDATE_BUDGET: Duration = Duration::from_millis(50);
 /// At most this many runs of one candidate (small geometries time noisily).
 const MAX_RUNS: usize = 4;
 
-/// Candidates whose own buffers would exceed this many floats (256 MiB) are not timed: the
-/// whole-batch im2col of a large map (LeNet's first conv at 256x256, batch 64: 1.2 GB) is
-/// slow and a memory cost no speed justifies.
-const MAX_SCRATCH_FLOATS: usize = 64 << 20;
+/// Candidates whose own buffers would exceed this many floats (64 MiB) are not timed: the
+/// whole-batch im2col of a large map (LeNet's first conv at 256x256, batch 64: 1.2 GB;
+/// ResNet18's stem at batch 16: 118 MB, 0.3 s a run) is slow and a memory cost no speed
+/// justifies.
+const MAX_SCRATCH_FLOATS: usize = 16 << 20;
 
 /// Floats of scratch `k` allocates for `pass` of `g`, beyond inputs and output (the
 /// im2col columns, and for the batched GEMM its output before reordering).
