@@ -35,6 +35,10 @@ pub struct Isa(Level);
 #[derive(Debug, Clone, Copy)]
 pub struct Avx512(());
 
+/// Proof that the CPU runs AVX2 with FMA, for the hand-written AVX2 kernels.
+#[derive(Debug, Clone, Copy)]
+pub struct Avx2(());
+
 thread_local! {
     static CAP: Cell<Level> = const { Cell::new(Level::Avx512) };
 }
@@ -80,6 +84,11 @@ impl Isa {
     /// The AVX-512 proof, where this level has it.
     pub fn avx512(self) -> Option<Avx512> {
         (self.0 == Level::Avx512).then_some(Avx512(()))
+    }
+
+    /// The AVX2 + FMA proof, where this level has it (AVX-512 includes it).
+    pub fn avx2(self) -> Option<Avx2> {
+        (self.0 >= Level::Avx2).then_some(Avx2(()))
     }
 }
 

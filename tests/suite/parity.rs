@@ -142,6 +142,7 @@ fn report(title: &str, rows: &[Row]) {
 fn levels_for(algo: Algo) -> Vec<Level> {
     match algo {
         Algo::Direct => isa::available(),
+        Algo::Implicit => isa::available().into_iter().filter(|&l| l >= Level::Avx2).collect(),
         _ => vec![Isa::detected().level()],
     }
 }

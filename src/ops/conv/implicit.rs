@@ -30,7 +30,15 @@
 use rayon::prelude::*;
 
 use super::gemm::transpose;
-use crate::ops::isa::Avx512;
+use crate::ops::isa::{Avx2, Avx512};
+
+/// The SIMD build the implicit kernels run, with the proof the CPU has it: AVX-512 (16-lane
+/// tiles), or AVX2 + FMA (the same tiles as 8-lane halves, for CPUs without AVX-512).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Cpu {
+    Avx512(Avx512),
+    Avx2(Avx2),
+}
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -226,7 +234,7 @@ fn pack(groups: usize, outs: usize, k: usize, at: impl Fn(usize, usize, usize) -
 /// `grid (n, groups * outs, lr)` of the window `kh x kw` over `x`, `rows` output rows: per
 /// group, `grid[o][q] = sum over kk of packed[o][kk] * x[off[kk] + q]`.
 fn forward_grid(
-    _cpu: Avx512,
+    cpu: Cpu,
     x: &Padded,
     groups: usize,
     outs: usize,
@@ -255,18 +263,17 @@ fn forward_grid(
                         for ob in 0..outs / NR {
                             let w = &packed[((grp * outs / NR + ob) * k + kk0) * NR..];
                             let o0 = grp * outs + ob * NR;
-                            // SAFETY: `_cpu` proves AVX-512F; reads x at off[kk] + q0 + [0, MR), inside the sample's
-                            // slack by construction of `pad`; w holds (kk1 - kk0) * NR floats;
-                            // the tile's NR rows of MR floats at o0 * lr + q0 lie in grid_n.
+                            // SAFETY: `cpu` proves AVX-512F or AVX2 + FMA, the tile's build; reads x at
+                            // off[kk] + q0 + [0, MR), inside the sample's slack by construction of
+                            // `pad`; w holds (kk1 - kk0) * NR floats; the tile's NR rows of MR
+                            // floats at o0 * lr + q0 lie in grid_n.
                             unsafe {
-                                forward_tile(
-                                    xs.as_ptr().add(q0),
-                                    &off[kk0..kk1],
-                                    w.as_ptr(),
-                                    grid_n.as_mut_ptr().add(o0 * lr + q0),
-                                    lr,
-                                    c0 > 0,
-                                );
+                                let (x, w, out) =
+                                    (xs.as_ptr().add(q0), w.as_ptr(), grid_n.as_mut_ptr().add(o0 * lr + q0));
+                                match cpu {
+                                    Cpu::Avx512(_) => forward_tile(x, &off[kk0..kk1], w, out, lr, c0 > 0),
+                                    Cpu::Avx2(_) => forward_tile_avx2(x, &off[kk0..kk1], w, out, lr, c0 > 0),
+                                }
                             }
                         }
                     }
@@ -318,6 +325,49 @@ unsafe fn forward_tile(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _
     unreachable!("applies() requires AVX-512")
 }
 
+/// [`forward_tile`] for AVX2: AVX2 has 16 registers, not 32, so the MR x NR tile runs as four
+/// quarter tiles of 16 pixels (two 8-lane vectors) by 4 outputs: 8 accumulators each.
+///
+/// # Safety
+/// AVX2 and FMA present; the reads and writes of [`forward_tile`] are in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn forward_tile_avx2(x: *const f32, off: &[usize], w: *const f32, out: *mut f32, ld: usize, accumulate: bool) {
+    const { assert!(MR == 32 && NR == 8, "the quarter tiles cover 32 pixels by 8 outputs") };
+    // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
+    unsafe {
+        for (px, oq) in [(0, 0), (0, 4), (16, 0), (16, 4)] {
+            let mut wk = w.add(oq);
+            let mut first = !accumulate;
+            for block in off.chunks(SUM_BLOCK) {
+                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+                for &o in block {
+                    let p = x.add(o + px);
+                    let a = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
+                    for (i, acc_i) in acc.iter_mut().enumerate() {
+                        let b = _mm256_broadcast_ss(&*wk.add(i));
+                        acc_i[0] = _mm256_fmadd_ps(a[0], b, acc_i[0]);
+                        acc_i[1] = _mm256_fmadd_ps(a[1], b, acc_i[1]);
+                    }
+                    wk = wk.add(NR);
+                }
+                for (i, acc_i) in acc.iter().enumerate() {
+                    for (v, a) in acc_i.iter().enumerate() {
+                        let p = out.add((oq + i) * ld + px + 8 * v);
+                        _mm256_storeu_ps(p, if first { *a } else { _mm256_add_ps(_mm256_loadu_ps(p), *a) });
+                    }
+                }
+                first = false;
+            }
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn forward_tile_avx2(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: bool) {
+    unreachable!("the AVX2 proof is x86-64 only")
+}
+
 /// `out (n, ch, rows, cols)` from the grid `(n, ch, lr)` of row width `wp`.
 fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (usize, usize)) -> Vec<f32> {
     let mut out = vec![0f32; n * ch * rows * cols];
@@ -333,7 +383,7 @@ fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (
 }
 
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
-pub(super) fn forward(cpu: Avx512, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     let (taps, k) = (d.taps(), d.cg * d.taps());
     let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), d.stride, (d.oh(), d.kh, d.kw));
     let packed = pack(d.groups, d.og, k, |grp, o, kk| wt[(grp * d.og + o) * k + kk]);
@@ -344,7 +394,7 @@ pub(super) fn forward(cpu: Avx512, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> 
 
 /// Input gradient of a stride-1 convolution: `dy (n, groups * og, oh, ow)` -> `dx (n,
 /// groups * cg, h, w)`, the full correlation of `dy` with the flipped, transposed weights.
-pub(super) fn input_grad(cpu: Avx512, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+pub(super) fn input_grad(cpu: Cpu, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     assert_eq!(d.stride, 1, "the implicit input gradient is for stride-1 convolutions");
     let (taps, kin) = (d.taps(), d.og * d.taps());
     let (qh, qw) = (d.kh - 1 - d.ph, d.kw - 1 - d.pw);
@@ -364,7 +414,7 @@ pub(super) fn input_grad(cpu: Avx512, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f
 /// per-thread partial weights and a fixed summation order whatever the thread count). Each
 /// task walks the batch's grid pixels in chunks of about [`DY_CHUNK`] floats of `dy`, its
 /// rows of `dw` and the chunk staying in L2.
-pub(super) fn weight_grad(cpu: Avx512, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
+pub(super) fn weight_grad(cpu: Cpu, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
     let (taps, o_all) = (d.taps(), d.groups * d.og);
     let k = d.cg * taps;
     let (oh, ow) = (d.oh(), d.ow());
@@ -437,7 +487,7 @@ pub(super) fn weight_grad(cpu: Avx512, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f
 /// `NT` rows (taps) of `dw^T` from row `kb` of `dst`, every output channel, through the
 /// widest tiles that fit. Returns `NT`.
 fn weight_rows<const NT: usize>(
-    _cpu: Avx512,
+    cpu: Cpu,
     segs: &[Segment],
     offs: [usize; NT],
     dst: &mut [f32],
@@ -449,15 +499,16 @@ fn weight_rows<const NT: usize>(
     let mut ob = 0;
     while ob < og {
         let at = dst[kb * og + ob..].as_mut_ptr();
-        // SAFETY: `_cpu` proves AVX-512F; x reads at offs[i] + [0, len) stay inside each sample's slack (as in the
-        // forward); each segment's dyt rows hold o_all floats from the group's first output;
-        // at holds NT rows of og from ob (asserted), and og - ob covers the tile's 16 NV
-        // columns (og is a multiple of 16).
+        // SAFETY: `cpu` proves AVX-512F or AVX2 + FMA, the tile's build; x reads at offs[i] +
+        // [0, len) stay inside each sample's slack (as in the forward); each segment's dyt rows
+        // hold o_all floats from the group's first output; at holds NT rows of og from ob
+        // (asserted), and og - ob covers the tile's 16 NV columns (og is a multiple of 16).
         unsafe {
-            ob += match og - ob {
-                64.. => weight_tile::<4, NT>(segs, &offs, o_all, ob, at, og),
-                32.. => weight_tile::<2, NT>(segs, &offs, o_all, ob, at, og),
-                _ => weight_tile::<1, NT>(segs, &offs, o_all, ob, at, og),
+            ob += match (cpu, og - ob) {
+                (Cpu::Avx2(_), _) => weight_tile_avx2::<NT>(segs, &offs, o_all, ob, at, og),
+                (Cpu::Avx512(_), 64..) => weight_tile::<4, NT>(segs, &offs, o_all, ob, at, og),
+                (Cpu::Avx512(_), 32..) => weight_tile::<2, NT>(segs, &offs, o_all, ob, at, og),
+                (Cpu::Avx512(_), _) => weight_tile::<1, NT>(segs, &offs, o_all, ob, at, og),
             };
         }
     }
@@ -540,4 +591,57 @@ unsafe fn weight_tile<const NV: usize, const NT: usize>(
     _: usize,
 ) -> usize {
     unreachable!("applies() requires AVX-512")
+}
+
+/// [`weight_tile`] for AVX2: 16 output channels (two 8-lane vectors) by `NT` taps, `2 NT`
+/// accumulators (AVX2 has 16 registers). Returns 16.
+///
+/// # Safety
+/// AVX2 and FMA present; the reads and writes of [`weight_tile`] with one 16-lane vector.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn weight_tile_avx2<const NT: usize>(
+    segs: &[Segment],
+    offs: &[usize; NT],
+    ld: usize,
+    ob: usize,
+    dst: *mut f32,
+    ld_dst: usize,
+) -> usize {
+    // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
+    unsafe {
+        let mut acc = [[_mm256_setzero_ps(); 2]; NT];
+        for seg in segs {
+            let xs: [*const f32; NT] = std::array::from_fn(|i| seg.x.add(offs[i]));
+            let dyt = seg.dyt.add(ob);
+            for q in 0..seg.len {
+                let row = dyt.add(q * ld);
+                let a = [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))];
+                for (i, acc_i) in acc.iter_mut().enumerate() {
+                    let b = _mm256_broadcast_ss(&*xs[i].add(q));
+                    acc_i[0] = _mm256_fmadd_ps(a[0], b, acc_i[0]);
+                    acc_i[1] = _mm256_fmadd_ps(a[1], b, acc_i[1]);
+                }
+            }
+        }
+        for (i, acc_i) in acc.iter().enumerate() {
+            for (v, a) in acc_i.iter().enumerate() {
+                let p = dst.add(i * ld_dst + 8 * v);
+                _mm256_storeu_ps(p, _mm256_add_ps(_mm256_loadu_ps(p), *a));
+            }
+        }
+    }
+    16
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn weight_tile_avx2<const NT: usize>(
+    _: &[Segment],
+    _: &[usize; NT],
+    _: usize,
+    _: usize,
+    _: *mut f32,
+    _: usize,
+) -> usize {
+    unreachable!("the AVX2 proof is x86-64 only")
 }

@@ -300,8 +300,13 @@ mod tests {
             (2, 32, 20, 22, 32, 3, 2, 1, 1, 2),
             (1, 16, 21, 21, 16, 5, 2, 2, 1, 1),
         ];
-        // Each case on the ladder's plan, then with the implicit kernels wherever they can run.
-        let plans: [fn(&mut dyn FnMut()); 2] = [|f| f(), |f| plan::with_forced(plan::Algo::Implicit, f)];
+        // Each case on the ladder's plan, then with the implicit kernels wherever they can run,
+        // in their AVX-512 and AVX2 builds (on a CPU without AVX-512, the AVX2 build twice).
+        let plans: [fn(&mut dyn FnMut()); 3] = [
+            |f| f(),
+            |f| plan::with_forced(plan::Algo::Implicit, f),
+            |f| crate::ops::isa::with_cap(crate::ops::isa::Level::Avx2, || plan::with_forced(plan::Algo::Implicit, f)),
+        ];
         for (i, &(n, c, h, w, o, k, stride, padding, dilation, groups)) in cases.iter().enumerate() {
             for run_on in plans {
                 run_on(&mut || {

@@ -16,7 +16,7 @@
 use std::cell::{Cell, RefCell};
 
 use super::{Geometry, direct, implicit};
-use crate::ops::isa::{Avx512, Isa, Level};
+use crate::ops::isa::{Isa, Level};
 
 /// A convolution algorithm (see the module docs for when each runs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
@@ -59,7 +59,7 @@ pub const BATCH_BELOW: usize = 1024;
 /// the AVX-512 one, the proof that the CPU has it.
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Kernel {
-    Implicit(Avx512, implicit::Dims),
+    Implicit(implicit::Cpu, implicit::Dims),
     Direct(Isa, direct::Dims),
     Batched,
     PerSample,
@@ -76,10 +76,11 @@ impl Kernel {
     }
 }
 
-/// `algo` for `pass` of `g` on `isa`, if the ladder lets it run it.
+/// `algo` for `pass` of `g` on `isa`, if the ladder lets it run it (the implicit kernels
+/// only on AVX-512: their AVX2 build is for tuning to time).
 fn kernel(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Option<Kernel> {
     match algo {
-        Algo::Implicit if !implicit::worthwhile(&g.implicit()?) => None,
+        Algo::Implicit if !implicit::worthwhile(&g.implicit()?) || isa.avx512().is_none() => None,
         _ => candidate(algo, pass, g, isa),
     }
 }
@@ -93,7 +94,12 @@ pub(super) fn candidate(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Optio
             if pass == Pass::InputGrad && !implicit::input_grad_applies(&d) {
                 return None;
             }
-            Some(Kernel::Implicit(isa.avx512()?, d))
+            let cpu = match (isa.avx512(), isa.avx2()) {
+                (Some(v4), _) => implicit::Cpu::Avx512(v4),
+                (None, Some(v3)) => implicit::Cpu::Avx2(v3),
+                (None, None) => return None,
+            };
+            Some(Kernel::Implicit(cpu, d))
         }
         Algo::Direct => g.direct().map(|d| Kernel::Direct(isa, d)),
         Algo::Batched => Some(Kernel::Batched),
