@@ -423,6 +423,7 @@ unsafe fn weight_grad_v4(x: &[f32], dy: &[f32], d: &Dims, dw: &mut [f32]) {
 /// AVX-512F present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
+#[allow(clippy::needless_range_loop)] // indices keep the B x K register tile's shape in view
 unsafe fn weight_grad_block_v4<const B: usize, const K: usize>(
     x: &[f32],
     dy: &[f32],
