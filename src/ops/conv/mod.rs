@@ -16,9 +16,63 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::f32_slice;
-use plan::{Kernel, Pass, plan};
+use crate::ops::isa::Isa;
+use plan::plan;
 
 pub use super::params::ConvParams;
+
+/// A convolution algorithm (see the module docs for when each runs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Algo {
+    Implicit,
+    Direct,
+    Batched,
+    PerSample,
+}
+
+impl Algo {
+    pub const ALL: [Algo; 4] = [Algo::Implicit, Algo::Direct, Algo::Batched, Algo::PerSample];
+
+    /// The name in plan files and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algo::Implicit => "implicit",
+            Algo::Direct => "direct",
+            Algo::Batched => "batched",
+            Algo::PerSample => "per_sample",
+        }
+    }
+}
+
+/// One of a convolution's three computations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Pass {
+    Forward,
+    InputGrad,
+    WeightGrad,
+}
+
+/// A chosen algorithm with what it needs to run: the specialised kernels' dimensions and, for
+/// the AVX-512 one, the proof that the CPU has it.
+#[derive(Debug, Clone, Copy)]
+enum Kernel {
+    Implicit(implicit::Cpu, implicit::Dims),
+    Direct(Isa, direct::Dims),
+    Batched,
+    PerSample,
+}
+
+impl Kernel {
+    fn algo(&self) -> Algo {
+        match self {
+            Kernel::Implicit(..) => Algo::Implicit,
+            Kernel::Direct(..) => Algo::Direct,
+            Kernel::Batched => Algo::Batched,
+            Kernel::PerSample => Algo::PerSample,
+        }
+    }
+}
 
 /// Every size a kernel needs, derived once from the input and weight shapes.
 #[derive(Debug, Clone, Copy)]

@@ -15,66 +15,14 @@
 
 use std::cell::{Cell, RefCell};
 
-use super::{Geometry, direct, implicit};
+pub use super::{Algo, Pass};
+use super::{Geometry, Kernel, implicit};
 use crate::ops::isa::{Isa, Level};
-
-/// A convolution algorithm (see the module docs for when each runs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Algo {
-    Implicit,
-    Direct,
-    Batched,
-    PerSample,
-}
-
-impl Algo {
-    pub const ALL: [Algo; 4] = [Algo::Implicit, Algo::Direct, Algo::Batched, Algo::PerSample];
-
-    /// The name in plan files and logs.
-    pub fn name(self) -> &'static str {
-        match self {
-            Algo::Implicit => "implicit",
-            Algo::Direct => "direct",
-            Algo::Batched => "batched",
-            Algo::PerSample => "per_sample",
-        }
-    }
-}
-
-/// One of a convolution's three computations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Pass {
-    Forward,
-    InputGrad,
-    WeightGrad,
-}
 
 /// Below this many output pixels per sample, the samples share one GEMM (`k x n*l` columns):
 /// a per-sample GEMM with a few hundred columns (ResNet's 14x14 and 7x7 stages) runs far
 /// below the GEMM's peak.
 pub const BATCH_BELOW: usize = 1024;
-
-/// A chosen algorithm with what it needs to run: the specialised kernels' dimensions and, for
-/// the AVX-512 one, the proof that the CPU has it.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum Kernel {
-    Implicit(implicit::Cpu, implicit::Dims),
-    Direct(Isa, direct::Dims),
-    Batched,
-    PerSample,
-}
-
-impl Kernel {
-    pub(super) fn algo(&self) -> Algo {
-        match self {
-            Kernel::Implicit(..) => Algo::Implicit,
-            Kernel::Direct(..) => Algo::Direct,
-            Kernel::Batched => Algo::Batched,
-            Kernel::PerSample => Algo::PerSample,
-        }
-    }
-}
 
 /// `algo` for `pass` of `g` on `isa`, if the ladder lets it run it (the implicit kernels
 /// only on AVX-512: their AVX2 build is for tuning to time).
@@ -138,7 +86,7 @@ pub(super) fn plan(pass: Pass, g: &Geometry) -> Kernel {
     let isa = Isa::current();
     let forced = FORCED.with(Cell::get).and_then(|algo| candidate(algo, pass, g, isa));
     let k = forced
-        .or_else(|| super::tune::planned(pass, g, isa, || choose(pass, g, isa)))
+        .or_else(|| super::tune::planned(pass, g, isa, || choose(pass, g, isa), |a| candidate(a, pass, g, isa)))
         .unwrap_or_else(|| choose(pass, g, isa));
     RECORD.with(|r| {
         if let Some(v) = r.borrow_mut().as_mut() {
@@ -182,4 +130,31 @@ pub fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<Ran>) {
     let out = f();
     let ran = RECORD.with(|r| std::mem::replace(&mut *r.borrow_mut(), outer)).unwrap_or_default();
     (out, ran)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::conv::ConvParams;
+    use crate::ops::conv::tune::{MARGIN, measure};
+
+    #[test]
+    fn measuring_keeps_the_ladder_unless_another_is_clearly_faster() {
+        let p = ConvParams { stride: 1, padding: 1, dilation: 1, groups: 1 };
+        let g = Geometry::new(&(&[2, 16, 12, 12]).into(), &(&[16, 16, 3, 3]).into(), p).unwrap();
+        let isa = Isa::current();
+        for pass in [Pass::Forward, Pass::InputGrad, Pass::WeightGrad] {
+            let ladder = choose(pass, &g, isa);
+            let (k, entry) = measure(pass, &g, ladder, &|a| candidate(a, pass, &g, isa));
+            assert_eq!(k.algo(), entry.algo);
+            let n = Algo::ALL.iter().filter(|&&a| candidate(a, pass, &g, isa).is_some()).count();
+            assert_eq!(entry.us.len(), n, "{pass:?}: every candidate timed: {entry:?}");
+            let (ladder_us, chosen_us) = (entry.us[&ladder.algo()], entry.us[&entry.algo]);
+            if entry.algo != ladder.algo() {
+                assert!(ladder_us > MARGIN * chosen_us, "{pass:?}: {entry:?} left the ladder's {ladder:?}");
+            }
+            let fastest = entry.us.values().copied().fold(f64::INFINITY, f64::min);
+            assert!(chosen_us <= MARGIN * fastest, "{pass:?}: {entry:?} is not the fastest within the margin");
+        }
+    }
 }
