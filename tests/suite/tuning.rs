@@ -257,3 +257,38 @@ fn predict_computes_with_the_plan_its_run_recorded() {
     let as_swapped = predicted(&bench, &run, "off", "swapped.csv");
     assert!(as_run != as_swapped, "predict did not compute with the run's kernels.json");
 }
+
+#[test]
+fn a_later_shard_follows_the_plan_an_earlier_shard_recorded() {
+    let bench = Bench::new(1);
+    // Two variants with the same convolutions: only the learning rate differs.
+    let text = std::fs::read_to_string(&bench.exp).unwrap();
+    std::fs::write(&bench.exp, format!("{text}\n[sweep]\n\"optimizer.lr\" = [0.01, 0.001]\n")).unwrap();
+    let runs = bench.tmp.path().join("runs");
+    let shard = |index: &str, mode: &str, cache: &str| {
+        run_in(&bench.exp, &runs)
+            .args(["--shard", index, "--run-id", "j1"])
+            .env("ABLATE_TUNE", mode)
+            .env("XDG_CACHE_HOME", bench.tmp.path().join(cache))
+            .env("RAYON_NUM_THREADS", THREADS)
+            .assert()
+            .success();
+    };
+    // The second shard as on another node: a cache of its own, and everything timed again.
+    shard("0/2", "on", "cache-a");
+    shard("1/2", "force", "cache-b");
+    let plans: Vec<Value> = std::fs::read_dir(runs.join("j1_tiny"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("kernels.json"))
+        .filter(|p| p.is_file())
+        .map(|p| json_at(&p))
+        .collect();
+    assert_eq!(plans.len(), 2, "one plan per variant");
+    let (first, second) = (plan(&plans[0]), plan(&plans[1]));
+    let shared: Vec<&String> = first.keys().filter(|k| second.contains_key(*k)).collect();
+    assert!(shared.iter().any(|k| k.starts_with("weight_grad")), "no pass in common: {first:?} {second:?}");
+    for key in shared {
+        // Timings included: the second shard took the first's entries instead of timing again.
+        assert_eq!(first[key], second[key], "{key}");
+    }
+}
