@@ -61,27 +61,21 @@ impl Mac for Plain {
     }
 }
 
-/// Calls the AVX-512, AVX2+FMA or baseline build of a kernel generic over [`Mac`], as `isa`
-/// says (FMA in the first two, separate multiply and add in the baseline).
+/// Calls the AVX2+FMA or baseline build of a kernel generic over [`Mac`], as `isa` says
+/// (FMA in the first, separate multiply and add in the baseline). AVX-512 CPUs do not get
+/// here: [`forward`] and [`weight_grad`] take them to their intrinsics bodies first.
 macro_rules! dispatch {
     ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
-        pub(super) fn $name(isa: Isa, $($arg: $ty),*) {
+        fn $name(isa: Isa, $($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn v4($($arg: $ty),*) {
-                    $body::<Fused>($($arg),*)
-                }
                 #[target_feature(enable = "avx2,fma")]
                 unsafe fn v3($($arg: $ty),*) {
                     $body::<Fused>($($arg),*)
                 }
-                match isa.level() {
-                    // SAFETY: `isa` proves the CPU has the features v4 was compiled for.
-                    Level::Avx512 => return unsafe { v4($($arg),*) },
-                    // SAFETY: as above, for v3.
-                    Level::Avx2 => return unsafe { v3($($arg),*) },
-                    Level::Baseline => {}
+                if isa.level() >= Level::Avx2 {
+                    // SAFETY: `isa` proves the CPU has the features v3 was compiled for.
+                    return unsafe { v3($($arg),*) };
                 }
             }
             let _ = isa;
