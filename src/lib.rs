@@ -46,8 +46,8 @@ pub use train::{Interrupted, StopAfterSteps, StopSignal};
 // Validated experiments and the models they build.
 pub use model::{Model, ModelError, weights};
 pub use spec::{
-    BlockKind, ConvConfig, DeviceChoice, DownsampleKind, EarlyStoppingConfig, EmaConfig, LayerConfig, LinearConfig,
-    MidWidth, OptimizerConfig, OptimizerKind, ScheduleConfig, Shard, Spec, StageConfig, Transform,
+    ConvConfig, DeviceChoice, EarlyStoppingConfig, EmaConfig, LayerConfig, LinearConfig, Node, OptimizerConfig,
+    OptimizerKind, Projection, ScheduleConfig, Shard, Spec, StageConfig, Transform,
 };
 
 // Training pieces.

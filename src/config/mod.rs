@@ -1,5 +1,7 @@
 //! Experiment configuration: raw TOML schema, loading with overrides, validation into a spec.
 
+mod expr;
+mod graph;
 pub mod load;
 pub mod resolve;
 pub mod schema;
@@ -114,20 +116,26 @@ mod tests {
 
     #[test]
     fn layers_round_trip_through_toml() {
-        use schema::LayerSpec;
-        let text = r#"layers = ["relu", { conv = { out = 6, kernel = 5 } }, "batch_norm", { dropout = 0.5 }]"#;
+        use schema::{LayerSpec, NodeSpec, ProjectSpec};
+        let text = r#"layers = ["relu", { conv = { out = 6, kernel = 5 } }, "batch_norm", { dropout = 0.5 },
+            { relu = {}, name = "act", from = "input" }, { add = ["act", "input"], project = "avg_conv" }]"#;
         #[derive(serde::Serialize, serde::Deserialize)]
         struct Net {
-            layers: Vec<LayerSpec>,
+            layers: Vec<NodeSpec>,
         }
         let net: Net = toml::from_str(text).unwrap();
-        assert_eq!(net.layers[0], LayerSpec::Plain(crate::spec::LayerConfig::Relu));
-        assert!(matches!(&net.layers[1], LayerSpec::Conv(c) if c.out == schema::Int::Value(6)));
-        let again: Net = toml::from_str(&toml::to_string(&net).unwrap()).unwrap();
-        assert_eq!(again.layers, net.layers);
+        assert_eq!(net.layers[0], LayerSpec::Plain(crate::spec::LayerConfig::Relu).into());
+        assert!(matches!(&net.layers[1].layer, LayerSpec::Conv(c) if c.out == schema::Int::Value(6)));
+        assert_eq!((net.layers[4].name.as_deref(), net.layers[4].from.as_deref()), (Some("act"), Some("input")));
+        assert_eq!(net.layers[5].layer, LayerSpec::Add(vec!["act".into(), "input".into()]));
+        assert_eq!(net.layers[5].project, Some(ProjectSpec::Kind(crate::spec::Projection::AvgConv)));
+        let written = toml::to_string(&net).unwrap();
+        let again: Net = toml::from_str(&written).unwrap();
+        assert_eq!(again.layers, net.layers, "{written}");
         let err = |t: &str| toml::from_str::<Net>(t).err().unwrap().to_string();
-        assert!(err(r#"layers = [{ relu = {} }]"#).contains("`relu` takes no settings"));
+        assert!(err(r#"layers = [{ relu = { inplace = true } }]"#).contains("`relu` takes no settings"));
         assert!(err(r#"layers = ["rellu"]"#).contains("unknown variant `rellu`"));
         assert!(err(r#"layers = [{ conv = { out = 1, kernel = 1 }, linear = { out = 2 } }]"#).contains("one key"));
+        assert!(err(r#"layers = [{ name = "x" }]"#).contains("invalid length 0"));
     }
 }

@@ -1,14 +1,13 @@
 //! Validation: the merged raw experiment becomes a [`Spec`] that the rest of the program trusts.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::ConfigError;
-use super::schema::{BlockKind, ClassWeights, Experiment, Int, LayerSpec, PoolSpec, PredictSpec, StageSpec, TtaSpec};
+use super::schema::{BlockTemplate, ClassWeights, Experiment, Int, PredictSpec, TtaSpec};
 use super::transforms::transforms;
-use crate::ops::params::{ConvParams, PoolKind, PoolParams};
 use crate::spec::{
-    ConvConfig, DataSpec, LayerConfig, LinearConfig, MidWidth, MixupSpec, PredictConfig, ScheduleKind, Spec, SplitSpec,
-    StageConfig, TrainSpec, Transform, Tta, output_size,
+    DataSpec, MixupSpec, PredictConfig, ScheduleKind, Spec, SplitSpec, TrainSpec, Transform, Tta, output_size,
 };
 
 /// The test answers' file a dataset root may hold (`data.test_labels` unless set).
@@ -16,7 +15,12 @@ const DEFAULT_TEST_LABELS: &str = "test_labels.csv";
 
 /// Validates `exp` (loaded from `file`) for a dataset with `class_names`.
 pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<Spec, ConfigError> {
-    let at = At { file, classes: class_names.len(), params: &exp.model.params };
+    let blocks = super::graph::library(&exp.model.blocks).map_err(|m| ConfigError::Invalid {
+        path: file.into(),
+        key: "model.blocks".into(),
+        message: m,
+    })?;
+    let at = At { file, classes: class_names.len(), params: &exp.model.params, blocks: &blocks };
     let data = data(&exp, &at, &class_names)?;
     let train_transforms =
         transforms(&exp.transforms.train, "transforms.train", true).map_err(|(k, m)| at.invalid(&k, m))?;
@@ -34,7 +38,13 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
     };
     pipeline_sizes(&train_transforms, &eval_transforms, input_hw, &at)?;
     training(&exp, &at)?;
-    let layers = exp.model.layers.iter().enumerate().map(|(i, l)| layer(l, i, &at)).collect::<Result<Vec<_>, _>>()?;
+    let layers = exp
+        .model
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| super::graph::node(l, &format!("model.layers.{i}"), &at))
+        .collect::<Result<Vec<_>, _>>()?;
     if layers.is_empty() {
         return Err(at.invalid("model.layers", "expected at least one layer".into()));
     }
@@ -75,43 +85,83 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
     })
 }
 
-/// What a check needs to name a problem (the file) and to substitute `$name` references.
-struct At<'a> {
-    file: &'a str,
+/// What a check needs to name a problem (the file), to substitute `$name` references and to
+/// find block templates.
+pub(super) struct At<'a> {
+    pub file: &'a str,
+    pub classes: usize,
+    pub params: &'a BTreeMap<String, toml::Value>,
+    pub blocks: &'a BTreeMap<String, BlockTemplate>,
+}
+
+/// [`At`] owning what it refers to, kept by a stage's block maker until the model calls it.
+pub(super) struct OwnedAt {
+    file: String,
     classes: usize,
-    params: &'a std::collections::BTreeMap<String, toml::Value>,
+    params: BTreeMap<String, toml::Value>,
+    blocks: BTreeMap<String, BlockTemplate>,
+}
+
+impl OwnedAt {
+    pub fn at(&self) -> At<'_> {
+        At { file: &self.file, classes: self.classes, params: &self.params, blocks: &self.blocks }
+    }
 }
 
 impl At<'_> {
-    fn invalid(&self, key: &str, message: String) -> ConfigError {
+    pub fn invalid(&self, key: &str, message: String) -> ConfigError {
         ConfigError::Invalid { path: self.file.to_string(), key: key.into(), message }
     }
 
-    /// A whole number, literal or a `"$name"` reference into `model.params` (`$classes`: the
-    /// number of classes).
-    fn int(&self, v: &Int, key: &str) -> Result<usize, ConfigError> {
+    pub fn owned(&self) -> OwnedAt {
+        OwnedAt {
+            file: self.file.into(),
+            classes: self.classes,
+            params: self.params.clone(),
+            blocks: self.blocks.clone(),
+        }
+    }
+
+    /// The value of `$name` outside templates: `model.params`' entry, or `$classes`.
+    pub fn outer(&self, name: &str) -> Option<toml::Value> {
+        if name == "classes" {
+            return Some(toml::Value::Integer(self.classes as i64));
+        }
+        self.params.get(name).cloned()
+    }
+
+    /// A whole number: literal, a `"$name"` reference into `model.params` (`$classes`: the
+    /// number of classes), or an expression of them (`"$width * 2"`).
+    pub fn int(&self, v: &Int, key: &str) -> Result<usize, ConfigError> {
         let r = match v {
             Int::Value(n) => return Ok(*n),
             Int::Ref(r) => r,
         };
-        let name = r.strip_prefix('$').ok_or_else(|| {
-            self.invalid(key, format!("expected a whole number or a \"$name\" reference, got \"{r}\""))
-        })?;
-        if name == "classes" {
-            return Ok(self.classes);
+        if !r.contains('$') {
+            return Err(self.invalid(key, format!("expected a whole number or a \"$name\" reference, got \"{r}\"")));
         }
-        let value = self.params.get(name).ok_or_else(|| {
-            let names: Vec<&str> = self.params.keys().map(String::as_str).chain(["classes"]).collect();
-            let hint = super::suggest(name, &names).map(|s| format!(" (did you mean `${s}`?)")).unwrap_or_default();
-            self.invalid(key, format!("`${name}` is not in model.params{hint}"))
-        })?;
-        value.as_integer().and_then(|i| usize::try_from(i).ok()).ok_or_else(|| {
-            self.invalid(&format!("model.params.{name}"), format!("expected a whole number, got {value}"))
-        })
+        let mut bad_param = None;
+        let mut lookup = |name: &str| {
+            let Some(value) = self.outer(name) else {
+                let names: Vec<&str> = self.params.keys().map(String::as_str).chain(["classes"]).collect();
+                let hint = super::suggest(name, &names).map(|s| format!(" (did you mean `${s}`?)")).unwrap_or_default();
+                return Err(format!("`${name}` is not in model.params{hint}"));
+            };
+            value.as_integer().ok_or_else(|| {
+                bad_param = Some((format!("model.params.{name}"), format!("expected a whole number, got {value}")));
+                String::new()
+            })
+        };
+        let n = super::expr::eval(r, &mut lookup);
+        if let Some((k, m)) = bad_param {
+            return Err(self.invalid(&k, m));
+        }
+        let n = n.map_err(|m| self.invalid(key, m))?;
+        usize::try_from(n).map_err(|_| self.invalid(key, format!("\"{r}\" is {n}: expected a whole number >= 0")))
     }
 
     /// [`At::int`], at least 1.
-    fn positive(&self, v: &Int, key: &str) -> Result<usize, ConfigError> {
+    pub fn positive(&self, v: &Int, key: &str) -> Result<usize, ConfigError> {
         let n = self.int(v, key)?;
         if n == 0 {
             return Err(self.invalid(key, "expected at least 1".into()));
@@ -120,7 +170,7 @@ impl At<'_> {
     }
 
     /// An optional setting: [`At::positive`] when given, else `default`.
-    fn positive_or(&self, v: &Option<Int>, key: &str, default: usize) -> Result<usize, ConfigError> {
+    pub fn positive_or(&self, v: &Option<Int>, key: &str, default: usize) -> Result<usize, ConfigError> {
         v.as_ref().map(|v| self.positive(v, key)).transpose().map(|n| n.unwrap_or(default))
     }
 }
@@ -382,75 +432,6 @@ fn pipeline_sizes(
         }
     }
     Ok(())
-}
-
-/// Layer `i` of `model.layers`, validated.
-fn layer(layer: &LayerSpec, i: usize, at: &At) -> Result<LayerConfig, ConfigError> {
-    let key = |field: &str| format!("model.layers.{i}.{field}");
-    Ok(match layer {
-        LayerSpec::Conv(c) => LayerConfig::Conv(ConvConfig {
-            out: at.positive(&c.out, &key("conv.out"))?,
-            kernel: at.positive(&c.kernel, &key("conv.kernel"))?,
-            params: ConvParams {
-                stride: at.positive_or(&c.stride, &key("conv.stride"), 1)?,
-                padding: c.padding.as_ref().map(|v| at.int(v, &key("conv.padding"))).transpose()?.unwrap_or(0),
-                dilation: at.positive_or(&c.dilation, &key("conv.dilation"), 1)?,
-                groups: at.positive_or(&c.groups, &key("conv.groups"), 1)?,
-            },
-            bias: c.bias.unwrap_or(true),
-            name: c.name.clone(),
-        }),
-        LayerSpec::MaxPool(p) => pool(p, PoolKind::Max, &key("max_pool"), at)?,
-        LayerSpec::AvgPool(p) => pool(p, PoolKind::Avg, &key("avg_pool"), at)?,
-        LayerSpec::Plain(plain) => plain.clone(),
-        LayerSpec::Linear(l) => LayerConfig::Linear(LinearConfig {
-            out: at.positive(&l.out, &key("linear.out"))?,
-            bias: l.bias.unwrap_or(true),
-            name: l.name.clone(),
-        }),
-        LayerSpec::Dropout(p) => {
-            if !(0.0..1.0).contains(p) {
-                return Err(at.invalid(&key("dropout"), format!("expected a probability in [0, 1), got {p}")));
-            }
-            LayerConfig::Dropout(*p)
-        }
-        LayerSpec::Stage(st) => stage(st, &key("stage"), at)?,
-    })
-}
-
-/// A pooling layer whose settings are under `key`.
-fn pool(p: &PoolSpec, kind: PoolKind, key: &str, at: &At) -> Result<LayerConfig, ConfigError> {
-    let k = at.positive(&p.kernel, &format!("{key}.kernel"))?;
-    let s = at.positive_or(&p.stride, &format!("{key}.stride"), k)?;
-    let pad = p.padding.as_ref().map(|v| at.int(v, &format!("{key}.padding"))).transpose()?.unwrap_or(0);
-    if pad * 2 > k {
-        return Err(at.invalid(&format!("{key}.padding"), format!("expected at most half the kernel ({k}), got {pad}")));
-    }
-    Ok(LayerConfig::Pool(PoolParams { kind, kernel: (k, k), stride: (s, s), padding: (pad, pad) }))
-}
-
-/// A residual stage whose settings are under `key`.
-fn stage(st: &StageSpec, key: &str, at: &At) -> Result<LayerConfig, ConfigError> {
-    let field = |f: &str| format!("{key}.{f}");
-    let mid = match (&st.mid, &st.width) {
-        (Some(m), _) => MidWidth::Fixed(at.positive(m, &field("mid"))?),
-        (None, Some(w)) => MidWidth::PerGroup(at.positive(w, &field("width"))?),
-        (None, None) => MidWidth::PerGroup(64),
-    };
-    let stage = StageConfig {
-        block: st.block,
-        repeat: at.positive_or(&st.repeat, &field("repeat"), 1)?,
-        out: at.positive(&st.out, &field("out"))?,
-        stride: at.positive_or(&st.stride, &field("stride"), 1)?,
-        groups: at.positive_or(&st.groups, &field("groups"), 1)?,
-        mid,
-        downsample: st.downsample.unwrap_or_default(),
-        name: st.name.clone(),
-    };
-    if stage.block == BlockKind::Bottleneck {
-        stage.bottleneck_width().map_err(|m| at.invalid(key, m))?;
-    }
-    Ok(LayerConfig::Stage(stage))
 }
 
 /// The hyper-parameters every run reports to HParams, besides the swept ones.

@@ -336,8 +336,11 @@ pub struct ModelConfig {
     /// Named values the layers refer to as `"$name"` (`$classes` is the number of classes).
     #[serde(default)]
     pub params: BTreeMap<String, toml::Value>,
-    /// Layers in order.
-    pub layers: Vec<LayerSpec>,
+    /// Layers in order: the model graph (see [`NodeSpec`]).
+    pub layers: Vec<NodeSpec>,
+    /// Block templates the stages instantiate, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub blocks: BTreeMap<String, BlockTemplate>,
     /// Start from saved weights (torchvision / timm / ablate names) instead of random ones.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<InitSpec>,
@@ -387,9 +390,6 @@ impl<'de> Deserialize<'de> for Int {
 }
 
 /// One layer of the network, written `"relu"` or `{ conv = { out = 6, kernel = 5 } }`.
-///
-/// (De)serialised by hand below, so that parameter-free layers are declared once, in the spec
-/// ([`LayerConfig::plain`]), while a misspelt name still gets figment's "did you mean".
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerSpec {
     /// 2-D convolution.
@@ -402,109 +402,210 @@ pub enum LayerSpec {
     Linear(LinearSpec),
     /// Dropout with this probability (training only).
     Dropout(f64),
-    /// A stage of residual blocks: `{ stage = { block = "bottleneck", repeat = 3, out = 256 } }`.
+    /// `repeat` blocks of a template: `{ stage = { block = "bottleneck", repeat = 3, out = 256 } }`.
     Stage(StageSpec),
+    /// The sum of the named nodes: `{ add = ["bn2", "input"] }`.
+    Add(Vec<String>),
+    /// The named nodes stacked along channels.
+    Concat(Vec<String>),
+    /// `[x, gate]`: x scaled by the gate, broadcast over height and width.
+    Mul(Vec<String>),
     /// A layer without settings, written by name: `"relu"`, `"flatten"`, `"batch_norm"`
     /// (over channels, or features after a linear layer), `"global_avg_pool"` (mean over
     /// height and width: `(n, c, h, w) -> (n, c)`).
     Plain(LayerConfig),
 }
 
-impl Serialize for LayerSpec {
+/// One node of the model graph: a layer, and beside its kind the node's `name` (what later
+/// nodes read it by, and its parameters' prefix), `from` (the node it reads, default the one
+/// before) and, on an `add`, `project`:
+/// `{ conv = { out = 64, kernel = 1 }, name = "proj", from = "input" }`, `{ relu = {}, name = "act" }`.
+///
+/// (De)serialised by hand below, so that parameter-free layers are declared once, in the spec
+/// ([`LayerConfig::plain`]), while a misspelt name still gets figment's "did you mean".
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeSpec {
+    pub layer: LayerSpec,
+    pub name: Option<String>,
+    pub from: Option<String>,
+    /// An add's projection of an input of another shape: `true` (`"conv"`) or `"avg_conv"`.
+    pub project: Option<ProjectSpec>,
+}
+
+impl From<LayerSpec> for NodeSpec {
+    fn from(layer: LayerSpec) -> Self {
+        NodeSpec { layer, name: None, from: None, project: None }
+    }
+}
+
+/// `project = true`, `false`, `"conv"` or `"avg_conv"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ProjectSpec {
+    On(bool),
+    Kind(Projection),
+}
+
+/// The keys a node may have beside its kind.
+const NODE_KEYS: &[&str] = &["name", "from", "project"];
+
+impl Serialize for NodeSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{Error, SerializeMap};
-        let (name, settings) = match self {
-            LayerSpec::Plain(c) => return s.serialize_str(c.kind()),
+        let plain = NodeSpec::from(self.layer.clone());
+        if let (LayerSpec::Plain(c), true) = (&self.layer, *self == plain) {
+            return s.serialize_str(c.kind());
+        }
+        let (name, settings) = match &self.layer {
+            LayerSpec::Plain(_) => ("", Ok(toml::Value::Table(Default::default()))),
             LayerSpec::Conv(c) => ("conv", toml::Value::try_from(c)),
             LayerSpec::MaxPool(p) => ("max_pool", toml::Value::try_from(p)),
             LayerSpec::AvgPool(p) => ("avg_pool", toml::Value::try_from(p)),
             LayerSpec::Linear(l) => ("linear", toml::Value::try_from(l)),
             LayerSpec::Dropout(p) => ("dropout", toml::Value::try_from(p)),
             LayerSpec::Stage(st) => ("stage", toml::Value::try_from(st)),
+            LayerSpec::Add(v) => ("add", toml::Value::try_from(v)),
+            LayerSpec::Concat(v) => ("concat", toml::Value::try_from(v)),
+            LayerSpec::Mul(v) => ("mul", toml::Value::try_from(v)),
         };
-        let mut m = s.serialize_map(Some(1))?;
+        let name = match &self.layer {
+            LayerSpec::Plain(c) => c.kind(),
+            _ => name,
+        };
+        let mut m = s.serialize_map(None)?;
         m.serialize_entry(name, &settings.map_err(S::Error::custom)?)?;
+        if let Some(n) = &self.name {
+            m.serialize_entry("name", n)?;
+        }
+        if let Some(f) = &self.from {
+            m.serialize_entry("from", f)?;
+        }
+        if let Some(p) = &self.project {
+            m.serialize_entry("project", p)?;
+        }
         m.end()
     }
 }
 
-impl<'de> Deserialize<'de> for LayerSpec {
+impl<'de> Deserialize<'de> for NodeSpec {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::{self, MapAccess};
-        struct LayerVisitor;
-        impl<'de> de::Visitor<'de> for LayerVisitor {
-            type Value = LayerSpec;
+        struct NodeVisitor;
+        impl<'de> de::Visitor<'de> for NodeVisitor {
+            type Value = NodeSpec;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a layer: a name such as \"relu\", or one key such as { conv = { out = 6, kernel = 5 } }")
             }
-            fn visit_str<E: de::Error>(self, name: &str) -> Result<LayerSpec, E> {
-                LayerConfig::plain(name).map(LayerSpec::Plain).ok_or_else(|| E::unknown_variant(name, LAYER_NAMES))
+            fn visit_str<E: de::Error>(self, name: &str) -> Result<NodeSpec, E> {
+                LayerConfig::plain(name)
+                    .map(|c| LayerSpec::Plain(c).into())
+                    .ok_or_else(|| E::unknown_variant(name, LAYER_NAMES))
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LayerSpec, A::Error> {
-                let Some(name) = map.next_key::<String>()? else {
-                    return Err(de::Error::invalid_length(0, &self));
-                };
-                let layer = match name.as_str() {
-                    "conv" => LayerSpec::Conv(map.next_value()?),
-                    "max_pool" => LayerSpec::MaxPool(map.next_value()?),
-                    "avg_pool" => LayerSpec::AvgPool(map.next_value()?),
-                    "linear" => LayerSpec::Linear(map.next_value()?),
-                    "dropout" => LayerSpec::Dropout(map.next_value()?),
-                    "stage" => LayerSpec::Stage(map.next_value()?),
-                    plain if LayerConfig::plain(plain).is_some() => {
-                        return Err(de::Error::custom(format!("`{plain}` takes no settings: write it as \"{plain}\"")));
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeSpec, A::Error> {
+                let (mut layer, mut kind) = (None, String::new());
+                let (mut name, mut from, mut project) = (None, None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "name" => name = Some(map.next_value()?),
+                        "from" => from = Some(map.next_value()?),
+                        "project" => project = Some(map.next_value()?),
+                        _ if layer.is_some() => {
+                            return Err(de::Error::custom(format!(
+                                "a layer is one key (besides {}), found `{kind}` and `{key}`",
+                                NODE_KEYS.join(", ")
+                            )));
+                        }
+                        _ => {
+                            layer = Some(layer_value(&key, &mut map)?);
+                            kind = key;
+                        }
                     }
-                    other => return Err(de::Error::unknown_variant(other, LAYER_NAMES)),
-                };
-                if let Some(extra) = map.next_key::<String>()? {
-                    return Err(de::Error::custom(format!("a layer is one key, found `{name}` and `{extra}`")));
                 }
-                Ok(layer)
+                let layer = layer.ok_or_else(|| de::Error::invalid_length(0, &self))?;
+                Ok(NodeSpec { layer, name, from, project })
             }
         }
-        d.deserialize_any(LayerVisitor)
+        d.deserialize_any(NodeVisitor)
     }
 }
 
-// The block kinds are the model's own types (the model does not import the config); the
-// TOML names them through their serde names.
+/// The settings of a layer of kind `kind`, the map's next value.
+fn layer_value<'de, A: serde::de::MapAccess<'de>>(kind: &str, map: &mut A) -> Result<LayerSpec, A::Error> {
+    use serde::de::Error;
+    Ok(match kind {
+        "conv" => LayerSpec::Conv(map.next_value()?),
+        "max_pool" => LayerSpec::MaxPool(map.next_value()?),
+        "avg_pool" => LayerSpec::AvgPool(map.next_value()?),
+        "linear" => LayerSpec::Linear(map.next_value()?),
+        "dropout" => LayerSpec::Dropout(map.next_value()?),
+        "stage" => LayerSpec::Stage(map.next_value()?),
+        "add" => LayerSpec::Add(map.next_value()?),
+        "concat" => LayerSpec::Concat(map.next_value()?),
+        "mul" => LayerSpec::Mul(map.next_value()?),
+        plain => {
+            let Some(layer) = LayerConfig::plain(plain) else {
+                return Err(A::Error::unknown_variant(plain, LAYER_NAMES));
+            };
+            let settings: BTreeMap<String, toml::Value> = map.next_value()?;
+            if !settings.is_empty() {
+                return Err(A::Error::custom(format!(
+                    "`{plain}` takes no settings: write it as \"{plain}\" (or {{ {plain} = {{}}, name = ... }})"
+                )));
+            }
+            LayerSpec::Plain(layer)
+        }
+    })
+}
+
+// The model's own types the TOML names through their serde names (the model does not
+// import the config).
 pub use crate::spec::{
-    BlockKind, CacheMode, ClassWeights, DownsampleKind, EarlyStoppingConfig, EmaConfig, InitSpec, OptimizerConfig,
-    Precision, ScheduleConfig, SubmissionConfig,
+    CacheMode, ClassWeights, EarlyStoppingConfig, EmaConfig, InitSpec, OptimizerConfig, Precision, Projection,
+    ScheduleConfig, SubmissionConfig,
 };
 pub use crate::spec::{LAYER_NAMES, LayerConfig};
 
-/// A stage: `repeat` blocks, the first one strided and projecting the shortcut if needed.
+/// A stage: `repeat` blocks of template `block`, the first one with the stage's `stride`;
+/// every other key is an argument of the template (`out = 256`, `groups = "$groups"`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct StageSpec {
-    /// `basic` or `bottleneck`.
-    pub block: BlockKind,
+    /// A template of `[model.blocks]` (or a shipped one: `basic`, `bottleneck`).
+    pub block: String,
     /// Blocks in the stage (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat: Option<Int>,
-    /// Output channels of every block (a bottleneck's expanded width: 4 x its planes).
-    pub out: Int,
-    /// Stride of the first block (default 1).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stride: Option<Int>,
-    /// Groups of the bottleneck's 3x3 conv (default 1; 32 for ResNeXt).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub groups: Option<Int>,
-    /// Width per group (torchvision's `width_per_group`, default 64): the 3x3 conv has
-    /// `groups * width * out / 256` channels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub width: Option<Int>,
-    /// The 3x3 conv's channels, set directly (overrides `width`): keeps them fixed while
-    /// `groups` is swept.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mid: Option<Int>,
-    /// Shortcut projection when the shape changes (default `conv`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub downsample: Option<DownsampleKind>,
     /// Parameter-name prefix (default `layer<N>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The template's arguments.
+    #[serde(flatten)]
+    pub args: BTreeMap<String, toml::Value>,
+}
+
+/// A block template, `[model.blocks.<name>]`: a graph with parameters, made once per block
+/// of the stages that name it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BlockTemplate {
+    /// Parameters a stage must give.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub required: Vec<String>,
+    /// Parameters with their defaults, which may refer to each other (`mid = "$out / 4"`);
+    /// `$in` is the block's input channels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub params: BTreeMap<String, toml::Value>,
+    /// What the layers call the block's input (default `input`).
+    #[serde(default = "default_block_input")]
+    pub input: String,
+    /// The node whose value the block returns (default: the last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The nodes, as model.layers, with `$name` anywhere a value goes.
+    pub layers: Vec<toml::Value>,
+}
+
+fn default_block_input() -> String {
+    "input".into()
 }
 
 /// Convolution settings.

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::ModuleT;
 
-use crate::spec::LayerConfig;
+use crate::spec::Node;
 pub use summary::Summary;
 
 /// A layer list that does not fit its input.
@@ -29,7 +29,7 @@ pub enum ModelError {
 
 /// A built network: its layers in order and every named tensor it owns.
 pub struct Model {
-    layers: Vec<Box<dyn ModuleT>>,
+    graph: layers::GraphModule,
     /// Trainable parameters by name (`conv1.weight`, `fc.bias`, ...).
     params: BTreeMap<String, Var>,
     /// Non-trainable state saved in checkpoints (BatchNorm running statistics).
@@ -56,19 +56,14 @@ impl Model {
     /// Builds `layers` for inputs of `(3, h, w)`, initialising weights from `seed` as PyTorch
     /// does: kaiming-uniform convs (torchvision's kaiming-normal fan-out ones in networks with
     /// residual stages), BatchNorm weight 1 and bias 0, linear layers uniform +-1/sqrt(fan_in).
-    pub fn build(
-        layers: &[LayerConfig],
-        input_hw: (usize, usize),
-        seed: u64,
-        device: &Device,
-    ) -> Result<Self, ModelError> {
+    pub fn build(layers: &[Node], input_hw: (usize, usize), seed: u64, device: &Device) -> Result<Self, ModelError> {
         Self::build_for(layers, (3, input_hw.0, input_hw.1), seed, device)
     }
 
     /// [`Model::build`] for inputs of `(c, h, w)`, for networks that do not start from RGB
     /// images (a benchmark of one stage, say).
     pub fn build_for(
-        layers: &[LayerConfig],
+        layers: &[Node],
         input: (usize, usize, usize),
         seed: u64,
         device: &Device,
@@ -76,7 +71,7 @@ impl Model {
         let mut b = builder::Builder::new(seed, device, layers::conv_init(layers));
         let net = layers::build(layers, input, seed, &mut b)?;
         Ok(Self {
-            layers: net.layers,
+            graph: net.graph,
             params: b.params,
             buffers: b.buffers,
             counters: b.counters,
@@ -227,6 +222,6 @@ impl Model {
 impl ModuleT for Model {
     /// `(n, 3, h, w)` -> logits `(n, classes)`.
     fn forward_t(&self, xs: &Tensor, train: bool) -> candle_core::Result<Tensor> {
-        self.layers.iter().try_fold(xs.clone(), |x, layer| layer.forward_t(&x, train))
+        self.graph.forward_t(xs, train)
     }
 }

@@ -9,7 +9,8 @@ use crate::units::{short, thousands};
 pub struct SummaryRow {
     /// Position in `model.layers`.
     pub index: usize,
-    pub kind: &'static str,
+    /// The layer's kind as written (`conv`), or a stage's block template (`bottleneck`).
+    pub kind: String,
     /// Parameter prefix (`conv1`, `fc`) or a positional name for parameter-free layers.
     pub name: String,
     /// Output shape without the batch dimension.
@@ -21,8 +22,15 @@ pub struct SummaryRow {
 
 impl SummaryRow {
     /// A parameter-free layer's row.
-    pub fn plain(index: usize, kind: &'static str, name: &str, out_shape: &[usize]) -> Self {
-        Self { index, kind, name: format!("{name}{index}"), out_shape: out_shape.to_vec(), params: 0, macs: 0 }
+    pub fn plain(index: usize, kind: &str, name: &str, out_shape: &[usize]) -> Self {
+        Self {
+            index,
+            kind: kind.into(),
+            name: format!("{name}{index}"),
+            out_shape: out_shape.to_vec(),
+            params: 0,
+            macs: 0,
+        }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The network as validated layer specs: one enum, one variant per layer kind.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
@@ -11,7 +13,6 @@ pub struct ConvConfig {
     pub kernel: usize,
     pub params: ConvParams,
     pub bias: bool,
-    pub name: Option<String>,
 }
 
 /// Fully connected layer as validated from the config.
@@ -19,57 +20,103 @@ pub struct ConvConfig {
 pub struct LinearConfig {
     pub out: usize,
     pub bias: bool,
-    pub name: Option<String>,
 }
 
-/// A stage of residual blocks as validated from the config.
+/// One node of the model graph: a layer, the nodes it reads, and its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    pub layer: LayerConfig,
+    /// What later nodes call it in `from` and merges, and its parameters' prefix
+    /// (`conv1` -> `conv1.weight`); default: the kind's numbered name (`conv2`, `bn1`, `fc`).
+    pub name: Option<String>,
+    /// The nodes it reads: empty for the node before it (or the graph's input); a merge names
+    /// two or more.
+    pub from: Vec<String>,
+}
+
+impl From<LayerConfig> for Node {
+    fn from(layer: LayerConfig) -> Self {
+        Node { layer, name: None, from: Vec::new() }
+    }
+}
+
+/// A block template instantiated for one position: its nodes, what its input is called in
+/// them, and which node is its output (default: the last).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockGraph {
+    pub nodes: Vec<Node>,
+    pub input: String,
+    pub output: Option<String>,
+}
+
+/// Makes block `i` of a stage for inputs of a shape (`[c, h, w]`): the template's parameters
+/// bound, `$in` the input's channels, the stride only on block 0.
+pub type Instantiate = dyn Fn(usize, &[usize]) -> Result<BlockGraph, String> + Send + Sync;
+
+/// How a stage makes its blocks. The template (TOML) stays with `config`, which hands the
+/// model this closure: the model knows shapes, the config knows the file.
+#[derive(Clone)]
+pub struct BlockSource {
+    /// The template and its arguments as written (`bottleneck { out = 256, groups = 32 }`):
+    /// what Debug prints and equality compares.
+    pub describe: String,
+    make: Arc<Instantiate>,
+}
+
+impl BlockSource {
+    pub fn new(describe: String, make: Arc<Instantiate>) -> Self {
+        Self { describe, make }
+    }
+
+    /// Block `index` for inputs of `shape`.
+    pub fn instantiate(&self, index: usize, shape: &[usize]) -> Result<BlockGraph, String> {
+        (self.make)(index, shape)
+    }
+}
+
+impl std::fmt::Debug for BlockSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe)
+    }
+}
+
+impl PartialEq for BlockSource {
+    fn eq(&self, other: &Self) -> bool {
+        self.describe == other.describe
+    }
+}
+
+/// A stage: `repeat` blocks made from one template, the first with the stage's stride.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StageConfig {
-    pub block: BlockKind,
+    /// The template's name (`basic`, `bottleneck`): the summary's kind for each block.
+    pub block: String,
     pub repeat: usize,
-    pub out: usize,
-    pub stride: usize,
-    pub groups: usize,
-    /// The bottleneck's 3x3 width: per group (torchvision) or fixed.
-    pub mid: MidWidth,
-    pub downsample: DownsampleKind,
-    pub name: Option<String>,
+    pub blocks: BlockSource,
 }
 
-/// Residual block kinds.
+/// How an `add` projects an input whose shape differs from the first's (a residual
+/// block's shortcut): a 1x1 conv + BatchNorm, torchvision's `downsample`, or first an average
+/// pool (ResNet-D, timm's `avg_down`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum BlockKind {
-    /// Two 3x3 convolutions (ResNet18/34).
-    Basic,
-    /// 1x1 reduce, 3x3 (grouped) conv, 1x1 expand by 4 (ResNet50+, ResNeXt).
-    Bottleneck,
-}
-
-/// How a block's shortcut changes shape when it must.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DownsampleKind {
-    /// Strided 1x1 conv + BatchNorm (torchvision).
-    #[default]
+pub enum Projection {
     Conv,
-    /// Average pool, then 1x1 conv + BatchNorm (ResNet-D, timm's `avg_down`).
     AvgConv,
-}
-
-/// How a bottleneck's 3x3 conv width is given.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MidWidth {
-    /// torchvision: `int(planes * width / 64) * groups`, planes = out / 4.
-    PerGroup(usize),
-    /// Exactly this many channels.
-    Fixed(usize),
 }
 
 /// One validated layer.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LayerConfig {
     Stage(StageConfig),
+    /// Element-wise sum of its inputs, projecting the later ones to the first's shape if
+    /// asked and needed.
+    Add(Option<Projection>),
+    /// Inputs stacked along channels (features).
+    Concat,
+    /// The first input scaled by the second, broadcast over height and width (a
+    /// squeeze-excite gate: `(c, h, w) * (c, 1, 1)` or `* (c)`).
+    Mul,
     Conv(ConvConfig),
     Pool(PoolParams),
     GlobalAvgPool,
@@ -91,6 +138,9 @@ pub const LAYER_NAMES: &[&str] = &[
     "linear",
     "dropout",
     "stage",
+    "add",
+    "concat",
+    "mul",
     "global_avg_pool",
     "relu",
     "relu6",
@@ -126,25 +176,9 @@ impl LayerConfig {
             LayerConfig::Dropout(_) => "dropout",
             LayerConfig::BatchNorm => "batch_norm",
             LayerConfig::Stage(_) => "stage",
+            LayerConfig::Add(_) => "add",
+            LayerConfig::Concat => "concat",
+            LayerConfig::Mul => "mul",
         }
-    }
-}
-
-impl StageConfig {
-    /// The 3x3 conv width of this stage's bottleneck blocks (validated by `resolve`).
-    pub fn bottleneck_width(&self) -> Result<usize, String> {
-        let (out, groups, mid) = (self.out, self.groups, self.mid);
-        if !out.is_multiple_of(4) {
-            return Err(format!("a bottleneck's out ({out}) must be 4 x its planes: a multiple of 4"));
-        }
-        let width = match mid {
-            // torchvision: int(planes * (width_per_group / 64.0)) * groups
-            MidWidth::PerGroup(w) => (out / 4 * w / 64) * groups,
-            MidWidth::Fixed(m) => m,
-        };
-        if width == 0 || width % groups != 0 {
-            return Err(format!("the 3x3 conv's width ({width}) must be a positive multiple of groups ({groups})"));
-        }
-        Ok(width)
     }
 }

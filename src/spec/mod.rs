@@ -16,7 +16,9 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use layer::{BlockKind, ConvConfig, DownsampleKind, LAYER_NAMES, LayerConfig, LinearConfig, MidWidth, StageConfig};
+pub use layer::{
+    BlockGraph, BlockSource, ConvConfig, LAYER_NAMES, LayerConfig, LinearConfig, Node, Projection, StageConfig,
+};
 pub use optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind, ThresholdMode};
 pub use recipe::{EarlyStoppingConfig, EmaConfig, Monitor};
 pub use shard::Shard;
@@ -36,7 +38,7 @@ pub struct Spec {
     pub eval_transforms: Vec<Transform>,
     /// `(h, w)` the network is built for.
     pub input_hw: (usize, usize),
-    pub layers: Vec<LayerConfig>,
+    pub layers: Vec<Node>,
     /// Saved weights to start from.
     pub init: Option<InitSpec>,
     /// Parameter-name prefixes kept fixed.

@@ -3,7 +3,7 @@
 
 use ablate::ops::conv::ConvParams;
 use ablate::ops::pool::{PoolKind, PoolParams};
-use ablate::{ConvConfig, LayerConfig, LinearConfig, Model};
+use ablate::{ConvConfig, LayerConfig, LinearConfig, Model, Node};
 use candle_core::{Device, Tensor, Var};
 use candle_nn::ModuleT;
 use rand::{Rng, SeedableRng};
@@ -26,7 +26,12 @@ fn loss(model: &Model, x: &Tensor, probe: &[f32], train: bool) -> f64 {
 /// and max-pool kinks). A coarse check: the tight one, against PyTorch and float64, is
 /// tests/suite/parity.rs; this one also covers dropout and evaluation mode.
 fn check(layers: Vec<LayerConfig>, hw: (usize, usize), train: bool) {
-    let model = Model::build(&layers, hw, 11, &Device::Cpu).unwrap();
+    check_graph(layers.into_iter().map(Node::from).collect(), hw, train)
+}
+
+/// [`check`] for a model graph.
+fn check_graph(nodes: Vec<Node>, hw: (usize, usize), train: bool) {
+    let model = Model::build(&nodes, hw, 11, &Device::Cpu).unwrap();
     let x = Var::from_tensor(&random(&[3, 3, hw.0, hw.1], 5)).unwrap();
     let out = model.forward_t(&x, train).unwrap();
     let probe = random(out.dims(), 9);
@@ -66,7 +71,6 @@ fn conv(out: usize, kernel: usize, stride: usize, padding: usize, groups: usize)
         kernel,
         params: ConvParams { stride, padding, dilation: 1, groups },
         bias: true,
-        name: None,
     })
 }
 
@@ -75,7 +79,7 @@ fn pool(kind: PoolKind, k: usize, s: usize, p: usize) -> LayerConfig {
 }
 
 fn linear(out: usize) -> LayerConfig {
-    LayerConfig::Linear(LinearConfig { out, bias: true, name: None })
+    LayerConfig::Linear(LinearConfig { out, bias: true })
 }
 
 #[test]
@@ -136,7 +140,8 @@ fn batchnorm_matches_pytorch() {
         .unwrap()
         - 0.5)
         .unwrap();
-    let single = Model::build(&[LayerConfig::BatchNorm, LayerConfig::Flatten], (2, 2), 0, &Device::Cpu).unwrap();
+    let single =
+        Model::build(&[LayerConfig::BatchNorm.into(), LayerConfig::Flatten.into()], (2, 2), 0, &Device::Cpu).unwrap();
     let y = single.forward_t(&x, true).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
     let close = |got: &[f32], want: &[f32]| {
         assert!(got.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-5), "{got:?} vs PyTorch {want:?}");
@@ -150,24 +155,35 @@ fn batchnorm_matches_pytorch() {
     close(&y_eval[..3], &[-0.566973, -0.487110, -0.341086]);
 }
 
-/// One ResNeXt bottleneck block (grouped 3x3, strided, projected shortcut) in training mode.
+/// One ResNeXt bottleneck block (grouped 3x3, strided, projected shortcut) and one basic block,
+/// both made from the shipped templates, in training mode.
 #[test]
 fn bottleneck_block_matches_finite_differences() {
-    use ablate::{BlockKind, DownsampleKind};
-    use ablate::{MidWidth, StageConfig};
-    let stage = StageConfig {
-        block: BlockKind::Bottleneck,
-        repeat: 1,
-        out: 8,
-        stride: 2,
-        groups: 2,
-        mid: MidWidth::Fixed(4),
-        downsample: DownsampleKind::Conv,
-        name: None,
-    };
-    check(vec![LayerConfig::Stage(stage.clone()), LayerConfig::GlobalAvgPool, linear(2)], (6, 6), true);
-    let basic = StageConfig { block: BlockKind::Basic, groups: 1, mid: MidWidth::PerGroup(64), stride: 1, ..stage };
-    check(vec![LayerConfig::Stage(basic), LayerConfig::GlobalAvgPool, linear(2)], (5, 5), true);
+    let head = r#""global_avg_pool", { linear = { out = 2 } }"#;
+    let stage = r#"{ stage = { block = "bottleneck", out = 8, stride = 2, groups = 2, mid = 4 } }"#;
+    check_graph(crate::common::spec_at_layers(&format!("[{stage}, {head}]"), 6).layers, (6, 6), true);
+    let stage = r#"{ stage = { block = "basic", out = 8 } }"#;
+    check_graph(crate::common::spec_at_layers(&format!("[{stage}, {head}]"), 5).layers, (5, 5), true);
+}
+
+/// A graph written in the file: a squeeze-excite gate (`mul`), a dense concatenation and a
+/// projected `add`, whose every gradient (the gate's path, both concat inputs, the
+/// projection) matches finite differences.
+#[test]
+fn graph_merges_match_finite_differences() {
+    let layers = r#"[
+        { conv = { out = 4, kernel = 3, padding = 1 }, name = "stem" },
+        "global_avg_pool",
+        { linear = { out = 4 }, name = "squeeze" }, "relu",
+        { linear = { out = 4 }, name = "excite" },
+        { mul = ["stem", "excite"], name = "gated" },
+        { conv = { out = 2, kernel = 1 }, name = "branch" },
+        { concat = ["gated", "branch"], name = "dense" },
+        { conv = { out = 8, kernel = 3, stride = 2, padding = 1 }, name = "body" },
+        { add = ["body", "dense"], project = true },
+        "relu", "global_avg_pool", { linear = { out = 2 } }
+    ]"#;
+    check_graph(crate::common::spec_at_layers(layers, 6).layers, (6, 6), true);
 }
 
 /// candle's backward as vendored (vendor/README.md) stores a node's first gradient as it is

@@ -286,6 +286,7 @@ fn batch_norm_and_its_fused_relu_match_pytorch_on_every_build() {
             layers.push(LayerConfig::Relu);
         }
         layers.push(LayerConfig::Flatten);
+        let layers: Vec<ablate::Node> = layers.into_iter().map(Into::into).collect();
         let x = refs.get(case, "in.x").reshape((n, input.0, input.1, input.2)).unwrap();
         let dy = refs.get(case, "in.dy").reshape((n, ())).unwrap();
         for level in isa::available() {

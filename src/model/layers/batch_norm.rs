@@ -125,8 +125,8 @@ pub(super) fn build(walk: &mut Walk) -> std::result::Result<Built, String> {
     if shape.len() != 3 && shape.len() != 1 {
         return Err(format!("expects (channels, h, w) or (features) input, got {shape:?}"));
     }
-    let name = format!("bn{}", walk.count("bn"));
+    let name = walk.name_or("bn");
     let bn = BatchNorm::new(&mut walk.builder.pp(name.clone()), shape[0])?;
-    let bn = if walk.relu_follows() { bn.with_relu() } else { bn };
+    let bn = if walk.relu_follows { bn.with_relu() } else { bn };
     Ok(walk.built(Box::new(bn), name, shape.clone(), 2 * shape[0], 0))
 }

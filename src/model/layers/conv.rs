@@ -76,7 +76,7 @@ pub(super) fn build(c: &ConvConfig, walk: &mut Walk) -> std::result::Result<Buil
             c.kernel, c.params.dilation, c.params.padding
         ));
     };
-    let name = c.name.clone().unwrap_or_else(|| format!("conv{}", walk.count("conv")));
+    let name = walk.name_or("conv");
     let conv = Conv::new(&mut walk.builder.pp(name.clone()), c_in, c.out, c.kernel, c.params, c.bias)?;
     let fan_in = c_in / g * c.kernel * c.kernel;
     let params = c.out * fan_in + if c.bias { c.out } else { 0 };

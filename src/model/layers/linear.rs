@@ -44,8 +44,7 @@ impl Module for Linear {
 /// Builds `fc` (several linear layers: `fc1`, `fc2`, ...) on the walk's flattened input.
 pub(super) fn build(l: &LinearConfig, walk: &mut Walk) -> std::result::Result<Built, String> {
     let fan_in: usize = walk.shape.iter().product();
-    let n = walk.count("fc");
-    let name = l.name.clone().unwrap_or_else(|| if walk.total("fc") == 1 { "fc".into() } else { format!("fc{n}") });
+    let name = walk.linear_name();
     let layer = Linear::new(&mut walk.builder.pp(name.clone()), fan_in, l.out, l.bias)?;
     let params = l.out * fan_in + if l.bias { l.out } else { 0 };
     Ok(walk.built(Box::new(layer), name, vec![l.out], params, (l.out * fan_in) as u64))

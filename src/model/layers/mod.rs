@@ -1,16 +1,18 @@
 //! The layers, one kind per file, each a candle `Module` / `ModuleT` built from its spec, and
-//! the walk that builds a layer list in order, inferring each output shape and naming
-//! parameters by path (`conv1.weight`, `layer1.0.bn2.running_var`, `fc.bias`).
+//! the walk that builds a graph of them in order (`graph.rs`), inferring each output shape and
+//! naming parameters by path (`conv1.weight`, `layer1.0.bn2.running_var`, `fc.bias`).
 //!
 //! Adding a layer kind: a variant of `spec::LayerConfig` (and of the TOML's
 //! `config::schema::LayerSpec`, which `resolve` maps to it), a file here with its module and
-//! `build`, and its line in [`build`]'s match.
+//! `build`, and its line in [`build_node`]'s match.
 
 mod batch_norm;
 mod conv;
 mod dropout;
 mod flatten;
+mod graph;
 mod linear;
+mod merge;
 mod pool;
 mod relu;
 mod relu6;
@@ -26,26 +28,40 @@ use rand_chacha::ChaCha8Rng;
 use super::ModelError;
 use super::builder::{Builder, ConvInit};
 use super::summary::{Summary, SummaryRow};
-use crate::spec::LayerConfig;
+use crate::spec::{LayerConfig, Node};
+pub(super) use graph::GraphModule;
+use graph::{GraphError, Op};
 
-/// A built layer: a module (none for a ReLU fused into the BatchNorm before it), its summary
-/// rows (a stage has one per block) and its output shape.
+/// A built node: what it computes, its summary rows (a stage has one per block) and its
+/// output shape.
 pub(super) struct Built {
-    pub module: Option<Box<dyn ModuleT>>,
+    pub op: Op,
     pub rows: Vec<SummaryRow>,
     pub out_shape: Vec<usize>,
 }
 
-/// Where the walk over the layer list stands.
+/// Where the walk over a graph's nodes stands: what the node being built reads and is called.
 pub(super) struct Walk<'w, 'a> {
     pub builder: &'w mut Builder<'a>,
-    /// The input shape of the layer being built, without the batch dimension.
+    /// The shape of the node's (first) input, without the batch dimension.
     pub shape: Vec<usize>,
-    /// Its position in `model.layers`, and its neighbours'.
+    /// Every input's shape (a merge has several).
+    pub inputs: Vec<Vec<usize>>,
+    /// The names of the nodes it reads, for errors (`input`, `conv3`).
+    pub input_names: Vec<String>,
+    /// Its position in `model.layers` (a block's nodes: their stage's).
     pub index: usize,
-    configs: &'w [LayerConfig],
-    /// Default names handed out so far, per prefix (`conv`, `bn`, `fc`, `layer`).
-    counts: HashMap<&'static str, usize>,
+    kind: &'static str,
+    /// The node's `name`, when the file gives one.
+    pub name: Option<String>,
+    /// A ReLU reads this node, and nothing else does: a BatchNorm or add computes it.
+    pub relu_follows: bool,
+    /// This ReLU was computed by the node before it.
+    pub fused: bool,
+    /// Default names handed out so far in this graph, per prefix (`conv`, `bn`, `fc`, `layer`).
+    counts: &'w mut HashMap<&'static str, usize>,
+    /// Linear nodes in this graph (one is named `fc`, several `fc1`, `fc2`, ...).
+    linears: usize,
     pub dropout_rng: Arc<Mutex<ChaCha8Rng>>,
 }
 
@@ -65,23 +81,22 @@ impl Walk<'_, '_> {
         *n
     }
 
-    /// How many layers of the list take default names with `prefix` (`fc`: linear layers).
-    pub fn total(&self, prefix: &str) -> usize {
-        let kind = match prefix {
-            "fc" => "linear",
-            other => other,
-        };
-        self.configs.iter().filter(|c| c.kind() == kind).count()
+    /// The node's name, or the next default one: `<prefix><N>`.
+    pub fn name_or(&mut self, prefix: &'static str) -> String {
+        match &self.name {
+            Some(n) => n.clone(),
+            None => format!("{prefix}{}", self.count(prefix)),
+        }
     }
 
-    /// The next layer is a ReLU (a BatchNorm fuses it).
-    pub fn relu_follows(&self) -> bool {
-        matches!(self.configs.get(self.index + 1), Some(LayerConfig::Relu))
-    }
-
-    /// The previous layer is a BatchNorm (a ReLU is fused into it).
-    pub fn after_batch_norm(&self) -> bool {
-        self.index > 0 && matches!(self.configs[self.index - 1], LayerConfig::BatchNorm)
+    /// A linear node's name: its own, `fc` when the graph has one linear node, else `fc<N>`.
+    pub fn linear_name(&mut self) -> String {
+        let n = self.count("fc");
+        match &self.name {
+            Some(name) => name.clone(),
+            None if self.linears == 1 => "fc".into(),
+            None => format!("fc{n}"),
+        }
     }
 
     /// A layer with parameters, its row named `name`.
@@ -93,86 +108,80 @@ impl Walk<'_, '_> {
         params: usize,
         macs: u64,
     ) -> Built {
-        let kind = self.configs[self.index].kind();
-        let row = SummaryRow { index: self.index, kind, name, out_shape: out_shape.clone(), params, macs };
-        Built { module: Some(module), rows: vec![row], out_shape }
+        let row =
+            SummaryRow { index: self.index, kind: self.kind.into(), name, out_shape: out_shape.clone(), params, macs };
+        Built { op: Op::Layer(module), rows: vec![row], out_shape }
     }
 
-    /// A parameter-free layer, its row named `<label><index>`.
+    /// A parameter-free layer, its row named by the node or `<label><index>`.
     pub fn plain(&self, module: Box<dyn ModuleT>, label: &str, out_shape: Vec<usize>) -> Built {
-        let kind = self.configs[self.index].kind();
-        Built { module: Some(module), rows: vec![SummaryRow::plain(self.index, kind, label, &out_shape)], out_shape }
+        let mut row = SummaryRow::plain(self.index, self.kind, label, &out_shape);
+        if let Some(name) = &self.name {
+            row.name = name.clone();
+        }
+        Built { op: Op::Layer(module), rows: vec![row], out_shape }
     }
 }
 
-/// A network's layers as built, with every named tensor.
+/// A network as built, with every named tensor.
 pub(super) struct Network {
     pub dropout_rng: Arc<Mutex<ChaCha8Rng>>,
-    pub layers: Vec<Box<dyn ModuleT>>,
+    pub graph: GraphModule,
     pub summary: Summary,
 }
 
-/// Builds every layer for `(c, h, w)` inputs into `b`, drawing weights in layer order.
+/// Builds every node for `(c, h, w)` inputs into `b`, drawing weights in node order.
 ///
 /// Names follow torchvision where the list has its shape: top-level convs `conv1`, `conv2`, ...,
 /// BatchNorms `bn1`, ..., stages `layer1`, ... with blocks `layer1.0.conv1`, and a single
-/// linear layer `fc` (several: `fc1`, `fc2`, ...).
+/// linear layer `fc` (several: `fc1`, `fc2`, ...); a node's `name` replaces its default.
 pub(super) fn build(
-    configs: &[LayerConfig],
+    nodes: &[Node],
     (c, h, w): (usize, usize, usize),
     seed: u64,
     b: &mut Builder,
 ) -> Result<Network, ModelError> {
     // Dropout masks come from their own stream so adding dropout leaves the weights unchanged.
     let dropout_rng = Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed.wrapping_add(0xD80))));
-    let mut walk = Walk {
-        builder: b,
-        shape: vec![c, h, w],
-        index: 0,
-        configs,
-        counts: HashMap::new(),
-        dropout_rng: dropout_rng.clone(),
-    };
-    let mut layers = Vec::new();
-    let mut summary = Summary::new(vec![c, h, w]);
-    for (index, cfg) in configs.iter().enumerate() {
-        walk.index = index;
-        let built = match cfg {
-            LayerConfig::Conv(c) => conv::build(c, &mut walk),
-            LayerConfig::Pool(p) => pool::build(p, &mut walk),
-            LayerConfig::GlobalAvgPool => pool::build_global(&mut walk),
-            LayerConfig::Relu => relu::build(&mut walk),
-            LayerConfig::Relu6 => relu6::build(&mut walk),
-            LayerConfig::Flatten => flatten::build(&mut walk),
-            LayerConfig::Linear(l) => linear::build(l, &mut walk),
-            LayerConfig::Dropout(p) => dropout::build(*p, &mut walk),
-            LayerConfig::BatchNorm => batch_norm::build(&mut walk),
-            LayerConfig::Stage(s) => stage::build(s, &mut walk),
-        }
-        .map_err(|message| ModelError::Shape { index, kind: cfg.kind(), message })?;
-        walk.shape = built.out_shape;
-        summary.rows.extend(built.rows);
-        layers.extend(built.module);
-    }
-    if walk.shape.len() != 1 {
+    let shape_error = |e: GraphError| ModelError::Shape { index: e.index, kind: e.kind, message: e.message };
+    let built = graph::build(b, nodes, ("input", vec![c, h, w]), None, None, &dropout_rng).map_err(shape_error)?;
+    if built.out_shape.len() != 1 {
         return Err(ModelError::Shape {
-            index: configs.len() - 1,
-            kind: configs[configs.len() - 1].kind(),
+            index: nodes.len() - 1,
+            kind: nodes[nodes.len() - 1].layer.kind(),
             message: format!(
                 "the network must end in (classes) logits, it ends in {:?}: add global_avg_pool or a linear layer",
-                walk.shape
+                built.out_shape
             ),
         });
     }
-    Ok(Network { dropout_rng, layers, summary })
+    let mut summary = Summary::new(vec![c, h, w]);
+    summary.rows = built.rows;
+    Ok(Network { dropout_rng, graph: built.module, summary })
 }
 
-/// Models with residual stages use torchvision's ResNet initialisation for every conv; others
-/// PyTorch's layer defaults.
-pub(super) fn conv_init(configs: &[LayerConfig]) -> ConvInit {
-    if configs.iter().any(|c| matches!(c, LayerConfig::Stage(_))) {
-        ConvInit::KaimingNormalFanOut
-    } else {
-        ConvInit::PyTorchDefault
+/// Builds `layer` on `walk`: the one match over layer kinds.
+fn build_node(layer: &LayerConfig, walk: &mut Walk) -> Result<Built, String> {
+    match layer {
+        LayerConfig::Conv(c) => conv::build(c, walk),
+        LayerConfig::Pool(p) => pool::build(p, walk),
+        LayerConfig::GlobalAvgPool => pool::build_global(walk),
+        LayerConfig::Relu => relu::build(walk),
+        LayerConfig::Relu6 => relu6::build(walk),
+        LayerConfig::Flatten => flatten::build(walk),
+        LayerConfig::Linear(l) => linear::build(l, walk),
+        LayerConfig::Dropout(p) => dropout::build(*p, walk),
+        LayerConfig::BatchNorm => batch_norm::build(walk),
+        LayerConfig::Stage(s) => stage::build(s, walk),
+        LayerConfig::Add(p) => merge::build_add(*p, walk),
+        LayerConfig::Concat => merge::build_concat(walk),
+        LayerConfig::Mul => merge::build_mul(walk),
     }
+}
+
+/// Networks with residual stages or merges use torchvision's ResNet initialisation for every
+/// conv; others PyTorch's layer defaults.
+pub(super) fn conv_init(nodes: &[Node]) -> ConvInit {
+    let residual = |n: &Node| matches!(n.layer, LayerConfig::Stage(_) | LayerConfig::Add(_));
+    if nodes.iter().any(residual) { ConvInit::KaimingNormalFanOut } else { ConvInit::PyTorchDefault }
 }

@@ -2,6 +2,7 @@
 
 use candle_core::{Module, Result, Tensor};
 
+use super::graph::Op;
 use super::{Built, Walk};
 
 pub struct Relu;
@@ -12,11 +13,12 @@ impl Module for Relu {
     }
 }
 
-/// A ReLU right after a BatchNorm is computed inside it: then only its summary row remains.
+/// A ReLU that alone reads a BatchNorm or an add is computed by it: then only its summary
+/// row remains.
 pub(super) fn build(walk: &mut Walk) -> std::result::Result<Built, String> {
     let shape = walk.shape.clone();
-    if walk.after_batch_norm() {
-        return Ok(Built { module: None, ..walk.plain(Box::new(Relu), "relu", shape) });
+    if walk.fused {
+        return Ok(Built { op: Op::Same, ..walk.plain(Box::new(Relu), "relu", shape) });
     }
     Ok(walk.plain(Box::new(Relu), "relu", shape))
 }
