@@ -14,11 +14,13 @@ use std::sync::Arc;
 use serde::Deserialize;
 
 use super::ConfigError;
+use super::at::{At, OwnedAt};
 use super::expr;
-use super::resolve::At;
 use super::schema::{BlockTemplate, LayerSpec, NodeSpec, PoolSpec, ProjectSpec, StageSpec};
 use crate::ops::params::{ConvParams, PoolKind, PoolParams};
-use crate::spec::{BlockGraph, BlockSource, ConvConfig, LayerConfig, LinearConfig, Node, Projection, StageConfig};
+use crate::spec::{
+    BlockGraph, BlockSource, ConvConfig, DepthwiseConfig, LayerConfig, LinearConfig, Node, Projection, StageConfig,
+};
 
 /// The shipped templates (`basic`, `bottleneck`): the file an experiment may also `extends`.
 /// A file's own `[model.blocks]` entries replace them by name.
@@ -40,6 +42,30 @@ pub fn library(own: &BTreeMap<String, BlockTemplate>) -> Result<BTreeMap<String,
     Ok(all)
 }
 
+/// The templates `layers`' stages make blocks of, and those these do, by name.
+pub fn used(layers: &[NodeSpec], blocks: &BTreeMap<String, BlockTemplate>) -> BTreeMap<String, BlockTemplate> {
+    let mut todo: Vec<String> = layers
+        .iter()
+        .filter_map(|n| match &n.layer {
+            LayerSpec::Stage(st) => Some(st.block.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut found = BTreeMap::new();
+    while let Some(name) = todo.pop() {
+        let Some(t) = blocks.get(&name) else { continue };
+        if found.insert(name, t.clone()).is_none() {
+            todo.extend(t.layers.iter().filter_map(inner_block).map(str::to_string));
+        }
+    }
+    found
+}
+
+/// The template a raw template layer's stage names.
+fn inner_block(layer: &toml::Value) -> Option<&str> {
+    layer.get("stage")?.get("block")?.as_str()
+}
+
 /// Node `key` (`model.layers.3`) validated.
 pub fn node(spec: &NodeSpec, key: &str, at: &At) -> Result<Node, ConfigError> {
     let kind = |k: &str| format!("{key}.{k}");
@@ -58,6 +84,17 @@ pub fn node(spec: &NodeSpec, key: &str, at: &At) -> Result<Node, ConfigError> {
             }
             (LayerConfig::Dropout(*p), None, None)
         }
+        LayerSpec::Dropout2d(p) => {
+            if !(0.0..1.0).contains(p) {
+                return Err(at.invalid(&kind("dropout2d"), format!("expected a probability in [0, 1), got {p}")));
+            }
+            (LayerConfig::Dropout2d(*p), None, None)
+        }
+        LayerSpec::AdaptiveAvgPool([h, w]) => {
+            let hw = (at.positive(h, &kind("adaptive_avg_pool"))?, at.positive(w, &kind("adaptive_avg_pool"))?);
+            (LayerConfig::AdaptiveAvgPool(hw), None, None)
+        }
+        LayerSpec::DepthwiseConv(c) => (depthwise(c, &kind("depthwise_conv"), at)?, None, None),
         LayerSpec::Stage(st) => (stage(st, &kind("stage"), at)?, st.name.clone(), None),
         LayerSpec::Add(from) => (LayerConfig::Add(projection(spec.project)), None, Some(from)),
         LayerSpec::Concat(from) => (LayerConfig::Concat, None, Some(from)),
@@ -105,6 +142,21 @@ fn conv(c: &super::schema::ConvSpec, key: &str, at: &At) -> Result<LayerConfig, 
             padding: c.padding.as_ref().map(|v| at.int(v, &field("padding"))).transpose()?.unwrap_or(0),
             dilation: at.positive_or(&c.dilation, &field("dilation"), 1)?,
             groups: at.positive_or(&c.groups, &field("groups"), 1)?,
+        },
+        bias: c.bias.unwrap_or(true),
+    }))
+}
+
+fn depthwise(c: &super::schema::DepthwiseSpec, key: &str, at: &At) -> Result<LayerConfig, ConfigError> {
+    let field = |f: &str| format!("{key}.{f}");
+    Ok(LayerConfig::DepthwiseConv(DepthwiseConfig {
+        multiplier: at.positive_or(&c.multiplier, &field("multiplier"), 1)?,
+        kernel: at.positive(&c.kernel, &field("kernel"))?,
+        params: ConvParams {
+            stride: at.positive_or(&c.stride, &field("stride"), 1)?,
+            padding: c.padding.as_ref().map(|v| at.int(v, &field("padding"))).transpose()?.unwrap_or(0),
+            dilation: at.positive_or(&c.dilation, &field("dilation"), 1)?,
+            groups: 1,
         },
         bias: c.bias.unwrap_or(true),
     }))
@@ -170,10 +222,8 @@ fn contains_itself(name: &str, blocks: &BTreeMap<String, BlockTemplate>, path: &
     }
     let Some(template) = blocks.get(name) else { return Ok(()) };
     path.push(name.into());
-    for layer in &template.layers {
-        if let Some(inner) = layer.get("stage").and_then(|s| s.get("block")).and_then(toml::Value::as_str) {
-            contains_itself(inner, blocks, path)?;
-        }
+    for inner in template.layers.iter().filter_map(inner_block) {
+        contains_itself(inner, blocks, path)?;
     }
     path.pop();
     Ok(())
@@ -188,7 +238,7 @@ fn instantiate(
     args: &BTreeMap<String, toml::Value>,
     index: usize,
     shape: &[usize],
-    owned: &super::resolve::OwnedAt,
+    owned: &OwnedAt,
 ) -> Result<BlockGraph, String> {
     let at = owned.at();
     let mut raw = template.params.clone();

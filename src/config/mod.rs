@@ -1,5 +1,6 @@
 //! Experiment configuration: raw TOML schema, loading with overrides, validation into a spec.
 
+mod at;
 mod expr;
 mod graph;
 pub mod load;

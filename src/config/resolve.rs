@@ -1,10 +1,10 @@
 //! Validation: the merged raw experiment becomes a [`Spec`] that the rest of the program trusts.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::ConfigError;
-use super::schema::{BlockTemplate, ClassWeights, Experiment, Int, PredictSpec, TtaSpec};
+use super::at::At;
+use super::schema::{ClassWeights, Experiment, PredictSpec, TtaSpec};
 use super::transforms::transforms;
 use crate::spec::{
     DataSpec, MixupSpec, PredictConfig, ScheduleKind, Spec, SplitSpec, TrainSpec, Transform, Tta, output_size,
@@ -49,7 +49,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
         return Err(at.invalid("model.layers", "expected at least one layer".into()));
     }
     let device = exp.train.device.parse().map_err(|e: String| at.invalid("train.device", e))?;
-    let config_toml = resolved_toml(&exp, &data.root, &class_names)
+    let config_toml = resolved_toml(&exp, &blocks, &data.root, &class_names)
         .map_err(|e| at.invalid("(whole file)", format!("cannot write the resolved config: {e}")))?;
     Ok(Spec {
         name: exp.name.clone(),
@@ -83,96 +83,6 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
         predict: predict(&exp.predict, input_hw).map_err(|(k, m): (String, String)| at.invalid(&k, m))?,
         config_toml,
     })
-}
-
-/// What a check needs to name a problem (the file), to substitute `$name` references and to
-/// find block templates.
-pub(super) struct At<'a> {
-    pub file: &'a str,
-    pub classes: usize,
-    pub params: &'a BTreeMap<String, toml::Value>,
-    pub blocks: &'a BTreeMap<String, BlockTemplate>,
-}
-
-/// [`At`] owning what it refers to, kept by a stage's block maker until the model calls it.
-pub(super) struct OwnedAt {
-    file: String,
-    classes: usize,
-    params: BTreeMap<String, toml::Value>,
-    blocks: BTreeMap<String, BlockTemplate>,
-}
-
-impl OwnedAt {
-    pub fn at(&self) -> At<'_> {
-        At { file: &self.file, classes: self.classes, params: &self.params, blocks: &self.blocks }
-    }
-}
-
-impl At<'_> {
-    pub fn invalid(&self, key: &str, message: String) -> ConfigError {
-        ConfigError::Invalid { path: self.file.to_string(), key: key.into(), message }
-    }
-
-    pub fn owned(&self) -> OwnedAt {
-        OwnedAt {
-            file: self.file.into(),
-            classes: self.classes,
-            params: self.params.clone(),
-            blocks: self.blocks.clone(),
-        }
-    }
-
-    /// The value of `$name` outside templates: `model.params`' entry, or `$classes`.
-    pub fn outer(&self, name: &str) -> Option<toml::Value> {
-        if name == "classes" {
-            return Some(toml::Value::Integer(self.classes as i64));
-        }
-        self.params.get(name).cloned()
-    }
-
-    /// A whole number: literal, a `"$name"` reference into `model.params` (`$classes`: the
-    /// number of classes), or an expression of them (`"$width * 2"`).
-    pub fn int(&self, v: &Int, key: &str) -> Result<usize, ConfigError> {
-        let r = match v {
-            Int::Value(n) => return Ok(*n),
-            Int::Ref(r) => r,
-        };
-        if !r.contains('$') {
-            return Err(self.invalid(key, format!("expected a whole number or a \"$name\" reference, got \"{r}\"")));
-        }
-        let mut bad_param = None;
-        let mut lookup = |name: &str| {
-            let Some(value) = self.outer(name) else {
-                let names: Vec<&str> = self.params.keys().map(String::as_str).chain(["classes"]).collect();
-                let hint = super::suggest(name, &names).map(|s| format!(" (did you mean `${s}`?)")).unwrap_or_default();
-                return Err(format!("`${name}` is not in model.params{hint}"));
-            };
-            value.as_integer().ok_or_else(|| {
-                bad_param = Some((format!("model.params.{name}"), format!("expected a whole number, got {value}")));
-                String::new()
-            })
-        };
-        let n = super::expr::eval(r, &mut lookup);
-        if let Some((k, m)) = bad_param {
-            return Err(self.invalid(&k, m));
-        }
-        let n = n.map_err(|m| self.invalid(key, m))?;
-        usize::try_from(n).map_err(|_| self.invalid(key, format!("\"{r}\" is {n}: expected a whole number >= 0")))
-    }
-
-    /// [`At::int`], at least 1.
-    pub fn positive(&self, v: &Int, key: &str) -> Result<usize, ConfigError> {
-        let n = self.int(v, key)?;
-        if n == 0 {
-            return Err(self.invalid(key, "expected at least 1".into()));
-        }
-        Ok(n)
-    }
-
-    /// An optional setting: [`At::positive`] when given, else `default`.
-    pub fn positive_or(&self, v: &Option<Int>, key: &str, default: usize) -> Result<usize, ConfigError> {
-        v.as_ref().map(|v| self.positive(v, key)).transpose().map(|n| n.unwrap_or(default))
-    }
 }
 
 fn data(exp: &Experiment, at: &At, class_names: &[String]) -> Result<DataSpec, ConfigError> {
@@ -449,11 +359,15 @@ fn standard_hparams(exp: &Experiment) -> Vec<(String, toml::Value)> {
 /// listed, `extends` dropped: the file stands alone).
 fn resolved_toml(
     exp: &Experiment,
+    blocks: &std::collections::BTreeMap<String, super::schema::BlockTemplate>,
     data_root: &std::path::Path,
     classes: &[String],
 ) -> Result<String, toml::ser::Error> {
     let mut exp = exp.clone();
     exp.extends = None;
+    // The templates its stages use, shipped ones included: the file builds the same model
+    // whatever a later ablate ships.
+    exp.model.blocks = super::graph::used(&exp.model.layers, blocks);
     exp.sweep.clear(); // a variant's config holds its own values, not the sweep
     exp.data.root = data_root.display().to_string();
     exp.data.classes = Some(classes.to_vec());

@@ -402,6 +402,12 @@ pub enum LayerSpec {
     Linear(LinearSpec),
     /// Dropout with this probability (training only).
     Dropout(f64),
+    /// Whole channels dropped with this probability (training only).
+    Dropout2d(f64),
+    /// Average pooling to `[h, w]` (PyTorch's `AdaptiveAvgPool2d`).
+    AdaptiveAvgPool([Int; 2]),
+    /// A convolution with one group per input channel: `{ depthwise_conv = { kernel = 3, padding = 1 } }`.
+    DepthwiseConv(DepthwiseSpec),
     /// `repeat` blocks of a template: `{ stage = { block = "bottleneck", repeat = 3, out = 256 } }`.
     Stage(StageSpec),
     /// The sum of the named nodes: `{ add = ["bn2", "input"] }`.
@@ -463,6 +469,9 @@ impl Serialize for NodeSpec {
             LayerSpec::AvgPool(p) => ("avg_pool", toml::Value::try_from(p)),
             LayerSpec::Linear(l) => ("linear", toml::Value::try_from(l)),
             LayerSpec::Dropout(p) => ("dropout", toml::Value::try_from(p)),
+            LayerSpec::Dropout2d(p) => ("dropout2d", toml::Value::try_from(p)),
+            LayerSpec::AdaptiveAvgPool(hw) => ("adaptive_avg_pool", toml::Value::try_from(hw)),
+            LayerSpec::DepthwiseConv(c) => ("depthwise_conv", toml::Value::try_from(c)),
             LayerSpec::Stage(st) => ("stage", toml::Value::try_from(st)),
             LayerSpec::Add(v) => ("add", toml::Value::try_from(v)),
             LayerSpec::Concat(v) => ("concat", toml::Value::try_from(v)),
@@ -538,6 +547,9 @@ fn layer_value<'de, A: serde::de::MapAccess<'de>>(kind: &str, map: &mut A) -> Re
         "avg_pool" => LayerSpec::AvgPool(map.next_value()?),
         "linear" => LayerSpec::Linear(map.next_value()?),
         "dropout" => LayerSpec::Dropout(map.next_value()?),
+        "dropout2d" => LayerSpec::Dropout2d(map.next_value()?),
+        "adaptive_avg_pool" => LayerSpec::AdaptiveAvgPool(map.next_value()?),
+        "depthwise_conv" => LayerSpec::DepthwiseConv(map.next_value()?),
         "stage" => LayerSpec::Stage(map.next_value()?),
         "add" => LayerSpec::Add(map.next_value()?),
         "concat" => LayerSpec::Concat(map.next_value()?),
@@ -634,6 +646,29 @@ pub struct ConvSpec {
     /// Parameter name prefix (default `conv<N>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+}
+
+/// Depthwise convolution settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepthwiseSpec {
+    /// Square kernel side.
+    pub kernel: Int,
+    /// Outputs per input channel (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub multiplier: Option<Int>,
+    /// Stride (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stride: Option<Int>,
+    /// Zero padding on every side (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub padding: Option<Int>,
+    /// Dilation (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dilation: Option<Int>,
+    /// Learn a bias (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias: Option<bool>,
 }
 
 /// Pooling settings.

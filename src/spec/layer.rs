@@ -22,6 +22,47 @@ pub struct LinearConfig {
     pub bias: bool,
 }
 
+/// Depthwise convolution: one filter group per input channel, `multiplier` outputs each.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DepthwiseConfig {
+    pub multiplier: usize,
+    pub kernel: usize,
+    /// Stride, padding and dilation (its groups are the input's channels, known when built).
+    pub params: ConvParams,
+    pub bias: bool,
+}
+
+/// Element-wise activations besides ReLU (which a BatchNorm or add may fuse), with PyTorch's
+/// definitions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// `1 / (1 + e^-x)`.
+    Sigmoid,
+    /// `x * sigmoid(x)` (swish).
+    Silu,
+    /// `x / 2 * (1 + erf(x / sqrt 2))`: the exact GELU, PyTorch's default.
+    Gelu,
+    /// `x * relu6(x + 3) / 6` (MobileNetV3).
+    Hardswish,
+    /// `relu6(x + 3) / 6`.
+    Hardsigmoid,
+}
+
+impl Activation {
+    pub const ALL: [Activation; 5] =
+        [Activation::Sigmoid, Activation::Silu, Activation::Gelu, Activation::Hardswish, Activation::Hardsigmoid];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Activation::Sigmoid => "sigmoid",
+            Activation::Silu => "silu",
+            Activation::Gelu => "gelu",
+            Activation::Hardswish => "hardswish",
+            Activation::Hardsigmoid => "hardsigmoid",
+        }
+    }
+}
+
 /// One node of the model graph: a layer, the nodes it reads, and its name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Node {
@@ -126,7 +167,13 @@ pub enum LayerConfig {
     Flatten,
     Linear(LinearConfig),
     Dropout(f64),
+    /// Whole channels zeroed with probability `p` in training (PyTorch's `Dropout2d`).
+    Dropout2d(f64),
     BatchNorm,
+    Act(Activation),
+    /// Average pooling to an `(h, w)` output, with PyTorch's `AdaptiveAvgPool2d` bins.
+    AdaptiveAvgPool((usize, usize)),
+    DepthwiseConv(DepthwiseConfig),
 }
 
 /// Every layer name the TOML accepts: those with settings (`{ conv = { ... } }`), then the
@@ -137,6 +184,9 @@ pub const LAYER_NAMES: &[&str] = &[
     "avg_pool",
     "linear",
     "dropout",
+    "dropout2d",
+    "adaptive_avg_pool",
+    "depthwise_conv",
     "stage",
     "add",
     "concat",
@@ -146,6 +196,11 @@ pub const LAYER_NAMES: &[&str] = &[
     "relu6",
     "flatten",
     "batch_norm",
+    "sigmoid",
+    "silu",
+    "gelu",
+    "hardswish",
+    "hardsigmoid",
 ];
 
 impl LayerConfig {
@@ -158,7 +213,7 @@ impl LayerConfig {
             "relu6" => LayerConfig::Relu6,
             "flatten" => LayerConfig::Flatten,
             "batch_norm" => LayerConfig::BatchNorm,
-            _ => return None,
+            other => LayerConfig::Act(Activation::ALL.into_iter().find(|a| a.name() == other)?),
         })
     }
 
@@ -174,6 +229,10 @@ impl LayerConfig {
             LayerConfig::Flatten => "flatten",
             LayerConfig::Linear(_) => "linear",
             LayerConfig::Dropout(_) => "dropout",
+            LayerConfig::Dropout2d(_) => "dropout2d",
+            LayerConfig::Act(a) => a.name(),
+            LayerConfig::AdaptiveAvgPool(_) => "adaptive_avg_pool",
+            LayerConfig::DepthwiseConv(_) => "depthwise_conv",
             LayerConfig::BatchNorm => "batch_norm",
             LayerConfig::Stage(_) => "stage",
             LayerConfig::Add(_) => "add",

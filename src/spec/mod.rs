@@ -17,7 +17,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 pub use layer::{
-    BlockGraph, BlockSource, ConvConfig, LAYER_NAMES, LayerConfig, LinearConfig, Node, Projection, StageConfig,
+    Activation, BlockGraph, BlockSource, ConvConfig, DepthwiseConfig, LAYER_NAMES, LayerConfig, LinearConfig, Node,
+    Projection, StageConfig,
 };
 pub use optim::{OptimizerConfig, OptimizerKind, ScheduleConfig, ScheduleKind, ThresholdMode};
 pub use recipe::{EarlyStoppingConfig, EmaConfig, Monitor};

@@ -204,6 +204,68 @@ def add_relu_case(gen, case):
     return dict(kind="add_relu", n=n, c=c, h=h, w=w), inputs, both(fn, inputs)
 
 
+ACT_CASES = [(a, (2, 6, 5, 7)) for a in ("sigmoid", "silu", "gelu", "hardswish", "hardsigmoid", "relu6")]
+# Where each activation's gradient jumps: inputs are kept MARGIN away.
+KINKS = {"hardswish": (-3.0, 3.0), "hardsigmoid": (-3.0, 3.0), "relu6": (0.0, 6.0)}
+
+
+def act_case(gen, case):
+    name, shape = case
+    x = uniform(gen, shape, -8.0, 8.0).double()
+    for k in KINKS.get(name, ()):
+        push = torch.where(x >= k, 1.0, -1.0) * 3 * MARGIN
+        x = torch.where((x - k).abs() < MARGIN, x + push, x)
+    inputs = {"x": x.float(), "dy": uniform(gen, shape)}
+    fn_of = {"sigmoid": torch.sigmoid, "silu": F.silu, "gelu": F.gelu, "hardswish": F.hardswish,
+             "hardsigmoid": F.hardsigmoid, "relu6": F.relu6}
+
+    def fn(t):
+        y = fn_of[name](t["x"])
+        (dx,) = torch.autograd.grad((y * t["dy"]).sum(), [t["x"]])
+        return {"y": y, "dx": dx}
+
+    n, c, h, w = shape
+    return dict(kind="activation", act=name, n=n, c=c, h=h, w=w), inputs, both(fn, inputs)
+
+
+ADAPTIVE_CASES = [((2, 3, 5, 5), (3, 3)), ((2, 3, 8, 6), (2, 3)), ((2, 4, 7, 7), (1, 1)), ((1, 2, 7, 9), (4, 5))]
+
+
+def adaptive_case(gen, case):
+    shape, out = case
+    inputs = {"x": uniform(gen, shape)}
+    n, c, h, w = shape
+    inputs["dy"] = uniform(gen, (n, c, *out))
+
+    def fn(t):
+        y = F.adaptive_avg_pool2d(t["x"], out)
+        (dx,) = torch.autograd.grad((y * t["dy"]).sum(), [t["x"]])
+        return {"y": y, "dx": dx}
+
+    return dict(kind="adaptive_avg_pool", n=n, c=c, h=h, w=w, oh=out[0], ow=out[1]), inputs, both(fn, inputs)
+
+
+MERGE_CASES = [(2, 4, 5, 6)]
+
+
+def merge_case(gen, case):
+    """The graph a squeeze-excite and a dense block make: g = mean_hw(x), m = x * g,
+    s = sigmoid(x), y = cat([m, s], channels) + cat([s, m], channels)."""
+    inputs = {"x": uniform(gen, case)}
+    n, c, h, w = case
+    inputs["dy"] = uniform(gen, (n, 2 * c, h, w))
+
+    def fn(t):
+        x = t["x"]
+        m = x * x.mean((2, 3))[:, :, None, None]
+        s = torch.sigmoid(x)
+        y = torch.cat([m, s], 1) + torch.cat([s, m], 1)
+        (dx,) = torch.autograd.grad((y * t["dy"]).sum(), [x])
+        return {"y": y, "dx": dx}
+
+    return dict(kind="merges", n=n, c=c, h=h, w=w), inputs, both(fn, inputs)
+
+
 def ops(out_dir):
     gen = torch.Generator().manual_seed(20261202)
     cases, tensors = [], {}
@@ -212,6 +274,9 @@ def ops(out_dir):
         + [(pool_case, c) for c in POOL_CASES]
         + [(bn_case, c) for c in BN_CASES]
         + [(add_relu_case, c) for c in ADD_RELU_CASES]
+        + [(act_case, c) for c in ACT_CASES]
+        + [(adaptive_case, c) for c in ADAPTIVE_CASES]
+        + [(merge_case, c) for c in MERGE_CASES]
     )
     for i, (build, case) in enumerate(builders):
         meta, inputs, outputs = build(gen, case)

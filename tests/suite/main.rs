@@ -9,6 +9,7 @@ mod config_errors;
 mod crash;
 mod determinism;
 mod gradients;
+mod graph;
 mod learning;
 mod mixup;
 mod parity;

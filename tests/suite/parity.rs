@@ -334,6 +334,72 @@ fn add_relu_matches_pytorch() {
     report("add + relu", &rows);
 }
 
+/// `nodes` built for `(c, h, w)` inputs, run on `x` in training mode: its output and the
+/// input's gradient for the upstream gradient `dy`.
+fn through_model(nodes: &[ablate::Node], x: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
+    let (_, c, h, w) = x.dims4().unwrap();
+    let nodes: Vec<ablate::Node> = nodes.iter().cloned().chain([LayerConfig::Flatten.into()]).collect();
+    let model = Model::build_for(&nodes, (c, h, w), 0, &Device::Cpu).unwrap();
+    let xv = Var::from_tensor(x).unwrap();
+    let y = model.forward_t(&xv, true).unwrap();
+    let y = y.reshape(dy.dims()).unwrap();
+    let grads = (&y * dy).unwrap().sum_all().unwrap().backward().unwrap();
+    let dx = grads.get(&xv).unwrap().clone();
+    (y, dx)
+}
+
+/// The activations, adaptive average pooling and the merges (`mul`'s broadcast gate,
+/// `concat`, `add` of two paths), each as the model builds it from its layer kind.
+#[test]
+fn activations_pooling_and_merges_match_pytorch() {
+    use ablate::Node;
+    let refs = Refs::load("ops");
+    let mut rows = Vec::new();
+    let node = |layer: LayerConfig, name: &str, from: &[&str]| Node {
+        layer,
+        name: (!name.is_empty()).then(|| name.to_string()),
+        from: from.iter().map(|s| s.to_string()).collect(),
+    };
+    let (mut acts, mut pools, mut merges) = (BTreeSet::new(), 0, 0);
+    for case in &refs.cases {
+        let kind = case["kind"].as_str().unwrap();
+        if !["activation", "adaptive_avg_pool", "merges"].contains(&kind) {
+            continue;
+        }
+        let (x, dy) = (refs.get(case, "in.x"), refs.get(case, "in.dy"));
+        let (nodes, label) = match kind {
+            "activation" => {
+                let name = case["act"].as_str().unwrap();
+                acts.insert(name.to_string());
+                (vec![LayerConfig::plain(name).unwrap().into()], name.to_string())
+            }
+            "adaptive_avg_pool" => {
+                pools += 1;
+                let out = (usize_of(case, "oh"), usize_of(case, "ow"));
+                (vec![LayerConfig::AdaptiveAvgPool(out).into()], format!("adaptive_avg_pool {:?} -> {out:?}", x.dims()))
+            }
+            "merges" => {
+                merges += 1;
+                let nodes = vec![
+                    node(LayerConfig::GlobalAvgPool, "g", &[]),
+                    node(LayerConfig::Mul, "m", &["input", "g"]),
+                    node(LayerConfig::plain("sigmoid").unwrap(), "s", &["input"]),
+                    node(LayerConfig::Concat, "ms", &["m", "s"]),
+                    node(LayerConfig::Concat, "sm", &["s", "m"]),
+                    node(LayerConfig::Add(None), "", &["ms", "sm"]),
+                ];
+                (nodes, "mul, concat, add".to_string())
+            }
+            other => unreachable!("{other}"),
+        };
+        let (y, dx) = through_model(&nodes, &x, &dy);
+        compare(&refs, case, &label, &[("y", y), ("dx", dx)], &mut rows);
+    }
+    assert_eq!(acts.len(), 6, "every activation has a case: {acts:?}");
+    assert!(pools >= 3 && merges >= 1, "adaptive pooling and merge cases are in the reference");
+    report("activations, adaptive pooling, merges", &rows);
+}
+
 /// An experiment file's model at `hw x hw` for two classes.
 /// One forward/backward of `case` through ablate's model built from its experiment file,
 /// then one step of each optimizer from the same gradients, in the keys `nets.py` reads.

@@ -7,7 +7,7 @@ use crate::model::builder::{Autocast, Builder, ConvInit};
 use crate::ops::conv::{ConvParams, conv2d};
 use crate::ops::generic::in_dtype;
 use crate::ops::norm::channel_bias;
-use crate::spec::ConvConfig;
+use crate::spec::{ConvConfig, DepthwiseConfig};
 
 /// A convolution with optional bias.
 pub struct Conv {
@@ -82,4 +82,11 @@ pub(super) fn build(c: &ConvConfig, walk: &mut Walk) -> std::result::Result<Buil
     let params = c.out * fan_in + if c.bias { c.out } else { 0 };
     let macs = (c.out * oh * ow * fan_in) as u64;
     Ok(walk.built(Box::new(conv), name, vec![c.out, oh, ow], params, macs))
+}
+
+/// A depthwise conv: groups = input channels, `multiplier` outputs per channel (`conv<N>`).
+pub(super) fn build_depthwise(d: &DepthwiseConfig, walk: &mut Walk) -> std::result::Result<Built, String> {
+    let (c_in, _, _) = walk.spatial()?;
+    let params = ConvParams { groups: c_in, ..d.params };
+    build(&ConvConfig { out: c_in * d.multiplier, kernel: d.kernel, params, bias: d.bias }, walk)
 }

@@ -6,6 +6,7 @@
 //! `config::schema::LayerSpec`, which `resolve` maps to it), a file here with its module and
 //! `build`, and its line in [`build_node`]'s match.
 
+mod activation;
 mod batch_norm;
 mod conv;
 mod dropout;
@@ -171,6 +172,10 @@ fn build_node(layer: &LayerConfig, walk: &mut Walk) -> Result<Built, String> {
         LayerConfig::Flatten => flatten::build(walk),
         LayerConfig::Linear(l) => linear::build(l, walk),
         LayerConfig::Dropout(p) => dropout::build(*p, walk),
+        LayerConfig::Dropout2d(p) => dropout::build_2d(*p, walk),
+        LayerConfig::Act(a) => activation::build(*a, walk),
+        LayerConfig::AdaptiveAvgPool(hw) => pool::build_adaptive(*hw, walk),
+        LayerConfig::DepthwiseConv(d) => conv::build_depthwise(d, walk),
         LayerConfig::BatchNorm => batch_norm::build(walk),
         LayerConfig::Stage(s) => stage::build(s, walk),
         LayerConfig::Add(p) => merge::build_add(*p, walk),
