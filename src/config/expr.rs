@@ -1,16 +1,17 @@
 //! Whole-number expressions over `$name` references: `"$out / 4 * $width / 64 * $groups"`,
-//! the arithmetic block templates need to derive one width from another.
+//! the arithmetic block templates need to derive one width from another, and the conditions
+//! of a layer's `if` (`"$stride == 1 && $in == $out"`: 1 true, 0 false).
 //!
-//! Written by hand (about sixty lines) rather than taken from a crate such as `evalexpr`:
+//! Written by hand (about a hundred lines) rather than taken from a crate such as `evalexpr`:
 //! those evaluate a language (assignments, strings, functions, floats), where a typo in a
-//! width becomes another valid program; this grammar is `+ - * / %`, parentheses, whole
-//! numbers and `$name`, with floor division as torchvision's `int(...)` does on positive
-//! widths, and every error names the expression.
+//! width becomes another valid program; this grammar is `+ - * / %`, comparisons, `&&`, `||`,
+//! `!`, parentheses, whole numbers and `$name`, with floor division as torchvision's
+//! `int(...)` does on positive widths, and every error names the expression.
 
 /// Evaluates `text` with `lookup` giving each `$name`'s value.
 pub fn eval(text: &str, lookup: &mut dyn FnMut(&str) -> Result<i64, String>) -> Result<i64, String> {
     let mut p = Parser { s: text.as_bytes(), at: 0, lookup };
-    let v = p.sum()?;
+    let v = p.or()?;
     p.skip_space();
     if p.at != p.s.len() {
         return Err(format!("\"{text}\": unexpected `{}` at column {}", p.s[p.at] as char, p.at + 1));
@@ -38,6 +39,53 @@ impl Parser<'_, '_> {
 
     fn text(&self) -> String {
         String::from_utf8_lossy(self.s).into_owned()
+    }
+
+    /// Whether the text at the cursor starts with `op` (after spaces); consumes it if so.
+    fn eat(&mut self, op: &str) -> bool {
+        self.skip_space();
+        let hit = self.s[self.at..].starts_with(op.as_bytes());
+        if hit {
+            self.at += op.len();
+        }
+        hit
+    }
+
+    fn or(&mut self) -> Result<i64, String> {
+        let mut v = self.and()?;
+        while self.eat("||") {
+            let r = self.and()?;
+            v = i64::from(v != 0 || r != 0);
+        }
+        Ok(v)
+    }
+
+    fn and(&mut self) -> Result<i64, String> {
+        let mut v = self.comparison()?;
+        while self.eat("&&") {
+            let r = self.comparison()?;
+            v = i64::from(v != 0 && r != 0);
+        }
+        Ok(v)
+    }
+
+    fn comparison(&mut self) -> Result<i64, String> {
+        let v = self.sum()?;
+        for op in ["==", "!=", "<=", ">=", "<", ">"] {
+            if self.eat(op) {
+                let r = self.sum()?;
+                let holds = match op {
+                    "==" => v == r,
+                    "!=" => v != r,
+                    "<=" => v <= r,
+                    ">=" => v >= r,
+                    "<" => v < r,
+                    _ => v > r,
+                };
+                return Ok(i64::from(holds));
+            }
+        }
+        Ok(v)
     }
 
     fn sum(&mut self) -> Result<i64, String> {
@@ -70,9 +118,13 @@ impl Parser<'_, '_> {
 
     fn atom(&mut self) -> Result<i64, String> {
         match self.peek() {
+            Some(b'!') => {
+                self.at += 1;
+                Ok(i64::from(self.atom()? == 0))
+            }
             Some(b'(') => {
                 self.at += 1;
-                let v = self.sum()?;
+                let v = self.or()?;
                 if self.peek() != Some(b')') {
                     return Err(format!("\"{}\": a `(` is not closed", self.text()));
                 }
@@ -123,6 +175,16 @@ mod tests {
         assert_eq!(eval_with("(2 + 3) * 4", &[]), Ok(20));
         assert_eq!(eval_with(" 7 / 2 - 7 % 2 ", &[]), Ok(2));
         assert_eq!(eval_with("1 - 5 / 2", &[]), Ok(-1));
+    }
+
+    #[test]
+    fn conditions_are_one_or_zero() {
+        // MobileNetV2's residual: stride 1 and as many channels out as in.
+        let vars = [("stride", 1), ("in", 24), ("out", 24)];
+        assert_eq!(eval_with("$stride == 1 && $in == $out", &vars), Ok(1));
+        assert_eq!(eval_with("$stride == 2 || $in != $out", &vars), Ok(0));
+        assert_eq!(eval_with("!($in < 32) && $out >= 24 && 3 > 2 && 2 <= 2", &vars), Ok(1));
+        assert_eq!(eval_with("$in * 2 == 48", &vars), Ok(1));
     }
 
     #[test]

@@ -66,9 +66,15 @@ fn inner_block(layer: &toml::Value) -> Option<&str> {
     layer.get("stage")?.get("block")?.as_str()
 }
 
-/// Node `key` (`model.layers.3`) validated.
-pub fn node(spec: &NodeSpec, key: &str, at: &At) -> Result<Node, ConfigError> {
+/// Node `key` (`model.layers.3`) validated; `None` when its `if` does not hold.
+pub fn node(spec: &NodeSpec, key: &str, at: &At) -> Result<Option<Node>, ConfigError> {
+    let written_at = key.rsplit('.').next().and_then(|i| i.parse().ok());
     let kind = |k: &str| format!("{key}.{k}");
+    if let Some(when) = &spec.when
+        && !holds(when, at).map_err(|m| at.invalid(&kind("if"), m))?
+    {
+        return Ok(None);
+    }
     let (layer, inner_name, merge_from) = match &spec.layer {
         LayerSpec::Conv(c) => (conv(c, &kind("conv"), at)?, c.name.clone(), None),
         LayerSpec::MaxPool(p) => (pool(p, PoolKind::Max, &kind("max_pool"), at)?, None, None),
@@ -110,8 +116,8 @@ pub fn node(spec: &NodeSpec, key: &str, at: &At) -> Result<Node, ConfigError> {
         }
         (a, b) => a.clone().or(b),
     };
-    if name.as_deref().is_some_and(|n| n.is_empty() || n.contains('.')) {
-        return Err(at.invalid(&kind("name"), "expected a name without dots".into()));
+    if name.as_deref().is_some_and(|n| n.split('.').any(str::is_empty)) {
+        return Err(at.invalid(&kind("name"), "expected a name (dots only between its parts: `features.0.0`)".into()));
     }
     let from = match (merge_from, &spec.from) {
         (Some(_), Some(_)) => {
@@ -121,7 +127,21 @@ pub fn node(spec: &NodeSpec, key: &str, at: &At) -> Result<Node, ConfigError> {
         (Some(list), None) => list.clone(),
         (None, from) => from.iter().cloned().collect(),
     };
-    Ok(Node { layer, name, from })
+    Ok(Some(Node { layer, name, from, written_at }))
+}
+
+/// Whether an `if` holds: a boolean, a whole number (0 is false) or a `$` condition.
+fn holds(when: &toml::Value, at: &At) -> Result<bool, String> {
+    match when {
+        toml::Value::Boolean(b) => Ok(*b),
+        toml::Value::Integer(i) => Ok(*i != 0),
+        toml::Value::String(s) if s.contains('$') => match substitute(when, &|n| at.outer(n))? {
+            toml::Value::Integer(i) => Ok(i != 0),
+            toml::Value::Boolean(b) => Ok(b),
+            other => Err(format!("\"{s}\" is {other}: expected a condition")),
+        },
+        other => Err(format!("expected true, false or a \"$\" condition, got {other}")),
+    }
 }
 
 fn projection(p: Option<ProjectSpec>) -> Option<Projection> {
@@ -207,9 +227,14 @@ fn stage(st: &StageSpec, key: &str, at: &At) -> Result<LayerConfig, ConfigError>
     let owned = Arc::new(at.owned());
     let (block, template) = (st.block.clone(), template.clone());
     let make = move |index: usize, shape: &[usize]| instantiate(&block, &template, &args, index, shape, &owned);
+    if st.names.as_ref().is_some_and(|n| !n.contains("{}")) {
+        return Err(at.invalid(&format!("{key}.names"), "expected a pattern with `{}` for the block's number".into()));
+    }
     Ok(LayerConfig::Stage(StageConfig {
         block: st.block.clone(),
         repeat: at.positive_or(&st.repeat, &format!("{key}.repeat"), 1)?,
+        names: st.names.clone(),
+        start: st.start.as_ref().map(|v| at.int(v, &format!("{key}.start"))).transpose()?.unwrap_or(0),
         blocks: BlockSource::new(describe, Arc::new(make)),
     }))
 }
@@ -255,7 +280,7 @@ fn instantiate(
         let key = format!("model.blocks.{block}.layers.{j}");
         let value = substitute(layer, &lookup).map_err(|m| format!("{key}: {m}"))?;
         let spec = NodeSpec::deserialize(value).map_err(|e| format!("{key}: {e}"))?;
-        nodes.push(node(&spec, &key, &at).map_err(|e| match e {
+        nodes.extend(node(&spec, &key, &at).map_err(|e| match e {
             ConfigError::Invalid { key, message, .. } => format!("{key}: {message}"),
             other => other.to_string(),
         })?);

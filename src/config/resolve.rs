@@ -44,6 +44,7 @@ pub fn resolve(exp: Experiment, file: &str, class_names: Vec<String>) -> Result<
         .iter()
         .enumerate()
         .map(|(i, l)| super::graph::node(l, &format!("model.layers.{i}"), &at))
+        .filter_map(Result::transpose)
         .collect::<Result<Vec<_>, _>>()?;
     if layers.is_empty() {
         return Err(at.invalid("model.layers", "expected at least one layer".into()));

@@ -436,11 +436,14 @@ pub struct NodeSpec {
     pub from: Option<String>,
     /// An add's projection of an input of another shape: `true` (`"conv"`) or `"avg_conv"`.
     pub project: Option<ProjectSpec>,
+    /// `if`: the node is in the graph only when this holds: a boolean or a `$` condition
+    /// (`"$stride == 1 && $in == $out"`).
+    pub when: Option<toml::Value>,
 }
 
 impl From<LayerSpec> for NodeSpec {
     fn from(layer: LayerSpec) -> Self {
-        NodeSpec { layer, name: None, from: None, project: None }
+        NodeSpec { layer, name: None, from: None, project: None, when: None }
     }
 }
 
@@ -453,7 +456,7 @@ pub enum ProjectSpec {
 }
 
 /// The keys a node may have beside its kind.
-const NODE_KEYS: &[&str] = &["name", "from", "project"];
+const NODE_KEYS: &[&str] = &["name", "from", "project", "if"];
 
 impl Serialize for NodeSpec {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -492,6 +495,9 @@ impl Serialize for NodeSpec {
         if let Some(p) = &self.project {
             m.serialize_entry("project", p)?;
         }
+        if let Some(w) = &self.when {
+            m.serialize_entry("if", w)?;
+        }
         m.end()
     }
 }
@@ -512,12 +518,13 @@ impl<'de> Deserialize<'de> for NodeSpec {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<NodeSpec, A::Error> {
                 let (mut layer, mut kind) = (None, String::new());
-                let (mut name, mut from, mut project) = (None, None, None);
+                let (mut name, mut from, mut project, mut when) = (None, None, None, None);
                 while let Some(key) = map.next_key::<String>()? {
                     match key.as_str() {
                         "name" => name = Some(map.next_value()?),
                         "from" => from = Some(map.next_value()?),
                         "project" => project = Some(map.next_value()?),
+                        "if" => when = Some(map.next_value()?),
                         _ if layer.is_some() => {
                             return Err(de::Error::custom(format!(
                                 "a layer is one key (besides {}), found `{kind}` and `{key}`",
@@ -531,7 +538,7 @@ impl<'de> Deserialize<'de> for NodeSpec {
                     }
                 }
                 let layer = layer.ok_or_else(|| de::Error::invalid_length(0, &self))?;
-                Ok(NodeSpec { layer, name, from, project })
+                Ok(NodeSpec { layer, name, from, project, when })
             }
         }
         d.deserialize_any(NodeVisitor)
@@ -589,6 +596,13 @@ pub struct StageSpec {
     /// Parameter-name prefix (default `layer<N>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// Block names, `{}` standing for the block's number (default `"<name>.{}"`):
+    /// `names = "features.{}"` with `start = 2` names them `features.2`, `features.3`, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub names: Option<String>,
+    /// The first block's number (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<Int>,
     /// The template's arguments.
     #[serde(flatten)]
     pub args: BTreeMap<String, toml::Value>,

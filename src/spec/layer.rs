@@ -73,11 +73,14 @@ pub struct Node {
     /// The nodes it reads: empty for the node before it (or the graph's input); a merge names
     /// two or more.
     pub from: Vec<String>,
+    /// Its index in the list as written, where an `if` left an earlier node out (errors
+    /// name this one).
+    pub written_at: Option<usize>,
 }
 
 impl From<LayerConfig> for Node {
     fn from(layer: LayerConfig) -> Self {
-        Node { layer, name: None, from: Vec::new() }
+        Node { layer, name: None, from: Vec::new(), written_at: None }
     }
 }
 
@@ -133,6 +136,10 @@ pub struct StageConfig {
     /// The template's name (`basic`, `bottleneck`): the summary's kind for each block.
     pub block: String,
     pub repeat: usize,
+    /// Block `i`'s scope: the pattern with `{}` replaced by `start + i` (default: the stage's
+    /// name, then `.{}`).
+    pub names: Option<String>,
+    pub start: usize,
     pub blocks: BlockSource,
 }
 

@@ -23,3 +23,4 @@ mod sweep;
 mod tensorboard;
 mod tuning;
 mod weights;
+mod zoo;

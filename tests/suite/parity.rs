@@ -359,6 +359,7 @@ fn activations_pooling_and_merges_match_pytorch() {
         layer,
         name: (!name.is_empty()).then(|| name.to_string()),
         from: from.iter().map(|s| s.to_string()).collect(),
+        written_at: None,
     };
     let (mut acts, mut pools, mut merges) = (BTreeSet::new(), 0, 0);
     for case in &refs.cases {

@@ -96,7 +96,7 @@ struct Wiring {
 /// Resolves `nodes`' references: `input` names the graph's input; `output` its result
 /// (default: the last node).
 fn wire(nodes: &[Node], input: &str, output: Option<&str>) -> std::result::Result<Wiring, GraphError> {
-    let err = |i: usize, message: String| GraphError { index: i, kind: nodes[i].layer.kind(), message };
+    let err = |i: usize, message: String| GraphError { index: written(nodes, i), kind: nodes[i].layer.kind(), message };
     let mut by_name: HashMap<&str, usize> = HashMap::from([(input, 0)]);
     let mut names = vec![input.to_string()];
     let mut inputs = Vec::with_capacity(nodes.len());
@@ -125,7 +125,7 @@ fn wire(nodes: &[Node], input: &str, output: Option<&str>) -> std::result::Resul
             read.push(i);
         }
         inputs.push(read);
-        names.push(node.name.clone().unwrap_or_else(|| format!("layer {i} ({})", node.layer.kind())));
+        names.push(node.name.clone().unwrap_or_else(|| format!("layer {} ({})", written(nodes, i), node.layer.kind())));
         if let Some(name) = &node.name
             && by_name.insert(name, i + 1).is_some()
         {
@@ -162,6 +162,11 @@ fn wire(nodes: &[Node], input: &str, output: Option<&str>) -> std::result::Resul
     Ok(Wiring { inputs, output, fuse, names, last_read })
 }
 
+/// Node `i`'s index in the list as written.
+fn written(nodes: &[Node], i: usize) -> usize {
+    nodes[i].written_at.unwrap_or(i)
+}
+
 /// Builds `nodes` reading an input called `input.0` of shape `input.1` into `b`; summary rows
 /// carry `row_index` when given (a block's nodes: their stage's), else their own position.
 pub(in crate::model) fn build(
@@ -186,7 +191,7 @@ pub(in crate::model) fn build(
             shape: shapes[read[0]].clone(),
             inputs: read.iter().map(|v| shapes[*v].clone()).collect(),
             input_names: read.iter().map(|v| wiring.names[*v].clone()).collect(),
-            index: row_index.unwrap_or(i),
+            index: row_index.unwrap_or(written(nodes, i)),
             kind: node.layer.kind(),
             name: node.name.clone(),
             relu_follows: wiring.fuse[i],

@@ -148,7 +148,7 @@ pub(super) fn build(
     let built = graph::build(b, nodes, ("input", vec![c, h, w]), None, None, &dropout_rng).map_err(shape_error)?;
     if built.out_shape.len() != 1 {
         return Err(ModelError::Shape {
-            index: nodes.len() - 1,
+            index: nodes[nodes.len() - 1].written_at.unwrap_or(nodes.len() - 1),
             kind: nodes[nodes.len() - 1].layer.kind(),
             message: format!(
                 "the network must end in (classes) logits, it ends in {:?}: add global_avg_pool or a linear layer",

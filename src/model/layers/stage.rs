@@ -20,17 +20,17 @@ impl ModuleT for Blocks {
     }
 }
 
-/// Builds stage `layer<N>` (unless named): blocks `layer<N>.0`, `layer<N>.1`, ..., one summary
-/// row each (kind: the template's name).
+/// Builds stage `layer<N>` (unless named): blocks `layer<N>.0`, `layer<N>.1`, ... (or as its
+/// `names` pattern says), one summary row each (kind: the template's name).
 pub(super) fn build(s: &StageConfig, walk: &mut Walk) -> std::result::Result<Built, String> {
     let name = walk.name_or("layer");
+    let pattern = s.names.clone().unwrap_or_else(|| format!("{name}.{{}}"));
     let (mut shape, mut blocks, mut rows) = (walk.shape.clone(), Vec::new(), Vec::new());
     for i in 0..s.repeat {
-        let scope_name = format!("{name}.{i}");
+        let scope_name = pattern.replace("{}", &(s.start + i).to_string());
         let at = |message: String| format!("{scope_name} (block `{}`): {message}", s.block);
         let block = s.blocks.instantiate(i, &shape).map_err(at)?;
-        let mut scope = walk.builder.pp(name.clone());
-        let mut scope = scope.pp(i.to_string());
+        let mut scope = walk.builder.pp(scope_name.clone());
         let built = graph::build(
             &mut scope,
             &block.nodes,
