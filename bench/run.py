@@ -25,7 +25,7 @@ import statistics
 import subprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-WORKLOADS = ["lenet", "resnet18"] + [f"resnext_g{g}" for g in (1, 2, 4, 8, 32, 64)] + ["data", "data_aug"]
+WORKLOADS = ["lenet", "resnet18", "mobilenet_v2"] + [f"resnext_g{g}" for g in (1, 2, 4, 8, 32, 64)] + ["data", "data_aug"]
 
 
 def run(cmd, extra_env=None):

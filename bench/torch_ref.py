@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """PyTorch reference for `make bench`: the same workloads as examples/bench.rs, one per run.
 
-    /usr/bin/python3 bench/torch_ref.py <lenet|resnet18|resnext_g<G>|data> [steps]
+    /usr/bin/python3 bench/torch_ref.py <lenet|resnet18|mobilenet_v2|resnext_g<G>|data> [steps]
 
 Prints one JSON line like the ablate side. Uses Debian's python3-torch / python3-torchvision
 (CPU build, OpenBLAS with libopenblas0-pthread) on 2 threads.
@@ -153,8 +153,8 @@ def main():
     if workload == "lenet":
         s = train_steps(lenet(), (64, 3, 256, 256), 2, steps)
         img, ms = 64 / s, s * 1e3
-    elif workload == "resnet18":
-        s = train_steps(torchvision.models.resnet18(num_classes=2), (16, 3, 224, 224), 2, steps)
+    elif workload in ("resnet18", "mobilenet_v2"):
+        s = train_steps(getattr(torchvision.models, workload)(num_classes=2), (16, 3, 224, 224), 2, steps)
         img, ms = 16 / s, s * 1e3
     elif workload.startswith("resnext_g"):
         s = train_steps(resnext_stage(int(workload[len("resnext_g"):])), (32, 256, 32, 32), 10, steps)

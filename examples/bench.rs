@@ -3,7 +3,8 @@
 //!
 //! `cargo run --release --example bench -- <workload> [steps]` prints one JSON line:
 //! `{"framework": "ablate", "workload": ..., "img_per_s": ..., "ms_per_step": ..., "peak_rss_mb": ...}`.
-//! Workloads: `lenet` (256x256, batch 64), `resnet18` (224x224, batch 16), `resnext_g<G>` (a
+//! Workloads: `lenet` (256x256, batch 64), `resnet18` and `mobilenet_v2` (224x224, batch 16,
+//! the experiment files of those names), `resnext_g<G>` (a
 //! 3-block bottleneck stage, 256 channels at 32x32, 3x3 width 128 in G groups, batch 32), and
 //! `data` (decode + resize to 256x256 + normalise 2,000 JPEGs of 500x375).
 //!
@@ -43,7 +44,7 @@ fn root() -> PathBuf {
 /// One benchmark run.
 #[derive(Debug, clap::Parser)]
 struct Opts {
-    /// lenet | resnet18 | resnext_g<G> | data | data_aug | peak | agree | convs[:<filter>]
+    /// lenet | resnet18 | mobilenet_v2 | resnext_g<G> | data | data_aug | peak | agree | convs[:<filter>]
     workload: String,
     /// Timed steps (after two warm-up steps).
     #[arg(default_value_t = 5)]
@@ -405,8 +406,9 @@ fn main() -> anyhow::Result<()> {
             let s = train_steps(&m, (n, 3, 256, 256), 2, steps)?;
             (n as f64 / s, s * 1e3)
         }
-        "resnet18" => {
-            let m = prepare(model_from(&root().join("experiments/resnet18.toml"), (3, 224, 224), &dev)?);
+        "resnet18" | "mobilenet_v2" => {
+            let file = root().join(format!("experiments/{workload}.toml"));
+            let m = prepare(model_from(&file, (3, 224, 224), &dev)?);
             let n = opts.batch.unwrap_or(16);
             let s = train_steps(&m, (n, 3, 224, 224), 2, steps)?;
             (n as f64 / s, s * 1e3)

@@ -183,7 +183,8 @@ mod tests {
         let vars = [("stride", 1), ("in", 24), ("out", 24)];
         assert_eq!(eval_with("$stride == 1 && $in == $out", &vars), Ok(1));
         assert_eq!(eval_with("$stride == 2 || $in != $out", &vars), Ok(0));
-        assert_eq!(eval_with("!($in < 32) && $out >= 24 && 3 > 2 && 2 <= 2", &vars), Ok(1));
+        assert_eq!(eval_with("!($in > 32) && $out >= 24 && 3 > 2 && 2 <= 2", &vars), Ok(1));
+        assert_eq!(eval_with("!($in < 32)", &vars), Ok(0));
         assert_eq!(eval_with("$in * 2 == 48", &vars), Ok(1));
     }
 

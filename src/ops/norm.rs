@@ -94,13 +94,32 @@ impl CustomOp1 for ChannelStats {
 /// `y = (x - mean) / sqrt(var + eps) * weight + bias` for inputs `(x, stats (2, c), affine (2, c))`
 /// with `affine = [weight; bias]`. With `batch_stats`, `stats` are `x`'s own batch statistics
 /// and the backward includes their dependence on `x` (training); otherwise they are constants
-/// (evaluation with running statistics). With `relu`, `max(y, 0)` in the same pass, and the
-/// backward masks `dy` where the normalised value was not positive (recomputed from `x`, the
-/// same arithmetic as the forward): the ReLU after a BatchNorm costs no pass of its own.
+/// (evaluation with running statistics). With an activation (`fused`), `max(y, 0)` or
+/// `min(max(y, 0), 6)` in the same pass, and the backward masks `dy` where the normalised value
+/// was not inside `(0, cap)` (recomputed from `x`, the same arithmetic as the forward): the
+/// ReLU (ReLU6) after a BatchNorm costs no pass of its own.
 pub struct BatchNormOp {
     pub eps: f64,
     pub batch_stats: bool,
-    pub relu: bool,
+    pub fused: Fused,
+}
+
+/// The activation a BatchNorm computes in its own pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fused {
+    None,
+    /// `max(y, 0)`.
+    Relu,
+    /// `min(max(y, 0), 6)` (MobileNet's): the gradient passes where `0 < y < 6`, as
+    /// PyTorch's `hardtanh_backward`.
+    Relu6,
+}
+
+impl Fused {
+    /// The upper bound the output is clamped to (the lower is 0).
+    fn cap(self) -> f32 {
+        if self == Fused::Relu6 { 6.0 } else { f32::INFINITY }
+    }
 }
 
 /// Per-channel `(scale, shift)` with `y = x * scale + shift`.
@@ -133,12 +152,13 @@ impl CustomOp3 for BatchNormOp {
         let affine = f32_slice(self.name(), s3, l3)?;
         let (_, c, sp) = ncs(l1.shape())?;
         let ss = scale_shift(stats, affine, c, self.eps);
-        let floor = if self.relu { 0.0 } else { f32::NEG_INFINITY };
+        let (floor, cap) =
+            if self.fused == Fused::None { (f32::NEG_INFINITY, f32::INFINITY) } else { (0.0, self.fused.cap()) };
         let y = super::map_rows(x, sp, |r| {
             let (scale, shift) = ss[r % c];
-            move |x: f32| (x * scale + shift).max(floor)
+            move |x: f32| (x * scale + shift).max(floor).min(cap)
         });
-        if self.relu {
+        if self.fused == Fused::Relu {
             super::trace::relu(&y, l1.dims());
         }
         Ok((CpuStorage::F32(y), l1.shape().clone()))
@@ -158,7 +178,7 @@ impl CustomOp3 for BatchNormOp {
         let out = x.apply_op3_no_bwd(
             &dy.contiguous()?,
             &packed,
-            &BatchNormGrad { eps: self.eps, batch_stats: self.batch_stats, relu: self.relu },
+            &BatchNormGrad { eps: self.eps, batch_stats: self.batch_stats, fused: self.fused },
         )?;
         let dx = out.narrow(0, 0, numel)?.reshape(x.shape())?;
         let d_affine = out.narrow(0, numel, 2 * c)?.reshape((2, c))?;
@@ -171,7 +191,7 @@ impl CustomOp3 for BatchNormOp {
 struct BatchNormGrad {
     eps: f64,
     batch_stats: bool,
-    relu: bool,
+    fused: Fused,
 }
 
 impl CustomOp3 for BatchNormGrad {
@@ -195,10 +215,14 @@ impl CustomOp3 for BatchNormGrad {
         let isa = super::isa::Isa::current();
         let m = (n * sp) as f64;
         let inv: Vec<f64> = (0..c).map(|ch| 1.0 / (p[c + ch] as f64 + self.eps).sqrt()).collect();
-        // With the fused ReLU, dy only where the forward's x * scale + shift was positive;
-        // without, (0, 1): always positive. One branch-free loop either way.
-        let mask =
-            if self.relu { scale_shift(&p[..2 * c], &p[2 * c..4 * c], c, self.eps) } else { vec![(0.0, 1.0); c] };
+        // With a fused activation, dy only where the forward's x * scale + shift was inside
+        // (0, cap); without, (0, 1, inf): always inside. One branch-free loop either way.
+        let cap = self.fused.cap();
+        let mask: Vec<(f32, f32, f32)> = if self.fused == Fused::None {
+            vec![(0.0, 1.0, f32::INFINITY); c]
+        } else {
+            scale_shift(&p[..2 * c], &p[2 * c..4 * c], c, self.eps).into_iter().map(|(a, b)| (a, b, cap)).collect()
+        };
         // sum(dy) and sum(dy * xhat) per channel, xhat = (x - mean) * inv
         let sums: Vec<[f64; 2]> = (0..c)
             .into_par_iter()
@@ -241,24 +265,26 @@ impl CustomOp3 for BatchNormGrad {
     }
 }
 
-/// `g = dy` where `x * scale + shift > 0`, else 0; returns `[sum(g), sum(g * (x - mean))]`
+/// `g = dy` where `0 < x * scale + shift < cap`, else 0; returns `[sum(g), sum(g * (x - mean))]`
 /// over one row, in 16 independent lanes folded in f64.
 #[inline(always)]
-fn masked_sums_body(x: &[f32], dy: &[f32], (scale, shift): (f32, f32), mean: f32) -> [f64; 2] {
+fn masked_sums_body(x: &[f32], dy: &[f32], (scale, shift, cap): (f32, f32, f32), mean: f32) -> [f64; 2] {
     const LANES: usize = 16;
     let (mut s0, mut s1) = ([0f32; LANES], [0f32; LANES]);
     let (xc, gc) = (x.chunks_exact(LANES), dy.chunks_exact(LANES));
     let (xr, gr) = (xc.remainder(), gc.remainder());
     for (xs, gs) in xc.zip(gc) {
         for j in 0..LANES {
-            let g = if xs[j] * scale + shift > 0.0 { gs[j] } else { 0.0 };
+            let v = xs[j] * scale + shift;
+            let g = if v > 0.0 && v < cap { gs[j] } else { 0.0 };
             s0[j] += g;
             s1[j] += g * (xs[j] - mean);
         }
     }
     let mut acc = [s0.iter().map(|&v| v as f64).sum(), s1.iter().map(|&v| v as f64).sum()];
     for (&x, &g) in xr.iter().zip(gr) {
-        let g = if x * scale + shift > 0.0 { g } else { 0.0 };
+        let v = x * scale + shift;
+        let g = if v > 0.0 && v < cap { g } else { 0.0 };
         acc[0] += g as f64;
         acc[1] += (g * (x - mean)) as f64;
     }
@@ -267,7 +293,7 @@ fn masked_sums_body(x: &[f32], dy: &[f32], (scale, shift): (f32, f32), mean: f32
 
 simd_dispatch!(
     /// [`masked_sums_body`] for this CPU.
-    fn masked_sums(x: &[f32], dy: &[f32], mask: (f32, f32), mean: f32) -> [f64; 2] = masked_sums_body
+    fn masked_sums(x: &[f32], dy: &[f32], mask: (f32, f32, f32), mean: f32) -> [f64; 2] = masked_sums_body
 );
 
 /// `dx = k * g + a + b * (x - mean)` over one row, `g` masked as in [`masked_sums_body`].
@@ -276,18 +302,19 @@ fn masked_dx_body(
     x: &[f32],
     dy: &[f32],
     dx: &mut [f32],
-    (scale, shift): (f32, f32),
+    (scale, shift, cap): (f32, f32, f32),
     (k, a, b, mean): (f32, f32, f32, f32),
 ) {
     for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
-        let g = if x * scale + shift > 0.0 { g } else { 0.0 };
+        let v = x * scale + shift;
+        let g = if v > 0.0 && v < cap { g } else { 0.0 };
         *d = k * g + a + b * (x - mean);
     }
 }
 
 simd_dispatch!(
     /// [`masked_dx_body`] for this CPU.
-    fn masked_dx(x: &[f32], dy: &[f32], dx: &mut [f32], mask: (f32, f32), coef: (f32, f32, f32, f32)) -> () = masked_dx_body
+    fn masked_dx(x: &[f32], dy: &[f32], dx: &mut [f32], mask: (f32, f32, f32), coef: (f32, f32, f32, f32)) -> () = masked_dx_body
 );
 
 /// `y = x + bias[c]` for `x (n, c, ...)`, `bias (c)`; backward: `dx = dy`, `dbias = sum of dy
@@ -357,6 +384,41 @@ impl CustomOp1 for Relu {
     }
 }
 
+/// `min(max(x, 0), 6)` with a one-pass backward from the output (`dx = dy` where `0 < y < 6`).
+pub struct Relu6;
+
+impl CustomOp1 for Relu6 {
+    fn name(&self) -> &'static str {
+        "ablate-relu6"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let x = f32_slice(self.name(), s, l)?;
+        let y = super::map_rows(x, 1 << 16, |_| |x: f32| x.clamp(0.0, 6.0));
+        Ok((CpuStorage::F32(y), l.shape().clone()))
+    }
+
+    fn bwd(&self, _x: &Tensor, res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(res.apply_op2_no_bwd(&dy.contiguous()?, &Relu6Grad)?))
+    }
+}
+
+/// `(y, dy) -> dy * (0 < y < 6)`.
+struct Relu6Grad;
+
+impl CustomOp2 for Relu6Grad {
+    fn name(&self) -> &'static str {
+        "ablate-relu6-grad"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let y = f32_slice(self.name(), s1, l1)?;
+        let dy = f32_slice(self.name(), s2, l2)?;
+        let dx = super::map2(y, dy, |y, g| if y > 0.0 && y < 6.0 { g } else { 0.0 });
+        Ok((CpuStorage::F32(dx), l1.shape().clone()))
+    }
+}
+
 /// `(y, dy) -> dy * (y > 0)`.
 struct ReluGrad;
 
@@ -405,6 +467,15 @@ pub fn add_relu(a: &Tensor, b: &Tensor) -> Result<Tensor> {
         a.contiguous()?.apply_op2(&b.contiguous()?, AddRelu)
     } else {
         (a + b)?.relu()
+    }
+}
+
+/// ReLU6: our op on CPU (f32), candle's clamp elsewhere.
+pub fn relu6(x: &Tensor) -> Result<Tensor> {
+    if x.device().is_cpu() && x.dtype() == candle_core::DType::F32 {
+        x.contiguous()?.apply_op1(Relu6)
+    } else {
+        x.clamp(0f32, 6f32)
     }
 }
 
@@ -474,18 +545,27 @@ mod tests {
             let c = shape[1];
             let x = Var::from_tensor(&seeded(&shape, 1)).unwrap();
             let w = Var::from_tensor(&seeded(&[c], 2)).unwrap();
-            let b = Var::from_tensor(&seeded(&[c], 3)).unwrap();
+            // Shifted up so that some outputs pass 6 (the ReLU6's cap) and some stay below 0.
+            let b = Var::from_tensor(&(seeded(&[c], 3) + 2.5).unwrap()).unwrap();
             let probe = seeded(&shape, 4);
             let running =
                 Tensor::stack(&[seeded(&[c], 5), (seeded(&[c], 6).abs().unwrap() + 0.5).unwrap()], 0).unwrap();
             for train in [true, false] {
                 let stats = if train { x.detach().apply_op1_no_bwd(&ChannelStats).unwrap() } else { running.clone() };
                 let affine = Tensor::stack(&[w.as_tensor(), b.as_tensor()], 0).unwrap();
-                for relu in [false, true] {
-                    let op = BatchNormOp { eps: 1e-5, batch_stats: train, relu };
+                for fused in [Fused::None, Fused::Relu, Fused::Relu6] {
+                    let op = BatchNormOp { eps: 1e-5, batch_stats: train, fused };
                     let ours = x.apply_op3(&stats, &affine, op).unwrap();
                     let theirs = reference(&x, &w, &b, (!train).then_some(&running));
-                    let theirs = if relu { theirs.relu().unwrap() } else { theirs };
+                    let theirs = match fused {
+                        Fused::None => theirs,
+                        Fused::Relu => theirs.relu().unwrap(),
+                        Fused::Relu6 => {
+                            let v = theirs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                            assert!(v.iter().any(|&v| v > 6.0) && v.iter().any(|&v| v < 0.0), "clipped at both ends");
+                            theirs.clamp(0f32, 6f32).unwrap()
+                        }
+                    };
                     close(&ours, &theirs, "forward");
                     let g1 = (ours * &probe).unwrap().sum_all().unwrap().backward().unwrap();
                     let g2 = (theirs * &probe).unwrap().sum_all().unwrap().backward().unwrap();
@@ -493,7 +573,7 @@ mod tests {
                         close(
                             g1.get(v).unwrap(),
                             g2.get(v).unwrap(),
-                            &format!("{name} gradient, train {train}, relu {relu}, {shape:?}"),
+                            &format!("{name} gradient, train {train}, {fused:?}, {shape:?}"),
                         );
                     }
                 }

@@ -75,6 +75,15 @@ CONV_CASES = [
     (2, 8, 12, 12, 8, 3, 1, 2, 2, 1),
     (1, 4, 13, 13, 6, 5, 3, 3, 1, 2),
     (2, 16, 10, 10, 16, 3, 1, 3, 1, 1),
+    # the depthwise kernels: stride 1 and 2 on odd and even sizes, depth multiplier 2, 5x5 with
+    # padding 2 at stride 2, dilation 2, stride 3 without padding, a 1x1 map
+    (2, 24, 14, 14, 24, 3, 1, 1, 1, 24),
+    (2, 16, 13, 15, 16, 3, 2, 1, 1, 16),
+    (2, 8, 12, 11, 16, 3, 1, 1, 1, 8),
+    (1, 8, 11, 11, 8, 5, 2, 2, 1, 8),
+    (2, 6, 12, 12, 6, 3, 1, 2, 2, 6),
+    (2, 4, 9, 10, 4, 3, 3, 0, 1, 4),
+    (4, 16, 1, 1, 16, 3, 1, 1, 1, 16),
 ]
 
 # (n, c, h, w, kind, kernel, stride, padding)
@@ -88,7 +97,8 @@ POOL_CASES = [
 
 # (n, c, h, w, relu): BatchNorm in training mode, alone and with the fused ReLU; (n, c) for
 # BatchNorm after a linear layer.
-BN_CASES = [(4, 8, 5, 6, False), (4, 8, 5, 6, True), (16, 64, 2, 2, True), (2, 16, 17, 17, True), (6, 5, 0, 0, True)]
+BN_CASES = [(4, 8, 5, 6, False), (4, 8, 5, 6, True), (16, 64, 2, 2, True), (2, 16, 17, 17, True), (6, 5, 0, 0, True),
+            (4, 8, 5, 6, "relu6"), (2, 16, 17, 17, "relu6")]
 
 ADD_RELU_CASES = [(2, 8, 6, 6), (3, 64, 4, 4)]
 
@@ -149,37 +159,45 @@ def pool_case(gen, case):
 
 
 def bn_case(gen, case):
+    """relu: False, True (BatchNorm + ReLU) or "relu6" (BatchNorm + ReLU6, its weights large
+    enough that some outputs pass 6)."""
     n, c, h, w, relu = case
     shape = (n, c, h, w) if h else (n, c)
     inputs = {
         "x": uniform(gen, shape, -2, 3),
-        "weight": uniform(gen, (c,), 0.5, 1.5),
+        "weight": uniform(gen, (c,), 3.0, 4.5) if relu == "relu6" else uniform(gen, (c,), 0.5, 1.5),
         "bias": uniform(gen, (c,), -0.5, 0.5),
         "running_mean": uniform(gen, (c,), -0.2, 0.2),
         "running_var": uniform(gen, (c,), 0.5, 1.5),
         "dy": uniform(gen, shape),
     }
-    if relu:
-        # Push the few pre-activations near zero away from it (moving the batch statistics by
-        # far less than the margin), until none is left.
-        view = (1, c) + (1,) * (len(shape) - 2)
+    kinks = {False: (), True: (0.0,), "relu6": (0.0, 6.0)}[relu]
+    # Push the few pre-activations near a kink away from it (moving the batch statistics by
+    # far less than the margin), until none is left.
+    view = (1, c) + (1,) * (len(shape) - 2)
+    for k in kinks:
         for _ in range(20):
             x = inputs["x"].double()
             pre = F.batch_norm(x, None, None, inputs["weight"].double(), inputs["bias"].double(), True)
-            near = pre.abs() < MARGIN
+            near = (pre - k).abs() < MARGIN
             if not near.any():
                 break
             dims = [0] + list(range(2, len(shape)))
             slope = inputs["weight"].double().view(view) / (x.var(dims, unbiased=False, keepdim=True) + 1e-5).sqrt()
-            push = torch.where(pre >= 0, 1.0, -1.0) * 3 * MARGIN / slope
+            push = torch.where(pre >= k, 1.0, -1.0) * 3 * MARGIN / slope
             inputs["x"] = torch.where(near, x + push, x).float()
         else:
-            raise RuntimeError(f"could not keep every pre-activation {MARGIN} from zero for {case}")
+            raise RuntimeError(f"could not keep every pre-activation {MARGIN} from {k} for {case}")
+    if relu == "relu6":
+        pre = F.batch_norm(inputs["x"].double(), None, None, inputs["weight"].double(), inputs["bias"].double(), True)
+        assert (pre > 6).any() and (pre < 0).any(), "the ReLU6 case must clip at both ends"
 
     def fn(t):
         rm, rv = t["running_mean"].detach().clone(), t["running_var"].detach().clone()
         y = F.batch_norm(t["x"], rm, rv, t["weight"], t["bias"], training=True, momentum=0.1, eps=1e-5)
-        if relu:
+        if relu == "relu6":
+            y = F.relu6(y)
+        elif relu:
             y = F.relu(y)
         dx, dwt, db = torch.autograd.grad((y * t["dy"]).sum(), [t["x"], t["weight"], t["bias"]])
         return {"y": y, "dx": dx, "dweight": dwt, "dbias": db, "new_running_mean": rm, "new_running_var": rv}

@@ -141,7 +141,7 @@ fn report(title: &str, rows: &[Row]) {
 /// crate picks its own build, so the GEMM algorithms run once, at this CPU's level.
 fn levels_for(algo: Algo) -> Vec<Level> {
     match algo {
-        Algo::Direct => isa::available(),
+        Algo::Direct | Algo::Depthwise => isa::available(),
         Algo::Implicit => isa::available().into_iter().filter(|&l| l >= Level::Avx2).collect(),
         _ => vec![Isa::detected().level()],
     }
@@ -274,7 +274,12 @@ fn batch_norm_and_its_fused_relu_match_pytorch_on_every_build() {
     let mut rows = Vec::new();
     for case in refs.cases.iter().filter(|c| c["kind"] == "batch_norm") {
         let (n, c, h, w) = (usize_of(case, "n"), usize_of(case, "c"), usize_of(case, "h"), usize_of(case, "w"));
-        let relu = case["relu"].as_bool().unwrap();
+        // false, true (+ ReLU) or "relu6" (+ ReLU6)
+        let act = match &case["relu"] {
+            Value::Bool(true) => Some(LayerConfig::Relu),
+            Value::String(s) if s == "relu6" => Some(LayerConfig::Relu6),
+            _ => None,
+        };
         // The model's own layers, so the fusion of BatchNorm + ReLU is the production one; a
         // 2-D input is BatchNorm after a flatten (as after a linear layer).
         let (input, mut layers) = if h == 0 {
@@ -282,9 +287,7 @@ fn batch_norm_and_its_fused_relu_match_pytorch_on_every_build() {
         } else {
             ((c, h, w), vec![LayerConfig::BatchNorm])
         };
-        if relu {
-            layers.push(LayerConfig::Relu);
-        }
+        layers.extend(act.clone());
         layers.push(LayerConfig::Flatten);
         let layers: Vec<ablate::Node> = layers.into_iter().map(Into::into).collect();
         let x = refs.get(case, "in.x").reshape((n, input.0, input.1, input.2)).unwrap();
@@ -312,7 +315,8 @@ fn batch_norm_and_its_fused_relu_match_pytorch_on_every_build() {
                     ("new_running_var", after[&name(".running_var")].clone()),
                 ]
             });
-            let label = format!("batch_norm{} x[{n}, {c}, {h}, {w}] {level:?}", if relu { "+relu" } else { "" });
+            let fused = act.as_ref().map(|a| format!("+{}", a.kind())).unwrap_or_default();
+            let label = format!("batch_norm{fused} x[{n}, {c}, {h}, {w}] {level:?}");
             compare(&refs, case, &label, &outputs, &mut rows);
         }
     }

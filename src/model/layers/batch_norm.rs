@@ -8,7 +8,7 @@ use candle_nn::ModuleT;
 
 use super::{Built, Walk};
 use crate::model::builder::Builder;
-use crate::ops::norm::{BatchNormOp, ChannelStats, relu};
+use crate::ops::norm::{BatchNormOp, ChannelStats, Fused, relu, relu6};
 
 /// Batch statistics and running-stat updates (momentum 0.1, unbiased variance) in training,
 /// running statistics in evaluation; optionally followed by a ReLU in the same pass.
@@ -20,8 +20,8 @@ pub struct BatchNorm {
     batches_tracked: Arc<AtomicI64>,
     momentum: f64,
     eps: f64,
-    /// A ReLU follows: computed in the same pass (and one backward pass).
-    relu_after: bool,
+    /// The ReLU (ReLU6) that follows, computed in the same pass (and one backward pass).
+    fused: Fused,
     /// Frozen (`model.freeze`): running statistics in training too, and left as they are.
     frozen: Arc<AtomicBool>,
 }
@@ -46,21 +46,25 @@ impl BatchNorm {
             batches_tracked,
             momentum: 0.1,
             eps: 1e-5,
-            relu_after: false,
+            fused: Fused::None,
             frozen,
         })
     }
 
-    /// The same layer with a ReLU after it.
-    pub fn with_relu(self) -> Self {
-        Self { relu_after: true, ..self }
+    /// The same layer with the activation after it computed in its pass.
+    pub fn with(self, fused: Fused) -> Self {
+        Self { fused, ..self }
     }
 
     /// `(n, c, h, w)` or `(n, c)` -> same shape: fused kernels on CPU, candle ops elsewhere.
     fn forward_fused(&self, xs: &Tensor, train: bool) -> Result<Tensor> {
         if !xs.device().is_cpu() {
             let y = self.forward_generic(xs, train)?;
-            return if self.relu_after { relu(&y) } else { Ok(y) };
+            return match self.fused {
+                Fused::None => Ok(y),
+                Fused::Relu => relu(&y),
+                Fused::Relu6 => relu6(&y),
+            };
         }
         let xs = xs.contiguous()?;
         let affine = Tensor::stack(&[&self.weight, &self.bias], 0)?;
@@ -80,7 +84,7 @@ impl BatchNorm {
             let stats = Tensor::stack(&[self.running_mean.as_tensor(), self.running_var.as_tensor()], 0)?;
             (stats.detach(), false)
         };
-        xs.apply_op3(&stats, &affine, BatchNormOp { eps: self.eps, batch_stats, relu: self.relu_after })
+        xs.apply_op3(&stats, &affine, BatchNormOp { eps: self.eps, batch_stats, fused: self.fused })
     }
 
     /// The normalisation (without the ReLU) from candle's own ops (any device; the reference
@@ -119,7 +123,7 @@ impl ModuleT for BatchNorm {
     }
 }
 
-/// Builds `bn<N>` over the walk's channels; a ReLU right after it is fused in.
+/// Builds `bn<N>` over the walk's channels; a ReLU (ReLU6) that alone reads it is fused in.
 pub(super) fn build(walk: &mut Walk) -> std::result::Result<Built, String> {
     let shape = walk.shape.clone();
     if shape.len() != 3 && shape.len() != 1 {
@@ -127,6 +131,6 @@ pub(super) fn build(walk: &mut Walk) -> std::result::Result<Built, String> {
     }
     let name = walk.name_or("bn");
     let bn = BatchNorm::new(&mut walk.builder.pp(name.clone()), shape[0])?;
-    let bn = if walk.relu_follows { bn.with_relu() } else { bn };
+    let bn = bn.with(walk.activation_follows);
     Ok(walk.built(Box::new(bn), name, shape.clone(), 2 * shape[0], 0))
 }

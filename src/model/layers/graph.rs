@@ -3,7 +3,8 @@
 //! block is a list with names in it. A list without names is the plain sequential network.
 //!
 //! Running keeps each value only until its last reader has run, and a ReLU that alone reads
-//! a BatchNorm or an add is computed by it (one fused pass, as the sequential walk did).
+//! a BatchNorm or an add (a ReLU6 that alone reads a BatchNorm) is computed by it: one fused
+//! pass.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use super::{Walk, build_node};
 use crate::model::builder::Builder;
 use crate::model::summary::SummaryRow;
+use crate::ops::norm::Fused;
 use crate::spec::{LayerConfig, Node};
 
 /// What a node computes.
@@ -85,8 +87,8 @@ pub(in crate::model) struct BuiltGraph {
 struct Wiring {
     inputs: Vec<Vec<usize>>,
     output: usize,
-    /// Node `i` computes the ReLU that node `i + 1` is.
-    fuse: Vec<bool>,
+    /// Node `i` computes the activation that node `i + 1` is.
+    fuse: Vec<Fused>,
     /// Each value's name, for errors.
     names: Vec<String>,
     /// The step after which each value is last read.
@@ -152,10 +154,13 @@ fn wire(nodes: &[Node], input: &str, output: Option<&str>) -> std::result::Resul
     }
     let fuse = (0..nodes.len())
         .map(|i| {
-            let fusing = matches!(nodes[i].layer, LayerConfig::BatchNorm | LayerConfig::Add(_));
-            let relu_next =
-                matches!(nodes.get(i + 1), Some(n) if n.layer == LayerConfig::Relu && inputs[i + 1] == [i + 1]);
-            fusing && relu_next && readers[i + 1] == [i + 1] && output != i + 1
+            let alone = readers[i + 1] == [i + 1] && output != i + 1;
+            let next = nodes.get(i + 1).filter(|_| alone && inputs.get(i + 1) == Some(&vec![i + 1])).map(|n| &n.layer);
+            match (&nodes[i].layer, next) {
+                (LayerConfig::BatchNorm | LayerConfig::Add(_), Some(LayerConfig::Relu)) => Fused::Relu,
+                (LayerConfig::BatchNorm, Some(LayerConfig::Relu6)) => Fused::Relu6,
+                _ => Fused::None,
+            }
         })
         .collect();
     let last_read = readers.iter().map(|r| r.iter().max().copied()).collect();
@@ -194,8 +199,8 @@ pub(in crate::model) fn build(
             index: row_index.unwrap_or(written(nodes, i)),
             kind: node.layer.kind(),
             name: node.name.clone(),
-            relu_follows: wiring.fuse[i],
-            fused: i > 0 && wiring.fuse[i - 1],
+            activation_follows: wiring.fuse[i],
+            fused: i > 0 && wiring.fuse[i - 1] != Fused::None,
             counts: &mut counts,
             linears,
             dropout_rng: dropout_rng.clone(),
@@ -212,4 +217,34 @@ pub(in crate::model) fn build(
     }
     let out_shape = shapes[wiring.output].clone();
     Ok(BuiltGraph { module: GraphModule { steps, output: wiring.output }, rows, out_shape })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(layer: LayerConfig, name: &str, from: &[&str]) -> Node {
+        let name = (!name.is_empty()).then(|| name.to_string());
+        Node { layer, name, from: from.iter().map(|s| s.to_string()).collect(), written_at: None }
+    }
+
+    /// What the fused passes rest on: a ReLU (ReLU6) is computed by the BatchNorm (add) before
+    /// it only when it alone reads it.
+    #[test]
+    fn activations_fuse_only_into_a_node_they_alone_read() {
+        let relu6 = || node(LayerConfig::Relu6, "", &[]);
+        let bn = |name: &str| node(LayerConfig::BatchNorm, name, &[]);
+        let w = wire(&[bn(""), relu6(), bn(""), node(LayerConfig::Relu, "", &[])], "input", None).unwrap();
+        assert_eq!(w.fuse, [Fused::Relu6, Fused::None, Fused::Relu, Fused::None]);
+        // The BatchNorm's value is read again later (a shortcut): the ReLU6 stays its own pass.
+        let add = node(LayerConfig::Add(None), "", &["a", "r"]);
+        let w = wire(&[bn("a"), node(LayerConfig::Relu6, "r", &[]), add.clone()], "input", None).unwrap();
+        assert_eq!(w.fuse, [Fused::None, Fused::None, Fused::None]);
+        // An add fuses a ReLU, not a ReLU6; a ReLU reading another node does not fuse.
+        let w = wire(&[bn("a"), bn("b"), node(LayerConfig::Add(None), "", &["a", "b"]), relu6()], "input", None);
+        assert_eq!(w.unwrap().fuse, [Fused::None, Fused::None, Fused::None, Fused::None]);
+        let sum = node(LayerConfig::Add(None), "", &["a", "r"]);
+        let w = wire(&[bn("a"), node(LayerConfig::Relu, "r", &["input"]), sum], "input", None).unwrap();
+        assert_eq!(w.fuse, [Fused::None, Fused::None, Fused::None]);
+    }
 }

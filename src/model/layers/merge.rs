@@ -11,7 +11,7 @@ use super::graph::{Merge, Op};
 use super::{Built, Walk};
 use crate::model::summary::SummaryRow;
 use crate::ops::conv::ConvParams;
-use crate::ops::norm::{add_relu, relu};
+use crate::ops::norm::{Fused, add_relu, relu};
 use crate::ops::pool::{PoolKind, PoolParams, pool2d};
 use crate::spec::Projection;
 
@@ -119,7 +119,7 @@ pub(super) fn build_add(project: Option<Projection>, walk: &mut Walk) -> std::re
         projections.push(Some(d));
         (params, macs) = (p, m);
     }
-    let add = Add { project: projections, relu_after: walk.relu_follows };
+    let add = Add { project: projections, relu_after: walk.activation_follows == Fused::Relu };
     let mut row = plain_row(walk, "add", &target);
     (row.params, row.macs) = (params, macs);
     Ok(Built { op: Op::Merge(Box::new(add)), rows: vec![row], out_shape: target })

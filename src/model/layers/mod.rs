@@ -29,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use super::ModelError;
 use super::builder::{Builder, ConvInit};
 use super::summary::{Summary, SummaryRow};
+use crate::ops::norm::Fused;
 use crate::spec::{LayerConfig, Node};
 pub(super) use graph::GraphModule;
 use graph::{GraphError, Op};
@@ -55,8 +56,9 @@ pub(super) struct Walk<'w, 'a> {
     kind: &'static str,
     /// The node's `name`, when the file gives one.
     pub name: Option<String>,
-    /// A ReLU reads this node, and nothing else does: a BatchNorm or add computes it.
-    pub relu_follows: bool,
+    /// The activation that alone reads this node, for a BatchNorm (ReLU, ReLU6) or an add
+    /// (ReLU) to compute in its pass.
+    pub activation_follows: Fused,
     /// This ReLU was computed by the node before it.
     pub fused: bool,
     /// Default names handed out so far in this graph, per prefix (`conv`, `bn`, `fc`, `layer`).

@@ -2,18 +2,23 @@
 
 use candle_core::{Module, Result, Tensor};
 
+use super::graph::Op;
 use super::{Built, Walk};
 
 pub struct Relu6;
 
 impl Module for Relu6 {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        xs.clamp(0f32, 6f32)
+        crate::ops::norm::relu6(xs)
     }
 }
 
+/// A ReLU6 that alone reads a BatchNorm is computed inside it: then only its summary row remains.
 pub(super) fn build(walk: &mut Walk) -> std::result::Result<Built, String> {
     let shape = walk.shape.clone();
+    if walk.fused {
+        return Ok(Built { op: Op::Same, ..walk.plain(Box::new(Relu6), "relu6", shape) });
+    }
     Ok(walk.plain(Box::new(Relu6), "relu6", shape))
 }
 

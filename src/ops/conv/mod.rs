@@ -6,6 +6,7 @@
 //! convolution per group as candle's `conv2d` does. The input gradient is skipped when the
 //! input tracks no gradient (the image fed to the first layer).
 
+mod depthwise;
 mod direct;
 mod gemm;
 mod implicit;
@@ -27,18 +28,20 @@ pub use super::params::ConvParams;
 pub enum Algo {
     Implicit,
     Direct,
+    Depthwise,
     Batched,
     PerSample,
 }
 
 impl Algo {
-    pub const ALL: [Algo; 4] = [Algo::Implicit, Algo::Direct, Algo::Batched, Algo::PerSample];
+    pub const ALL: [Algo; 5] = [Algo::Implicit, Algo::Direct, Algo::Depthwise, Algo::Batched, Algo::PerSample];
 
     /// The name in plan files and logs.
     pub fn name(self) -> &'static str {
         match self {
             Algo::Implicit => "implicit",
             Algo::Direct => "direct",
+            Algo::Depthwise => "depthwise",
             Algo::Batched => "batched",
             Algo::PerSample => "per_sample",
         }
@@ -59,6 +62,7 @@ pub enum Pass {
 enum Kernel {
     Implicit(implicit::Cpu, implicit::Dims),
     Direct(Isa, direct::Dims),
+    Depthwise(Isa, depthwise::Dims),
     Batched,
     PerSample,
 }
@@ -68,6 +72,7 @@ impl Kernel {
         match self {
             Kernel::Implicit(..) => Algo::Implicit,
             Kernel::Direct(..) => Algo::Direct,
+            Kernel::Depthwise(..) => Algo::Depthwise,
             Kernel::Batched => Algo::Batched,
             Kernel::PerSample => Algo::PerSample,
         }
@@ -138,6 +143,24 @@ impl Geometry {
         };
         direct::applies(self.p.stride, self.p.padding, self.p.dilation, self.p.groups, &d).then_some(d)
     }
+    /// The depthwise kernels' dims, when they apply (one input channel per group).
+    fn depthwise(&self) -> Option<depthwise::Dims> {
+        let d = depthwise::Dims {
+            n: self.n,
+            c: self.c,
+            h: self.h,
+            w: self.w,
+            og: self.og(),
+            kh: self.kh,
+            kw: self.kw,
+            oh: self.oh,
+            ow: self.ow,
+            stride: self.p.stride,
+            padding: self.p.padding,
+            dilation: self.p.dilation,
+        };
+        depthwise::applies(self.c, self.p.groups).then_some(d)
+    }
     /// The implicit-GEMM kernels' dims, when they apply (see [`implicit::applies`]).
     fn implicit(&self) -> Option<implicit::Dims> {
         let d = implicit::Dims {
@@ -174,6 +197,7 @@ fn forward_by(k: Kernel, x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
             });
             out
         }
+        Kernel::Depthwise(isa, d) => depthwise::forward(isa, x, wt, &d),
         Kernel::Batched => gemm::forward_batched(x, wt, g),
         Kernel::PerSample => gemm::forward(x, wt, g),
     }
@@ -194,6 +218,7 @@ fn input_grad_by(k: Kernel, dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
             });
             dx
         }
+        Kernel::Depthwise(isa, d) => depthwise::input_grad(isa, dy, wt, &d),
         Kernel::Batched => gemm::input_grad_batched(dy, wt, g),
         Kernel::PerSample => gemm::input_grad(dy, wt, g),
     }
@@ -210,6 +235,7 @@ fn weight_grad_by(k: Kernel, x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
                 direct::weight_grad(isa, x_n, dy_n, d, dw);
             }
         }),
+        Kernel::Depthwise(isa, d) => depthwise::weight_grad(isa, x, dy, &d),
         Kernel::Batched => gemm::weight_grad_batched(x, dy, g),
         Kernel::PerSample => gemm::weight_grad(x, dy, g),
     }
@@ -353,6 +379,13 @@ mod tests {
             (1, 16, 21, 23, 16, 3, 2, 1, 1, 1),
             (2, 32, 20, 22, 32, 3, 2, 1, 1, 2),
             (1, 16, 21, 21, 16, 5, 2, 2, 1, 1),
+            // Depthwise (one input channel per group): stride 1 and 2, multiplier 2, 5x5,
+            // dilation 2, stride 3.
+            (2, 12, 10, 9, 12, 3, 1, 1, 1, 12),
+            (2, 8, 11, 13, 8, 3, 2, 1, 1, 8),
+            (1, 4, 9, 9, 8, 5, 2, 2, 1, 4),
+            (2, 6, 12, 11, 6, 3, 1, 2, 2, 6),
+            (1, 5, 9, 12, 5, 3, 3, 0, 1, 5),
         ];
         // Each case on the ladder's plan, then with the implicit kernels wherever they can run,
         // in their AVX-512 and AVX2 builds (on a CPU without AVX-512, the AVX2 build twice).

@@ -50,6 +50,7 @@ pub(super) fn candidate(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Optio
             Some(Kernel::Implicit(cpu, d))
         }
         Algo::Direct => g.direct().map(|d| Kernel::Direct(isa, d)),
+        Algo::Depthwise => g.depthwise().map(|d| Kernel::Depthwise(isa, d)),
         Algo::Batched => Some(Kernel::Batched),
         Algo::PerSample => Some(Kernel::PerSample),
     }
@@ -58,11 +59,10 @@ pub(super) fn candidate(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Optio
 /// What the ladder picks for `pass` of `g` on `isa`.
 pub(super) fn choose(pass: Pass, g: &Geometry, isa: Isa) -> Kernel {
     let batched = g.l() < BATCH_BELOW && g.n > 1;
-    kernel(Algo::Implicit, pass, g, isa).or_else(|| kernel(Algo::Direct, pass, g, isa)).unwrap_or(if batched {
-        Kernel::Batched
-    } else {
-        Kernel::PerSample
-    })
+    kernel(Algo::Implicit, pass, g, isa)
+        .or_else(|| kernel(Algo::Direct, pass, g, isa))
+        .or_else(|| kernel(Algo::Depthwise, pass, g, isa))
+        .unwrap_or(if batched { Kernel::Batched } else { Kernel::PerSample })
 }
 
 /// One convolution pass that ran: what [`record`] collects.
