@@ -61,15 +61,16 @@ parity: torch
 	ABLATE_PARITY_NETS=full $(CARGO) test --release --test suite parity:: -- --nocapture
 
 # Debian's python3-torch and python3-torchvision (the parity tests) and python3-scipy (the
-# statistics tests) for /usr/bin/python3: installed with apt when missing and running as root
-# (CI), else a message saying what to install.
+# statistics tests) for /usr/bin/python3, and graphviz (`ablate check --png` draws with its
+# `dot`): installed with apt when missing and running as root (CI), else a message saying
+# what to install.
 torch:
-	@/usr/bin/python3 -c 'import torch, torchvision, scipy' 2>/dev/null || { \
+	@{ /usr/bin/python3 -c 'import torch, torchvision, scipy' 2>/dev/null && command -v dot >/dev/null; } || { \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-torch python3-torchvision python3-scipy >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-torch python3-torchvision python3-scipy graphviz >/dev/null; \
 	  else \
-	    echo "the tests need PyTorch and SciPy for /usr/bin/python3: sudo apt-get install python3-torch python3-torchvision python3-scipy" >&2; exit 1; \
+	    echo "the tests need PyTorch and SciPy for /usr/bin/python3 and Graphviz: sudo apt-get install python3-torch python3-torchvision python3-scipy graphviz" >&2; exit 1; \
 	  fi; }
 
 lint:

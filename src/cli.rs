@@ -158,6 +158,12 @@ pub enum Command {
     Check {
         #[command(flatten)]
         what: Experiments,
+        /// Also write the model graph as a Graphviz file (one per variant of a sweep).
+        #[arg(long, value_name = "FILE.dot")]
+        dot: Option<std::path::PathBuf>,
+        /// Draw the --dot file as a PNG beside it (needs Graphviz's `dot`).
+        #[arg(long, requires = "dot")]
+        png: bool,
     },
     /// The learning-rate range test (fastai's lr_find): train with a rate growing each step
     /// until the loss diverges; write the loss against the rate (lr_find.csv, lr_find.png)
@@ -236,7 +242,7 @@ mod tests {
     fn run_arguments_render_back_to_what_parses_to_them() {
         let argv =
             ["ablate", "check", "a.toml", "dir", "--set", "optimizer.lr=3e-4", "--sweep", "seed=1,2", "--repeats", "3"];
-        let Command::Check { what } = Cli::parse_from(argv).command else { panic!("not check") };
+        let Command::Check { what, .. } = Cli::parse_from(argv).command else { panic!("not check") };
         assert_eq!(what.to_args(), argv[2..]);
     }
 

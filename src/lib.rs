@@ -35,8 +35,8 @@ mod units;
 
 // Commands, and what they take.
 pub use commands::{
-    Evaluated, LrFindOptions, LrFound, ResumeOptions, RunOptions, SortKey, Summarized, Which, check, compare, evaluate,
-    lr_find, predict, resume, run, slurm, slurm_resume, summarize,
+    Evaluated, GraphFiles, LrFindOptions, LrFound, ResumeOptions, RunOptions, SortKey, Summarized, Which, check,
+    compare, evaluate, lr_find, predict, resume, run, slurm, slurm_resume, summarize,
 };
 pub use executor::{Env, SinkFactory};
 pub use plan::{Override, Request, experiment_files, spec_from_file};

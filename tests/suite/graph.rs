@@ -242,3 +242,47 @@ params = { t = 3 }"#;
     let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
     assert_eq!(model.state_dict()["layer1.0.wide.weight"].dims(), &[12, 6, 1, 1]);
 }
+
+/// `ablate check --dot --png`: the graph file Graphviz's own `dot` draws, with an edge from
+/// every node a merge reads.
+#[test]
+fn check_writes_the_graph_for_graphviz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 2, 1, 3);
+    let exp = experiment(tmp.path(), &data, 1);
+    let layers = r#"layers = [
+  { conv = { out = 4, kernel = 3, padding = 1 }, name = "stem" },
+  "global_avg_pool", { linear = { out = 4 }, name = "excite" }, { sigmoid = {}, name = "gate" },
+  { mul = ["stem", "gate"], name = "gated" },
+  { conv = { out = 2, kernel = 1 }, name = "branch", from = "stem" },
+  { concat = ["gated", "branch"], name = "dense" },
+  "global_avg_pool", { linear = { out = "$classes" } },
+]"#;
+    with_graph(&exp, layers, "");
+    let dot = tmp.path().join("graph.dot");
+    let out = crate::common::ablate().arg("check").arg(&exp).arg("--dot").arg(&dot).arg("--png").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The summary names what each merge reads.
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let row = printed.lines().find(|l| l.contains(" gated ")).unwrap();
+    assert!(row.trim_end().ends_with("stem, gate"), "{printed}");
+    let text = std::fs::read_to_string(&dot).unwrap();
+    let id = |name: &str| {
+        let line =
+            text.lines().find(|l| l.contains(&format!("[label=\"{name}\\n"))).unwrap_or_else(|| panic!("{text}"));
+        line.trim().split(' ').next().unwrap().to_string()
+    };
+    for (from, to) in [
+        ("stem", "gated"),
+        ("gate", "gated"),
+        ("excite", "gate"),
+        ("stem", "branch"),
+        ("gated", "dense"),
+        ("branch", "dense"),
+    ] {
+        assert!(text.contains(&format!("{} -> {};", id(from), id(to))), "no edge {from} -> {to}:\n{text}");
+    }
+    let png = std::fs::read(tmp.path().join("graph.png")).expect("dot drew graph.png");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}

@@ -187,6 +187,8 @@ pub(in crate::model) fn build(
     }
     let wiring = wire(nodes, input, output)?;
     let mut shapes = vec![shape];
+    // Each value's row name as the summary shows it: what a row's `inputs` name.
+    let mut shown = vec![input.to_string()];
     let (mut steps, mut rows, mut counts) = (Vec::new(), Vec::new(), HashMap::new());
     let linears = nodes.iter().filter(|n| matches!(n.layer, LayerConfig::Linear(_))).count();
     for (i, node) in nodes.iter().enumerate() {
@@ -205,11 +207,15 @@ pub(in crate::model) fn build(
             linears,
             dropout_rng: dropout_rng.clone(),
         };
-        let built = build_node(&node.layer, &mut walk).map_err(|message| GraphError {
-            index: i,
+        let mut built = build_node(&node.layer, &mut walk).map_err(|message| GraphError {
+            index: written(nodes, i),
             kind: node.layer.kind(),
             message,
         })?;
+        if let (false, Some(first)) = (node.from.is_empty(), built.rows.first_mut()) {
+            first.inputs = read.iter().map(|v| shown[*v].clone()).collect();
+        }
+        shown.push(built.rows.last().map_or_else(|| shown[read[0]].clone(), |r| r.name.clone()));
         let release = (0..shapes.len()).filter(|v| *v != wiring.output && wiring.last_read[*v] == Some(i)).collect();
         shapes.push(built.out_shape);
         rows.extend(built.rows);

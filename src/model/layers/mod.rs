@@ -111,8 +111,15 @@ impl Walk<'_, '_> {
         params: usize,
         macs: u64,
     ) -> Built {
-        let row =
-            SummaryRow { index: self.index, kind: self.kind.into(), name, out_shape: out_shape.clone(), params, macs };
+        let row = SummaryRow {
+            index: self.index,
+            kind: self.kind.into(),
+            name,
+            out_shape: out_shape.clone(),
+            params,
+            macs,
+            inputs: Vec::new(),
+        };
         Built { op: Op::Layer(module), rows: vec![row], out_shape }
     }
 

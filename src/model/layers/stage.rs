@@ -47,6 +47,7 @@ pub(super) fn build(s: &StageConfig, walk: &mut Walk) -> std::result::Result<Bui
             out_shape: built.out_shape.clone(),
             params: built.rows.iter().map(|r| r.params).sum(),
             macs: built.rows.iter().map(|r| r.macs).sum(),
+            inputs: Vec::new(),
         });
         shape = built.out_shape;
         blocks.push(built.module);
