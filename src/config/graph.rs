@@ -90,11 +90,13 @@ pub fn node(spec: &NodeSpec, key: &str, at: &At) -> Result<Option<Node>, ConfigE
             }
             (LayerConfig::Dropout(*p), None, None)
         }
-        LayerSpec::Dropout2d(p) => {
+        LayerSpec::Dropout2d(p) | LayerSpec::StochasticDepth(p) => {
+            let what = if matches!(spec.layer, LayerSpec::Dropout2d(_)) { "dropout2d" } else { "stochastic_depth" };
             if !(0.0..1.0).contains(p) {
-                return Err(at.invalid(&kind("dropout2d"), format!("expected a probability in [0, 1), got {p}")));
+                return Err(at.invalid(&kind(what), format!("expected a probability in [0, 1), got {p}")));
             }
-            (LayerConfig::Dropout2d(*p), None, None)
+            let layer = if what == "dropout2d" { LayerConfig::Dropout2d(*p) } else { LayerConfig::StochasticDepth(*p) };
+            (layer, None, None)
         }
         LayerSpec::AdaptiveAvgPool([h, w]) => {
             let hw = (at.positive(h, &kind("adaptive_avg_pool"))?, at.positive(w, &kind("adaptive_avg_pool"))?);
@@ -218,6 +220,14 @@ fn stage(st: &StageSpec, key: &str, at: &At) -> Result<LayerConfig, ConfigError>
             return Err(at.invalid(&format!("{key}.{name}"), message));
         }
         let value = substitute(value, &|n| at.outer(n)).map_err(|m| at.invalid(&format!("{key}.{name}"), m))?;
+        if let toml::Value::Table(t) = &value
+            && ramp(&value).is_none()
+        {
+            let keys: Vec<&String> = t.keys().collect();
+            let message =
+                format!("a table argument is a ramp, {{ ramp = [first, last] }} (numbers), got keys {keys:?}");
+            return Err(at.invalid(&format!("{key}.{name}"), message));
+        }
         args.insert(name.clone(), value);
     }
     if let Some(missing) = template.required.iter().find(|r| !args.contains_key(*r)) {
@@ -226,13 +236,14 @@ fn stage(st: &StageSpec, key: &str, at: &At) -> Result<LayerConfig, ConfigError>
     let describe = format!("{} {}", st.block, toml::Value::Table(args.clone().into_iter().collect()));
     let owned = Arc::new(at.owned());
     let (block, template) = (st.block.clone(), template.clone());
-    let make = move |index: usize, shape: &[usize]| instantiate(&block, &template, &args, index, shape, &owned);
+    let repeat = at.positive_or(&st.repeat, &format!("{key}.repeat"), 1)?;
+    let make = move |i: usize, shape: &[usize]| instantiate(&block, &template, &args, (i, repeat), shape, &owned);
     if st.names.as_ref().is_some_and(|n| !n.contains("{}")) {
         return Err(at.invalid(&format!("{key}.names"), "expected a pattern with `{}` for the block's number".into()));
     }
     Ok(LayerConfig::Stage(StageConfig {
         block: st.block.clone(),
-        repeat: at.positive_or(&st.repeat, &format!("{key}.repeat"), 1)?,
+        repeat,
         names: st.names.clone(),
         start: st.start.as_ref().map(|v| at.int(v, &format!("{key}.start"))).transpose()?.unwrap_or(0),
         blocks: BlockSource::new(describe, Arc::new(make)),
@@ -254,20 +265,34 @@ fn contains_itself(name: &str, blocks: &BTreeMap<String, BlockTemplate>, path: &
     Ok(())
 }
 
-/// Block `index` of a stage of `block` for inputs of `shape`: the parameters bound (`$in`
-/// the input's channels; the stride 1 after the first block), then every layer's `$name`
-/// replaced and the layer validated as model.layers' are.
+/// `{ ramp = [first, last] }`: an argument that goes linearly from `first` on a stage's first
+/// block to `last` on its last (a drop-path rate growing with depth).
+fn ramp(v: &toml::Value) -> Option<(f64, f64)> {
+    let t = v.as_table().filter(|t| t.len() == 1)?;
+    let ends = t.get("ramp")?.as_array().filter(|a| a.len() == 2)?;
+    let number = |v: &toml::Value| v.as_float().or_else(|| v.as_integer().map(|i| i as f64));
+    Some((number(&ends[0])?, number(&ends[1])?))
+}
+
+/// Block `index` of the `count` of a stage of `block` for inputs of `shape`: the parameters
+/// bound (`$in` the input's channels; the stride 1 after the first block; a ramp at this
+/// block's point), then every layer's `$name` replaced and the layer validated as
+/// model.layers' are.
 fn instantiate(
     block: &str,
     template: &BlockTemplate,
     args: &BTreeMap<String, toml::Value>,
-    index: usize,
+    (index, count): (usize, usize),
     shape: &[usize],
     owned: &OwnedAt,
 ) -> Result<BlockGraph, String> {
     let at = owned.at();
     let mut raw = template.params.clone();
-    raw.extend(args.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let along = if count > 1 { index as f64 / (count - 1) as f64 } else { 0.0 };
+    raw.extend(args.iter().map(|(k, v)| {
+        let v = ramp(v).map_or_else(|| v.clone(), |(a, b)| toml::Value::Float(a + (b - a) * along));
+        (k.clone(), v)
+    }));
     if index > 0 && raw.contains_key("stride") {
         raw.insert("stride".into(), toml::Value::Integer(1));
     }

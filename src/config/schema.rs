@@ -404,6 +404,8 @@ pub enum LayerSpec {
     Dropout(f64),
     /// Whole channels dropped with this probability (training only).
     Dropout2d(f64),
+    /// Whole samples dropped with this probability (training only): drop-path.
+    StochasticDepth(f64),
     /// Average pooling to `[h, w]` (PyTorch's `AdaptiveAvgPool2d`).
     AdaptiveAvgPool([Int; 2]),
     /// A convolution with one group per input channel: `{ depthwise_conv = { kernel = 3, padding = 1 } }`.
@@ -473,6 +475,7 @@ impl Serialize for NodeSpec {
             LayerSpec::Linear(l) => ("linear", toml::Value::try_from(l)),
             LayerSpec::Dropout(p) => ("dropout", toml::Value::try_from(p)),
             LayerSpec::Dropout2d(p) => ("dropout2d", toml::Value::try_from(p)),
+            LayerSpec::StochasticDepth(p) => ("stochastic_depth", toml::Value::try_from(p)),
             LayerSpec::AdaptiveAvgPool(hw) => ("adaptive_avg_pool", toml::Value::try_from(hw)),
             LayerSpec::DepthwiseConv(c) => ("depthwise_conv", toml::Value::try_from(c)),
             LayerSpec::Stage(st) => ("stage", toml::Value::try_from(st)),
@@ -555,6 +558,7 @@ fn layer_value<'de, A: serde::de::MapAccess<'de>>(kind: &str, map: &mut A) -> Re
         "linear" => LayerSpec::Linear(map.next_value()?),
         "dropout" => LayerSpec::Dropout(map.next_value()?),
         "dropout2d" => LayerSpec::Dropout2d(map.next_value()?),
+        "stochastic_depth" => LayerSpec::StochasticDepth(map.next_value()?),
         "adaptive_avg_pool" => LayerSpec::AdaptiveAvgPool(map.next_value()?),
         "depthwise_conv" => LayerSpec::DepthwiseConv(map.next_value()?),
         "stage" => LayerSpec::Stage(map.next_value()?),

@@ -176,6 +176,9 @@ pub enum LayerConfig {
     Dropout(f64),
     /// Whole channels zeroed with probability `p` in training (PyTorch's `Dropout2d`).
     Dropout2d(f64),
+    /// Whole samples zeroed with probability `p` in training, the rest scaled by
+    /// `1 / (1 - p)`: drop-path on a residual branch (torchvision's `StochasticDepth`, "row").
+    StochasticDepth(f64),
     BatchNorm,
     Act(Activation),
     /// Average pooling to an `(h, w)` output, with PyTorch's `AdaptiveAvgPool2d` bins.
@@ -192,6 +195,7 @@ pub const LAYER_NAMES: &[&str] = &[
     "linear",
     "dropout",
     "dropout2d",
+    "stochastic_depth",
     "adaptive_avg_pool",
     "depthwise_conv",
     "stage",
@@ -237,6 +241,7 @@ impl LayerConfig {
             LayerConfig::Linear(_) => "linear",
             LayerConfig::Dropout(_) => "dropout",
             LayerConfig::Dropout2d(_) => "dropout2d",
+            LayerConfig::StochasticDepth(_) => "stochastic_depth",
             LayerConfig::Act(a) => a.name(),
             LayerConfig::AdaptiveAvgPool(_) => "adaptive_avg_pool",
             LayerConfig::DepthwiseConv(_) => "depthwise_conv",

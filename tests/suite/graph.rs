@@ -286,3 +286,68 @@ fn check_writes_the_graph_for_graphviz() {
     let png = std::fs::read(tmp.path().join("graph.png")).expect("dot drew graph.png");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
+
+/// Drop-path: `stochastic_depth` zeroes whole samples in training (the rest scaled by
+/// 1 / (1 - p), as torchvision's `StochasticDepth(p, "row")`), nothing in evaluation; a stage
+/// argument `{ ramp = [first, last] }` grows it linearly over the stage's blocks.
+#[test]
+fn stochastic_depth_drops_whole_samples_and_ramps_over_a_stage() {
+    use ablate::{LayerConfig, Node};
+    use candle_core::Tensor;
+    use candle_nn::ModuleT;
+
+    let nodes: Vec<Node> = vec![LayerConfig::StochasticDepth(0.5).into(), LayerConfig::Flatten.into()];
+    let model = Model::build_for(&nodes, (2, 3, 3), 0, &Device::Cpu).unwrap();
+    let x = (Tensor::ones((400, 2, 3, 3), candle_core::DType::F32, &Device::Cpu).unwrap() * 3.0).unwrap();
+    let rows = model.forward_t(&x, true).unwrap().to_vec2::<f32>().unwrap();
+    assert!(
+        rows.iter().all(|r| r.iter().all(|&v| v == 0.0) || r.iter().all(|&v| v == 6.0)),
+        "whole samples, scaled by 2"
+    );
+    let dropped = rows.iter().filter(|r| r[0] == 0.0).count();
+    assert!((140..=260).contains(&dropped), "about half of 400 dropped: {dropped}");
+    let eval = model.forward_t(&x, false).unwrap().to_vec2::<f32>().unwrap();
+    assert!(eval.iter().flatten().all(|&v| v == 3.0));
+
+    let tables = r#"
+[model.blocks.res]
+params = { drop = 0.0 }
+layers = [
+  { conv = { out = "$in", kernel = 3, padding = 1 }, name = "conv" },
+  { stochastic_depth = "$drop", name = "path" },
+  { add = ["path", "input"] },
+]
+"#;
+    let layers = r#"layers = [
+  { conv = { out = 4, kernel = 3, padding = 1 } },
+  { stage = { block = "res", repeat = 3, drop = { ramp = [0.0, 0.5] } } },
+  "global_avg_pool", { linear = { out = "$classes" } },
+]"#;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 2, 1, 3);
+    let exp = experiment(tmp.path(), &data, 1);
+    with_graph(&exp, layers, tables);
+    let spec = ablate::spec_from_file(&exp, &[], &["blue", "red"]).unwrap();
+    let LayerConfig::Stage(stage) = &spec.layers[1].layer else { panic!("{:?}", spec.layers[1]) };
+    let rates: Vec<f64> = (0..3)
+        .map(|i| {
+            let block = stage.blocks.instantiate(i, &[4, 16, 16]).unwrap();
+            match block.nodes.iter().find_map(|n| match n.layer {
+                LayerConfig::StochasticDepth(p) => Some(p),
+                _ => None,
+            }) {
+                Some(p) => p,
+                None => panic!("{block:?}"),
+            }
+        })
+        .collect();
+    assert_eq!(rates, [0.0, 0.25, 0.5]);
+    Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
+    // A table that is not a ramp is refused, naming the argument.
+    refused(
+        &layers[9..].replace("{ ramp = [0.0, 0.5] }", "{ ramps = [0.0, 0.5] }"),
+        tables,
+        &["model.layers.1.stage.drop", "a table argument is a ramp"],
+    );
+}

@@ -182,6 +182,7 @@ fn build_node(layer: &LayerConfig, walk: &mut Walk) -> Result<Built, String> {
         LayerConfig::Linear(l) => linear::build(l, walk),
         LayerConfig::Dropout(p) => dropout::build(*p, walk),
         LayerConfig::Dropout2d(p) => dropout::build_2d(*p, walk),
+        LayerConfig::StochasticDepth(p) => dropout::build_path(*p, walk),
         LayerConfig::Act(a) => activation::build(*a, walk),
         LayerConfig::AdaptiveAvgPool(hw) => pool::build_adaptive(*hw, walk),
         LayerConfig::DepthwiseConv(d) => conv::build_depthwise(d, walk),
