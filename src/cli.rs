@@ -158,6 +158,9 @@ pub enum Command {
     Check {
         #[command(flatten)]
         what: Experiments,
+        /// Show each block's own nodes (inputs, shapes, parameters, multiply-adds) under it.
+        #[arg(long)]
+        nodes: bool,
         /// Also write the model graph as a Graphviz file (one per variant of a sweep).
         #[arg(long, value_name = "FILE.dot")]
         dot: Option<std::path::PathBuf>,

@@ -35,7 +35,7 @@ mod units;
 
 // Commands, and what they take.
 pub use commands::{
-    Evaluated, GraphFiles, LrFindOptions, LrFound, ResumeOptions, RunOptions, SortKey, Summarized, Which, check,
+    CheckOptions, Evaluated, LrFindOptions, LrFound, ResumeOptions, RunOptions, SortKey, Summarized, Which, check,
     compare, evaluate, lr_find, predict, resume, run, slurm, slurm_resume, summarize,
 };
 pub use executor::{Env, SinkFactory};

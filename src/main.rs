@@ -107,8 +107,8 @@ fn dispatch(command: Command, stop: &StopSignal) -> anyhow::Result<()> {
             };
             println!("{}", ablate::run(&opts, &mut env(stop, testing))?.display());
         }
-        Command::Check { what, dot, png } => {
-            let (summary, init) = ablate::check(&request(&what)?, &ablate::GraphFiles { dot, png })?;
+        Command::Check { what, nodes, dot, png } => {
+            let (summary, init) = ablate::check(&request(&what)?, &ablate::CheckOptions { nodes, dot, png })?;
             println!("{summary}");
             init?.into_iter().for_each(|r| println!("{r}"));
         }

@@ -6,11 +6,13 @@ use anyhow::Context;
 
 use crate::plan::{self, Request};
 
-/// Where `ablate check --dot` writes the model graph: `dot` itself for one variant; for a
-/// sweep, one file per variant (`graph.dot` -> `graph.<variant>.dot`); with `png`, each also
-/// drawn by Graphviz's `dot`.
+/// What `ablate check` shows besides the summary: with `nodes`, each block's own nodes under
+/// it; `dot`, where to write the model graph (itself for one variant; for a sweep, one file
+/// per variant: `graph.dot` -> `graph.<variant>.dot`); with `png`, each also drawn by
+/// Graphviz's `dot`.
 #[derive(Debug, Clone, Default)]
-pub struct GraphFiles {
+pub struct CheckOptions {
+    pub nodes: bool,
     pub dot: Option<PathBuf>,
     pub png: bool,
 }
@@ -18,7 +20,7 @@ pub struct GraphFiles {
 /// Each variant's validated per-layer summary (one table without a sweep), and, as the
 /// second result so the summaries show either way, the `model.init` / `model.freeze` report
 /// or the first problem with them.
-pub fn check(request: &Request, graph: &GraphFiles) -> anyhow::Result<(String, anyhow::Result<Option<String>>)> {
+pub fn check(request: &Request, graph: &CheckOptions) -> anyhow::Result<(String, anyhow::Result<Option<String>>)> {
     let plan = plan::plan(request)?;
     let file = request.files.first().map_or_else(String::new, |f| f.display().to_string());
     let mut text = Vec::new();
@@ -43,7 +45,7 @@ pub fn check(request: &Request, graph: &GraphFiles) -> anyhow::Result<(String, a
             v.items.len(),
             spec.input_hw.0,
             spec.input_hw.1,
-            v.summary
+            if graph.nodes { format!("{:#}", v.summary) } else { v.summary.to_string() }
         ));
     }
     let init = plan.check_init().map(|()| {

@@ -9,7 +9,7 @@ mod run;
 mod slurm;
 mod summarize;
 
-pub use check::{GraphFiles, check};
+pub use check::{CheckOptions, check};
 pub use evaluate::{Evaluated, evaluate};
 pub use lr_find::{LrFindOptions, LrFound, lr_find};
 pub use predict::{Which, predict};

@@ -21,6 +21,8 @@ pub struct SummaryRow {
     /// The rows whose outputs it reads, by name, when not just the row before (a merge, a
     /// layer with `from`).
     pub inputs: Vec<String>,
+    /// A block's own nodes, named inside the block (`conv1`; `input` is the block's input).
+    pub nodes: Vec<SummaryRow>,
 }
 
 impl SummaryRow {
@@ -34,6 +36,7 @@ impl SummaryRow {
             params: 0,
             macs: 0,
             inputs: Vec::new(),
+            nodes: Vec::new(),
         }
     }
 }
@@ -56,31 +59,53 @@ impl Summary {
         self.rows.iter().map(|r| r.macs).sum()
     }
 
-    /// The graph in Graphviz's language: one box per row (a stage's blocks one each), an edge
-    /// from each row it reads (the row before, unless it names its inputs).
+    /// The graph in Graphviz's language: one box per layer, a block's nodes in a box of
+    /// their own, an edge from each node it reads (the one before, unless it names its inputs).
     pub fn to_dot(&self, title: &str) -> String {
-        let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
         let mut out =
             format!("digraph \"{}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"Helvetica\"];\n", quote(title));
         out += &format!("  n0 [label=\"input\\n{}\", shape=oval];\n", shape(&self.input));
-        let mut ids: std::collections::HashMap<&str, usize> = [("input", 0)].into();
-        for (i, r) in self.rows.iter().enumerate() {
-            let id = i + 1;
-            let params = if r.params > 0 { format!("\\n{} params", short(r.params as u64)) } else { String::new() };
-            let label = format!("{}\\n{} {}{params}", quote(&r.name), quote(&r.kind), shape(&r.out_shape));
-            out += &format!("  n{id} [label=\"{label}\"];\n");
-            let from: Vec<usize> = if r.inputs.is_empty() {
-                vec![i]
-            } else {
-                r.inputs.iter().filter_map(|n| ids.get(n.as_str()).copied()).collect()
-            };
-            for f in from {
-                out += &format!("  n{f} -> n{id};\n");
-            }
-            ids.insert(&r.name, id);
-        }
+        let mut next = 1;
+        dot_rows(&self.rows, 0, &mut next, &mut out);
         out + "}\n"
     }
+}
+
+/// `s` inside a Graphviz string.
+fn quote(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// Writes `rows` (reading node `input` first) as Graphviz nodes numbered from `next`;
+/// returns the id of the last one.
+fn dot_rows(rows: &[SummaryRow], input: usize, next: &mut usize, out: &mut String) -> usize {
+    let mut ids: std::collections::HashMap<&str, usize> = [("input", input)].into();
+    let mut last = input;
+    for r in rows {
+        let from: Vec<usize> = if r.inputs.is_empty() {
+            vec![last]
+        } else {
+            r.inputs.iter().filter_map(|n| ids.get(n.as_str()).copied()).collect()
+        };
+        let label = format!("{}\\n{} {}", quote(&r.name), quote(&r.kind), shape(&r.out_shape));
+        let params = if r.params > 0 { format!("\\n{} params", short(r.params as u64)) } else { String::new() };
+        if r.nodes.is_empty() {
+            let id = *next;
+            *next += 1;
+            *out += &format!("  n{id} [label=\"{label}{params}\"];\n");
+            for f in from {
+                *out += &format!("  n{f} -> n{id};\n");
+            }
+            last = id;
+        } else {
+            // A block: its nodes in a cluster, the block's input the node before it.
+            *out += &format!("  subgraph cluster_{} {{\n  label=\"{label}{params}\";\n", *next);
+            last = dot_rows(&r.nodes, from[0], next, out);
+            *out += "  }\n";
+        }
+        ids.insert(&r.name, last);
+    }
+    last
 }
 
 fn shape(s: &[usize]) -> String {
@@ -89,12 +114,19 @@ fn shape(s: &[usize]) -> String {
 }
 
 impl fmt::Display for Summary {
+    /// The table; with `{:#}`, each block's nodes under it, indented.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let expand = f.alternate();
+        let all: Vec<(usize, &SummaryRow)> = self
+            .rows
+            .iter()
+            .flat_map(|r| std::iter::once((0, r)).chain(r.nodes.iter().filter(|_| expand).map(|n| (2, n))))
+            .collect();
         // Columns as wide as their longest entry (torchvision-style names run long:
         // `features.denseblock1.denselayer1`); a `from` column when the graph is not a chain.
-        let kind_w = self.rows.iter().map(|r| r.kind.len()).max().unwrap_or(0).max(16);
-        let name_w = self.rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max(10);
-        let graph = self.rows.iter().any(|r| !r.inputs.is_empty());
+        let kind_w = all.iter().map(|(d, r)| d + r.kind.len()).max().unwrap_or(0).max(16);
+        let name_w = all.iter().map(|(_, r)| r.name.len()).max().unwrap_or(0).max(10);
+        let graph = all.iter().any(|(_, r)| !r.inputs.is_empty());
         let from = |r: Option<&SummaryRow>| match r {
             Some(r) if graph => format!("  {}", r.inputs.join(", ")),
             None if graph => "  from".into(),
@@ -107,12 +139,14 @@ impl fmt::Display for Summary {
             "#", "kind", "name", "output", "params", "MACs"
         )?;
         writeln!(f, "{:>3}  {:<kind_w$} {:<name_w$} {:<18}", "", "input", "", shape(&self.input))?;
-        for r in &self.rows {
+        for (depth, r) in all {
+            let (index, kind) =
+                (if depth == 0 { r.index.to_string() } else { String::new() }, format!("{:depth$}{}", "", r.kind));
             writeln!(
                 f,
                 "{:>3}  {:<kind_w$} {:<name_w$} {:<18} {:>14} {:>18}{}",
-                r.index,
-                r.kind,
+                index,
+                kind,
                 r.name,
                 shape(&r.out_shape),
                 thousands(r.params as u64),

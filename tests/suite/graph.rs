@@ -38,7 +38,7 @@ const PREACT_NET: &str = r#"layers = [
 fn with_graph(exp: &Path, layers: &str, tables: &str) {
     let text = std::fs::read_to_string(exp).unwrap();
     let start = text.find("layers = [").unwrap();
-    let end = start + text[start..].find("]\n\n").unwrap() + 2;
+    let end = start + text[start..].find("]\n\n").unwrap() + 1;
     std::fs::write(exp, format!("{}{layers}{}{tables}", &text[..start], &text[end..])).unwrap();
 }
 
@@ -350,4 +350,91 @@ layers = [
         tables,
         &["model.layers.1.stage.drop", "a table argument is a ramp"],
     );
+}
+
+/// The shipped templates are in `experiments/_blocks.toml`: an experiment may `extends` it
+/// (the same model as without), and its own `[model.blocks.basic]` replaces the shipped one.
+#[test]
+fn shipped_templates_come_from_blocks_toml_and_a_file_may_replace_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 2, 1, 3);
+    let exp = experiment(tmp.path(), &data, 1);
+    let layers = r#"layers = [
+  { conv = { out = 8, kernel = 3, padding = 1 } },
+  { stage = { block = "basic", repeat = 2, out = 16, stride = 2 } },
+  "global_avg_pool", { linear = { out = "$classes" } },
+]"#;
+    with_graph(&exp, layers, "");
+    let build = |exp: &Path| {
+        let spec = ablate::spec_from_file(exp, &[], &["blue", "red"]).unwrap();
+        let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
+        let names: Vec<String> = model.params().into_iter().map(|(k, _)| k).collect();
+        (model.summary().total_params(), names)
+    };
+    let plain = build(&exp);
+    assert!(plain.1.contains(&"layer1.0.downsample.0.weight".to_string()), "{:?}", plain.1);
+
+    let blocks = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/_blocks.toml");
+    let text = std::fs::read_to_string(&exp).unwrap();
+    let extended = tmp.path().join("extended.toml");
+    std::fs::write(&extended, format!("extends = \"{}\"\n{text}", blocks.display())).unwrap();
+    assert_eq!(build(&extended), plain, "extends = \"_blocks.toml\" builds the same model");
+
+    // A basic block of the file's own: one 3x3 conv and no BatchNorm.
+    let own = r#"
+[model.blocks.basic]
+required = ["out"]
+params = { stride = 1 }
+layers = [
+  { conv = { out = "$out", kernel = 3, stride = "$stride", padding = 1 }, name = "only" },
+  { add = ["only", "input"], project = true }, "relu",
+]
+"#;
+    with_graph(&exp, layers, own);
+    let (params, names) = build(&exp);
+    assert!(
+        names.contains(&"layer1.1.only.weight".to_string()) && !names.iter().any(|n| n.contains("bn1")),
+        "{names:?}"
+    );
+    assert!(params < plain.0);
+}
+
+/// `ablate check --nodes` lists a block's own nodes under it, with what each reads; `--dot`
+/// draws the block as a box of its nodes, its input feeding both its first conv and the sum.
+#[test]
+fn check_shows_the_nodes_inside_blocks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, 2, 1, 3);
+    let exp = experiment(tmp.path(), &data, 1);
+    let layers = r#"layers = [
+  { conv = { out = 8, kernel = 3, padding = 1 }, name = "stem" },
+  { stage = { block = "basic", out = 16, stride = 2 } },
+  "global_avg_pool", { linear = { out = "$classes" } },
+]"#;
+    with_graph(&exp, layers, "");
+    let dot = tmp.path().join("g.dot");
+    let out = crate::common::ablate().arg("check").arg(&exp).arg("--nodes").arg("--dot").arg(&dot).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let row = |name: &str| {
+        printed.lines().find(|l| l.split_whitespace().any(|w| w == name)).unwrap_or_else(|| panic!("{printed}"))
+    };
+    assert!(row("layer1.0").contains("basic"), "{printed}");
+    assert!(row("conv2").trim_start().starts_with("conv"), "block nodes have no index of their own: {printed}");
+    // The sum, sixth in the template: it reads bn2 and the block's input, through the
+    // projection (8 * 16 + 2 * 16 parameters).
+    assert!(row("add5").trim_end().ends_with("bn2, input"), "{printed}");
+    assert!(row("add5").contains("(16, 8, 8)") && row("add5").contains(" 160 "), "{printed}");
+    let text = std::fs::read_to_string(&dot).unwrap();
+    let id = |name: &str| {
+        let line =
+            text.lines().find(|l| l.contains(&format!("[label=\"{name}\\n"))).unwrap_or_else(|| panic!("{text}"));
+        line.trim().split(' ').next().unwrap().to_string()
+    };
+    assert!(text.contains("subgraph cluster_") && text.contains("label=\"layer1.0\\nbasic (16, 8, 8)"), "{text}");
+    for (from, to) in [("stem", "conv1"), ("stem", "add5"), ("bn2", "add5"), ("relu6", "pool2")] {
+        assert!(text.contains(&format!("{} -> {};", id(from), id(to))), "no edge {from} -> {to}:\n{text}");
+    }
 }

@@ -199,6 +199,7 @@ pub(in crate::model) fn build(
             inputs: read.iter().map(|v| shapes[*v].clone()).collect(),
             input_names: read.iter().map(|v| wiring.names[*v].clone()).collect(),
             index: row_index.unwrap_or(written(nodes, i)),
+            position: written(nodes, i),
             kind: node.layer.kind(),
             name: node.name.clone(),
             activation_follows: wiring.fuse[i],

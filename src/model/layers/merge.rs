@@ -180,8 +180,6 @@ pub(super) fn build_mul(walk: &mut Walk) -> std::result::Result<Built, String> {
 
 fn plain_row(walk: &Walk, label: &str, out: &[usize]) -> SummaryRow {
     let mut row = SummaryRow::plain(walk.index, walk.kind, label, out);
-    if let Some(name) = &walk.name {
-        row.name = name.clone();
-    }
+    row.name = walk.name.clone().unwrap_or_else(|| format!("{label}{}", walk.position));
     row
 }

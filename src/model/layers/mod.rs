@@ -51,8 +51,11 @@ pub(super) struct Walk<'w, 'a> {
     pub inputs: Vec<Vec<usize>>,
     /// The names of the nodes it reads, for errors (`input`, `conv3`).
     pub input_names: Vec<String>,
-    /// Its position in `model.layers` (a block's nodes: their stage's).
+    /// Its position in `model.layers` (a block's nodes: their stage's): the summary row's index.
     pub index: usize,
+    /// Its position in its own list (a block's nodes: in the template): what default row
+    /// names are numbered by (`relu2`).
+    pub position: usize,
     kind: &'static str,
     /// The node's `name`, when the file gives one.
     pub name: Option<String>,
@@ -119,16 +122,15 @@ impl Walk<'_, '_> {
             params,
             macs,
             inputs: Vec::new(),
+            nodes: Vec::new(),
         };
         Built { op: Op::Layer(module), rows: vec![row], out_shape }
     }
 
-    /// A parameter-free layer, its row named by the node or `<label><index>`.
+    /// A parameter-free layer, its row named by the node or `<label><position>`.
     pub fn plain(&self, module: Box<dyn ModuleT>, label: &str, out_shape: Vec<usize>) -> Built {
         let mut row = SummaryRow::plain(self.index, self.kind, label, &out_shape);
-        if let Some(name) = &self.name {
-            row.name = name.clone();
-        }
+        row.name = self.name.clone().unwrap_or_else(|| format!("{label}{}", self.position));
         Built { op: Op::Layer(module), rows: vec![row], out_shape }
     }
 }

@@ -48,6 +48,7 @@ pub(super) fn build(s: &StageConfig, walk: &mut Walk) -> std::result::Result<Bui
             params: built.rows.iter().map(|r| r.params).sum(),
             macs: built.rows.iter().map(|r| r.macs).sum(),
             inputs: Vec::new(),
+            nodes: built.rows,
         });
         shape = built.out_shape;
         blocks.push(built.module);
