@@ -666,7 +666,8 @@ pub struct ConvSpec {
     pub name: Option<String>,
 }
 
-/// Depthwise convolution settings.
+/// Depthwise convolution settings. The window fields repeat [`ConvSpec`]'s: serde cannot
+/// `flatten` a shared struct into one that denies unknown keys, and every schema struct does.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DepthwiseSpec {

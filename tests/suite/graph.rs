@@ -33,6 +33,23 @@ const PREACT_NET: &str = r#"layers = [
   { linear = { out = "$classes" } },
 ]"#;
 
+/// A temporary folder with a colour-folder dataset (`per_class`, `test`, `seed`) and the tiny
+/// experiment on it for `epochs`.
+fn tiny((per_class, test, seed): (usize, usize, u64), epochs: usize) -> (tempfile::TempDir, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    color_folder(&data, per_class, test, seed);
+    let exp = experiment(tmp.path(), &data, epochs);
+    (tmp, exp)
+}
+
+/// The experiment's spec (classes `blue`, `red`) and its model, seed 0.
+fn built(exp: &Path) -> (ablate::Spec, Model) {
+    let spec = ablate::spec_from_file(exp, &[], &["blue", "red"]).unwrap();
+    let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
+    (spec, model)
+}
+
 /// The tiny experiment with its layers replaced by `layers` (a `layers = [...]` line) and
 /// `tables` appended.
 fn with_graph(exp: &Path, layers: &str, tables: &str) {
@@ -44,14 +61,10 @@ fn with_graph(exp: &Path, layers: &str, tables: &str) {
 
 #[test]
 fn a_block_written_only_in_toml_builds_by_name_and_trains() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 8, 2, 5);
-    let exp = experiment(tmp.path(), &data, 2);
+    let (tmp, exp) = tiny((8, 2, 5), 2);
     with_graph(&exp, PREACT_NET, PREACT);
 
-    let spec = ablate::spec_from_file(&exp, &[], &["blue", "red"]).unwrap();
-    let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
+    let (spec, model) = built(&exp);
     let names: Vec<String> = model.params().into_iter().map(|(k, _)| k).collect();
     // Only the first block changes shape (8 -> 16 channels, stride 2): only it projects.
     for want in
@@ -88,14 +101,10 @@ fn the_readme_squeeze_excite_example_builds_as_documented() {
     let block = &readme[start..];
     let toml = &block[block.find("```toml\n").unwrap() + 8..];
     let toml = &toml[..toml.find("```").unwrap()];
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 4, 1, 5);
-    let exp = experiment(tmp.path(), &data, 1);
+    let (_tmp, exp) = tiny((4, 1, 5), 1);
     let (layers, tables) = toml.split_at(toml.find("\n[").unwrap());
     with_graph(&exp, layers.trim_start().trim_start_matches("[model]\n"), tables);
-    let spec = ablate::spec_from_file(&exp, &[], &["blue", "red"]).unwrap();
-    let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
+    let (_, model) = built(&exp);
     let total = model.summary().total_params();
     // The count the paragraph before the example states: "... 175,250 parameters ...".
     let before = &readme[..start];
@@ -108,10 +117,7 @@ fn the_readme_squeeze_excite_example_builds_as_documented() {
 /// `ablate run` with `--set model.layers=<layers>` (and `tables` appended) fails before a run
 /// folder exists, its message holding every needle.
 fn refused(layers: &str, tables: &str, needles: &[&str]) {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 2, 1, 3);
-    let exp = experiment(tmp.path(), &data, 1);
+    let (tmp, exp) = tiny((2, 1, 3), 1);
     with_graph(&exp, &format!("layers = {layers}"), tables);
     let runs = tmp.path().join("runs");
     let mut assert = run_in(&exp, &runs).assert().failure();
@@ -226,13 +232,9 @@ layers = [
   "global_avg_pool", { linear = { out = "$classes" } },
 ]
 params = { t = 3 }"#;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 2, 1, 3);
-    let exp = experiment(tmp.path(), &data, 1);
+    let (_tmp, exp) = tiny((2, 1, 3), 1);
     with_graph(&exp, layers, tables);
-    let spec = ablate::spec_from_file(&exp, &[], &["blue", "red"]).unwrap();
-    let model = Model::build(&spec.layers, spec.input_hw, 0, &Device::Cpu).unwrap();
+    let (_, model) = built(&exp);
     let state = model.state_dict();
     assert_eq!(state["layer1.0.wide.weight"].dims(), &[18, 6, 1, 1], "$in * $t = 6 * 3");
     assert_eq!(state["layer1.1.narrow.weight"].dims(), &[6, 18, 1, 1]);
@@ -247,10 +249,7 @@ params = { t = 3 }"#;
 /// every node a merge reads.
 #[test]
 fn check_writes_the_graph_for_graphviz() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 2, 1, 3);
-    let exp = experiment(tmp.path(), &data, 1);
+    let (tmp, exp) = tiny((2, 1, 3), 1);
     let layers = r#"layers = [
   { conv = { out = 4, kernel = 3, padding = 1 }, name = "stem" },
   "global_avg_pool", { linear = { out = 4 }, name = "excite" }, { sigmoid = {}, name = "gate" },
@@ -323,10 +322,7 @@ layers = [
   { stage = { block = "res", repeat = 3, drop = { ramp = [0.0, 0.5] } } },
   "global_avg_pool", { linear = { out = "$classes" } },
 ]"#;
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 2, 1, 3);
-    let exp = experiment(tmp.path(), &data, 1);
+    let (_tmp, exp) = tiny((2, 1, 3), 1);
     with_graph(&exp, layers, tables);
     let spec = ablate::spec_from_file(&exp, &[], &["blue", "red"]).unwrap();
     let LayerConfig::Stage(stage) = &spec.layers[1].layer else { panic!("{:?}", spec.layers[1]) };
@@ -356,10 +352,7 @@ layers = [
 /// (the same model as without), and its own `[model.blocks.basic]` replaces the shipped one.
 #[test]
 fn shipped_templates_come_from_blocks_toml_and_a_file_may_replace_them() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 2, 1, 3);
-    let exp = experiment(tmp.path(), &data, 1);
+    let (tmp, exp) = tiny((2, 1, 3), 1);
     let layers = r#"layers = [
   { conv = { out = 8, kernel = 3, padding = 1 } },
   { stage = { block = "basic", repeat = 2, out = 16, stride = 2 } },
@@ -404,10 +397,7 @@ layers = [
 /// draws the block as a box of its nodes, its input feeding both its first conv and the sum.
 #[test]
 fn check_shows_the_nodes_inside_blocks() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    color_folder(&data, 2, 1, 3);
-    let exp = experiment(tmp.path(), &data, 1);
+    let (tmp, exp) = tiny((2, 1, 3), 1);
     let layers = r#"layers = [
   { conv = { out = 8, kernel = 3, padding = 1 }, name = "stem" },
   { stage = { block = "basic", out = 16, stride = 2 } },
