@@ -27,7 +27,7 @@ pub enum ModelError {
     Candle(#[from] candle_core::Error),
 }
 
-/// A built network: its layers in order and every named tensor it owns.
+/// A built network: its graph of layers and every named tensor it owns.
 pub struct Model {
     graph: layers::GraphModule,
     /// Trainable parameters by name (`conv1.weight`, `fc.bias`, ...).
@@ -55,7 +55,8 @@ pub fn under_prefix(name: &str, prefix: &str) -> bool {
 impl Model {
     /// Builds `layers` for inputs of `(3, h, w)`, initialising weights from `seed` as PyTorch
     /// does: kaiming-uniform convs (torchvision's kaiming-normal fan-out ones in networks with
-    /// residual stages), BatchNorm weight 1 and bias 0, linear layers uniform +-1/sqrt(fan_in).
+    /// residual stages or adds), BatchNorm weight 1 and bias 0, linear layers uniform
+    /// +-1/sqrt(fan_in).
     pub fn build(layers: &[Node], input_hw: (usize, usize), seed: u64, device: &Device) -> Result<Self, ModelError> {
         Self::build_for(layers, (3, input_hw.0, input_hw.1), seed, device)
     }
