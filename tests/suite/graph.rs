@@ -287,10 +287,11 @@ fn check_writes_the_graph_for_graphviz() {
 }
 
 /// Drop-path: `stochastic_depth` zeroes whole samples in training (the rest scaled by
-/// 1 / (1 - p), as torchvision's `StochasticDepth(p, "row")`), nothing in evaluation; a stage
-/// argument `{ ramp = [first, last] }` grows it linearly over the stage's blocks.
+/// 1 / (1 - p), as torchvision's `StochasticDepth(p, "row")`), nothing in evaluation, and
+/// `dropout2d` whole channels; a stage argument `{ ramp = [first, last] }` grows a rate
+/// linearly over the stage's blocks.
 #[test]
-fn stochastic_depth_drops_whole_samples_and_ramps_over_a_stage() {
+fn stochastic_depth_and_dropout2d_drop_whole_samples_and_channels_and_ramp_over_a_stage() {
     use ablate::{LayerConfig, Node};
     use candle_core::Tensor;
     use candle_nn::ModuleT;
@@ -307,6 +308,17 @@ fn stochastic_depth_drops_whole_samples_and_ramps_over_a_stage() {
     assert!((140..=260).contains(&dropped), "about half of 400 dropped: {dropped}");
     let eval = model.forward_t(&x, false).unwrap().to_vec2::<f32>().unwrap();
     assert!(eval.iter().flatten().all(|&v| v == 3.0));
+
+    // dropout2d: whole channels of a sample (PyTorch's Dropout2d), p = 0.25: survivors x 4/3.
+    let nodes: Vec<Node> = vec![LayerConfig::Dropout2d(0.25).into(), LayerConfig::Flatten.into()];
+    let model = Model::build_for(&nodes, (2, 3, 3), 0, &Device::Cpu).unwrap();
+    let rows = model.forward_t(&x, true).unwrap().to_vec2::<f32>().unwrap();
+    let channels: Vec<&[f32]> = rows.iter().flat_map(|r| r.chunks(9)).collect();
+    assert!(channels.iter().all(|c| c.iter().all(|&v| v == 0.0) || c.iter().all(|&v| v == 4.0)), "whole channels");
+    let dropped = channels.iter().filter(|c| c[0] == 0.0).count();
+    assert!((140..=260).contains(&dropped), "about a quarter of 800 channels dropped: {dropped}");
+    assert!(rows.iter().any(|r| r[0] != r[9]), "channels of one sample drawn apart");
+    assert!(model.forward_t(&x, false).unwrap().to_vec2::<f32>().unwrap().iter().flatten().all(|&v| v == 3.0));
 
     let tables = r#"
 [model.blocks.res]
