@@ -214,7 +214,10 @@ fn stage(st: &StageSpec, key: &str, at: &At) -> Result<LayerConfig, ConfigError>
     let mut args = BTreeMap::new();
     for (name, value) in &st.args {
         if !known.contains(&name.as_str()) || name == "in" {
-            let hint = super::suggest(name, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+            // `flatten` takes every key the stage does not name; a misspelt stage key (`repet`)
+            // lands here too, so the hint looks at those as well.
+            let keys: Vec<&str> = known.iter().copied().chain(["repeat", "name", "names", "start"]).collect();
+            let hint = super::suggest(name, &keys).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
             let message =
                 format!("block `{}` has no parameter `{name}`{hint}; its parameters: {}", st.block, known.join(", "));
             return Err(at.invalid(&format!("{key}.{name}"), message));

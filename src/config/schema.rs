@@ -607,7 +607,9 @@ pub struct StageSpec {
     /// The first block's number (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub start: Option<Int>,
-    /// The template's arguments.
+    /// The template's arguments. `flatten` here, against the schema's rule, on purpose: the
+    /// keys are the template's parameters, which serde cannot know; `resolve` checks each one
+    /// against the template (an unknown key is an error naming it and the nearest parameter).
     #[serde(flatten)]
     pub args: BTreeMap<String, toml::Value>,
 }

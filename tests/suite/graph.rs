@@ -193,6 +193,11 @@ fn template_mistakes_are_refused_naming_the_template_and_its_layer() {
     );
     refused(&stage(r#"block = "bottleneck""#), "", &["model.layers.0.stage", "block `bottleneck` needs `out`"]);
     refused(
+        &stage(r#"block = "basic", out = 8, repet = 2"#),
+        "",
+        &["model.layers.0.stage.repet", "block `basic` has no parameter `repet` (did you mean `repeat`?)"],
+    );
+    refused(
         &stage(r#"block = "bottleneck", out = 8, groups = "$g""#),
         "",
         &["model.layers.0.stage.groups", "`$g` is not defined"],
