@@ -9,7 +9,6 @@ use super::batch_norm::BatchNorm;
 use super::conv::Conv;
 use super::graph::{Merge, Op};
 use super::{Built, Walk};
-use crate::model::summary::SummaryRow;
 use crate::ops::conv::ConvParams;
 use crate::ops::norm::{Fused, add_relu, relu};
 use crate::ops::pool::{PoolKind, PoolParams, pool2d};
@@ -120,7 +119,7 @@ pub(super) fn build_add(project: Option<Projection>, walk: &mut Walk) -> std::re
         (params, macs) = (p, m);
     }
     let add = Add { project: projections, relu_after: walk.activation_follows == Fused::Relu };
-    let mut row = plain_row(walk, "add", &target);
+    let mut row = walk.plain_row("add", &target);
     (row.params, row.macs) = (params, macs);
     Ok(Built { op: Op::Merge(Box::new(add)), rows: vec![row], out_shape: target })
 }
@@ -146,7 +145,7 @@ pub(super) fn build_concat(walk: &mut Walk) -> std::result::Result<Built, String
     }
     let mut out = first;
     out[0] = walk.inputs.iter().map(|s| s[0]).sum();
-    Ok(Built { op: Op::Merge(Box::new(Concat)), rows: vec![plain_row(walk, "concat", &out)], out_shape: out })
+    Ok(Built { op: Op::Merge(Box::new(Concat)), rows: vec![walk.plain_row("concat", &out)], out_shape: out })
 }
 
 /// `x * gate`, the gate `(c)` or `(c, 1, 1)` broadcast over height and width, or `x`'s shape.
@@ -175,11 +174,5 @@ pub(super) fn build_mul(walk: &mut Walk) -> std::result::Result<Built, String> {
             c = x[0]
         ));
     }
-    Ok(Built { op: Op::Merge(Box::new(Mul)), rows: vec![plain_row(walk, "mul", &x)], out_shape: x })
-}
-
-fn plain_row(walk: &Walk, label: &str, out: &[usize]) -> SummaryRow {
-    let mut row = SummaryRow::plain(walk.index, walk.kind, label, out);
-    row.name = walk.name.clone().unwrap_or_else(|| format!("{label}{}", walk.position));
-    row
+    Ok(Built { op: Op::Merge(Box::new(Mul)), rows: vec![walk.plain_row("mul", &x)], out_shape: x })
 }

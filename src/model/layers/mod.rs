@@ -129,9 +129,14 @@ impl Walk<'_, '_> {
 
     /// A parameter-free layer, its row named by the node or `<label><position>`.
     pub fn plain(&self, module: Box<dyn ModuleT>, label: &str, out_shape: Vec<usize>) -> Built {
-        let mut row = SummaryRow::plain(self.index, self.kind, label, &out_shape);
+        Built { op: Op::Layer(module), rows: vec![self.plain_row(label, &out_shape)], out_shape }
+    }
+
+    /// A parameter-free node's row, named by the node or `<label><position>`.
+    pub fn plain_row(&self, label: &str, out_shape: &[usize]) -> SummaryRow {
+        let mut row = SummaryRow::plain(self.index, self.kind, label, out_shape);
         row.name = self.name.clone().unwrap_or_else(|| format!("{label}{}", self.position));
-        Built { op: Op::Layer(module), rows: vec![row], out_shape }
+        row
     }
 }
 
