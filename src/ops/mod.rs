@@ -84,6 +84,29 @@ pub(crate) fn map_rows<F: Fn(f32) -> f32>(a: &[f32], row: usize, per_row: impl F
     out
 }
 
+/// A vector of `len` floats made in chunks of `chunk` (the last may be shorter), in parallel:
+/// `fill(i, c)` gets chunk `i` zeroed, on the worker that then fills it. `vec![0.0; len]`
+/// zeroes the whole allocation on the calling thread before any worker starts (mimalloc
+/// zeroes reused blocks): 8 % of a ResNeXt step and 5 % of a ResNet18 step in perf, one core
+/// busy while the other waited. Zeroed here, each chunk is written while still in cache, on
+/// every core. For kernels that accumulate into their output (zeros needed) and for those
+/// that overwrite it (no uninitialised memory behind a `&mut [f32]`).
+pub(crate) fn par_chunks_zeroed(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| {
+        for slot in c.iter_mut() {
+            slot.write(0.0);
+        }
+        // SAFETY: every slot of `c` was just initialised, and MaybeUninit<f32> has f32's layout.
+        let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        fill(i, c);
+    });
+    // SAFETY: the chunks cover the first len slots, and each was initialised above.
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// `f(a[i], b[i])` for every element (same lengths), in parallel chunks, into a vector that is
 /// never zeroed first (see [`map_rows`]).
 pub(crate) fn map2(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32 + Sync) -> Vec<f32> {

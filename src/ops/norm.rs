@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, par_chunks_zeroed};
 
 /// `(n, c, s)` view of a shape whose dim 1 is the channel (`s` = product of the rest).
 fn ncs(shape: &Shape) -> Result<(usize, usize, usize)> {
@@ -249,14 +249,16 @@ impl CustomOp3 for BatchNormGrad {
                 }
             })
             .collect();
-        let mut out = vec![0f32; x.len() + 2 * c];
-        let (dx, dparams) = out.split_at_mut(x.len());
-        dx.par_chunks_mut(c * sp).zip(x.par_chunks(c * sp).zip(dy.par_chunks(c * sp))).for_each(|(dxb, (xb, dyb))| {
+        // dx in chunks of one sample, then the parameters' gradients: one more chunk.
+        let mut out = par_chunks_zeroed(x.len() + 2 * c, c * sp, |b, dxb| {
+            let Some(xb) = x.get(b * c * sp..(b + 1) * c * sp) else { return };
+            let dyb = &dy[b * c * sp..(b + 1) * c * sp];
             for (ch, (&coef, &mask)) in coef.iter().zip(&mask).enumerate() {
                 let r = ch * sp..(ch + 1) * sp;
                 masked_dx(isa, &xb[r.clone()], &dyb[r.clone()], &mut dxb[r], mask, coef);
             }
         });
+        let dparams = &mut out[x.len()..];
         for ch in 0..c {
             dparams[ch] = sums[ch][1] as f32;
             dparams[c + ch] = sums[ch][0] as f32;

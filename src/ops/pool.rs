@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, par_chunks_zeroed};
 
 pub use super::params::{PoolKind, PoolParams};
 
@@ -250,8 +250,7 @@ impl CustomOp1 for MaxUnpool {
             candle_core::bail!("max-unpool: gradient of {} values for {} argmaxes", dy.len(), self.argmax.len());
         }
         let plane_out = dy.len() / (n * c).max(1);
-        let mut dx = vec![0f32; n * c * h * w];
-        dx.par_chunks_mut(h * w).enumerate().for_each(|(i, g)| {
+        let dx = par_chunks_zeroed(n * c * h * w, h * w, |i, g| {
             let span = i * plane_out..(i + 1) * plane_out;
             for (v, &at) in dy[span.clone()].iter().zip(&self.argmax[span]) {
                 g[at as usize] += v;
@@ -278,9 +277,8 @@ impl CustomOp1 for AvgPoolGrad {
         let d = dims(p, &self.input)?;
         let dy = f32_slice(self.name(), s, l)?;
         let (plane_in, plane_out) = (d.h * d.w, d.oh * d.ow);
-        let mut dx = vec![0f32; d.planes * plane_in];
         let area = (p.kernel.0 * p.kernel.1) as f32;
-        dx.par_chunks_mut(plane_in).enumerate().for_each(|(i, g)| {
+        let dx = par_chunks_zeroed(d.planes * plane_in, plane_in, |i, g| {
             let dyp = &dy[i * plane_out..(i + 1) * plane_out];
             for oy in 0..d.oh {
                 let (y0, y1) = PoolParams::window(oy, p.kernel.0, p.stride.0, p.padding.0, d.h);

@@ -10,10 +10,9 @@
 //! gradient scatters the same runs back; the weight gradient sums each tap's products in 16
 //! f32 lanes per plane and over planes in f64.
 
-use rayon::prelude::*;
-
 use super::gemm::with_scratch;
 use crate::ops::isa::Isa;
+use crate::ops::par_chunks_zeroed;
 
 /// The sizes the kernels need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,8 +145,7 @@ simd_dispatch!(
 pub(super) fn forward(isa: Isa, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     let d = *d;
     let (per_channel, pw) = (d.og * d.out_plane(), d.phase_hw().1);
-    let mut out = vec![0f32; d.n * d.c * per_channel];
-    out.par_chunks_mut(per_channel).enumerate().for_each(|(nc, out_c)| {
+    par_chunks_zeroed(d.n * d.c * per_channel, per_channel, |nc, out_c| {
         let ic = nc % d.c;
         with_scratch(d.phases_len() + d.wide_len(), |scratch| {
             let (phases, wide) = scratch.split_at_mut(d.phases_len());
@@ -160,8 +158,7 @@ pub(super) fn forward(isa: Isa, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
                 }
             }
         });
-    });
-    out
+    })
 }
 
 /// `dy (oh, ow)` into `wide (oh, pw)`, zeros in the columns past `ow` (so they add nothing).
@@ -196,8 +193,7 @@ simd_dispatch!(
 pub(super) fn input_grad(isa: Isa, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     let d = *d;
     let (plane, per_channel) = (d.h * d.w, d.og * d.out_plane());
-    let mut dx = vec![0f32; d.n * d.c * plane];
-    dx.par_chunks_mut(plane).enumerate().for_each(|(nc, dx_c)| {
+    par_chunks_zeroed(d.n * d.c * plane, plane, |nc, dx_c| {
         let ic = nc % d.c;
         with_scratch(d.phases_len() + d.wide_len(), |scratch| {
             let (dphases, wide) = scratch.split_at_mut(d.phases_len());
@@ -210,8 +206,7 @@ pub(super) fn input_grad(isa: Isa, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32>
             }
             merge(dphases, &d, dx_c);
         });
-    });
-    dx
+    })
 }
 
 /// `sum(a[k] * b[k])` over `a`, in 16 f32 lanes folded in f64.
@@ -250,8 +245,7 @@ simd_dispatch!(
 pub(super) fn weight_grad(isa: Isa, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
     let d = *d;
     let (plane, o) = (d.h * d.w, d.c * d.og);
-    let mut dw = vec![0f32; o * d.taps()];
-    dw.par_chunks_mut(d.taps()).enumerate().for_each(|(oc, dw_o)| {
+    par_chunks_zeroed(o * d.taps(), d.taps(), |oc, dw_o| {
         let ic = oc / d.og;
         let mut acc = vec![0f64; d.taps()];
         with_scratch(d.phases_len() + d.wide_len(), |scratch| {
@@ -265,6 +259,5 @@ pub(super) fn weight_grad(isa: Isa, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32>
         for (g, a) in dw_o.iter_mut().zip(acc) {
             *g = a as f32;
         }
-    });
-    dw
+    })
 }

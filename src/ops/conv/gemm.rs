@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use super::Geometry;
+use crate::ops::par_chunks_zeroed;
 
 /// Unfolds one sample's channels `[c0, c0 + cg)` into `col` (k x l, row-major).
 fn im2col(x: &[f32], g: &Geometry, c0: usize, col: &mut [f32]) {
@@ -260,9 +261,8 @@ fn gather_group(t: &[f32], g: &Geometry, grp: usize, dst: &mut [f32]) {
 /// Forward, per sample: `out (n, o, oh, ow)`.
 pub(super) fn forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, l, og) = (g.k(), g.l(), g.og());
-    let mut out = vec![0f32; g.n * g.out_len()];
     let scratch = if g.is_pointwise() { 0 } else { k * l };
-    out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
+    par_chunks_zeroed(g.n * g.out_len(), g.out_len(), |n, out_n| {
         let x_n = &x[n * g.in_len()..(n + 1) * g.in_len()];
         with_scratch(scratch, |col| {
             for grp in 0..g.p.groups {
@@ -272,16 +272,14 @@ pub(super) fn forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
                 matmul(dst, false, w_g, Mat::row_major(cols, k, l), ONE_THREAD);
             }
         })
-    });
-    out
+    })
 }
 
 /// Input gradient, per sample: `dx (n, c, h, w)`.
 pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, l, og) = (g.k(), g.l(), g.og());
-    let mut dx = vec![0f32; g.n * g.in_len()];
     let scratch = if g.is_pointwise() { 0 } else { k * l };
-    dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(n, dx_n)| {
+    par_chunks_zeroed(g.n * g.in_len(), g.in_len(), |n, dx_n| {
         let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
         with_scratch(scratch, |col| {
             for grp in 0..g.p.groups {
@@ -297,8 +295,7 @@ pub(super) fn input_grad(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
                 }
             }
         })
-    });
-    dx
+    })
 }
 
 /// Samples are summed in this many fixed slices, whatever the thread count, so a weight
@@ -382,21 +379,27 @@ pub(super) fn weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
 /// Forward, batched: one GEMM per group over every sample's columns.
 pub(super) fn forward_batched(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, l, og, nl) = (g.k(), g.l(), g.og(), g.n * g.l());
-    let mut out = vec![0f32; g.n * g.out_len()];
     with_batch_buffers(k * nl, og * nl, |col, tmp| {
+        let mut out = Vec::new();
         for grp in 0..g.p.groups {
             im2col_batch(x, g, grp * g.cg(), col);
             let w_g = Mat::row_major(&wt[grp * og * k..], og, k);
             matmul(tmp, false, w_g, Mat::row_major(col, k, nl), ALL_THREADS);
-            out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
+            let tmp: &[f32] = tmp;
+            let scatter = |n: usize, out_n: &mut [f32]| {
                 for o in 0..og {
                     let dst = (grp * og + o) * l;
                     out_n[dst..dst + l].copy_from_slice(&tmp[o * nl + n * l..o * nl + (n + 1) * l]);
                 }
-            });
+            };
+            if grp == 0 {
+                out = par_chunks_zeroed(g.n * g.out_len(), g.out_len(), scatter);
+            } else {
+                out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| scatter(n, out_n));
+            }
         }
-    });
-    out
+        out
+    })
 }
 
 /// Weight gradient, batched.
@@ -418,18 +421,21 @@ pub(super) fn weight_grad_batched(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f3
 /// Input gradient, batched.
 pub(super) fn input_grad_batched(dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, og, nl) = (g.k(), g.og(), g.n * g.l());
-    let mut dx = vec![0f32; g.n * g.in_len()];
     with_batch_buffers(k * nl, og * nl, |col, dy_g| {
+        let mut dx = Vec::new();
         for grp in 0..g.p.groups {
             gather_group(dy, g, grp, dy_g);
             // dcol (k x nl) = w_g^T (k x og) * dy_g (og x nl)
             let w_t = Mat::transposed(&wt[grp * og * k..], og, k);
             matmul(col, false, w_t, Mat::row_major(dy_g, og, nl), ALL_THREADS);
             let col: &[f32] = col;
-            dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(n, dx_n)| {
-                col2im(&col[n * g.l()..], g, grp * g.cg(), dx_n, nl);
-            });
+            let fold = |n: usize, dx_n: &mut [f32]| col2im(&col[n * g.l()..], g, grp * g.cg(), dx_n, nl);
+            if grp == 0 {
+                dx = par_chunks_zeroed(g.n * g.in_len(), g.in_len(), fold);
+            } else {
+                dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(n, dx_n)| fold(n, dx_n));
+            }
         }
-    });
-    dx
+        dx
+    })
 }

@@ -31,6 +31,7 @@ use rayon::prelude::*;
 
 use super::gemm::transpose;
 use crate::ops::isa::{Avx2, Avx512};
+use crate::ops::par_chunks_zeroed;
 
 /// The SIMD build the implicit kernels run, with the proof the CPU has it: AVX-512 (16-lane
 /// tiles), or AVX2 + FMA (the same tiles as 8-lane halves, for CPUs without AVX-512).
@@ -173,8 +174,7 @@ fn pad(
     // The furthest read: last channel and phase, last tap, last grid pixel of the last tile.
     let slack = grid_len(rows, wq) + kh * wq + kw + MR;
     let sample = ch * s * s * plane + slack;
-    let mut data = vec![0f32; n * sample];
-    data.par_chunks_mut(sample).enumerate().for_each(|(i, dst)| {
+    let data = par_chunks_zeroed(n * sample, sample, |i, dst| {
         for c in 0..ch {
             let src_c = &src[(i * ch + c) * h * w..(i * ch + c + 1) * h * w];
             for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
@@ -250,10 +250,9 @@ fn forward_grid(
     let off = offsets(cg, x, kh, kw);
     let chunk = (WEIGHT_CHUNK / (taps * outs)).clamp(1, cg);
     let per_sample = groups * outs * lr;
-    let mut grid = vec![0f32; n * per_sample];
     // A few samples per task: each channel chunk's weights serve them all while cached.
     let slice = n.div_ceil(2 * rayon::current_num_threads()).max(1);
-    grid.par_chunks_mut(slice * per_sample).enumerate().for_each(|(s, grid_s)| {
+    let grid = par_chunks_zeroed(n * per_sample, slice * per_sample, |s, grid_s| {
         for grp in 0..groups {
             for c0 in (0..cg).step_by(chunk) {
                 let (kk0, kk1) = (c0 * taps, (c0 + chunk).min(cg) * taps);
@@ -370,16 +369,14 @@ unsafe fn forward_tile_avx2(_: *const f32, _: &[usize], _: *const f32, _: *mut f
 
 /// `out (n, ch, rows, cols)` from the grid `(n, ch, lr)` of row width `wp`.
 fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (usize, usize)) -> Vec<f32> {
-    let mut out = vec![0f32; n * ch * rows * cols];
-    out.par_chunks_mut(ch * rows * cols).enumerate().for_each(|(i, out_n)| {
+    par_chunks_zeroed(n * ch * rows * cols, ch * rows * cols, |i, out_n| {
         for (c, plane) in out_n.chunks_mut(rows * cols).enumerate() {
             let src = &grid[(i * ch + c) * lr..];
             for y in 0..rows {
                 plane[y * cols..(y + 1) * cols].copy_from_slice(&src[y * wp..y * wp + cols]);
             }
         }
-    });
-    out
+    })
 }
 
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
@@ -422,8 +419,7 @@ pub(super) fn weight_grad(cpu: Cpu, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32>
     let wp = xp.wq;
     let lr = grid_len(oh, wp);
     let off = offsets(d.cg, &xp, d.kh, d.kw);
-    let mut dyt = vec![0f32; d.n * lr * o_all];
-    dyt.par_chunks_mut(lr * o_all).enumerate().for_each(|(n, dst)| {
+    let dyt = par_chunks_zeroed(d.n * lr * o_all, lr * o_all, |n, dst| {
         transpose_dy(&dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
     });
     // Segments (sample, q0, q1) of the batch's grids, grouped into chunks.

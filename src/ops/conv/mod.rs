@@ -14,9 +14,8 @@ pub mod plan;
 pub mod tune;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
-use super::f32_slice;
+use super::{f32_slice, par_chunks_zeroed};
 use crate::ops::isa::Isa;
 use plan::plan;
 
@@ -190,13 +189,9 @@ impl Geometry {
 fn forward_by(k: Kernel, x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     match k {
         Kernel::Implicit(cpu, d) => implicit::forward(cpu, x, wt, &d),
-        Kernel::Direct(isa, d) => {
-            let mut out = vec![0f32; g.n * g.out_len()];
-            out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
-                direct::forward(isa, &x[n * g.in_len()..(n + 1) * g.in_len()], wt, d, out_n);
-            });
-            out
-        }
+        Kernel::Direct(isa, d) => par_chunks_zeroed(g.n * g.out_len(), g.out_len(), |n, out_n| {
+            direct::forward(isa, &x[n * g.in_len()..(n + 1) * g.in_len()], wt, d, out_n);
+        }),
         Kernel::Depthwise(isa, d) => depthwise::forward(isa, x, wt, &d),
         Kernel::Batched => gemm::forward_batched(x, wt, g),
         Kernel::PerSample => gemm::forward(x, wt, g),
@@ -208,15 +203,13 @@ fn input_grad_by(k: Kernel, dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     match k {
         Kernel::Implicit(cpu, d) => implicit::input_grad(cpu, dy, wt, &d),
         Kernel::Direct(isa, d) => {
-            let mut dx = vec![0f32; g.n * g.in_len()];
             let flipped = direct::flip_weights(wt, &d);
-            dx.par_chunks_mut(g.in_len()).enumerate().for_each(|(n, dx_n)| {
+            par_chunks_zeroed(g.n * g.in_len(), g.in_len(), |n, dx_n| {
                 let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
                 gemm::with_scratch(direct::input_grad_scratch(&d), |padded| {
                     direct::input_grad(isa, dy_n, &flipped, d, dx_n, padded);
                 });
-            });
-            dx
+            })
         }
         Kernel::Depthwise(isa, d) => depthwise::input_grad(isa, dy, wt, &d),
         Kernel::Batched => gemm::input_grad_batched(dy, wt, g),
