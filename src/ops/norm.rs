@@ -8,7 +8,9 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::{f32_slice, par_chunks_zeroed};
+use std::mem::MaybeUninit;
+
+use super::{f32_slice, par_chunks_written};
 
 /// `(n, c, s)` view of a shape whose dim 1 is the channel (`s` = product of the rest).
 fn ncs(shape: &Shape) -> Result<(usize, usize, usize)> {
@@ -249,15 +251,23 @@ impl CustomOp3 for BatchNormGrad {
                 }
             })
             .collect();
-        // dx in chunks of one sample, then the parameters' gradients: one more chunk.
-        let mut out = par_chunks_zeroed(x.len() + 2 * c, c * sp, |b, dxb| {
-            let Some(xb) = x.get(b * c * sp..(b + 1) * c * sp) else { return };
+        // dx in chunks of one sample, then the parameters' gradients (zeros here, set below).
+        let per_sample = |b: usize, dxb: &mut [MaybeUninit<f32>]| {
+            let Some(xb) = x.get(b * c * sp..(b + 1) * c * sp) else {
+                dxb.iter_mut().for_each(|v| {
+                    v.write(0.0);
+                });
+                return;
+            };
             let dyb = &dy[b * c * sp..(b + 1) * c * sp];
             for (ch, (&coef, &mask)) in coef.iter().zip(&mask).enumerate() {
                 let r = ch * sp..(ch + 1) * sp;
                 masked_dx(isa, &xb[r.clone()], &dyb[r.clone()], &mut dxb[r], mask, coef);
             }
-        });
+        };
+        // SAFETY: a sample's chunk is c rows of sp, each written by masked_dx (which asserts
+        // that it covers them); the chunks past the batch are zeroed.
+        let mut out = unsafe { par_chunks_written(x.len() + 2 * c, c * sp, per_sample) };
         let dparams = &mut out[x.len()..];
         for ch in 0..c {
             dparams[ch] = sums[ch][1] as f32;
@@ -303,20 +313,21 @@ simd_dispatch!(
 fn masked_dx_body(
     x: &[f32],
     dy: &[f32],
-    dx: &mut [f32],
+    dx: &mut [MaybeUninit<f32>],
     (scale, shift, cap): (f32, f32, f32),
     (k, a, b, mean): (f32, f32, f32, f32),
 ) {
+    assert!(x.len() == dx.len() && dy.len() == dx.len(), "masked_dx: lengths differ");
     for ((d, &x), &g) in dx.iter_mut().zip(x).zip(dy) {
         let v = x * scale + shift;
         let g = if v > 0.0 && v < cap { g } else { 0.0 };
-        *d = k * g + a + b * (x - mean);
+        d.write(k * g + a + b * (x - mean));
     }
 }
 
 simd_dispatch!(
     /// [`masked_dx_body`] for this CPU.
-    fn masked_dx(x: &[f32], dy: &[f32], dx: &mut [f32], mask: (f32, f32, f32), coef: (f32, f32, f32, f32)) -> () = masked_dx_body
+    fn masked_dx(x: &[f32], dy: &[f32], dx: &mut [MaybeUninit<f32>], mask: (f32, f32, f32), coef: (f32, f32, f32, f32)) -> () = masked_dx_body
 );
 
 /// `y = x + bias[c]` for `x (n, c, ...)`, `bias (c)`; backward: `dx = dy`, `dbias = sum of dy

@@ -12,7 +12,9 @@
 
 use super::gemm::with_scratch;
 use crate::ops::isa::Isa;
-use crate::ops::par_chunks_zeroed;
+use std::mem::MaybeUninit;
+
+use crate::ops::{par_chunks_written, par_chunks_zeroed, write_slice};
 
 /// The sizes the kernels need.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,20 +147,24 @@ simd_dispatch!(
 pub(super) fn forward(isa: Isa, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     let d = *d;
     let (per_channel, pw) = (d.og * d.out_plane(), d.phase_hw().1);
-    par_chunks_zeroed(d.n * d.c * per_channel, per_channel, |nc, out_c| {
+    let per_channel_out = |nc: usize, out_c: &mut [MaybeUninit<f32>]| {
         let ic = nc % d.c;
         with_scratch(d.phases_len() + d.wide_len(), |scratch| {
             let (phases, wide) = scratch.split_at_mut(d.phases_len());
+            assert!(wide.len() >= d.out_plane() / d.ow * pw, "depthwise: the wide plane has a row per output row");
             split(&x[nc * d.h * d.w..(nc + 1) * d.h * d.w], &d, phases);
             for (m, out_m) in out_c.chunks_exact_mut(d.out_plane()).enumerate() {
                 let oc = ic * d.og + m;
                 forward_plane(isa, phases, &wt[oc * d.taps()..(oc + 1) * d.taps()], d, wide);
                 for (row, wide_row) in out_m.chunks_exact_mut(d.ow).zip(wide.chunks_exact(pw)) {
-                    row.copy_from_slice(&wide_row[..d.ow]);
+                    write_slice(row, &wide_row[..d.ow]);
                 }
             }
         });
-    })
+    };
+    // SAFETY: a chunk is og planes of out_plane = oh rows of ow, and the wide plane has a row
+    // for each (asserted): every row is written.
+    unsafe { par_chunks_written(d.n * d.c * per_channel, per_channel, per_channel_out) }
 }
 
 /// `dy (oh, ow)` into `wide (oh, pw)`, zeros in the columns past `ow` (so they add nothing).

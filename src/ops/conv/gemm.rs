@@ -8,7 +8,9 @@
 use rayon::prelude::*;
 
 use super::Geometry;
-use crate::ops::par_chunks_zeroed;
+use std::mem::MaybeUninit;
+
+use crate::ops::{par_chunks_written, par_chunks_zeroed, write_slice};
 
 /// Unfolds one sample's channels `[c0, c0 + cg)` into `col` (k x l, row-major).
 fn im2col(x: &[f32], g: &Geometry, c0: usize, col: &mut [f32]) {
@@ -176,18 +178,36 @@ impl<'a> Mat<'a> {
 /// (callers that parallelise over samples pass `gemm::Parallelism::None`). Every extent is
 /// checked, here and in [`Mat`]'s constructors.
 pub(super) fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, threads: gemm::Parallelism) {
+    assert!(dst.len() >= a.rows * b.cols, "matmul: destination of {} floats for {}x{}", dst.len(), a.rows, b.cols);
+    // SAFETY: dst holds the a.rows x b.cols floats (checked above), initialised, and is a
+    // unique borrow.
+    unsafe { gemm_into(dst.as_mut_ptr(), accumulate, a, b, threads) }
+}
+
+/// `dst = a * b` into uninitialised floats: with `accumulate` off, `gemm` writes each element
+/// of the destination without reading it first (its `alpha` is zero for the first block of the
+/// inner dimension, and later blocks add to what the first wrote).
+pub(super) fn matmul_over(dst: &mut [MaybeUninit<f32>], a: Mat, b: Mat, threads: gemm::Parallelism) {
+    assert!(dst.len() >= a.rows * b.cols, "matmul: destination of {} floats for {}x{}", dst.len(), a.rows, b.cols);
+    // SAFETY: dst holds the a.rows x b.cols floats (checked above) and is a unique borrow; with
+    // accumulate off nothing is read from it before it is written.
+    unsafe { gemm_into(dst.as_mut_ptr().cast(), false, a, b, threads) }
+}
+
+/// # Safety
+/// `dst` must be valid for writes (and, with `accumulate`, initialised reads) of `a.rows x
+/// b.cols` floats, row-major, and used by no one else meanwhile.
+unsafe fn gemm_into(dst: *mut f32, accumulate: bool, a: Mat, b: Mat, threads: gemm::Parallelism) {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(b.rows, k, "matmul: inner dimensions {}x{} * {}x{}", a.rows, a.cols, b.rows, b.cols);
-    assert!(dst.len() >= m * n, "matmul: destination of {} floats for {m}x{n}", dst.len());
-    // SAFETY: a and b address rows x cols elements inside their slices (checked by Mat::new),
-    // dst holds m x n floats (checked above) and is a unique borrow; gemm reads and writes
-    // nothing else.
+    // SAFETY: a and b address rows x cols elements inside their slices (checked by Mat::new);
+    // dst as the caller guarantees; gemm reads and writes nothing else.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             n as isize,
             accumulate,
@@ -288,17 +308,19 @@ fn gather_group(t: &[f32], g: &Geometry, grp: usize, dst: &mut [f32]) {
 pub(super) fn forward(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     let (k, l, og) = (g.k(), g.l(), g.og());
     let scratch = if g.is_pointwise() { 0 } else { k * l };
-    par_chunks_zeroed(g.n * g.out_len(), g.out_len(), |n, out_n| {
+    let per_sample = |n: usize, out_n: &mut [MaybeUninit<f32>]| {
         let x_n = &x[n * g.in_len()..(n + 1) * g.in_len()];
         with_scratch(scratch, |col| {
             for grp in 0..g.p.groups {
                 let cols = group_columns(x_n, g, grp * g.cg(), col);
                 let w_g = Mat::row_major(&wt[grp * og * k..], og, k);
                 let dst = &mut out_n[grp * og * l..(grp + 1) * og * l];
-                matmul(dst, false, w_g, Mat::row_major(cols, k, l), ONE_THREAD);
+                matmul_over(dst, w_g, Mat::row_major(cols, k, l), ONE_THREAD);
             }
         })
-    })
+    };
+    // SAFETY: the groups' GEMMs write og x l floats each, side by side: out_len in all.
+    unsafe { par_chunks_written(g.n * g.out_len(), g.out_len(), per_sample) }
 }
 
 /// Input gradient, per sample: `dx (n, c, h, w)`.
@@ -412,16 +434,24 @@ pub(super) fn forward_batched(x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
             let w_g = Mat::row_major(&wt[grp * og * k..], og, k);
             matmul(tmp, false, w_g, Mat::row_major(col, k, nl), ALL_THREADS);
             let tmp: &[f32] = tmp;
-            let scatter = |n: usize, out_n: &mut [f32]| {
-                for o in 0..og {
-                    let dst = (grp * og + o) * l;
-                    out_n[dst..dst + l].copy_from_slice(&tmp[o * nl + n * l..o * nl + (n + 1) * l]);
-                }
-            };
-            if grp == 0 {
-                out = par_chunks_zeroed(g.n * g.out_len(), g.out_len(), scatter);
+            let row = |n: usize, o: usize| &tmp[o * nl + n * l..o * nl + (n + 1) * l];
+            if g.p.groups == 1 {
+                // SAFETY: the og rows of l floats are the whole sample's output.
+                out = unsafe {
+                    par_chunks_written(g.n * g.out_len(), g.out_len(), |n, out_n| {
+                        out_n.chunks_exact_mut(l).enumerate().for_each(|(o, dst)| write_slice(dst, row(n, o)));
+                    })
+                };
             } else {
-                out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| scatter(n, out_n));
+                if grp == 0 {
+                    out = par_chunks_zeroed(g.n * g.out_len(), g.out_len(), |_, _| {});
+                }
+                out.par_chunks_mut(g.out_len()).enumerate().for_each(|(n, out_n)| {
+                    for o in 0..og {
+                        let dst = (grp * og + o) * l;
+                        out_n[dst..dst + l].copy_from_slice(row(n, o));
+                    }
+                });
             }
         }
         out

@@ -31,7 +31,9 @@ use rayon::prelude::*;
 
 use super::gemm::transpose;
 use crate::ops::isa::{Avx2, Avx512};
-use crate::ops::par_chunks_zeroed;
+use std::mem::MaybeUninit;
+
+use crate::ops::{par_chunks_written, par_chunks_zeroed, write_slice};
 
 /// The SIMD build the implicit kernels run, with the proof the CPU has it: AVX-512 (16-lane
 /// tiles), or AVX2 + FMA (the same tiles as 8-lane halves, for CPUs without AVX-512).
@@ -252,7 +254,7 @@ fn forward_grid(
     let per_sample = groups * outs * lr;
     // A few samples per task: each channel chunk's weights serve them all while cached.
     let slice = n.div_ceil(2 * rayon::current_num_threads()).max(1);
-    let grid = par_chunks_zeroed(n * per_sample, slice * per_sample, |s, grid_s| {
+    let tiles = |s: usize, grid_s: &mut [MaybeUninit<f32>]| {
         for grp in 0..groups {
             for c0 in (0..cg).step_by(chunk) {
                 let (kk0, kk1) = (c0 * taps, (c0 + chunk).min(cg) * taps);
@@ -268,7 +270,7 @@ fn forward_grid(
                             // floats at o0 * lr + q0 lie in grid_n.
                             unsafe {
                                 let (x, w, out) =
-                                    (xs.as_ptr().add(q0), w.as_ptr(), grid_n.as_mut_ptr().add(o0 * lr + q0));
+                                    (xs.as_ptr().add(q0), w.as_ptr(), grid_n.as_mut_ptr().add(o0 * lr + q0).cast());
                                 match cpu {
                                     Cpu::Avx512(_) => forward_tile(x, &off[kk0..kk1], w, out, lr, c0 > 0),
                                     Cpu::Avx2(_) => forward_tile_avx2(x, &off[kk0..kk1], w, out, lr, c0 > 0),
@@ -279,7 +281,11 @@ fn forward_grid(
                 }
             }
         }
-    });
+    };
+    // SAFETY: the first channel chunk (c0 == 0) stores every tile of every group, outs / NR
+    // blocks of NR rows by lr / MR runs of MR floats (lr is a multiple of MR): each sample's
+    // groups * outs * lr floats, before any tile adds to them.
+    let grid = unsafe { par_chunks_written(n * per_sample, slice * per_sample, tiles) };
     (grid, lr)
 }
 
@@ -369,14 +375,16 @@ unsafe fn forward_tile_avx2(_: *const f32, _: &[usize], _: *const f32, _: *mut f
 
 /// `out (n, ch, rows, cols)` from the grid `(n, ch, lr)` of row width `wp`.
 fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (usize, usize)) -> Vec<f32> {
-    par_chunks_zeroed(n * ch * rows * cols, ch * rows * cols, |i, out_n| {
+    let planes = |i: usize, out_n: &mut [MaybeUninit<f32>]| {
         for (c, plane) in out_n.chunks_mut(rows * cols).enumerate() {
             let src = &grid[(i * ch + c) * lr..];
             for y in 0..rows {
-                plane[y * cols..(y + 1) * cols].copy_from_slice(&src[y * wp..y * wp + cols]);
+                write_slice(&mut plane[y * cols..(y + 1) * cols], &src[y * wp..y * wp + cols]);
             }
         }
-    })
+    };
+    // SAFETY: ch planes of rows x cols, every row written.
+    unsafe { par_chunks_written(n * ch * rows * cols, ch * rows * cols, planes) }
 }
 
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
