@@ -46,6 +46,7 @@ macro_rules! simd_dispatch {
 pub mod conv;
 pub mod generic;
 pub mod isa;
+pub mod linear;
 pub mod norm;
 pub mod params;
 pub mod pool;

@@ -33,7 +33,7 @@ impl Linear {
 impl Module for Linear {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
         let x = if xs.rank() > 2 { xs.flatten_from(1)? } else { xs.clone() };
-        let y = in_dtype(self.autocast.dtype(), &x, &self.weight, |x, w| x.matmul(&w.t()?))?;
+        let y = in_dtype(self.autocast.dtype(), &x, &self.weight, crate::ops::linear::linear)?;
         match &self.bias {
             Some(b) => y.broadcast_add(b),
             None => Ok(y),

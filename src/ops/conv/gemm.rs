@@ -147,7 +147,7 @@ fn col2im(col: &[f32], g: &Geometry, c0: usize, dx: &mut [f32], row_stride: usiz
 /// slice. Made only by [`Mat::row_major`] and [`Mat::transposed`], which check that every
 /// element lies inside the slice: a view is sound by construction.
 #[derive(Clone, Copy)]
-pub(super) struct Mat<'a> {
+pub(crate) struct Mat<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -163,13 +163,13 @@ impl<'a> Mat<'a> {
     }
 
     /// The `rows x cols` row-major matrix at the start of `data`.
-    pub(super) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(crate) fn row_major(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self::new(data, rows, cols, cols, 1)
     }
 
     /// The transpose (`cols x rows`) of the `rows x cols` row-major matrix at the start of
     /// `data`.
-    pub(super) fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(crate) fn transposed(data: &'a [f32], rows: usize, cols: usize) -> Self {
         Self::new(data, cols, rows, 1, cols)
     }
 }
@@ -177,7 +177,7 @@ impl<'a> Mat<'a> {
 /// `dst (+)= a * b` with `dst` row-major `a.rows x b.cols`, through `gemm` on `threads`
 /// (callers that parallelise over samples pass `gemm::Parallelism::None`). Every extent is
 /// checked, here and in [`Mat`]'s constructors.
-pub(super) fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, threads: gemm::Parallelism) {
+pub(crate) fn matmul(dst: &mut [f32], accumulate: bool, a: Mat, b: Mat, threads: gemm::Parallelism) {
     assert!(dst.len() >= a.rows * b.cols, "matmul: destination of {} floats for {}x{}", dst.len(), a.rows, b.cols);
     // SAFETY: dst holds the a.rows x b.cols floats (checked above), initialised, and is a
     // unique borrow.
@@ -228,7 +228,7 @@ unsafe fn gemm_into(dst: *mut f32, accumulate: bool, a: Mat, b: Mat, threads: ge
 }
 
 const ONE_THREAD: gemm::Parallelism = gemm::Parallelism::None;
-const ALL_THREADS: gemm::Parallelism = gemm::Parallelism::Rayon(0);
+pub(crate) const ALL_THREADS: gemm::Parallelism = gemm::Parallelism::Rayon(0);
 
 thread_local! {
     /// Per-thread im2col buffer, reused across calls.

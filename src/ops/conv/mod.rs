@@ -8,7 +8,7 @@
 
 mod depthwise;
 mod direct;
-mod gemm;
+pub(crate) mod gemm;
 mod implicit;
 pub mod plan;
 pub mod tune;
