@@ -92,15 +92,19 @@ pub(crate) fn map_rows<F: Fn(f32) -> f32>(a: &[f32], row: usize, per_row: impl F
 /// busy while the other waited. Zeroed here, each chunk is written while still in cache, on
 /// every core. For kernels that accumulate into their output (zeros needed) and for those
 /// that overwrite it (no uninitialised memory behind a `&mut [f32]`).
-pub(crate) fn par_chunks_zeroed(len: usize, chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+pub(crate) fn par_chunks_zeroed<T: Copy + Default + Send + Sync>(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
     use rayon::prelude::*;
     let mut out = Vec::with_capacity(len);
     out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| {
         for slot in c.iter_mut() {
-            slot.write(0.0);
+            slot.write(T::default());
         }
-        // SAFETY: every slot of `c` was just initialised, and MaybeUninit<f32> has f32's layout.
-        let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+        // SAFETY: every slot of `c` was just initialised, and MaybeUninit<T> has T's layout.
+        let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<T>] as *mut [T]) };
         fill(i, c);
     });
     // SAFETY: the chunks cover the first len slots, and each was initialised above.

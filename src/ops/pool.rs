@@ -180,11 +180,12 @@ impl CustomOp1 for Pool2d {
         if plane_in > u32::MAX as usize {
             candle_core::bail!("pool: planes of more than 2^32 pixels are not supported");
         }
-        let mut out = vec![0f32; d.planes * plane_out];
+        // Zeroed in parallel (see par_chunks_zeroed): LeNet's first pool makes 6 M of each.
+        let mut out: Vec<f32> = par_chunks_zeroed(d.planes * plane_out, plane_out, |_, _| {});
         let area = (p.kernel.0 * p.kernel.1) as f32;
         match p.kind {
             PoolKind::Max => {
-                let mut argmax = vec![0u32; d.planes * plane_out];
+                let mut argmax: Vec<u32> = par_chunks_zeroed(d.planes * plane_out, plane_out, |_, _| {});
                 let isa = super::isa::Isa::current();
                 let two_by_two = p.kernel == (2, 2) && p.stride == (2, 2) && p.padding == (0, 0);
                 out.par_chunks_mut(plane_out).zip(argmax.par_chunks_mut(plane_out)).enumerate().for_each(

@@ -22,7 +22,10 @@ pub(super) struct Dims {
     pub ow: usize,
 }
 
+use std::mem::MaybeUninit;
+
 use crate::ops::isa::{Isa, Level};
+use crate::ops::write_slice;
 
 const LANES: usize = 16;
 /// Output columns per forward block: four 16-lane registers per output channel.
@@ -78,7 +81,7 @@ fn forward_block<M: Mac, const B: usize>(
     oy: usize,
     o0: usize,
     j0: usize,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     let taps = d.c * d.kh * d.kw;
     let mut acc = Aligned([[0f32; COLS]; B]);
@@ -100,15 +103,17 @@ fn forward_block<M: Mac, const B: usize>(
     }
     for (b, acc) in acc.iter().enumerate() {
         let at = ((o0 + b) * d.oh + oy) * d.ow + j0;
-        out[at..at + COLS].copy_from_slice(acc);
+        write_slice(&mut out[at..at + COLS], acc);
     }
 }
 
 /// Forward of one image: `out (o, oh, ow) = x (c, h, w) * wt (o, c, kh, kw)` (cross-correlation,
 /// as every framework's conv). The last column block is anchored at `ow - COLS` and recomputes
-/// a few columns: the same values, written again.
+/// a few columns: the same values, written again. Every output is written (every block of
+/// channels, every row, column blocks from 0 to `ow`), so `out` may start uninitialised; the
+/// intrinsics bodies cover it the same way.
 #[inline(always)]
-fn forward_body<M: Mac>(x: &[f32], wt: &[f32], d: Dims, out: &mut [f32]) {
+fn forward_body<M: Mac>(x: &[f32], wt: &[f32], d: Dims, out: &mut [MaybeUninit<f32>]) {
     let starts = (0..d.ow - COLS).step_by(COLS).chain(std::iter::once(d.ow - COLS));
     let starts: Vec<usize> = starts.collect();
     for oy in 0..d.oh {
@@ -126,11 +131,11 @@ fn forward_body<M: Mac>(x: &[f32], wt: &[f32], d: Dims, out: &mut [f32]) {
         }
     }
 }
-dispatch!(forward_generic, forward_body, (x: &[f32], wt: &[f32], d: Dims, out: &mut [f32]));
+dispatch!(forward_generic, forward_body, (x: &[f32], wt: &[f32], d: Dims, out: &mut [MaybeUninit<f32>]));
 
 /// Forward of one image (see [`forward_body`]): on AVX-512 by [`forward_block_v4`], else by the
 /// generic body in the build `isa` names.
-pub(super) fn forward(isa: Isa, x: &[f32], wt: &[f32], d: Dims, out: &mut [f32]) {
+pub(super) fn forward(isa: Isa, x: &[f32], wt: &[f32], d: Dims, out: &mut [MaybeUninit<f32>]) {
     #[cfg(target_arch = "x86_64")]
     if isa.avx512().is_some() {
         // SAFETY: `isa` proves AVX-512F.
@@ -152,7 +157,7 @@ pub(super) fn forward(isa: Isa, x: &[f32], wt: &[f32], d: Dims, out: &mut [f32])
 /// AVX-512F present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn forward_v4(x: &[f32], wt: &[f32], d: &Dims, out: &mut [f32]) {
+unsafe fn forward_v4(x: &[f32], wt: &[f32], d: &Dims, out: &mut [MaybeUninit<f32>]) {
     let starts: Vec<usize> = (0..d.ow - COLS).step_by(COLS).chain(std::iter::once(d.ow - COLS)).collect();
     for oy in 0..d.oh {
         let mut o0 = 0;
@@ -185,7 +190,7 @@ unsafe fn forward_block_v4<const B: usize>(
     wt: &[f32],
     d: &Dims,
     (oy, o0, j0): (usize, usize, usize),
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
     const V: usize = COLS / LANES;
@@ -220,7 +225,7 @@ unsafe fn forward_block_v4<const B: usize>(
         let dst = &mut out[at..at + COLS];
         for (v, a) in acc.iter().enumerate() {
             // SAFETY: dst holds COLS = 16 V floats (sliced above).
-            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().add(16 * v), *a) };
+            unsafe { _mm512_storeu_ps(dst.as_mut_ptr().cast::<f32>().add(16 * v), *a) };
         }
     }
 }
@@ -228,7 +233,14 @@ unsafe fn forward_block_v4<const B: usize>(
 /// Input gradient of one image: the full correlation of `dy` with the flipped kernel, i.e. the
 /// forward kernel on `dy` padded by `k - 1` with the weights transposed (o <-> c) and flipped.
 /// `wt_flipped` is [`flip_weights`]'s, `padded` scratch of [`input_grad_scratch`] floats.
-pub(super) fn input_grad(isa: Isa, dy: &[f32], wt_flipped: &[f32], d: Dims, dx: &mut [f32], padded: &mut [f32]) {
+pub(super) fn input_grad(
+    isa: Isa,
+    dy: &[f32],
+    wt_flipped: &[f32],
+    d: Dims,
+    dx: &mut [MaybeUninit<f32>],
+    padded: &mut [f32],
+) {
     let (ph, pw) = (d.kh - 1, d.kw - 1);
     let (hp, wp) = (d.oh + 2 * ph, d.ow + 2 * pw);
     padded.fill(0.0);
@@ -483,7 +495,7 @@ const COLS_V3: usize = 24;
 /// AVX2 and FMA present.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn forward_v3(x: &[f32], wt: &[f32], d: &Dims, out: &mut [f32]) {
+unsafe fn forward_v3(x: &[f32], wt: &[f32], d: &Dims, out: &mut [MaybeUninit<f32>]) {
     let starts: Vec<usize> = (0..d.ow - COLS_V3).step_by(COLS_V3).chain(std::iter::once(d.ow - COLS_V3)).collect();
     for oy in 0..d.oh {
         let mut o0 = 0;
@@ -517,7 +529,7 @@ unsafe fn forward_block_v3<const B: usize>(
     wt: &[f32],
     d: &Dims,
     (oy, o0, j0): (usize, usize, usize),
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
 ) {
     use std::arch::x86_64::*;
     const V: usize = COLS_V3 / 8;
@@ -551,7 +563,7 @@ unsafe fn forward_block_v3<const B: usize>(
         let dst = &mut out[at..at + COLS_V3];
         for (v, a) in acc.iter().enumerate() {
             // SAFETY: dst holds COLS_V3 = 8 V floats (sliced above).
-            unsafe { _mm256_storeu_ps(dst.as_mut_ptr().add(8 * v), *a) };
+            unsafe { _mm256_storeu_ps(dst.as_mut_ptr().cast::<f32>().add(8 * v), *a) };
         }
     }
 }

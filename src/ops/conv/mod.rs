@@ -15,7 +15,7 @@ pub mod tune;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
-use super::{f32_slice, par_chunks_zeroed};
+use super::{f32_slice, par_chunks_written};
 use crate::ops::isa::Isa;
 use plan::plan;
 
@@ -189,9 +189,12 @@ impl Geometry {
 fn forward_by(k: Kernel, x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
     match k {
         Kernel::Implicit(cpu, d) => implicit::forward(cpu, x, wt, &d),
-        Kernel::Direct(isa, d) => par_chunks_zeroed(g.n * g.out_len(), g.out_len(), |n, out_n| {
-            direct::forward(isa, &x[n * g.in_len()..(n + 1) * g.in_len()], wt, d, out_n);
-        }),
+        // SAFETY: the direct forward writes every output of its image (direct::forward).
+        Kernel::Direct(isa, d) => unsafe {
+            par_chunks_written(g.n * g.out_len(), g.out_len(), |n, out_n| {
+                direct::forward(isa, &x[n * g.in_len()..(n + 1) * g.in_len()], wt, d, out_n);
+            })
+        },
         Kernel::Depthwise(isa, d) => depthwise::forward(isa, x, wt, &d),
         Kernel::Batched => gemm::forward_batched(x, wt, g),
         Kernel::PerSample => gemm::forward(x, wt, g),
@@ -204,12 +207,16 @@ fn input_grad_by(k: Kernel, dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
         Kernel::Implicit(cpu, d) => implicit::input_grad(cpu, dy, wt, &d),
         Kernel::Direct(isa, d) => {
             let flipped = direct::flip_weights(wt, &d);
-            par_chunks_zeroed(g.n * g.in_len(), g.in_len(), |n, dx_n| {
-                let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
-                gemm::with_scratch(direct::input_grad_scratch(&d), |padded| {
-                    direct::input_grad(isa, dy_n, &flipped, d, dx_n, padded);
-                });
-            })
+            // SAFETY: the direct input gradient is the direct forward of padded dy, which writes
+            // every element of the image's dx.
+            unsafe {
+                par_chunks_written(g.n * g.in_len(), g.in_len(), |n, dx_n| {
+                    let dy_n = &dy[n * g.out_len()..(n + 1) * g.out_len()];
+                    gemm::with_scratch(direct::input_grad_scratch(&d), |padded| {
+                        direct::input_grad(isa, dy_n, &flipped, d, dx_n, padded);
+                    });
+                })
+            }
         }
         Kernel::Depthwise(isa, d) => depthwise::input_grad(isa, dy, wt, &d),
         Kernel::Batched => gemm::input_grad_batched(dy, wt, g),
