@@ -64,7 +64,9 @@ pub use train::{mixup, watch};
 
 // What a run folder holds, read back.
 pub use output::checkpoint::load as load_checkpoint;
-pub use output::kernel_plan::{cache_path as kernel_cache_path, configure_from_env as configure_kernel_tuning};
+pub use output::kernel_plan::{
+    VERSION as KERNEL_CACHE_VERSION, cache_path as kernel_cache_path, configure_from_env as configure_kernel_tuning,
+};
 pub use output::sink::CsvSink;
 pub use output::summary::{Row as SummaryRow, Status, read as read_runs};
 pub use output::tensorboard::{Scalar, event_files, read_scalars};

@@ -180,7 +180,7 @@ fn a_resume_runs_the_plan_its_run_recorded() {
     // A cache that says: the per-sample GEMM everywhere.
     let per_sample: serde_json::Map<String, Value> =
         plan(&ladder_plan).keys().map(|k| (format!("{k} t{THREADS}"), json!({ "algo": "per_sample" }))).collect();
-    let cache = json!({ "version": 2, "cpu": ladder_plan["cpu"], "plan": per_sample });
+    let cache = json!({ "version": ablate::KERNEL_CACHE_VERSION, "cpu": ladder_plan["cpu"], "plan": per_sample });
     std::fs::create_dir_all(bench.cache.join("ablate")).unwrap();
     let name = ablate::kernel_cache_path().unwrap().file_name().unwrap().to_owned();
     std::fs::write(bench.cache.join("ablate").join(name), serde_json::to_vec(&cache).unwrap()).unwrap();
