@@ -112,6 +112,16 @@ pub(crate) fn par_chunks_zeroed<T: Copy + Default + Send + Sync>(
     out
 }
 
+static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on, in this process, every output [`par_chunks_written`] hands a kernel is filled
+/// with NaN first (as in debug builds): the parity tests call it, so that a kernel leaving an
+/// element unwritten fails them in release builds too.
+#[doc(hidden)]
+pub fn poison_unwritten_outputs() {
+    POISON.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// [`par_chunks_zeroed`] for kernels that overwrite their whole chunk: `fill(i, c)` gets chunk
 /// `i` uninitialised and writes it (through [`write_slice`], `MaybeUninit::write` or a GEMM
 /// that does not read its destination), saving the zeroing pass, 4-7 % of a ResNet18 step.
@@ -126,7 +136,16 @@ pub(crate) unsafe fn par_chunks_written(
 ) -> Vec<f32> {
     use rayon::prelude::*;
     let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| fill(i, c));
+    out.spare_capacity_mut()[..len].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, c)| {
+        // Poisoned first in debug builds and under the parity tests, so that an element a
+        // kernel failed to write shows up as NaN (fresh memory is often zero, hiding it).
+        if cfg!(debug_assertions) || POISON.load(std::sync::atomic::Ordering::Relaxed) {
+            c.iter_mut().for_each(|v| {
+                v.write(f32::NAN);
+            });
+        }
+        fill(i, c)
+    });
     // SAFETY: the chunks cover the first len slots, and the caller's `fill` initialised each.
     unsafe { out.set_len(len) };
     out
