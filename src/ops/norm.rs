@@ -5,10 +5,10 @@
 //! broadcast dims (`sum_keepdim` over n, h, w): a strided reduction that took a third of a
 //! ResNeXt training step (perf). Here each reduction is one contiguous pass per channel.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-use std::mem::MaybeUninit;
 
 use super::{f32_slice, par_chunks_written};
 

@@ -10,10 +10,10 @@
 //! gradient scatters the same runs back; the weight gradient sums each tap's products in 16
 //! f32 lanes per plane and over planes in f64.
 
-use super::gemm::with_scratch;
-use crate::ops::isa::Isa;
 use std::mem::MaybeUninit;
 
+use super::gemm::with_scratch;
+use crate::ops::isa::Isa;
 use crate::ops::{par_chunks_written, par_chunks_zeroed, write_slice};
 
 /// The sizes the kernels need.

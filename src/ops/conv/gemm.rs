@@ -5,11 +5,11 @@
 //! the columns back with col2im. The GEMM is the `gemm` crate's (candle's own, with AVX-512
 //! kernels), through matrix views that carry and check their extents.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::Geometry;
-use std::mem::MaybeUninit;
-
 use crate::ops::{par_chunks_written, par_chunks_zeroed, write_slice};
 
 /// Unfolds one sample's channels `[c0, c0 + cg)` into `col` (k x l, row-major).

@@ -27,12 +27,12 @@
 //! All three keep their accumulators in registers over a block of the reduction that stays
 //! in L1/L2 (channel chunks for the weights, pixel chunks for the weight gradient).
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::gemm::transpose;
 use crate::ops::isa::{Avx2, Avx512};
-use std::mem::MaybeUninit;
-
 use crate::ops::{par_chunks_written, par_chunks_zeroed, write_slice};
 
 /// The SIMD build the implicit kernels run, with the proof the CPU has it: AVX-512 (16-lane
