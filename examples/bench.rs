@@ -8,6 +8,8 @@
 //! 3-block bottleneck stage, 256 channels at 32x32, 3x3 width 128 in G groups, batch 32), and
 //! `data` (decode + resize to 256x256 + normalise 2,000 JPEGs of 500x375).
 //!
+//! `gemm_shapes`: the `gemm` crate alone on the products ResNet18's 3x3 convolutions are (see
+//! [`gemm_shapes`]).
 //! `peak`: the `gemm` crate's f32 matrix product (2048 x 2048 x 2048) on all threads, in
 //! GFLOP/s: the ceiling ablate's convolutions are measured against.
 //!
@@ -178,25 +180,32 @@ fn resnet18_train_gflop_per_img() -> f64 {
 /// GFLOP/s of the `gemm` crate's best of `runs` square f32 products of side `n` on all
 /// threads.
 fn gemm_peak(n: usize, runs: usize) -> f64 {
-    let a: Vec<f32> = (0..n * n).map(|i| (i % 7) as f32 * 0.1).collect();
-    let b: Vec<f32> = (0..n * n).map(|i| (i % 5) as f32 * 0.1).collect();
-    let mut c = vec![0f32; n * n];
+    let secs = gemm_best(n, n, n, runs);
+    2.0 * (n as f64).powi(3) / secs / 1e9
+}
+
+/// Seconds of the `gemm` crate's best of `runs` f32 products `(m x k) (k x n)`, row-major,
+/// on all threads.
+fn gemm_best(m: usize, k: usize, n: usize, runs: usize) -> f64 {
+    let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
+    let mut c = vec![0f32; m * n];
     let mut best = f64::INFINITY;
     for _ in 0..runs + 1 {
         let t0 = Instant::now();
-        // SAFETY: a, b and c are n x n, row-major, and c is borrowed uniquely.
+        // SAFETY: a is m x k, b k x n, c m x n, all row-major; c is borrowed uniquely.
         unsafe {
             gemm::gemm(
+                m,
                 n,
-                n,
-                n,
+                k,
                 c.as_mut_ptr(),
                 1,
                 n as isize,
                 false,
                 a.as_ptr(),
                 1,
-                n as isize,
+                k as isize,
                 b.as_ptr(),
                 1,
                 n as isize,
@@ -211,7 +220,20 @@ fn gemm_peak(n: usize, runs: usize) -> f64 {
         best = best.min(t0.elapsed().as_secs_f64());
     }
     std::hint::black_box(&c);
-    2.0 * (n as f64).powi(3) / best / 1e9
+    best
+}
+
+/// The `gemm` crate alone on the product each of ResNet18's 3x3 stride-1 convolutions is
+/// (batch 16, im2col's shapes: out channels x 9 in channels x batch pixels), to set next to
+/// `convs`' and `bench/torch_ref.py convs`' forward times: what the convolutions would take
+/// with no im2col, packing aside.
+fn gemm_shapes(runs: usize) {
+    for (name, c, hw) in [("l1", 64, 56), ("l2", 128, 28), ("l3", 256, 14), ("l4", 512, 7)] {
+        let (m, k, n) = (c, 9 * c, 16 * hw * hw);
+        let secs = gemm_best(m, k, n, runs);
+        let gflop = 2.0 * (m * k * n) as f64 / 1e9;
+        println!("{name:>4} 3x3 as {m} x {k} x {n}: {:6.2} ms ({:3.0} GFLOP/s)", secs * 1e3, gflop / secs);
+    }
 }
 
 /// The SIMD builds this binary runs: ablate's own kernels and the `gemm` crate's.
@@ -395,6 +417,10 @@ fn main() -> anyhow::Result<()> {
                 "{{\"framework\": \"ablate\", \"workload\": \"peak\", \"gflops\": {gflops:.1}, {}}}",
                 isa_fields()
             );
+            return Ok(());
+        }
+        "gemm_shapes" => {
+            gemm_shapes(steps);
             return Ok(());
         }
         w if w.starts_with("convs") => {
