@@ -90,8 +90,8 @@ pub(crate) fn map_rows<F: Fn(f32) -> f32>(a: &[f32], row: usize, per_row: impl F
 /// zeroes the whole allocation on the calling thread before any worker starts (mimalloc
 /// zeroes reused blocks): 8 % of a ResNeXt step and 5 % of a ResNet18 step in perf, one core
 /// busy while the other waited. Zeroed here, each chunk is written while still in cache, on
-/// every core. For kernels that accumulate into their output (zeros needed) and for those
-/// that overwrite it (no uninitialised memory behind a `&mut [f32]`).
+/// every core. For kernels that add into their output; those that write all of it take
+/// [`par_chunks_written`] and skip the zeroing.
 pub(crate) fn par_chunks_zeroed<T: Copy + Default + Send + Sync>(
     len: usize,
     chunk: usize,

@@ -114,20 +114,25 @@ fn forward_block<M: Mac, const B: usize>(
 /// intrinsics bodies cover it the same way.
 #[inline(always)]
 fn forward_body<M: Mac>(x: &[f32], wt: &[f32], d: Dims, out: &mut [MaybeUninit<f32>]) {
-    let starts = (0..d.ow - COLS).step_by(COLS).chain(std::iter::once(d.ow - COLS));
-    let starts: Vec<usize> = starts.collect();
+    for_each_block(&d, COLS, |b, (oy, o0, j0)| match b {
+        1 => forward_block::<M, 1>(x, wt, &d, oy, o0, j0, out),
+        2 => forward_block::<M, 2>(x, wt, &d, oy, o0, j0, out),
+        3 => forward_block::<M, 3>(x, wt, &d, oy, o0, j0, out),
+        _ => forward_block::<M, OB>(x, wt, &d, oy, o0, j0, out),
+    });
+}
+
+/// The forward's blocking, shared by every build: `block(b, (oy, o0, j0))` for each output
+/// row `oy`, block of `b <= OB` channels from `o0` and block of `cols` columns from `j0` (the
+/// last anchored at `ow - cols`), so that every output is written.
+#[inline(always)]
+fn for_each_block(d: &Dims, cols: usize, mut block: impl FnMut(usize, (usize, usize, usize))) {
+    let starts: Vec<usize> = (0..d.ow - cols).step_by(cols).chain(std::iter::once(d.ow - cols)).collect();
     for oy in 0..d.oh {
-        let mut o0 = 0;
-        while o0 < d.o {
+        for o0 in (0..d.o).step_by(OB) {
             for &j0 in &starts {
-                match d.o - o0 {
-                    1 => forward_block::<M, 1>(x, wt, &d, oy, o0, j0, out),
-                    2 => forward_block::<M, 2>(x, wt, &d, oy, o0, j0, out),
-                    3 => forward_block::<M, 3>(x, wt, &d, oy, o0, j0, out),
-                    _ => forward_block::<M, OB>(x, wt, &d, oy, o0, j0, out),
-                }
+                block((d.o - o0).min(OB), (oy, o0, j0));
             }
-            o0 += OB;
         }
     }
 }
@@ -158,24 +163,15 @@ pub(super) fn forward(isa: Isa, x: &[f32], wt: &[f32], d: Dims, out: &mut [Maybe
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn forward_v4(x: &[f32], wt: &[f32], d: &Dims, out: &mut [MaybeUninit<f32>]) {
-    let starts: Vec<usize> = (0..d.ow - COLS).step_by(COLS).chain(std::iter::once(d.ow - COLS)).collect();
-    for oy in 0..d.oh {
-        let mut o0 = 0;
-        while o0 < d.o {
-            for &j0 in &starts {
-                // SAFETY (each call): AVX-512F, from this function's contract.
-                unsafe {
-                    match d.o - o0 {
-                        1 => forward_block_v4::<1>(x, wt, d, (oy, o0, j0), out),
-                        2 => forward_block_v4::<2>(x, wt, d, (oy, o0, j0), out),
-                        3 => forward_block_v4::<3>(x, wt, d, (oy, o0, j0), out),
-                        _ => forward_block_v4::<OB>(x, wt, d, (oy, o0, j0), out),
-                    }
-                }
-            }
-            o0 += OB;
+    // SAFETY (each call): AVX-512F, from this function's contract.
+    for_each_block(d, COLS, |b, at| unsafe {
+        match b {
+            1 => forward_block_v4::<1>(x, wt, d, at, out),
+            2 => forward_block_v4::<2>(x, wt, d, at, out),
+            3 => forward_block_v4::<3>(x, wt, d, at, out),
+            _ => forward_block_v4::<OB>(x, wt, d, at, out),
         }
-    }
+    });
 }
 
 /// [`forward_block`] written with AVX-512 intrinsics, its `B x 4` accumulators in registers
@@ -496,24 +492,15 @@ const COLS_V3: usize = 24;
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_v3(x: &[f32], wt: &[f32], d: &Dims, out: &mut [MaybeUninit<f32>]) {
-    let starts: Vec<usize> = (0..d.ow - COLS_V3).step_by(COLS_V3).chain(std::iter::once(d.ow - COLS_V3)).collect();
-    for oy in 0..d.oh {
-        let mut o0 = 0;
-        while o0 < d.o {
-            for &j0 in &starts {
-                // SAFETY (each call): AVX2 and FMA, from this function's contract.
-                unsafe {
-                    match d.o - o0 {
-                        1 => forward_block_v3::<1>(x, wt, d, (oy, o0, j0), out),
-                        2 => forward_block_v3::<2>(x, wt, d, (oy, o0, j0), out),
-                        3 => forward_block_v3::<3>(x, wt, d, (oy, o0, j0), out),
-                        _ => forward_block_v3::<OB>(x, wt, d, (oy, o0, j0), out),
-                    }
-                }
-            }
-            o0 += OB;
+    // SAFETY (each call): AVX2 and FMA, from this function's contract.
+    for_each_block(d, COLS_V3, |b, at| unsafe {
+        match b {
+            1 => forward_block_v3::<1>(x, wt, d, at, out),
+            2 => forward_block_v3::<2>(x, wt, d, at, out),
+            3 => forward_block_v3::<3>(x, wt, d, at, out),
+            _ => forward_block_v3::<OB>(x, wt, d, at, out),
         }
-    }
+    });
 }
 
 /// [`forward_block_v4`] for AVX2: `B x 3` accumulators of 8 lanes over [`COLS_V3`] columns.
