@@ -46,12 +46,14 @@ pub(super) enum Cpu {
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-/// 16-lane vectors of grid pixels per forward tile.
-const NV: usize = 2;
-/// Grid pixels per forward tile.
+/// 16-lane vectors of grid pixels per full forward tile: 3 vectors by [`NR`] outputs is 24
+/// accumulators, 3 loads and 8 broadcasts per 24 FMAs (2 vectors, 16 accumulators, measured
+/// 7-10 % slower on ResNet18's 56x56 and 28x28 forwards on an Intel Xeon). A grid's last
+/// tile takes 1 or 2 vectors, so grids round up to whole vectors only.
+const NV: usize = 3;
+/// Grid pixels per full forward tile.
 const MR: usize = 16 * NV;
-/// Output channels per forward tile (and taps per weight-gradient tile): 8 broadcasts
-/// against NV vectors, 8 NV accumulators.
+/// Output channels per forward tile: 8 broadcasts against NV vectors, 8 NV accumulators.
 const NR: usize = 8;
 /// Products each forward accumulator sums before it is added to the output: a reduction of
 /// `k` products becomes `k / SUM_BLOCK` chains, and a chain's rounding error grows with its
@@ -155,9 +157,9 @@ impl Padded {
 }
 
 /// Floats per channel of an output grid of `rows` rows of width `wq`, rounded up to whole
-/// tiles.
+/// vectors.
 fn grid_len(rows: usize, wq: usize) -> usize {
-    (rows * wq).div_ceil(MR) * MR
+    (rows * wq).div_ceil(16) * 16
 }
 
 /// Pads `src (n, ch, h, w)` by `(ph, pw)` on each side and splits it into stride-`s` phases,
@@ -261,19 +263,26 @@ fn forward_grid(
                 for (j, grid_n) in grid_s.chunks_mut(per_sample).enumerate() {
                     let xs = &x.data[(s * slice + j) * x.sample + grp * cg * x.channel()..];
                     for q0 in (0..lr).step_by(MR) {
+                        // Whole vectors left in the grid (lr is a multiple of 16).
+                        let nv = ((lr - q0) / 16).min(NV);
                         for ob in 0..outs / NR {
                             let w = &packed[((grp * outs / NR + ob) * k + kk0) * NR..];
                             let o0 = grp * outs + ob * NR;
                             // SAFETY: `cpu` proves AVX-512F or AVX2 + FMA, the tile's build; reads x at
-                            // off[kk] + q0 + [0, MR), inside the sample's slack by construction of
-                            // `pad`; w holds (kk1 - kk0) * NR floats; the tile's NR rows of MR
-                            // floats at o0 * lr + q0 lie in grid_n.
+                            // off[kk] + q0 + [0, 16 nv), inside the sample's slack by construction of
+                            // `pad`; w holds (kk1 - kk0) * NR floats; the tile's NR rows of 16 nv
+                            // floats at o0 * lr + q0 lie in grid_n (q0 + 16 nv <= lr).
                             unsafe {
                                 let (x, w, out) =
                                     (xs.as_ptr().add(q0), w.as_ptr(), grid_n.as_mut_ptr().add(o0 * lr + q0).cast());
-                                match cpu {
-                                    Cpu::Avx512(_) => forward_tile(x, &off[kk0..kk1], w, out, lr, c0 > 0),
-                                    Cpu::Avx2(_) => forward_tile_avx2(x, &off[kk0..kk1], w, out, lr, c0 > 0),
+                                let (off, acc) = (&off[kk0..kk1], c0 > 0);
+                                match (cpu, nv) {
+                                    (Cpu::Avx512(_), 3) => forward_tile::<3>(x, off, w, out, lr, acc),
+                                    (Cpu::Avx512(_), 2) => forward_tile::<2>(x, off, w, out, lr, acc),
+                                    (Cpu::Avx512(_), _) => forward_tile::<1>(x, off, w, out, lr, acc),
+                                    (Cpu::Avx2(_), 3) => forward_tile_avx2::<3>(x, off, w, out, lr, acc),
+                                    (Cpu::Avx2(_), 2) => forward_tile_avx2::<2>(x, off, w, out, lr, acc),
+                                    (Cpu::Avx2(_), _) => forward_tile_avx2::<1>(x, off, w, out, lr, acc),
                                 }
                             }
                         }
@@ -283,32 +292,39 @@ fn forward_grid(
         }
     };
     // SAFETY: the first channel chunk (c0 == 0) stores every tile of every group, outs / NR
-    // blocks of NR rows by lr / MR runs of MR floats (lr is a multiple of MR): each sample's
+    // blocks of NR rows by runs of 16 nv floats covering [0, lr): each sample's
     // groups * outs * lr floats, before any tile adds to them.
     let grid = unsafe { par_chunks_written(n * per_sample, slice * per_sample, tiles) };
     (grid, lr)
 }
 
-/// `acc[i][0..MR] (+)= sum over kk of w[kk * NR + i] * x[off[kk] + 0..MR]`, stored to
+/// `acc[i][0..16 V] (+)= sum over kk of w[kk * NR + i] * x[off[kk] + 0..16 V]`, stored to
 /// `out + i * ld`.
 ///
 /// # Safety
 /// AVX-512F present; the reads and writes described are in bounds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn forward_tile(x: *const f32, off: &[usize], w: *const f32, out: *mut f32, ld: usize, accumulate: bool) {
+unsafe fn forward_tile<const V: usize>(
+    x: *const f32,
+    off: &[usize],
+    w: *const f32,
+    out: *mut f32,
+    ld: usize,
+    accumulate: bool,
+) {
     // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
     unsafe {
         let mut wk = w;
         let mut first = !accumulate;
         for block in off.chunks(SUM_BLOCK) {
-            let mut acc = [[_mm512_setzero_ps(); NV]; NR];
+            let mut acc = [[_mm512_setzero_ps(); V]; NR];
             for &o in block {
                 let p = x.add(o);
-                let a: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(p.add(16 * v)));
+                let a: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(p.add(16 * v)));
                 for (i, acc_i) in acc.iter_mut().enumerate() {
                     let b = _mm512_set1_ps(*wk.add(i));
-                    for v in 0..NV {
+                    for v in 0..V {
                         acc_i[v] = _mm512_fmadd_ps(a[v], b, acc_i[v]);
                     }
                 }
@@ -326,22 +342,29 @@ unsafe fn forward_tile(x: *const f32, off: &[usize], w: *const f32, out: *mut f3
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn forward_tile(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: bool) {
+unsafe fn forward_tile<const V: usize>(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: bool) {
     unreachable!("applies() requires AVX-512")
 }
 
-/// [`forward_tile`] for AVX2: AVX2 has 16 registers, not 32, so the MR x NR tile runs as four
-/// quarter tiles of 16 pixels (two 8-lane vectors) by 4 outputs: 8 accumulators each.
+/// [`forward_tile`] for AVX2: AVX2 has 16 registers, not 32, so the 16 V x NR tile runs as
+/// 2 V sub-tiles of 16 pixels (two 8-lane vectors) by 4 outputs: 8 accumulators each.
 ///
 /// # Safety
 /// AVX2 and FMA present; the reads and writes of [`forward_tile`] are in bounds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn forward_tile_avx2(x: *const f32, off: &[usize], w: *const f32, out: *mut f32, ld: usize, accumulate: bool) {
-    const { assert!(MR == 32 && NR == 8, "the quarter tiles cover 32 pixels by 8 outputs") };
+unsafe fn forward_tile_avx2<const V: usize>(
+    x: *const f32,
+    off: &[usize],
+    w: *const f32,
+    out: *mut f32,
+    ld: usize,
+    accumulate: bool,
+) {
+    const { assert!(NR == 8, "the sub-tiles cover 8 outputs as two halves") };
     // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
     unsafe {
-        for (px, oq) in [(0, 0), (0, 4), (16, 0), (16, 4)] {
+        for (px, oq) in (0..V).flat_map(|v| [(16 * v, 0), (16 * v, 4)]) {
             let mut wk = w.add(oq);
             let mut first = !accumulate;
             for block in off.chunks(SUM_BLOCK) {
@@ -369,7 +392,7 @@ unsafe fn forward_tile_avx2(x: *const f32, off: &[usize], w: *const f32, out: *m
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn forward_tile_avx2(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: bool) {
+unsafe fn forward_tile_avx2<const V: usize>(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: bool) {
     unreachable!("the AVX2 proof is x86-64 only")
 }
 
@@ -445,8 +468,11 @@ pub(super) fn weight_grad(cpu: Cpu, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32>
             filled += q1 - q0;
         }
     }
-    // Rows of dw^T per task: a few tasks per thread at least, else about one L2's worth.
-    let tasks = (4 * rayon::current_num_threads()).max(k * d.og / DY_CHUNK).min(k / NK).max(1);
+    // Rows of dw^T per task: a few tasks per thread at least, else about one L2's worth, in a
+    // whole number of rounds over the threads (9 tasks on 2 threads left one running alone:
+    // a tenth of ResNet18's 14x14 weight gradients).
+    let threads = rayon::current_num_threads();
+    let tasks = (4 * threads).max(k * d.og / DY_CHUNK).next_multiple_of(threads).min(k / NK).max(1);
     let rows = (k / NK).max(1).div_ceil(tasks) * NK;
     // dw transposed, per group: (groups, k, og).
     let mut dwt = vec![0f32; d.groups * k * d.og];
