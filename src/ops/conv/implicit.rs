@@ -31,6 +31,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
+use super::Pass;
 use super::gemm::transpose;
 use crate::ops::isa::{Avx2, Avx512};
 use crate::ops::{par_chunks_written, par_chunks_zeroed, write_slice};
@@ -45,6 +46,18 @@ pub(super) enum Cpu {
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
+
+mod masked;
+
+/// How a pass of these kernels meets the window's borders: `"masked"` (stride-1 "same"
+/// forwards and input gradients, [`masked`]: the input as it is, out-of-plane lanes masked
+/// off) or `"padded"` (a zero-padded copy of the input and a grid cropped afterwards).
+pub(super) fn route(pass: Pass, d: &Dims) -> &'static str {
+    match pass {
+        Pass::Forward | Pass::InputGrad if masked::applies(d) => "masked",
+        _ => "padded",
+    }
+}
 
 /// 16-lane vectors of grid pixels per full forward tile: 3 vectors by [`NR`] outputs is 24
 /// accumulators, 3 loads and 8 broadcasts per 24 FMAs (2 vectors, 16 accumulators, measured
@@ -412,6 +425,9 @@ fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (
 
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
 pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+    if masked::applies(d) {
+        return masked::forward(cpu, x, wt, d);
+    }
     let (taps, k) = (d.taps(), d.cg * d.taps());
     let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), d.stride, (d.oh(), d.kh, d.kw));
     let packed = pack(d.groups, d.og, k, |grp, o, kk| wt[(grp * d.og + o) * k + kk]);
@@ -424,6 +440,9 @@ pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
 /// groups * cg, h, w)`, the full correlation of `dy` with the flipped, transposed weights.
 pub(super) fn input_grad(cpu: Cpu, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     assert_eq!(d.stride, 1, "the implicit input gradient is for stride-1 convolutions");
+    if masked::applies(d) {
+        return masked::input_grad(cpu, dy, wt, d);
+    }
     let (taps, kin) = (d.taps(), d.og * d.taps());
     let (qh, qw) = (d.kh - 1 - d.ph, d.kw - 1 - d.pw);
     let dyp = pad(dy, d.n, d.groups * d.og, (d.oh(), d.ow()), (qh, qw), 1, (d.h, d.kh, d.kw));

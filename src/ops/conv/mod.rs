@@ -76,6 +76,13 @@ impl Kernel {
             Kernel::PerSample => Algo::PerSample,
         }
     }
+    /// Which route inside the algorithm `pass` takes, where it has more than one.
+    fn route(&self, pass: Pass) -> Option<&'static str> {
+        match self {
+            Kernel::Implicit(_, d) => Some(implicit::route(pass, d)),
+            _ => None,
+        }
+    }
 }
 
 /// Every size a kernel needs, derived once from the input and weight shapes.

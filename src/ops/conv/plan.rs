@@ -72,6 +72,9 @@ pub struct Ran {
     pub algo: Algo,
     /// The SIMD build of ablate's own kernels (the `gemm` crate picks its own).
     pub level: Level,
+    /// The route inside the algorithm, where it has more than one (the implicit kernels:
+    /// `"masked"` or `"padded"` borders).
+    pub route: Option<&'static str>,
 }
 
 thread_local! {
@@ -90,7 +93,7 @@ pub(super) fn plan(pass: Pass, g: &Geometry) -> Kernel {
         .unwrap_or_else(|| choose(pass, g, isa));
     RECORD.with(|r| {
         if let Some(v) = r.borrow_mut().as_mut() {
-            v.push(Ran { pass, algo: k.algo(), level: isa.level() });
+            v.push(Ran { pass, algo: k.algo(), level: isa.level(), route: k.route(pass) });
         }
     });
     k
