@@ -50,11 +50,12 @@ use std::arch::x86_64::*;
 mod masked;
 
 /// How a pass of these kernels meets the window's borders: `"masked"` (stride-1 "same"
-/// forwards and input gradients, [`masked`]: the input as it is, out-of-plane lanes masked
-/// off) or `"padded"` (a zero-padded copy of the input and a grid cropped afterwards).
-pub(super) fn route(pass: Pass, d: &Dims) -> &'static str {
+/// forwards and input gradients on AVX-512, [`masked`]: the input as it is, out-of-plane
+/// lanes masked off) or `"padded"` (a zero-padded copy of the input and a grid cropped
+/// afterwards).
+pub(super) fn route(cpu: Cpu, pass: Pass, d: &Dims) -> &'static str {
     match pass {
-        Pass::Forward | Pass::InputGrad if masked::applies(d) => "masked",
+        Pass::Forward | Pass::InputGrad if masked::applies(cpu, d).is_some() => "masked",
         _ => "padded",
     }
 }
@@ -425,8 +426,8 @@ fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (
 
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
 pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
-    if masked::applies(d) {
-        return masked::forward(cpu, x, wt, d);
+    if let Some(v4) = masked::applies(cpu, d) {
+        return masked::forward(v4, x, wt, d);
     }
     let (taps, k) = (d.taps(), d.cg * d.taps());
     let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), d.stride, (d.oh(), d.kh, d.kw));
@@ -440,8 +441,8 @@ pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
 /// groups * cg, h, w)`, the full correlation of `dy` with the flipped, transposed weights.
 pub(super) fn input_grad(cpu: Cpu, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     assert_eq!(d.stride, 1, "the implicit input gradient is for stride-1 convolutions");
-    if masked::applies(d) {
-        return masked::input_grad(cpu, dy, wt, d);
+    if let Some(v4) = masked::applies(cpu, d) {
+        return masked::input_grad(v4, dy, wt, d);
     }
     let (taps, kin) = (d.taps(), d.og * d.taps());
     let (qh, qw) = (d.kh - 1 - d.ph, d.kw - 1 - d.pw);

@@ -12,6 +12,10 @@
 //! lane reads no memory (AVX-512 and AVX2 suppress its faults), so a shift past the buffer's
 //! ends is safe.
 //!
+//! AVX-512 only: AVX2's masked loads (`vmaskmovps`) made this route slower than the padded
+//! one on an Intel Xeon (ResNeXt's 3x3s at 32x32: a g4 forward 15.6 against 14.1 ms, g1 62.6
+//! against 54.4 ms), so AVX2 CPUs keep the padded route.
+//!
 //! Inside a tile the reduction runs tap by tap (the tap's masks stay in mask registers) over a
 //! block of channels, then the block's sums are added to the output: chains of at most
 //! [`super::SUM_BLOCK`] products, as on the padded route.
@@ -22,11 +26,16 @@ use std::mem::MaybeUninit;
 use std::arch::x86_64::*;
 
 use super::{Cpu, Dims, MR, NR, NV, SUM_BLOCK, WEIGHT_CHUNK};
+use crate::ops::isa::Avx512;
 use crate::ops::par_chunks_written;
 
-/// Whether a pass of `d` goes this way: stride 1, the output plane the input's size.
-pub(super) fn applies(d: &Dims) -> bool {
-    d.stride == 1 && d.oh() == d.h && d.ow() == d.w
+/// The AVX-512 proof, if a pass of `d` on `cpu` goes this way: stride 1, the output plane
+/// the input's size.
+pub(super) fn applies(cpu: Cpu, d: &Dims) -> Option<Avx512> {
+    match cpu {
+        Cpu::Avx512(v4) if d.stride == 1 && d.oh() == d.h && d.ow() == d.w => Some(v4),
+        _ => None,
+    }
 }
 
 /// One plane's window: its size and padding, and the taps' shifts (floats, row-major).
@@ -73,7 +82,7 @@ impl Window {
 /// `out[o][q] = sum over (c, tap) of packed[o][c * taps + tap] * x[c][q + shift(tap)]`
 /// (`packed` as [`super::pack`] lays it out).
 fn conv(
-    cpu: Cpu,
+    _: Avx512,
     x: &[f32],
     n: usize,
     (groups, cg, outs): (usize, usize, usize),
@@ -109,7 +118,7 @@ fn conv(
                             let w = &packed[((grp * outs / NR + ob) * k + c0 * taps) * NR..];
                             let o0 = grp * outs + ob * NR;
                             let t = Tile { chans: c1 - c0, block, plane, taps: tile_taps, accumulate: c0 > 0 };
-                            // SAFETY: `cpu` proves the tile's build. x: the unmasked lanes read
+                            // SAFETY: the Avx512 proof is the tile's build. x: the unmasked lanes read
                             // pixels inside channel planes c0..c1 of this sample and group
                             // (`tile_taps`); w holds (c1 - c0) * taps * NR floats from the
                             // chunk's first channel; out: NR rows of `plane` floats from o0, the
@@ -117,13 +126,10 @@ fn conv(
                             unsafe {
                                 let (x, w, out) =
                                     (xs.as_ptr().add(q0), w.as_ptr(), out_n.as_mut_ptr().add(o0 * plane + q0).cast());
-                                match (cpu, nv) {
-                                    (Cpu::Avx512(_), 3) => tile_v4::<3>(&t, x, w, out),
-                                    (Cpu::Avx512(_), 2) => tile_v4::<2>(&t, x, w, out),
-                                    (Cpu::Avx512(_), _) => tile_v4::<1>(&t, x, w, out),
-                                    (Cpu::Avx2(_), 3) => tile_v3::<3>(&t, x, w, out),
-                                    (Cpu::Avx2(_), 2) => tile_v3::<2>(&t, x, w, out),
-                                    (Cpu::Avx2(_), _) => tile_v3::<1>(&t, x, w, out),
+                                match nv {
+                                    3 => tile_v4::<3>(&t, x, w, out),
+                                    2 => tile_v4::<2>(&t, x, w, out),
+                                    _ => tile_v4::<1>(&t, x, w, out),
                                 }
                             }
                         }
@@ -149,7 +155,7 @@ struct Tile<'a> {
 }
 
 /// Forward of a stride-1 "same" convolution.
-pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+pub(super) fn forward(cpu: Avx512, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     let k = d.cg * d.taps();
     let packed = super::pack(d.groups, d.og, k, |grp, o, kk| wt[(grp * d.og + o) * k + kk]);
     let win = Window { h: d.h, w: d.w, kh: d.kh, kw: d.kw, ph: d.ph, pw: d.pw };
@@ -158,7 +164,7 @@ pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
 
 /// Input gradient of a stride-1 "same" convolution: the full correlation of `dy` with the
 /// flipped, transposed weights, itself a "same" convolution (padding `k - 1 - p`).
-pub(super) fn input_grad(cpu: Cpu, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
+pub(super) fn input_grad(cpu: Avx512, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     let (taps, kin) = (d.taps(), d.og * d.taps());
     let packed = super::pack(d.groups, d.cg, kin, |grp, c, kk| {
         let (o, t) = (kk / taps, kk % taps);
@@ -220,63 +226,4 @@ unsafe fn tile_v4<const V: usize>(t: &Tile, x: *const f32, w: *const f32, out: *
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn tile_v4<const V: usize>(_: &Tile, _: *const f32, _: *const f32, _: *mut f32) {
     unreachable!("the AVX-512 proof is x86-64 only")
-}
-
-/// [`tile_v4`] for AVX2 (16 registers): sub-tiles of 16 pixels (two 8-lane vectors) by 4
-/// outputs, 8 accumulators each; lane masks as vectors for `vmaskmovps`.
-///
-/// # Safety
-/// AVX2 and FMA present; the unmasked reads and the writes of [`tile_v4`] are in bounds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn tile_v3<const V: usize>(t: &Tile, x: *const f32, w: *const f32, out: *mut f32) {
-    const { assert!(NR == 8, "the sub-tiles cover 8 outputs as two halves") };
-    let taps = t.taps.len();
-    // 16 lane bits -> two vectors whose lanes' sign bits are set where the bit is.
-    let vectors = |bits: u16| -> [__m256i; 2] {
-        let select = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-        std::array::from_fn(|h| {
-            let b = _mm256_set1_epi32(i32::from((bits >> (8 * h)) & 0xff));
-            _mm256_cmpeq_epi32(_mm256_and_si256(b, select), select)
-        })
-    };
-    // SAFETY (whole body): as in tile_v4.
-    unsafe {
-        for (px, oq) in (0..V).flat_map(|v| [(v, 0), (v, 4)]) {
-            let end = vectors(t.taps.iter().fold(0, |m, (_, lanes)| m | lanes[px]));
-            let mut first = !t.accumulate;
-            for b0 in (0..t.chans).step_by(t.block) {
-                let b1 = (b0 + t.block).min(t.chans);
-                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                for (tap, &(shift, lanes)) in t.taps.iter().enumerate() {
-                    let m = vectors(lanes[px]);
-                    let mut p = x.wrapping_offset(shift).wrapping_add(b0 * t.plane + 16 * px);
-                    let mut wk = w.add((b0 * taps + tap) * NR + oq);
-                    for _ in b0..b1 {
-                        let a = [_mm256_maskload_ps(p, m[0]), _mm256_maskload_ps(p.wrapping_add(8), m[1])];
-                        for (i, acc_i) in acc.iter_mut().enumerate() {
-                            let b = _mm256_broadcast_ss(&*wk.add(i));
-                            acc_i[0] = _mm256_fmadd_ps(a[0], b, acc_i[0]);
-                            acc_i[1] = _mm256_fmadd_ps(a[1], b, acc_i[1]);
-                        }
-                        p = p.wrapping_add(t.plane);
-                        wk = wk.add(taps * NR);
-                    }
-                }
-                for (i, acc_i) in acc.iter().enumerate() {
-                    for (h, a) in acc_i.iter().enumerate() {
-                        let p = out.add((oq + i) * t.plane + 16 * px + 8 * h);
-                        let sum = if first { *a } else { _mm256_add_ps(_mm256_maskload_ps(p, end[h]), *a) };
-                        _mm256_maskstore_ps(p, end[h], sum);
-                    }
-                }
-                first = false;
-            }
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_v3<const V: usize>(_: &Tile, _: *const f32, _: *const f32, _: *mut f32) {
-    unreachable!("the AVX2 proof is x86-64 only")
 }
