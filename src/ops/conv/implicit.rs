@@ -34,7 +34,7 @@ use rayon::prelude::*;
 use super::Pass;
 use super::gemm::transpose;
 use crate::ops::isa::{Avx2, Avx512};
-use crate::ops::{par_chunks_written, par_chunks_zeroed, write_slice};
+use crate::ops::{par_chunks_written, write_slice};
 
 /// The SIMD build the implicit kernels run, with the proof the CPU has it: AVX-512 (16-lane
 /// tiles), or AVX2 + FMA (the same tiles as 8-lane halves, for CPUs without AVX-512).
@@ -192,28 +192,35 @@ fn pad(
     // The furthest read: last channel and phase, last tap, last grid pixel of the last tile.
     let slack = grid_len(rows, wq) + kh * wq + kw + MR;
     let sample = ch * s * s * plane + slack;
-    let data = par_chunks_zeroed(n * sample, sample, |i, dst| {
+    let fill = |i: usize, dst: &mut [MaybeUninit<f32>]| {
         for c in 0..ch {
             let src_c = &src[(i * ch + c) * h * w..(i * ch + c + 1) * h * w];
             for (ry, rx) in (0..s).flat_map(|ry| (0..s).map(move |rx| (ry, rx))) {
                 let base = (c * s * s + ry * s + rx) * plane;
                 for qy in 0..hq {
-                    let Some(y) = (s * qy + ry).checked_sub(ph).filter(|&y| y < h) else { continue };
-                    let row = &src_c[y * w..(y + 1) * w];
                     let out = &mut dst[base + qy * wq..base + (qy + 1) * wq];
+                    let Some(y) = (s * qy + ry).checked_sub(ph).filter(|&y| y < h) else {
+                        zero(out);
+                        continue;
+                    };
+                    let row = &src_c[y * w..(y + 1) * w];
                     if s == 1 {
-                        out[pw..pw + w].copy_from_slice(row);
+                        zero(&mut out[..pw]);
+                        write_slice(&mut out[pw..pw + w], row);
+                        zero(&mut out[pw + w..]);
                         continue;
                     }
                     for (qx, v) in out.iter_mut().enumerate() {
-                        if let Some(&x) = (s * qx + rx).checked_sub(pw).and_then(|x| row.get(x)) {
-                            *v = x;
-                        }
+                        v.write((s * qx + rx).checked_sub(pw).and_then(|x| row.get(x)).copied().unwrap_or(0.0));
                     }
                 }
             }
         }
-    });
+        zero(&mut dst[ch * s * s * plane..]);
+    };
+    // SAFETY: per sample, every row of every channel's phases is written (copied or zero),
+    // and the slack after them zeroed.
+    let data = unsafe { par_chunks_written(n * sample, sample, fill) };
     Padded { data, ch, s, hq, wq, sample }
 }
 
@@ -470,9 +477,12 @@ pub(super) fn weight_grad(cpu: Cpu, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32>
     let wp = xp.wq;
     let lr = grid_len(oh, wp);
     let off = offsets(d.cg, &xp, d.kh, d.kw);
-    let dyt = par_chunks_zeroed(d.n * lr * o_all, lr * o_all, |n, dst| {
-        transpose_dy(&dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
-    });
+    // SAFETY: transpose_dy writes every row of its sample's grid.
+    let dyt = unsafe {
+        par_chunks_written(d.n * lr * o_all, lr * o_all, |n, dst| {
+            transpose_dy(&dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
+        })
+    };
     // Segments (sample, q0, q1) of the batch's grids, grouped into chunks.
     let q_chunk = (DY_CHUNK / o_all / MR).max(1) * MR;
     let mut chunks: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new()];
@@ -574,19 +584,28 @@ struct Segment {
 }
 
 /// `dyt[q][o] = dy[o][q / wp][q % wp]` over one sample's grid, zero on its garbage columns
-/// and past its last row.
-fn transpose_dy(dy: &[f32], o_all: usize, (oh, ow): (usize, usize), wp: usize, dyt: &mut [f32]) {
+/// and past its last row: every element of `dyt` written.
+fn transpose_dy(dy: &[f32], o_all: usize, (oh, ow): (usize, usize), wp: usize, dyt: &mut [MaybeUninit<f32>]) {
     const TILE: usize = 16;
     for o0 in (0..o_all).step_by(TILE) {
         for y in 0..oh {
             for x in 0..ow {
                 let row = &mut dyt[(y * wp + x) * o_all..];
                 for o in o0..(o0 + TILE).min(o_all) {
-                    row[o] = dy[(o * oh + y) * ow + x];
+                    row[o].write(dy[(o * oh + y) * ow + x]);
                 }
             }
         }
     }
+    for y in 0..oh {
+        zero(&mut dyt[(y * wp + ow) * o_all..(y + 1) * wp * o_all]);
+    }
+    zero(&mut dyt[oh * wp * o_all..]);
+}
+
+/// Writes zeros.
+fn zero(dst: &mut [MaybeUninit<f32>]) {
+    dst.fill(MaybeUninit::new(0.0));
 }
 
 /// `dst[i * ld_dst + 0..16 NV] += sum over the segments' pixels q of
