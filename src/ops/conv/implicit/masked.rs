@@ -38,7 +38,11 @@ pub(super) fn applies(cpu: Cpu, d: &Dims) -> Option<Avx512> {
     }
 }
 
-/// One plane's window: its size and padding, and the taps' shifts (floats, row-major).
+/// A tap of a tile: the input's shift from the output pixel (floats), and per vector of the
+/// tile the lanes that read inside the plane.
+type TapLanes = (isize, [u16; NV]);
+
+/// One plane's window: the plane's size, the window's and its padding.
 struct Window {
     h: usize,
     w: usize,
@@ -55,9 +59,9 @@ impl Window {
     /// Per tap `(ky, kx)`: the input's shift from the output pixel, and which lanes of the
     /// tile's `nv` vectors from pixel `q0` read inside the plane (lanes past the plane's end
     /// are off too).
-    fn tile_taps(&self, q0: usize, nv: usize, taps: &mut Vec<(isize, [u16; NV])>) {
+    fn tile_taps(&self, q0: usize, nv: usize) -> Vec<TapLanes> {
         let plane = self.h * self.w;
-        taps.clear();
+        let mut taps = Vec::with_capacity(self.taps());
         for ky in 0..self.kh {
             for kx in 0..self.kw {
                 let mut masks = [0u16; NV];
@@ -75,6 +79,7 @@ impl Window {
                 taps.push((shift, masks));
             }
         }
+        taps
     }
 }
 
@@ -96,14 +101,13 @@ fn conv(
     let chunk = (WEIGHT_CHUNK / (taps * outs)).clamp(1, cg);
     let per_sample = groups * outs * plane;
     let slice = n.div_ceil(2 * rayon::current_num_threads()).max(1);
-    // Every tile's taps, once: the same for every sample, group and channel chunk.
-    let starts: Vec<usize> = (0..plane).step_by(MR).collect();
-    let all_taps: Vec<Vec<(isize, [u16; NV])>> = starts
-        .iter()
-        .map(|&q0| {
-            let mut t = Vec::with_capacity(taps);
-            win.tile_taps(q0, (plane - q0).div_ceil(16).min(NV), &mut t);
-            t
+    // Every tile's first pixel, vectors and taps, once: the same for every sample, group and
+    // channel chunk (worked out per tile, they cost a tenth of a 56x56 forward).
+    let tiles_of_plane: Vec<(usize, usize, Vec<TapLanes>)> = (0..plane)
+        .step_by(MR)
+        .map(|q0| {
+            let nv = (plane - q0).div_ceil(16).min(NV);
+            (q0, nv, win.tile_taps(q0, nv))
         })
         .collect();
     let tiles = |s: usize, out_s: &mut [MaybeUninit<f32>]| {
@@ -112,8 +116,8 @@ fn conv(
                 let c1 = (c0 + chunk).min(cg);
                 for (j, out_n) in out_s.chunks_mut(per_sample).enumerate() {
                     let xs = &x[((s * slice + j) * groups * cg + grp * cg + c0) * plane..];
-                    for (&q0, tile_taps) in starts.iter().zip(&all_taps) {
-                        let nv = (plane - q0).div_ceil(16).min(NV);
+                    for (q0, nv, tile_taps) in &tiles_of_plane {
+                        let (q0, nv) = (*q0, *nv);
                         for ob in 0..outs / NR {
                             let w = &packed[((grp * outs / NR + ob) * k + c0 * taps) * NR..];
                             let o0 = grp * outs + ob * NR;
@@ -149,7 +153,7 @@ struct Tile<'a> {
     chans: usize,
     block: usize,
     plane: usize,
-    taps: &'a [(isize, [u16; NV])],
+    taps: &'a [TapLanes],
     /// Add to the output (a later channel chunk) rather than store.
     accumulate: bool,
 }
