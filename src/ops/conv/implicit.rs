@@ -1,7 +1,9 @@
 //! Implicit-GEMM convolution for dilation 1 (ResNet's and ResNeXt's 3x3 convs), on AVX-512:
 //! the passes multiply straight out of a zero-padded copy of the input, with no im2col matrix
 //! and no GEMM packing of it. Stride 1: forward, input and weight gradients; stride 2: forward
-//! and weight gradient (the input gradient stays on im2col + GEMM + col2im).
+//! and weight gradient (the input gradient stays on im2col + GEMM + col2im). On AVX-512,
+//! stride-1 "same" forwards and input gradients skip even the padded copy ([`masked`]); this
+//! file is the padded route, which every other pass takes ([`route`]).
 //!
 //! Why by hand: im2col + `gemm` wrote a 9x copy of every activation, and `gemm` then packed
 //! that copy again; together a quarter of a ResNet18 step (perf), with the multiply-adds
