@@ -103,11 +103,15 @@ fn conv(
     let slice = n.div_ceil(2 * rayon::current_num_threads()).max(1);
     // Every tile's first pixel, vectors and taps, once: the same for every sample, group and
     // channel chunk (worked out per tile, they cost a tenth of a 56x56 forward).
-    let tiles_of_plane: Vec<(usize, usize, Vec<TapLanes>)> = (0..plane)
+    let tiles_of_plane: Vec<PlaneTile> = (0..plane)
         .step_by(MR)
         .map(|q0| {
             let nv = (plane - q0).div_ceil(16).min(NV);
-            (q0, nv, win.tile_taps(q0, nv))
+            let inside = std::array::from_fn(|v| {
+                let left = plane.saturating_sub(q0 + 16 * v).min(16);
+                ((1u32 << left) - 1) as u16
+            });
+            PlaneTile { q0, nv, inside, taps: win.tile_taps(q0, nv) }
         })
         .collect();
     let tiles = |s: usize, out_s: &mut [MaybeUninit<f32>]| {
@@ -116,12 +120,11 @@ fn conv(
                 let c1 = (c0 + chunk).min(cg);
                 for (j, out_n) in out_s.chunks_mut(per_sample).enumerate() {
                     let xs = &x[((s * slice + j) * groups * cg + grp * cg + c0) * plane..];
-                    for (q0, nv, tile_taps) in &tiles_of_plane {
-                        let (q0, nv) = (*q0, *nv);
+                    for &PlaneTile { q0, nv, inside, taps: ref tile_taps } in &tiles_of_plane {
                         for ob in 0..outs / NR {
                             let w = &packed[((grp * outs / NR + ob) * k + c0 * taps) * NR..];
                             let o0 = grp * outs + ob * NR;
-                            let t = Tile { chans: c1 - c0, block, plane, taps: tile_taps, accumulate: c0 > 0 };
+                            let t = Tile { chans: c1 - c0, block, plane, taps: tile_taps, inside, accumulate: c0 > 0 };
                             // SAFETY: the Avx512 proof is the tile's build. x: the unmasked lanes read
                             // pixels inside channel planes c0..c1 of this sample and group
                             // (`tile_taps`); w holds (c1 - c0) * taps * NR floats from the
@@ -147,6 +150,15 @@ fn conv(
     unsafe { par_chunks_written(n * per_sample, slice * per_sample, tiles) }
 }
 
+/// One tile of an output plane: its first pixel, its vectors, per vector the lanes inside
+/// the plane, its taps.
+struct PlaneTile {
+    q0: usize,
+    nv: usize,
+    inside: [u16; NV],
+    taps: Vec<TapLanes>,
+}
+
 /// What a tile sums: `chans` channels `plane` floats apart, in blocks of `block`, each under
 /// `taps` (shift, lane masks).
 struct Tile<'a> {
@@ -154,6 +166,9 @@ struct Tile<'a> {
     block: usize,
     plane: usize,
     taps: &'a [TapLanes],
+    /// Per vector, the lanes inside the plane: the ones the tile stores (past the plane's
+    /// end lies the next output row).
+    inside: [u16; NV],
     /// Add to the output (a later channel chunk) rather than store.
     accumulate: bool,
 }
@@ -189,7 +204,6 @@ pub(super) fn input_grad(cpu: Avx512, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f
 #[target_feature(enable = "avx512f")]
 unsafe fn tile_v4<const V: usize>(t: &Tile, x: *const f32, w: *const f32, out: *mut f32) {
     let taps = t.taps.len();
-    let ends: [__mmask16; V] = std::array::from_fn(|v| t.taps.iter().fold(0, |m, (_, lanes)| m | lanes[v]));
     // SAFETY (whole body): the caller guarantees every unmasked access below is in bounds;
     // pointers are formed with wrapping arithmetic, so a shift past the buffer is no UB.
     unsafe {
@@ -215,11 +229,9 @@ unsafe fn tile_v4<const V: usize>(t: &Tile, x: *const f32, w: *const f32, out: *
             }
             for (i, acc_i) in acc.iter().enumerate() {
                 for (v, a) in acc_i.iter().enumerate() {
-                    // Lanes past the plane's end belong to the next output row: the lanes
-                    // any tap reads are exactly those inside the plane (the centre tap's).
-                    let p = out.add(i * t.plane + 16 * v);
-                    let sum = if first { *a } else { _mm512_add_ps(_mm512_maskz_loadu_ps(ends[v], p), *a) };
-                    _mm512_mask_storeu_ps(p, ends[v], sum);
+                    let (p, inside) = (out.add(i * t.plane + 16 * v), t.inside[v]);
+                    let sum = if first { *a } else { _mm512_add_ps(_mm512_maskz_loadu_ps(inside, p), *a) };
+                    _mm512_mask_storeu_ps(p, inside, sum);
                 }
             }
             first = false;
