@@ -17,8 +17,9 @@ use crate::ops::isa;
 
 /// The kernels' version: a cache written by other kernels measured other code. Bump it when a
 /// kernel's speed changes (3: outputs no longer zeroed first, AVX2 direct kernels; 4: 48-pixel
-/// implicit tiles, masked borders for stride-1 "same" convolutions).
-pub const VERSION: u32 = 4;
+/// implicit tiles, masked borders for stride-1 "same" convolutions; 5: gathered panels and
+/// folded small planes on the masked route).
+pub const VERSION: u32 = 5;
 
 /// The plan file, in each variant's folder.
 pub const RUN_FILE: &str = "kernels.json";

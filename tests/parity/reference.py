@@ -44,6 +44,10 @@ CONV_CASES = [
     (3, 16, 12, 13, 48, 5, 1, 2, 1, 1),
     (1, 32, 12, 12, 80, 3, 1, 1, 1, 1),
     (1, 16, 16, 16, 64, 3, 1, 0, 1, 1),
+    # implicit, small planes folded into one run per channel (7x7 as ResNet18's last stage,
+    # 5x5 in 2 groups)
+    (4, 32, 7, 7, 32, 3, 1, 1, 1, 1),
+    (3, 64, 5, 5, 64, 3, 1, 1, 1, 2),
     # implicit, grouped (2 and 4 groups of 16+) and stride 2 (odd, even sizes; 7x7 stem-like)
     (2, 64, 12, 12, 64, 3, 1, 1, 1, 2),
     (2, 64, 12, 12, 128, 3, 1, 1, 1, 4),

@@ -239,11 +239,11 @@ fn convolutions_match_pytorch_on_every_algorithm_and_build() {
             continue;
         }
         for pass in [Pass::Forward, Pass::InputGrad, Pass::WeightGrad] {
-            // The implicit kernels' two border routes: masked for stride-1 "same" forwards and
-            // input gradients, padded for the rest.
+            // The implicit kernels' border routes: masked for stride-1 "same" forwards and
+            // input gradients (folded on small planes), padded for the rest.
             let routes: &[&str] = match (algo, pass) {
                 (Algo::Implicit, Pass::WeightGrad) => &[" padded"],
-                (Algo::Implicit, _) => &[" masked", " padded"],
+                (Algo::Implicit, _) => &[" masked", " folded", " padded"],
                 _ => &[""],
             };
             for route in routes {

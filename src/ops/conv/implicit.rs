@@ -53,11 +53,18 @@ mod masked;
 
 /// How a pass of these kernels meets the window's borders: `"masked"` (stride-1 "same"
 /// forwards and input gradients on AVX-512, [`masked`]: the input as it is, out-of-plane
-/// lanes masked off) or `"padded"` (a zero-padded copy of the input and a grid cropped
+/// lanes masked off), `"folded"` (the same with the batch's small planes run as one,
+/// [`masked::folds`]) or `"padded"` (a zero-padded copy of the input and a grid cropped
 /// afterwards).
 pub(super) fn route(cpu: Cpu, pass: Pass, d: &Dims) -> &'static str {
     match pass {
-        Pass::Forward | Pass::InputGrad if masked::applies(cpu, d).is_some() => "masked",
+        Pass::Forward | Pass::InputGrad if masked::applies(cpu, d).is_some() => {
+            if masked::folds(d) {
+                "folded"
+            } else {
+                "masked"
+            }
+        }
         _ => "padded",
     }
 }
@@ -139,11 +146,14 @@ pub(super) fn input_grad_applies(d: &Dims) -> bool {
     d.stride == 1 && d.cg.is_multiple_of(16)
 }
 
-/// Whether the ladder picks these kernels where they apply: maps of at least [`MIN_PIXELS`],
-/// input channels per group in whole vectors (on an RGB stem im2col + GEMM measured faster,
-/// 25 against 42 ms forward, on an Intel Xeon; tuning still times them there).
-pub(super) fn worthwhile(d: &Dims) -> bool {
-    d.oh() * d.ow() >= MIN_PIXELS && d.cg.is_multiple_of(16)
+/// Whether the ladder picks these kernels for `pass` where they apply: input channels per
+/// group in whole vectors (on an RGB stem im2col + GEMM measured faster, 25 against 42 ms
+/// forward, on an Intel Xeon; tuning still times them there), and maps of at least
+/// [`MIN_PIXELS`], or smaller ones the masked route folds (stride-1 "same" forwards and input
+/// gradients: no lanes wasted, [`masked::folds`]).
+pub(super) fn worthwhile(pass: Pass, d: &Dims) -> bool {
+    let folded = pass != Pass::WeightGrad && d.stride == 1 && d.oh() == d.h && d.ow() == d.w && masked::folds(d);
+    (d.oh() * d.ow() >= MIN_PIXELS || folded) && d.cg.is_multiple_of(16)
 }
 
 /// A batch of zero-padded planes, each split into its `s x s` stride phases: per sample and

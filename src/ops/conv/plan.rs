@@ -4,7 +4,8 @@
 //!
 //! The ladder, first that applies:
 //! 1. [`Algo::Implicit`]: implicit GEMM on AVX-512 (dilation 1, 16k channels per group, maps
-//!    of 100+ pixels; the input gradient for stride 1 only);
+//!    of 100+ pixels or, for stride-1 "same" forwards and input gradients, the small maps its
+//!    masked route folds; the input gradient for stride 1 only);
 //! 2. [`Algo::Direct`]: LeNet-sized convs (stride 1, no padding, one group, few channels);
 //! 3. [`Algo::Batched`]: im2col + one GEMM over the whole batch, for maps under
 //!    [`BATCH_BELOW`] pixels;
@@ -28,7 +29,7 @@ pub const BATCH_BELOW: usize = 1024;
 /// only on AVX-512: their AVX2 build is for tuning to time).
 fn kernel(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Option<Kernel> {
     match algo {
-        Algo::Implicit if !implicit::worthwhile(&g.implicit()?) || isa.avx512().is_none() => None,
+        Algo::Implicit if !implicit::worthwhile(pass, &g.implicit()?) || isa.avx512().is_none() => None,
         _ => candidate(algo, pass, g, isa),
     }
 }
