@@ -50,6 +50,9 @@ pub(super) enum Cpu {
 use std::arch::x86_64::*;
 
 mod masked;
+mod panel;
+
+use panel::{Panel, Walk};
 
 /// How a pass of these kernels meets the window's borders: `"masked"` (stride-1 "same"
 /// forwards and input gradients on AVX-512, [`masked`]: the input as it is, out-of-plane
@@ -290,6 +293,7 @@ fn forward_grid(
     // A few samples per task: each channel chunk's weights serve them all while cached.
     let slice = n.div_ceil(2 * rayon::current_num_threads()).max(1);
     let tiles = |s: usize, grid_s: &mut [MaybeUninit<f32>]| {
+        let mut panel = Panel::new(SUM_BLOCK);
         for grp in 0..groups {
             for c0 in (0..cg).step_by(chunk) {
                 let (kk0, kk1) = (c0 * taps, (c0 + chunk).min(cg) * taps);
@@ -298,24 +302,37 @@ fn forward_grid(
                     for q0 in (0..lr).step_by(MR) {
                         // Whole vectors left in the grid (lr is a multiple of 16).
                         let nv = ((lr - q0) / 16).min(NV);
-                        for ob in 0..outs / NR {
-                            let w = &packed[((grp * outs / NR + ob) * k + kk0) * NR..];
-                            let o0 = grp * outs + ob * NR;
-                            // SAFETY: `cpu` proves AVX-512F or AVX2 + FMA, the tile's build; reads x at
-                            // off[kk] + q0 + [0, 16 nv), inside the sample's slack by construction of
-                            // `pad`; w holds (kk1 - kk0) * NR floats; the tile's NR rows of 16 nv
-                            // floats at o0 * lr + q0 lie in grid_n (q0 + 16 nv <= lr).
-                            unsafe {
-                                let (x, w, out) =
-                                    (xs.as_ptr().add(q0), w.as_ptr(), grid_n.as_mut_ptr().add(o0 * lr + q0).cast());
-                                let (off, acc) = (&off[kk0..kk1], c0 > 0);
-                                match (cpu, nv) {
-                                    (Cpu::Avx512(_), 3) => forward_tile::<3>(x, off, w, out, lr, acc),
-                                    (Cpu::Avx512(_), 2) => forward_tile::<2>(x, off, w, out, lr, acc),
-                                    (Cpu::Avx512(_), _) => forward_tile::<1>(x, off, w, out, lr, acc),
-                                    (Cpu::Avx2(_), 3) => forward_tile_avx2::<3>(x, off, w, out, lr, acc),
-                                    (Cpu::Avx2(_), 2) => forward_tile_avx2::<2>(x, off, w, out, lr, acc),
-                                    (Cpu::Avx2(_), _) => forward_tile_avx2::<1>(x, off, w, out, lr, acc),
+                        let block = |ob: usize| grp * outs / NR + ob;
+                        match cpu {
+                            Cpu::Avx512(v4) => {
+                                for b0 in (kk0..kk1).step_by(SUM_BLOCK) {
+                                    let b1 = (b0 + SUM_BLOCK).min(kk1);
+                                    panel.gather_offsets(v4, &xs[q0..], &off[b0..b1], nv);
+                                    for ob in 0..outs / NR {
+                                        let w = &packed[(block(ob) * k + b0) * NR..][..(b1 - b0) * NR];
+                                        let out = &mut grid_n[block(ob) * NR * lr..][..NR * lr];
+                                        panel.sum(v4, (w, 0, &Walk::packed(b1 - b0)), (out, lr, q0), nv, b0 > 0);
+                                    }
+                                }
+                            }
+                            Cpu::Avx2(_) => {
+                                for ob in 0..outs / NR {
+                                    let w = &packed[(block(ob) * k + kk0) * NR..];
+                                    // SAFETY: `cpu` proves AVX2 + FMA, the tile's build; reads x at
+                                    // off[kk] + q0 + [0, 16 nv), inside the sample's slack by
+                                    // construction of `pad`; w holds (kk1 - kk0) * NR floats; the
+                                    // tile's NR rows of 16 nv floats at block * NR * lr + q0 lie in
+                                    // grid_n (q0 + 16 nv <= lr).
+                                    unsafe {
+                                        let (x, w) = (xs.as_ptr().add(q0), w.as_ptr());
+                                        let out = grid_n.as_mut_ptr().add(block(ob) * NR * lr + q0).cast();
+                                        let (off, acc) = (&off[kk0..kk1], c0 > 0);
+                                        match nv {
+                                            3 => forward_tile_avx2::<3>(x, off, w, out, lr, acc),
+                                            2 => forward_tile_avx2::<2>(x, off, w, out, lr, acc),
+                                            _ => forward_tile_avx2::<1>(x, off, w, out, lr, acc),
+                                        }
+                                    }
                                 }
                             }
                         }
@@ -331,59 +348,12 @@ fn forward_grid(
     (grid, lr)
 }
 
-/// `acc[i][0..16 V] (+)= sum over kk of w[kk * NR + i] * x[off[kk] + 0..16 V]`, stored to
-/// `out + i * ld`.
+/// The padded route's forward tile for AVX2: `acc[i][0..16 V] (+)= sum over kk of
+/// w[kk * NR + i] * x[off[kk] + 0..16 V]`, in blocks of [`SUM_BLOCK`] products, stored to
+/// `out + i * ld`. AVX2 has 16 registers, not 32, so the 16 V x NR tile runs as 2 V sub-tiles of 16 pixels (two 8-lane vectors) by 4 outputs: 8 accumulators each.
 ///
 /// # Safety
-/// AVX-512F present; the reads and writes described are in bounds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn forward_tile<const V: usize>(
-    x: *const f32,
-    off: &[usize],
-    w: *const f32,
-    out: *mut f32,
-    ld: usize,
-    accumulate: bool,
-) {
-    // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
-    unsafe {
-        let mut wk = w;
-        let mut first = !accumulate;
-        for block in off.chunks(SUM_BLOCK) {
-            let mut acc = [[_mm512_setzero_ps(); V]; NR];
-            for &o in block {
-                let p = x.add(o);
-                let a: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(p.add(16 * v)));
-                for (i, acc_i) in acc.iter_mut().enumerate() {
-                    let b = _mm512_set1_ps(*wk.add(i));
-                    for v in 0..V {
-                        acc_i[v] = _mm512_fmadd_ps(a[v], b, acc_i[v]);
-                    }
-                }
-                wk = wk.add(NR);
-            }
-            for (i, acc_i) in acc.iter().enumerate() {
-                for (v, a) in acc_i.iter().enumerate() {
-                    let p = out.add(i * ld + 16 * v);
-                    _mm512_storeu_ps(p, if first { *a } else { _mm512_add_ps(_mm512_loadu_ps(p), *a) });
-                }
-            }
-            first = false;
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn forward_tile<const V: usize>(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: bool) {
-    unreachable!("applies() requires AVX-512")
-}
-
-/// [`forward_tile`] for AVX2: AVX2 has 16 registers, not 32, so the 16 V x NR tile runs as
-/// 2 V sub-tiles of 16 pixels (two 8-lane vectors) by 4 outputs: 8 accumulators each.
-///
-/// # Safety
-/// AVX2 and FMA present; the reads and writes of [`forward_tile`] are in bounds.
+/// AVX2 and FMA present; the reads and writes described are in bounds.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn forward_tile_avx2<const V: usize>(

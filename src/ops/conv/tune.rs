@@ -50,12 +50,11 @@ impl std::str::FromStr for Mode {
 /// Another algorithm replaces the ladder's pick only when it is this much faster.
 pub const MARGIN: f64 = 1.03;
 
-/// A candidate runs again (its first run pays for page faults and cold caches) until it
-/// has run this long, or [`MAX_RUNS`] times; the best run counts. Every candidate runs twice;
-/// those within 1.5x of the best so far after their second run are run again, the others
-/// are out. (Cut after the first run, a kernel whose fresh buffers fault in was judged by
-/// that alone: the implicit AVX2 weight gradient of a ResNeXt g1 was timed at 104 ms, where
-/// its warm runs take 51 ms and won.)
+/// Candidates run in rounds until they have run this long each (on average), or
+/// [`MAX_RUNS`] times; the best run counts. Every candidate runs twice; those within 1.5x of
+/// the best so far run again, the others are out. (Cut after the first run, a kernel whose
+/// fresh buffers fault in was judged by that alone: the implicit AVX2 weight gradient of a
+/// ResNeXt g1 was timed at 104 ms, where its warm runs take 51 ms and won.)
 const CANDIDATE_BUDGET: Duration = Duration::from_millis(50);
 
 /// At most this many runs of one candidate (small geometries time noisily).
@@ -264,24 +263,35 @@ pub(super) fn measure(
         return (ladder, Entry { algo: ladder.algo(), us: BTreeMap::new() });
     }
     let data = Scratch::new(g);
-    let mut us = BTreeMap::new();
-    let mut best = f64::INFINITY;
     // The ladder's pick first: a slow candidate's warm-up run is then cut short by it.
-    let order = std::iter::once(ladder).chain(candidates.iter().copied().filter(|k| k.algo() != ladder.algo()));
-    for k in order.filter(|k| scratch_floats(*k, pass, g) <= MAX_SCRATCH_FLOATS) {
-        let started = Instant::now();
-        let mut fastest = data.time(k, pass, g).min(data.time(k, pass, g));
-        if fastest < 1.5 * best {
-            for _ in 2..MAX_RUNS {
-                fastest = fastest.min(data.time(k, pass, g));
-                if started.elapsed() > CANDIDATE_BUDGET {
-                    break;
-                }
+    let order: Vec<Kernel> = std::iter::once(ladder)
+        .chain(candidates.iter().copied().filter(|k| k.algo() != ladder.algo()))
+        .filter(|k| scratch_floats(*k, pass, g) <= MAX_SCRATCH_FLOATS)
+        .collect();
+    // Round robin: every candidate runs twice (the first run pays for page faults), then
+    // those within 1.5x of the best run once a round, so that a slow spell of the machine
+    // (the first geometry a process times ran up to 1.8x slow, `examples/bench convs`) falls
+    // on all of them rather than on whichever ran then.
+    let mut fastest: Vec<f64> = Vec::with_capacity(order.len());
+    let mut best = f64::INFINITY;
+    for &k in &order {
+        let t = data.time(k, pass, g).min(data.time(k, pass, g));
+        best = best.min(t);
+        fastest.push(t);
+    }
+    let started = Instant::now();
+    for _ in 2..MAX_RUNS {
+        if started.elapsed() > CANDIDATE_BUDGET * order.len() as u32 {
+            break;
+        }
+        for (k, t) in order.iter().zip(fastest.iter_mut()) {
+            if *t < 1.5 * best {
+                *t = t.min(data.time(*k, pass, g));
+                best = best.min(*t);
             }
         }
-        best = best.min(fastest);
-        us.insert(k.algo(), (fastest * 1e6).round());
     }
+    let us: BTreeMap<Algo, f64> = order.iter().zip(&fastest).map(|(k, t)| (k.algo(), (t * 1e6).round())).collect();
     let time_of = |k: &Kernel| us.get(&k.algo()).copied().unwrap_or(f64::INFINITY);
     let fastest = *candidates.iter().min_by(|a, b| time_of(a).total_cmp(&time_of(b))).expect("two candidates");
     let chosen = if time_of(&ladder) <= MARGIN * time_of(&fastest) { ladder } else { fastest };

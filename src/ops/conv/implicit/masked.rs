@@ -31,6 +31,7 @@ use std::mem::MaybeUninit;
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+use super::panel::{Panel, Walk};
 use super::{Cpu, Dims, MR, NR, NV, SUM_BLOCK, WEIGHT_CHUNK};
 use crate::ops::isa::Avx512;
 use crate::ops::{par_chunks_written, write_slice};
@@ -100,11 +101,7 @@ impl Window {
             .step_by(MR)
             .map(|q0| {
                 let nv = (len - q0).div_ceil(16).min(NV);
-                let inside = std::array::from_fn(|v| {
-                    let left = len.saturating_sub(q0 + 16 * v).min(16);
-                    ((1u32 << left) - 1) as u16
-                });
-                PlaneTile { q0, nv, inside, taps: self.tile_taps(q0, nv) }
+                PlaneTile { q0, nv, taps: self.tile_taps(q0, nv) }
             })
             .collect()
     }
@@ -115,26 +112,7 @@ impl Window {
 struct PlaneTile {
     q0: usize,
     nv: usize,
-    inside: [u16; NV],
     taps: Vec<TapLanes>,
-}
-
-/// A tile's inputs for one block of channels, gathered under its taps' masks into one
-/// contiguous run, `(channel, tap)` by `16 nv` pixels, in the weights' order: the products
-/// then read aligned vectors one after another, as a GEMM's packed panel (read in place,
-/// shifted, unaligned and a plane apart per channel, the same products ran 10-15 % slower on
-/// ResNet18's 3x3s, `examples/bench convs` on an Intel Xeon).
-struct Panel(Vec<Lanes>);
-
-/// One vector of a panel, aligned as AVX-512's aligned loads need.
-#[derive(Clone, Copy)]
-#[repr(C, align(64))]
-struct Lanes([f32; 16]);
-
-impl Panel {
-    fn new(rows: usize) -> Self {
-        Panel(vec![Lanes([0.0; 16]); rows * NV])
-    }
 }
 
 /// `out (n, groups * outs, len)` of the window over `x (n, groups * cg, len)` (`len` the
@@ -179,10 +157,11 @@ fn conv(
                         for b0 in (c0..c1).step_by(block) {
                             let b1 = (b0 + block).min(c1);
                             gather(v4, &mut panel, &xs[b0 * len..(b1 - 1) * len + len], len, tile);
+                            let walk = w.walk(b1 - b0, taps);
                             for b in mine.clone() {
                                 let at = w.at(grp, (b - grp * per_group) * NR, b0);
                                 let out = &mut out_n[(b - first) * NR * len..][..NR * len];
-                                sum_tile(v4, &panel, (w, at, b1 - b0), out, len, tile, b0 > 0);
+                                panel.sum(v4, (w.wt, at, &walk), (out, len, tile.q0), tile.nv, b0 > 0);
                             }
                         }
                     }
@@ -210,38 +189,6 @@ fn gather(_: Avx512, panel: &mut Panel, xs: &[f32], len: usize, tile: &PlaneTile
     // SAFETY: the Avx512 proof is the build's. Each unmasked lane reads a pixel of its channel inside its own plane (`tile_taps`), so
     // inside `xs`; the panel holds `rows * nv` vectors (asserted).
     unsafe { gather_v4(xs.as_ptr().wrapping_add(tile.q0), len, xs.len() / len, tile, panel.0.as_mut_ptr().cast()) }
-}
-
-/// One tile's products for one block of `chans` channels: `NR` output rows of `16 nv` pixels
-/// from the panel's rows and the weights from `at`, stored (`accumulate` false) or added to
-/// `out + i * len`, lanes past the run's end left alone.
-fn sum_tile(
-    _: Avx512,
-    panel: &Panel,
-    (w, at, chans): (&Weights, usize, usize),
-    out: &mut [MaybeUninit<f32>],
-    len: usize,
-    tile: &PlaneTile,
-    accumulate: bool,
-) {
-    let taps = tile.taps.len();
-    assert!(chans * taps * tile.nv <= panel.0.len() && out.len() == NR * len, "sum_tile: a block's panel, NR rows");
-    let (lo, hi) = w.span(at, chans, taps);
-    assert!(hi < w.wt.len() && lo <= at, "sum_tile: the block's weights lie in the tensor");
-    let (a, out) = (panel.0.as_ptr().cast(), out.as_mut_ptr().cast::<f32>().wrapping_add(tile.q0));
-    let walk = Walk { chans, taps, lane: w.lane, chan: w.chan, tap: w.tap };
-    // SAFETY: the Avx512 proof is the build's; the panel holds `chans * taps` rows of nv
-    // vectors (asserted), the weights read lie in [lo, hi] (asserted), `out` is NR rows of
-    // `len` floats from the tile's row start (asserted), of which the tile stores the lanes
-    // before the run's end only.
-    unsafe {
-        let wp = w.wt.as_ptr().add(at);
-        match tile.nv {
-            3 => tile_v4::<3>(a, wp, &walk, out, len, tile.inside, accumulate),
-            2 => tile_v4::<2>(a, wp, &walk, out, len, tile.inside, accumulate),
-            _ => tile_v4::<1>(a, wp, &walk, out, len, tile.inside, accumulate),
-        }
-    }
 }
 
 /// How a pass reads its weights in place (no packed copy: packing ResNet18's 512-channel
@@ -274,23 +221,10 @@ impl Weights<'_> {
     fn at(&self, grp: usize, o0: usize, c0: usize) -> usize {
         self.first + grp * self.group + o0 * self.lane + c0 * self.chan
     }
-    /// The lowest and highest index an `NR`-output block from `at` reads over `chans`
-    /// channels and `taps` taps.
-    fn span(&self, at: usize, chans: usize, taps: usize) -> (usize, usize) {
-        let far = (NR - 1) * self.lane + (chans - 1) * self.chan;
-        let back = taps - 1;
-        if self.tap > 0 { (at, at + far + back) } else { (at - back, at + far) }
+    /// The walk over `chans` channels of `taps` taps from a block's first weight.
+    fn walk(&self, chans: usize, taps: usize) -> Walk {
+        Walk { chans, taps, lane: self.lane, chan: self.chan, tap: self.tap }
     }
-}
-
-/// A tile's walk over its weights, in floats: per output row `lane`, per channel `chan`, per
-/// tap `tap`.
-struct Walk {
-    chans: usize,
-    taps: usize,
-    lane: usize,
-    chan: usize,
-    tap: isize,
 }
 
 /// `src (a, b, p)` as `(b, a, p)`: a batch's planes regrouped by channel, or back.
@@ -365,68 +299,7 @@ unsafe fn gather_v4(x: *const f32, len: usize, chans: usize, tile: &PlaneTile, a
     }
 }
 
-/// `NR` output rows of `16 V` pixels: the sum over the panel's rows `(c, t)` of
-/// `w[i * lane + c * chan + t * tap] * a[(c, t)][lane]`, stored (or, `accumulate`, added) to
-/// `out + i * len` where `inside`.
-///
-/// # Safety
-/// AVX-512F present; `a` aligned, `chans * taps * V` vectors; the weights the walk reads in
-/// bounds; the stored lanes of `NR` rows `len` apart from `out` in bounds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn tile_v4<const V: usize>(
-    a: *const f32,
-    w: *const f32,
-    walk: &Walk,
-    out: *mut f32,
-    len: usize,
-    inside: [u16; NV],
-    accumulate: bool,
-) {
-    // SAFETY (whole body): the caller's; the weight pointer is formed with wrapping
-    // arithmetic (a flipped walk starts past its channel's last tap).
-    unsafe {
-        let mut acc = [[_mm512_setzero_ps(); V]; NR];
-        let mut pa = a;
-        let lane = walk.lane;
-        for c in 0..walk.chans {
-            let mut wk = w.add(c * walk.chan);
-            for _ in 0..walk.taps {
-                let av: [__m512; V] = std::array::from_fn(|v| _mm512_load_ps(pa.add(16 * v)));
-                for (i, acc_i) in acc.iter_mut().enumerate() {
-                    let b = _mm512_set1_ps(*wk.add(i * lane));
-                    for v in 0..V {
-                        acc_i[v] = _mm512_fmadd_ps(av[v], b, acc_i[v]);
-                    }
-                }
-                pa = pa.add(16 * V);
-                wk = wk.wrapping_offset(walk.tap);
-            }
-        }
-        for (i, acc_i) in acc.iter().enumerate() {
-            for (v, sum) in acc_i.iter().enumerate() {
-                let (p, m) = (out.add(i * len + 16 * v), inside[v]);
-                let sum = if accumulate { _mm512_add_ps(_mm512_maskz_loadu_ps(m, p), *sum) } else { *sum };
-                _mm512_mask_storeu_ps(p, m, sum);
-            }
-        }
-    }
-}
-
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn gather_v4(_: *const f32, _: usize, _: usize, _: &PlaneTile, _: *mut f32) {
-    unreachable!("the AVX-512 proof is x86-64 only")
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn tile_v4<const V: usize>(
-    _: *const f32,
-    _: *const f32,
-    _: &Walk,
-    _: *mut f32,
-    _: usize,
-    _: [u16; NV],
-    _: bool,
-) {
     unreachable!("the AVX-512 proof is x86-64 only")
 }
