@@ -462,7 +462,7 @@ pub(super) fn weight_grad(cpu: Cpu, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32>
     // SAFETY: transpose_dy writes every row of its sample's grid.
     let dyt = unsafe {
         par_chunks_written(d.n * lr * o_all, lr * o_all, |n, dst| {
-            transpose_dy(&dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
+            transpose_dy(cpu, &dy[n * o_all * oh * ow..(n + 1) * o_all * oh * ow], o_all, (oh, ow), wp, dst);
         })
     };
     // Segments (sample, q0, q1) of the batch's grids, grouped into chunks.
@@ -566,15 +566,39 @@ struct Segment {
 }
 
 /// `dyt[q][o] = dy[o][q / wp][q % wp]` over one sample's grid, zero on its garbage columns
-/// and past its last row: every element of `dyt` written.
-fn transpose_dy(dy: &[f32], o_all: usize, (oh, ow): (usize, usize), wp: usize, dyt: &mut [MaybeUninit<f32>]) {
+/// and past its last row: every element of `dyt` written. On AVX-512 in 16 x 16 blocks
+/// transposed in registers (element by element, this took 3.5 % of a ResNet18 step).
+fn transpose_dy(cpu: Cpu, dy: &[f32], o_all: usize, (oh, ow): (usize, usize), wp: usize, dyt: &mut [MaybeUninit<f32>]) {
     const TILE: usize = 16;
-    for o0 in (0..o_all).step_by(TILE) {
-        for y in 0..oh {
-            for x in 0..ow {
-                let row = &mut dyt[(y * wp + x) * o_all..];
-                for o in o0..(o0 + TILE).min(o_all) {
-                    row[o].write(dy[(o * oh + y) * ow + x]);
+    assert!(dy.len() == o_all * oh * ow && dyt.len() >= oh * wp * o_all && wp >= ow);
+    match cpu {
+        Cpu::Avx512(_) if o_all.is_multiple_of(TILE) => {
+            for o0 in (0..o_all).step_by(TILE) {
+                for y in 0..oh {
+                    for x0 in (0..ow).step_by(TILE) {
+                        let cols = (ow - x0).min(TILE);
+                        // SAFETY: the Avx512 proof is the build's; reads 16 rows (o0..o0 + 16
+                        // < o_all) of `cols` floats from pixel (y, x0), inside dy (asserted
+                        // sizes); writes `cols` rows of 16 floats at grid pixels y * wp + x0..,
+                        // inside dyt (wp >= ow).
+                        unsafe {
+                            let src = dy.as_ptr().add(o0 * oh * ow + y * ow + x0);
+                            let dst = dyt.as_mut_ptr().add((y * wp + x0) * o_all + o0).cast();
+                            transpose16(src, oh * ow, dst, o_all, cols);
+                        }
+                    }
+                }
+            }
+        }
+        _ => {
+            for o0 in (0..o_all).step_by(TILE) {
+                for y in 0..oh {
+                    for x in 0..ow {
+                        let row = &mut dyt[(y * wp + x) * o_all..];
+                        for o in o0..(o0 + TILE).min(o_all) {
+                            row[o].write(dy[(o * oh + y) * ow + x]);
+                        }
+                    }
                 }
             }
         }
@@ -583,6 +607,55 @@ fn transpose_dy(dy: &[f32], o_all: usize, (oh, ow): (usize, usize), wp: usize, d
         zero(&mut dyt[(y * wp + ow) * o_all..(y + 1) * wp * o_all]);
     }
     zero(&mut dyt[oh * wp * o_all..]);
+}
+
+/// `dst[j * ld_dst + i] = src[i * ld_src + j]` for rows `i < 16` and columns `j < cols`
+/// (`cols <= 16`): a 16 x 16 block transposed in registers (unpack pairs of rows, then
+/// shuffle pairs of pairs, then 128-bit lanes twice).
+///
+/// # Safety
+/// AVX-512F present; the reads and writes described are in bounds.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(src: *const f32, ld_src: usize, dst: *mut f32, ld_dst: usize, cols: usize) {
+    // SAFETY (whole body): the caller's; masked-off lanes read nothing.
+    unsafe {
+        let mask = ((1u32 << cols) - 1) as u16;
+        let r: [__m512; 16] = std::array::from_fn(|i| _mm512_maskz_loadu_ps(mask, src.add(i * ld_src)));
+        // t[2k], t[2k+1]: rows 2k and 2k+1 interleaved (low and high pairs of each 128-bit lane).
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+            if i % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+        });
+        // u: four rows' elements per 128-bit lane.
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, k) = (i / 4 * 4, i % 4);
+            let (a, b) = (t[g + k % 2], t[g + 2 + k % 2]);
+            if k < 2 { _mm512_shuffle_ps::<0x44>(a, b) } else { _mm512_shuffle_ps::<0xEE>(a, b) }
+        });
+        // v: eight rows per 256 bits; w: all sixteen.
+        let v: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, k) = (i / 8 * 8, i % 8);
+            let (a, b) = (u[g + k % 4], u[g + 4 + k % 4]);
+            if k < 4 { _mm512_shuffle_f32x4::<0x88>(a, b) } else { _mm512_shuffle_f32x4::<0xDD>(a, b) }
+        });
+        let w: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (v[i % 8], v[8 + i % 8]);
+            if i < 8 { _mm512_shuffle_f32x4::<0x88>(a, b) } else { _mm512_shuffle_f32x4::<0xDD>(a, b) }
+        });
+        for j in 0..cols {
+            _mm512_storeu_ps(dst.add(j * ld_dst), w[COLUMN[j]]);
+        }
+    }
+}
+
+/// Which of [`transpose16`]'s final registers holds column `j`.
+#[cfg(target_arch = "x86_64")]
+const COLUMN: [usize; 16] = [0, 2, 1, 3, 4, 6, 5, 7, 8, 10, 9, 11, 12, 14, 13, 15];
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose16(_: *const f32, _: usize, _: *mut f32, _: usize, _: usize) {
+    unreachable!("the AVX-512 proof is x86-64 only")
 }
 
 /// Writes zeros.
@@ -695,4 +768,32 @@ unsafe fn weight_tile_avx2<const NT: usize>(
     _: usize,
 ) -> usize {
     unreachable!("the AVX2 proof is x86-64 only")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Cpu, transpose_dy};
+    use crate::ops::isa::Isa;
+
+    /// The AVX-512 transpose (16 x 16 blocks in registers, a tail of columns) against the
+    /// element-by-element one, garbage columns and the grid's tail included.
+    #[test]
+    fn transpose_dy_in_blocks_matches_element_by_element() {
+        let Some(v4) = Isa::detected().avx512() else {
+            eprintln!("WARNING: no AVX-512: the blocked transpose_dy is not tested here");
+            return;
+        };
+        let Some(v3) = Isa::detected().avx2() else { return };
+        let (o_all, oh, ow, wp) = (32, 5, 21, 23);
+        let dy: Vec<f32> = (0..o_all * oh * ow).map(|v| v as f32).collect();
+        let len = (oh * wp + 7) * o_all;
+        let run = |cpu| {
+            let mut dyt = vec![std::mem::MaybeUninit::new(f32::NAN); len];
+            transpose_dy(cpu, &dy, o_all, (oh, ow), wp, &mut dyt);
+            dyt.into_iter().map(|v| unsafe { v.assume_init() }).collect::<Vec<f32>>()
+        };
+        let (blocked, plain) = (run(Cpu::Avx512(v4)), run(Cpu::Avx2(v3)));
+        assert_eq!(plain[(2 * wp + 20) * o_all + 17], dy[(17 * oh + 2) * ow + 20]);
+        assert!(blocked.iter().zip(&plain).all(|(a, b)| a.to_bits() == b.to_bits()), "the blocked transpose differs");
+    }
 }
