@@ -48,6 +48,10 @@ CONV_CASES = [
     # 5x5 in 2 groups)
     (4, 32, 7, 7, 32, 3, 1, 1, 1, 1),
     (3, 64, 5, 5, 64, 3, 1, 1, 1, 2),
+    # folded with rows of whole vectors (16 images side by side): the tiles of the first and
+    # last rows leave out the kernel rows that read only padding (one of 3, two of 5)
+    (16, 16, 7, 7, 16, 3, 1, 1, 1, 1),
+    (16, 16, 6, 6, 16, 5, 1, 2, 1, 1),
     # implicit, grouped (2 and 4 groups of 16+) and stride 2 (odd, even sizes; 7x7 stem-like)
     (2, 64, 12, 12, 64, 3, 1, 1, 1, 2),
     (2, 64, 12, 12, 128, 3, 1, 1, 1, 4),
