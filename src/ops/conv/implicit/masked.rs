@@ -35,7 +35,7 @@ use std::mem::MaybeUninit;
 use std::arch::x86_64::*;
 
 use super::panel::{Panel, Walk};
-use super::{Cpu, Dims, NR, NV, SUM_BLOCK, WEIGHT_CHUNK};
+use super::{Cpu, Dims, MR, NR, NV, SUM_BLOCK, WEIGHT_CHUNK};
 use crate::ops::isa::Avx512;
 use crate::ops::{par_chunks_written, write_slice};
 
@@ -103,14 +103,16 @@ impl Window {
         taps
     }
     /// The run's tiles, each with its first pixel, vectors and the taps it reads. Where rows
-    /// are whole vectors (a folded batch of 16 7x7 planes), tiles stay inside a row, so in
-    /// the first and last rows a kernel row of taps reads only padding and the tile leaves
-    /// it out (ResNet18's 7x7 3x3s: 16.0 against 17.9 ms forward, `examples/bench convs` on
-    /// a Zen 4). A span's vectors are shared out as evenly as [`NV`] allows (7 as 3, 2, 2:
-    /// a one-vector tile has one load per 8 broadcasts).
+    /// are whole vectors, two full tiles or more (a folded batch of 16 7x7 planes: 7
+    /// vectors), tiles stay inside a row, so in the first and last rows a kernel row of taps
+    /// reads only padding and the tile leaves it out (ResNet18's 7x7 3x3s: 16.0 against 17.9
+    /// ms forward, `examples/bench convs` on a Zen 4). Shorter rows (a 32x32 plane: 2
+    /// vectors) would cut every tile short, so tiles run on across them. A span's vectors are
+    /// shared out as evenly as [`NV`] allows (7 as 3, 2, 2: a one-vector tile has one load
+    /// per 8 broadcasts).
     fn tiles(&self) -> Vec<PlaneTile> {
         let (len, row) = (self.len(), self.row());
-        let span = if row.is_multiple_of(16) { row } else { len };
+        let span = if row.is_multiple_of(16) && row >= 2 * MR { row } else { len };
         let mut tiles = Vec::new();
         for r0 in (0..len).step_by(span) {
             let vectors = span.div_ceil(16);
@@ -360,5 +362,10 @@ mod tests {
             [(0, 3), (48, 3), (96, 3), (144, 2), (176, 2)]
         );
         assert_eq!(odd.iter().map(|t| t.taps.len()).collect::<Vec<_>>(), [9, 9, 9, 9, 6]);
+        // One 32x32 plane: rows of 2 vectors, too short to keep tiles in; full tiles across
+        // them (its 64 vectors as 20 tiles of 3, then 2 of 2).
+        let plane = Window { images: 1, h: 32, w: 32, ..win }.tiles();
+        assert_eq!(plane.len(), 22);
+        assert!(plane[..20].iter().all(|t| t.nv == 3) && plane[20..].iter().all(|t| t.nv == 2));
     }
 }
