@@ -350,7 +350,8 @@ fn forward_grid(
 
 /// The padded route's forward tile for AVX2: `acc[i][0..16 V] (+)= sum over kk of
 /// w[kk * NR + i] * x[off[kk] + 0..16 V]`, in blocks of [`SUM_BLOCK`] products, stored to
-/// `out + i * ld`. AVX2 has 16 registers, not 32, so the 16 V x NR tile runs as 2 V sub-tiles of 16 pixels (two 8-lane vectors) by 4 outputs: 8 accumulators each.
+/// `out + i * ld`. AVX2 has 16 registers, not 32, so the 16 V x NR tile runs as 2 V
+/// sub-tiles of 16 pixels (two 8-lane vectors) by 4 outputs: 8 accumulators each.
 ///
 /// # Safety
 /// AVX2 and FMA present; the reads and writes described are in bounds.
@@ -790,6 +791,7 @@ mod tests {
         let run = |cpu| {
             let mut dyt = vec![std::mem::MaybeUninit::new(f32::NAN); len];
             transpose_dy(cpu, &dy, o_all, (oh, ow), wp, &mut dyt);
+            // SAFETY: every element was initialised (NaN) before transpose_dy wrote over it.
             dyt.into_iter().map(|v| unsafe { v.assume_init() }).collect::<Vec<f32>>()
         };
         let (blocked, plain) = (run(Cpu::Avx512(v4)), run(Cpu::Avx2(v3)));

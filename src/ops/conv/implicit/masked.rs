@@ -219,8 +219,9 @@ fn even_part(blocks: usize, parts: usize) -> usize {
 fn gather(_: Avx512, panel: &mut Panel, xs: &[f32], len: usize, tile: &PlaneTile) {
     let rows = xs.len() / len * tile.taps.len();
     assert!(rows * tile.nv <= panel.0.len(), "gather: the panel holds a block");
-    // SAFETY: the Avx512 proof is the build's. Each unmasked lane reads a pixel of its channel inside its own plane (`tile_taps`), so
-    // inside `xs`; the panel holds `rows * nv` vectors (asserted).
+    // SAFETY: the Avx512 proof is the build's. Each unmasked lane reads a pixel of its
+    // channel inside its own plane (`tile_taps`), so inside `xs`; the panel holds
+    // `rows * nv` vectors (asserted).
     unsafe { gather_v4(xs.as_ptr().wrapping_add(tile.q0), len, xs.len() / len, tile, panel.0.as_mut_ptr().cast()) }
 }
 
