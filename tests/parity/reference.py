@@ -58,6 +58,12 @@ CONV_CASES = [
     (1, 16, 21, 23, 16, 3, 2, 1, 1, 1),
     (2, 32, 22, 22, 32, 3, 2, 1, 1, 2),
     (1, 16, 25, 25, 32, 7, 2, 3, 1, 1),
+    # stride 2 on even planes, over the input's four phases: 7x7 / padding 3 (a stem's window),
+    # small outputs folded (7x7 from 4 images: rows across; from 16: rows of whole vectors,
+    # the first row's tiles leaving out the taps above the image)
+    (1, 16, 24, 24, 32, 7, 2, 3, 1, 1),
+    (4, 32, 14, 14, 32, 3, 2, 1, 1, 1),
+    (16, 16, 14, 14, 16, 3, 2, 1, 1, 1),
     # channels not multiples of 16 (im2col), RGB stems, 7x7 stride 2 padding 3
     (2, 3, 32, 32, 16, 7, 2, 3, 1, 1),
     (2, 3, 31, 31, 8, 3, 1, 1, 1, 1),

@@ -240,9 +240,11 @@ fn convolutions_match_pytorch_on_every_algorithm_and_build() {
         }
         for pass in [Pass::Forward, Pass::InputGrad, Pass::WeightGrad] {
             // The implicit kernels' border routes: masked for stride-1 "same" forwards and
-            // input gradients (folded on small planes), padded for the rest.
+            // input gradients (folded on small planes), over phases for stride-2 forwards on
+            // even planes, padded for the rest.
             let routes: &[&str] = match (algo, pass) {
                 (Algo::Implicit, Pass::WeightGrad) => &[" padded"],
+                (Algo::Implicit, Pass::Forward) => &[" masked", " folded", " phases", " folded phases", " padded"],
                 (Algo::Implicit, _) => &[" masked", " folded", " padded"],
                 _ => &[""],
             };

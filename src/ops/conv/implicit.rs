@@ -57,18 +57,21 @@ use panel::{Panel, Walk};
 /// How a pass of these kernels meets the window's borders: `"masked"` (stride-1 "same"
 /// forwards and input gradients on AVX-512, [`masked`]: the input as it is, out-of-plane
 /// lanes masked off), `"folded"` (the same with the batch's small planes run as one,
-/// [`masked::folds`]) or `"padded"` (a zero-padded copy of the input and a grid cropped
-/// afterwards).
+/// [`masked::folds`]), `"phases"` and `"folded phases"` (the same for stride-2 forwards, over
+/// the input split into its four phases) or `"padded"` (a zero-padded copy of the input and
+/// a grid cropped afterwards).
 pub(super) fn route(cpu: Cpu, pass: Pass, d: &Dims) -> &'static str {
-    match pass {
-        Pass::Forward | Pass::InputGrad if masked::applies(cpu, d).is_some() => {
-            if masked::folds(d) {
-                "folded"
-            } else {
-                "masked"
-            }
-        }
-        _ => "padded",
+    let masked = match pass {
+        Pass::Forward => masked::applies(cpu, d).is_some(),
+        Pass::InputGrad => masked::applies(cpu, d).is_some() && d.stride == 1,
+        Pass::WeightGrad => false,
+    };
+    match (masked, d.stride, masked::folds(d)) {
+        (false, ..) => "padded",
+        (true, 1, false) => "masked",
+        (true, 1, true) => "folded",
+        (true, _, false) => "phases",
+        (true, _, true) => "folded phases",
     }
 }
 
@@ -155,7 +158,11 @@ pub(super) fn input_grad_applies(d: &Dims) -> bool {
 /// [`MIN_PIXELS`], or smaller ones the masked route folds (stride-1 "same" forwards and input
 /// gradients: no lanes wasted, [`masked::folds`]).
 pub(super) fn worthwhile(pass: Pass, d: &Dims) -> bool {
-    let folded = pass != Pass::WeightGrad && d.stride == 1 && d.oh() == d.h && d.ow() == d.w && masked::folds(d);
+    let folded = match pass {
+        Pass::Forward => masked::fits(d),
+        Pass::InputGrad => masked::fits(d) && d.stride == 1,
+        Pass::WeightGrad => false,
+    } && masked::folds(d);
     (d.oh() * d.ow() >= MIN_PIXELS || folded) && d.cg.is_multiple_of(16)
 }
 
@@ -225,9 +232,17 @@ fn pad(
                         zero(&mut out[pw + w..]);
                         continue;
                     }
-                    for (qx, v) in out.iter_mut().enumerate() {
-                        v.write((s * qx + rx).checked_sub(pw).and_then(|x| row.get(x)).copied().unwrap_or(0.0));
+                    // Columns qx whose source x = s qx + rx - pw lies in the row: [lo, hi). (Per
+                    // pixel, with the bounds checked, this copy was a tenth of a stride-2
+                    // weight gradient.)
+                    let lo = pw.saturating_sub(rx).div_ceil(s).min(wq);
+                    let hi = (w + pw).saturating_sub(rx).div_ceil(s).clamp(lo, wq);
+                    zero(&mut out[..lo]);
+                    let src = row[(s * lo + rx).saturating_sub(pw).min(w)..].iter().step_by(s);
+                    for (v, &x) in out[lo..hi].iter_mut().zip(src) {
+                        v.write(x);
                     }
+                    zero(&mut out[hi..]);
                 }
             }
         }

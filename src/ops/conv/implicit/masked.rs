@@ -39,12 +39,23 @@ use super::{Cpu, Dims, MR, NR, NV, SUM_BLOCK, WEIGHT_CHUNK};
 use crate::ops::isa::Avx512;
 use crate::ops::{par_chunks_written, write_slice};
 
-/// The AVX-512 proof, if a pass of `d` on `cpu` goes this way: stride 1, the output plane
-/// the input's size.
+/// The AVX-512 proof, if a pass of `d` on `cpu` goes this way ([`fits`]).
 pub(super) fn applies(cpu: Cpu, d: &Dims) -> Option<Avx512> {
     match cpu {
-        Cpu::Avx512(v4) if d.stride == 1 && d.oh() == d.h && d.ow() == d.w => Some(v4),
+        Cpu::Avx512(v4) if fits(d) => Some(v4),
         _ => None,
+    }
+}
+
+/// Whether `d`'s window fits this route: stride 1 with the output plane the input's size,
+/// or stride 2 on an even plane with the output half its size (ResNet's 3x3/2 with padding
+/// 1, its 7x7/2 stem with padding 3), where each of the input's four phases is a plane of
+/// the output's size.
+pub(super) fn fits(d: &Dims) -> bool {
+    match d.stride {
+        1 => d.oh() == d.h && d.ow() == d.w,
+        2 => d.h.is_multiple_of(2) && d.w.is_multiple_of(2) && d.oh() == d.h / 2 && d.ow() == d.w / 2,
+        _ => false,
     }
 }
 
@@ -53,10 +64,13 @@ pub(super) fn applies(cpu: Cpu, d: &Dims) -> Option<Avx512> {
 type TapLanes = (isize, [u16; NV]);
 
 /// One window over `images` planes laid side by side, row by row (a run of `h` rows of
-/// `images * w` pixels per channel: row `y` of every image, then row `y + 1`): the plane's
-/// size, the window's and its padding. One image is a plane as it lies in the tensor.
+/// `images * w` pixels per channel: row `y` of every image, then row `y + 1`): the output
+/// plane's size, the window's and its padding. One image is a plane as it lies in the
+/// tensor. At stride 2 each input channel is its four phases (even and odd rows by even and
+/// odd columns), each such a run ([`phases`]).
 struct Window {
     images: usize,
+    stride: usize,
     h: usize,
     w: usize,
     kh: usize,
@@ -77,26 +91,32 @@ impl Window {
     fn row(&self) -> usize {
         self.images * self.w
     }
+    /// Floats per input channel: its run, or at stride 2 its four phases' runs.
+    fn chan(&self) -> usize {
+        self.stride * self.stride * self.len()
+    }
     /// Per tap `(ky, kx)`: the input's shift from the output pixel, and which lanes of the
     /// tile's `nv` vectors from pixel `q0` read inside the lane's own plane (lanes past the
-    /// run's end are off too).
+    /// run's end are off too). At stride `s`, output pixel `(y, x)` reads input row
+    /// `s y + ky - ph`: row `y + dy` of phase `ry`, where `ky - ph = s dy + ry`.
     fn tile_taps(&self, q0: usize, nv: usize) -> Vec<TapLanes> {
-        let (row, len) = (self.row(), self.len());
+        let (row, len, s) = (self.row(), self.len(), self.stride as isize);
         let mut taps = Vec::with_capacity(self.taps());
         for ky in 0..self.kh {
             for kx in 0..self.kw {
+                let (ay, ax) = (ky as isize - self.ph as isize, kx as isize - self.pw as isize);
+                let (dy, dx) = (ay.div_euclid(s), ax.div_euclid(s));
+                let phase = (ay.rem_euclid(s) * s + ax.rem_euclid(s)) as usize;
                 let mut masks = [0u16; NV];
                 for (v, m) in masks.iter_mut().enumerate().take(nv) {
                     for lane in 0..16 {
                         let q = q0 + 16 * v + lane;
-                        let (y, x) = (q / row, q % self.w);
-                        let inside = q < len
-                            && (y + ky).checked_sub(self.ph).is_some_and(|y| y < self.h)
-                            && (x + kx).checked_sub(self.pw).is_some_and(|x| x < self.w);
+                        let (y, x) = ((q / row) as isize + dy, (q % self.w) as isize + dx);
+                        let inside = q < len && (0..self.h as isize).contains(&y) && (0..self.w as isize).contains(&x);
                         *m |= u16::from(inside) << lane;
                     }
                 }
-                let shift = (ky as isize - self.ph as isize) * row as isize + kx as isize - self.pw as isize;
+                let shift = (phase * len) as isize + dy * row as isize + dx;
                 taps.push((shift, masks));
             }
         }
@@ -164,7 +184,7 @@ fn conv(
     win: &Window,
     w: &Weights,
 ) -> Vec<f32> {
-    let (len, taps) = (win.len(), win.taps());
+    let (len, chan, taps) = (win.len(), win.chan(), win.taps());
     let block = (SUM_BLOCK / taps).max(1);
     let (blocks, per_group) = (groups * outs / NR, outs / NR);
     let parts = 2 * rayon::current_num_threads();
@@ -185,11 +205,11 @@ fn conv(
             for c0 in (0..cg).step_by(chunk) {
                 let c1 = (c0 + chunk).min(cg);
                 for (j, out_n) in out_s.chunks_mut(per_task * NR * len).enumerate() {
-                    let xs = &x[((s0 + j) * groups + grp) * cg * len..][..cg * len];
+                    let xs = &x[((s0 + j) * groups + grp) * cg * chan..][..cg * chan];
                     for tile in &tiles {
                         for b0 in (c0..c1).step_by(block) {
                             let b1 = (b0 + block).min(c1);
-                            gather(v4, &mut panel, &xs[b0 * len..(b1 - 1) * len + len], len, tile);
+                            gather(v4, &mut panel, &xs[b0 * chan..b1 * chan], chan, tile);
                             let walk = w.walk(b1 - b0, tile.taps.len());
                             for b in mine.clone() {
                                 let at = w.at(grp, (b - grp * per_group) * NR, b0, tile.first_tap);
@@ -215,14 +235,14 @@ fn even_part(blocks: usize, parts: usize) -> usize {
     blocks / parts
 }
 
-/// Gathers `tile`'s inputs from channels `xs` (`len` floats each) into the panel.
-fn gather(_: Avx512, panel: &mut Panel, xs: &[f32], len: usize, tile: &PlaneTile) {
-    let rows = xs.len() / len * tile.taps.len();
+/// Gathers `tile`'s inputs from channels `xs` (`chan` floats each) into the panel.
+fn gather(_: Avx512, panel: &mut Panel, xs: &[f32], chan: usize, tile: &PlaneTile) {
+    let rows = xs.len() / chan * tile.taps.len();
     assert!(rows * tile.nv <= panel.0.len(), "gather: the panel holds a block");
     // SAFETY: the Avx512 proof is the build's. Each unmasked lane reads a pixel of its
-    // channel inside its own plane (`tile_taps`), so inside `xs`; the panel holds
-    // `rows * nv` vectors (asserted).
-    unsafe { gather_v4(xs.as_ptr().wrapping_add(tile.q0), len, xs.len() / len, tile, panel.0.as_mut_ptr().cast()) }
+    // channel inside its own plane or phase plane (`tile_taps`), so inside `xs`; the panel
+    // holds `rows * nv` vectors (asserted).
+    unsafe { gather_v4(xs.as_ptr().wrapping_add(tile.q0), chan, xs.len() / chan, tile, panel.0.as_mut_ptr().cast()) }
 }
 
 /// How a pass reads its weights in place (no packed copy: packing ResNet18's 512-channel
@@ -279,35 +299,67 @@ fn swap_outer(src: &[f32], (a, b, p): (usize, usize, usize)) -> Vec<f32> {
 /// plane (196 pixels in 208 lanes) ran faster per plane, 9.6 against 10.6 ms: the folded run
 /// pays two transposes.
 pub(super) fn folds(d: &Dims) -> bool {
-    let plane = d.h * d.w;
+    let plane = d.oh() * d.ow();
     plane.next_multiple_of(16) * 8 > plane * 9
 }
 
-/// The pass over `x (n, groups * cg, h, w)`, folded or per sample.
+/// The pass over `x (n, groups * cg, h, w)`, folded or per sample; at stride 2 over the
+/// input's phases.
 fn run(cpu: Avx512, x: &[f32], d: &Dims, (cg, outs): (usize, usize), win: Window, w: &Weights) -> Vec<f32> {
-    if !folds(d) {
-        return conv(cpu, x, d.n, (d.groups, cg, outs), &win, w);
-    }
-    // (n, channels, h, w) as (channels, h, n, w): each channel's rows of every image side by side.
-    let xt = swap_outer(x, (d.n, d.groups * cg * d.h, d.w));
-    let yt = conv(cpu, &xt, 1, (d.groups, cg, outs), &Window { images: d.n, ..win }, w);
-    swap_outer(&yt, (d.groups * outs * d.h, d.n, d.w))
+    let fold = folds(d);
+    let images = if fold { d.n } else { 1 };
+    let win = Window { images, ..win };
+    let y = match (win.stride, fold) {
+        (1, false) => return conv(cpu, x, d.n, (d.groups, cg, outs), &win, w),
+        // (n, channels, h, w) as (channels, h, n, w): each channel's rows of every image side by side.
+        (1, true) => conv(cpu, &swap_outer(x, (d.n, d.groups * cg * d.h, d.w)), 1, (d.groups, cg, outs), &win, w),
+        _ => conv(cpu, &phases(x, d.n, d.groups * cg, (d.h, d.w), fold), d.n / images, (d.groups, cg, outs), &win, w),
+    };
+    if fold { swap_outer(&y, (d.groups * outs * win.h, d.n, win.w)) } else { y }
 }
 
-/// Forward of a stride-1 "same" convolution.
+/// `x (n, ch, h, w)` (`h`, `w` even) split into its stride-2 phases: per channel, the planes
+/// `phase[ry * 2 + rx][y][x] = x[2 y + ry][2 x + rx]` one after another, `(n, ch, 4, h / 2, w
+/// / 2)`; `fold`ed, every image's row `y` of a phase side by side, `(ch, 4, h / 2, n, w / 2)`.
+fn phases(x: &[f32], n: usize, ch: usize, (h, w): (usize, usize), fold: bool) -> Vec<f32> {
+    let (hq, wq, images) = (h / 2, w / 2, if fold { n } else { 1 });
+    let plane = hq * images * wq;
+    // One chunk: channel c of `images` images from i0, laid (phase, y, image, x); each input
+    // row is read once, its even and odd columns written to phases (ry, 0) and (ry, 1).
+    let fill = |k: usize, dst: &mut [MaybeUninit<f32>]| {
+        let (c, i0) = if fold { (k, 0) } else { (k % ch, k / ch) };
+        for i in 0..images {
+            for (yy, src) in x[((i0 + i) * ch + c) * h * w..][..h * w].chunks_exact(w).enumerate() {
+                let at = 2 * (yy % 2) * plane + (yy / 2 * images + i) * wq;
+                let (even, odd) = dst[at..].split_at_mut(plane);
+                for ((e, o), pair) in even[..wq].iter_mut().zip(&mut odd[..wq]).zip(src.chunks_exact(2)) {
+                    e.write(pair[0]);
+                    o.write(pair[1]);
+                }
+            }
+        }
+    };
+    // SAFETY: a chunk is 4 phases x hq rows x `images` images of wq floats; each is written
+    // from input row 2 y + ry of its image (w = 2 wq: wq pairs).
+    unsafe { par_chunks_written(n * ch * h * w, images * h * w, fill) }
+}
+
+/// Forward of a stride-1 "same" or stride-2 "half" convolution ([`fits`]).
 pub(super) fn forward(cpu: Avx512, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
-    let win = Window { images: 1, h: d.h, w: d.w, kh: d.kh, kw: d.kw, ph: d.ph, pw: d.pw };
+    let win = Window { images: 1, stride: d.stride, h: d.oh(), w: d.ow(), kh: d.kh, kw: d.kw, ph: d.ph, pw: d.pw };
     run(cpu, x, d, (d.cg, d.og), win, &Weights::forward(wt, d))
 }
 
 /// Input gradient of a stride-1 "same" convolution: the full correlation of `dy` with the
 /// flipped, transposed weights, itself a "same" convolution (padding `k - 1 - p`).
 pub(super) fn input_grad(cpu: Avx512, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
-    let win = Window { images: 1, h: d.h, w: d.w, kh: d.kh, kw: d.kw, ph: d.kh - 1 - d.ph, pw: d.kw - 1 - d.pw };
+    assert_eq!(d.stride, 1, "the masked input gradient is for stride-1 convolutions");
+    let (ph, pw) = (d.kh - 1 - d.ph, d.kw - 1 - d.pw);
+    let win = Window { images: 1, stride: 1, h: d.h, w: d.w, kh: d.kh, kw: d.kw, ph, pw };
     run(cpu, dy, d, (d.og, d.cg), win, &Weights::input_grad(wt, d))
 }
 
-/// Writes, for each of `chans` channels `len` floats apart from `x` and each tap of `tile`,
+/// Writes, for each of `chans` channels `chan` floats apart from `x` and each tap of `tile`,
 /// its `nv` vectors of shifted pixels (masked-off lanes zero) to `a`, one after another.
 ///
 /// # Safety
@@ -315,13 +367,13 @@ pub(super) fn input_grad(cpu: Avx512, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f
 /// `chans * taps * nv` vectors.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn gather_v4(x: *const f32, len: usize, chans: usize, tile: &PlaneTile, a: *mut f32) {
+unsafe fn gather_v4(x: *const f32, chan: usize, chans: usize, tile: &PlaneTile, a: *mut f32) {
     // SAFETY (whole body): the caller's; pointers into x are formed with wrapping
     // arithmetic, so a shift past the buffer is no UB (its lanes are masked off).
     unsafe {
         let mut dst = a;
         for c in 0..chans {
-            let xc = x.wrapping_add(c * len);
+            let xc = x.wrapping_add(c * chan);
             for &(shift, lanes) in &tile.taps {
                 let p = xc.wrapping_offset(shift);
                 for (v, &m) in lanes.iter().enumerate().take(tile.nv) {
@@ -347,7 +399,7 @@ mod tests {
     /// of taps, the last row's stop before its third, the others read all nine.
     #[test]
     fn tiles_of_whole_vector_rows_leave_out_the_taps_that_read_only_padding() {
-        let win = Window { images: 16, h: 7, w: 7, kh: 3, kw: 3, ph: 1, pw: 1 };
+        let win = Window { images: 16, stride: 1, h: 7, w: 7, kh: 3, kw: 3, ph: 1, pw: 1 };
         let tiles = win.tiles();
         let shape: Vec<(usize, usize, usize, usize)> =
             tiles.iter().map(|t| (t.q0, t.nv, t.first_tap, t.taps.len())).collect();
