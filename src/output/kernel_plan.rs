@@ -19,8 +19,9 @@ use crate::ops::isa;
 /// kernel's speed changes (3: outputs no longer zeroed first, AVX2 direct kernels; 4: 48-pixel
 /// implicit tiles, masked borders for stride-1 "same" convolutions; 5: gathered panels and
 /// folded small planes on the masked route; 6: folded rows side by side, padding-only taps left
-/// out, the weight gradient's dy transposed in registers).
-pub const VERSION: u32 = 6;
+/// out, the weight gradient's dy transposed in registers; 7: stride-2 forwards over phases on
+/// the masked route).
+pub const VERSION: u32 = 7;
 
 /// The plan file, in each variant's folder.
 pub const RUN_FILE: &str = "kernels.json";

@@ -2,8 +2,9 @@
 //! the passes multiply straight out of a zero-padded copy of the input, with no im2col matrix
 //! and no GEMM packing of it. Stride 1: forward, input and weight gradients; stride 2: forward
 //! and weight gradient (the input gradient stays on im2col + GEMM + col2im). On AVX-512,
-//! stride-1 "same" forwards and input gradients skip even the padded copy ([`masked`]); this
-//! file is the padded route, which every other pass takes ([`route`]).
+//! stride-1 "same" forwards and input gradients, and stride-2 forwards on even planes, skip
+//! even the padded copy ([`masked`]); this file is the padded route, which every other pass
+//! takes ([`route`]).
 //!
 //! Why by hand: im2col + `gemm` wrote a 9x copy of every activation, and `gemm` then packed
 //! that copy again; together a quarter of a ResNet18 step (perf), with the multiply-adds
@@ -61,11 +62,7 @@ use panel::{Panel, Walk};
 /// the input split into its four phases) or `"padded"` (a zero-padded copy of the input and
 /// a grid cropped afterwards).
 pub(super) fn route(cpu: Cpu, pass: Pass, d: &Dims) -> &'static str {
-    let masked = match pass {
-        Pass::Forward => masked::applies(cpu, d).is_some(),
-        Pass::InputGrad => masked::applies(cpu, d).is_some() && d.stride == 1,
-        Pass::WeightGrad => false,
-    };
+    let masked = masked::takes(pass, d) && masked::applies(cpu, d).is_some();
     match (masked, d.stride, masked::folds(d)) {
         (false, ..) => "padded",
         (true, 1, false) => "masked",
@@ -155,14 +152,9 @@ pub(super) fn input_grad_applies(d: &Dims) -> bool {
 /// Whether the ladder picks these kernels for `pass` where they apply: input channels per
 /// group in whole vectors (on an RGB stem im2col + GEMM measured faster, 25 against 42 ms
 /// forward, on an Intel Xeon; tuning still times them there), and maps of at least
-/// [`MIN_PIXELS`], or smaller ones the masked route folds (stride-1 "same" forwards and input
-/// gradients: no lanes wasted, [`masked::folds`]).
+/// [`MIN_PIXELS`], or smaller ones the masked route folds (no lanes wasted, [`masked::folds`]).
 pub(super) fn worthwhile(pass: Pass, d: &Dims) -> bool {
-    let folded = match pass {
-        Pass::Forward => masked::fits(d),
-        Pass::InputGrad => masked::fits(d) && d.stride == 1,
-        Pass::WeightGrad => false,
-    } && masked::folds(d);
+    let folded = masked::takes(pass, d) && masked::folds(d);
     (d.oh() * d.ow() >= MIN_PIXELS || folded) && d.cg.is_multiple_of(16)
 }
 

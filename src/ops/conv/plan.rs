@@ -4,8 +4,8 @@
 //!
 //! The ladder, first that applies:
 //! 1. [`Algo::Implicit`]: implicit GEMM on AVX-512 (dilation 1, 16k channels per group, maps
-//!    of 100+ pixels or, for stride-1 "same" forwards and input gradients, the small maps its
-//!    masked route folds; the input gradient for stride 1 only);
+//!    of 100+ pixels or the small maps its masked route folds; the input gradient for stride 1
+//!    only);
 //! 2. [`Algo::Direct`]: LeNet-sized convs (stride 1, no padding, one group, few channels);
 //! 3. [`Algo::Batched`]: im2col + one GEMM over the whole batch, for maps under
 //!    [`BATCH_BELOW`] pixels;
@@ -74,7 +74,7 @@ pub struct Ran {
     /// The SIMD build of ablate's own kernels (the `gemm` crate picks its own).
     pub level: Level,
     /// The route inside the algorithm, where it has more than one (the implicit kernels:
-    /// `"masked"` or `"padded"` borders).
+    /// `"masked"`, `"folded"`, `"phases"`, `"folded phases"` or `"padded"`, [`super::implicit::route`]).
     pub route: Option<&'static str>,
 }
 
