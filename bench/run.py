@@ -120,12 +120,17 @@ def main():
     print(machine(a, torch_env, peak["ablate"], peak["pytorch"]["isa"]))
     print(f"f32 matrix product 2048^3 on all cores: gemm crate {peak['ablate']['gflops']:.0f} GFLOP/s (ablate's peak), "
           f"PyTorch torch.mm {peak['pytorch']['gflops']:.0f} GFLOP/s\n")
-    print("| workload | ablate img/s | PyTorch img/s | ratio | ablate ms/step | PyTorch ms/step | ablate peak RSS MB | PyTorch peak RSS MB |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    # The ratio of the medians, and the lowest and highest of the rounds' own ratios (each
+    # round runs both sides back to back): on a shared VM whose speed drifts from minute to
+    # minute the spread says how far one table can be read.
+    print("| workload | ablate img/s | PyTorch img/s | ratio | per round | ablate ms/step | PyTorch ms/step | ablate peak RSS MB | PyTorch peak RSS MB |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for w in a.workloads:
         med = {s: {k: statistics.median(x[k] for x in results[w][s]) for k in ("img_per_s", "ms_per_step", "peak_rss_mb")} for s in ("ablate", "pytorch")}
         o, t = med["ablate"], med["pytorch"]
+        rounds = [x["img_per_s"] / y["img_per_s"] for x, y in zip(results[w]["ablate"], results[w]["pytorch"])]
         print(f"| {w} | {o['img_per_s']:.1f} | {t['img_per_s']:.1f} | {o['img_per_s'] / t['img_per_s']:.2f}x | "
+              f"{min(rounds):.2f}-{max(rounds):.2f} | "
               f"{o['ms_per_step']:.0f} | {t['ms_per_step']:.0f} | {o['peak_rss_mb']:.0f} | {t['peak_rss_mb']:.0f} |")
     if "resnet18" in a.workloads:
         gflop = results["resnet18"]["ablate"][0]["conv_gflop_per_img"]
