@@ -225,8 +225,8 @@ fn pad(
                         continue;
                     }
                     // Columns qx whose source x = s qx + rx - pw lies in the row: [lo, hi). (Per
-                    // pixel, with the bounds checked, this copy was a tenth of a stride-2
-                    // weight gradient.)
+                    // pixel with bounds checks, this copy drew about 8 % of perf's samples in
+                    // ResNet18's l2 3x3/2 forward and weight gradient on this route.)
                     let lo = pw.saturating_sub(rx).div_ceil(s).min(wq);
                     let hi = (w + pw).saturating_sub(rx).div_ceil(s).clamp(lo, wq);
                     zero(&mut out[..lo]);
