@@ -323,12 +323,20 @@ fn run(cpu: Avx512, x: &[f32], d: &Dims, (cg, outs): (usize, usize), win: Window
     let fold = folds(d);
     let images = if fold { d.n } else { 1 };
     let win = Window { images, ..win };
-    let y = match (win.stride, fold) {
-        (1, false) => return conv(cpu, x, d.n, (d.groups, cg, outs), &win, w),
+    let regrouped;
+    let input = match (win.stride, fold) {
+        (1, false) => x,
         // (n, channels, h, w) as (channels, h, n, w): each channel's rows of every image side by side.
-        (1, true) => conv(cpu, &swap_outer(x, (d.n, d.groups * cg * d.h, d.w)), 1, (d.groups, cg, outs), &win, w),
-        _ => conv(cpu, &phases(x, d.n, d.groups * cg, (d.h, d.w), fold), d.n / images, (d.groups, cg, outs), &win, w),
+        (1, true) => {
+            regrouped = swap_outer(x, (d.n, d.groups * cg * d.h, d.w));
+            &regrouped
+        }
+        _ => {
+            regrouped = phases(x, d.n, d.groups * cg, (d.h, d.w), fold);
+            &regrouped
+        }
     };
+    let y = conv(cpu, input, d.n / images, (d.groups, cg, outs), &win, w);
     if fold { swap_outer(&y, (d.groups * outs * win.h, d.n, win.w)) } else { y }
 }
 
