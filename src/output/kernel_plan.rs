@@ -20,8 +20,8 @@ use crate::ops::isa;
 /// implicit tiles, masked borders for stride-1 "same" convolutions; 5: gathered panels and
 /// folded small planes on the masked route; 6: folded rows side by side, padding-only taps left
 /// out, the weight gradient's dy transposed in registers; 7: stride-2 forwards over phases on
-/// the masked route).
-pub const VERSION: u32 = 7;
+/// the masked route; 8: the masked route and 12-accumulator panel tiles on AVX2).
+pub const VERSION: u32 = 8;
 
 /// The plan file, in each variant's folder.
 pub const RUN_FILE: &str = "kernels.json";

@@ -1,10 +1,10 @@
-//! Implicit-GEMM convolution for dilation 1 (ResNet's and ResNeXt's 3x3 convs), on AVX-512:
-//! the passes multiply straight out of a zero-padded copy of the input, with no im2col matrix
-//! and no GEMM packing of it. Stride 1: forward, input and weight gradients; stride 2: forward
-//! and weight gradient (the input gradient stays on im2col + GEMM + col2im). On AVX-512,
-//! stride-1 "same" forwards and input gradients, and stride-2 forwards on even planes, skip
-//! even the padded copy ([`masked`]); this file is the padded route, which every other pass
-//! takes ([`route`]).
+//! Implicit-GEMM convolution for dilation 1 (ResNet's and ResNeXt's 3x3 convs), on AVX-512
+//! and AVX2: the passes multiply straight out of a zero-padded copy of the input, with no
+//! im2col matrix and no GEMM packing of it. Stride 1: forward, input and weight gradients;
+//! stride 2: forward and weight gradient (the input gradient stays on im2col + GEMM +
+//! col2im). Stride-1 "same" forwards and input gradients, and stride-2 forwards on even
+//! planes, skip even the padded copy ([`masked`]); this file is the padded route, which
+//! every other pass takes ([`route`]).
 //!
 //! Why by hand: im2col + `gemm` wrote a 9x copy of every activation, and `gemm` then packed
 //! that copy again; together a quarter of a ResNet18 step (perf), with the multiply-adds
@@ -40,7 +40,8 @@ use crate::ops::isa::{Avx2, Avx512};
 use crate::ops::{par_chunks_written, write_slice};
 
 /// The SIMD build the implicit kernels run, with the proof the CPU has it: AVX-512 (16-lane
-/// tiles), or AVX2 + FMA (the same tiles as 8-lane halves, for CPUs without AVX-512).
+/// tiles), or AVX2 + FMA (the same panels summed in 8-lane sub-tiles, and the weight
+/// gradient's tile as 8-lane halves, for CPUs without AVX-512).
 #[derive(Debug, Clone, Copy)]
 pub(super) enum Cpu {
     Avx512(Avx512),
@@ -56,7 +57,7 @@ mod panel;
 use panel::{Panel, Walk};
 
 /// How a pass of these kernels meets the window's borders: `"masked"` (stride-1 "same"
-/// forwards and input gradients on AVX-512, [`masked`]: the input as it is, out-of-plane
+/// forwards and input gradients, [`masked`]: the input as it is, out-of-plane
 /// lanes masked off), `"folded"` (the same with the batch's small planes run as one,
 /// [`masked::folds`]), `"phases"` and `"folded phases"` (the same for stride-2 forwards, over
 /// the input split into its four phases) or `"padded"` (a zero-padded copy of the input and
@@ -310,37 +311,13 @@ fn forward_grid(
                         // Whole vectors left in the grid (lr is a multiple of 16).
                         let nv = ((lr - q0) / 16).min(NV);
                         let block = |ob: usize| grp * outs / NR + ob;
-                        match cpu {
-                            Cpu::Avx512(v4) => {
-                                for b0 in (kk0..kk1).step_by(SUM_BLOCK) {
-                                    let b1 = (b0 + SUM_BLOCK).min(kk1);
-                                    panel.gather_offsets(v4, &xs[q0..], &off[b0..b1], nv);
-                                    for ob in 0..outs / NR {
-                                        let w = &packed[(block(ob) * k + b0) * NR..][..(b1 - b0) * NR];
-                                        let out = &mut grid_n[block(ob) * NR * lr..][..NR * lr];
-                                        panel.sum(v4, (w, 0, &Walk::packed(b1 - b0)), (out, lr, q0), nv, b0 > 0);
-                                    }
-                                }
-                            }
-                            Cpu::Avx2(_) => {
-                                for ob in 0..outs / NR {
-                                    let w = &packed[(block(ob) * k + kk0) * NR..];
-                                    // SAFETY: `cpu` proves AVX2 + FMA, the tile's build; reads x at
-                                    // off[kk] + q0 + [0, 16 nv), inside the sample's slack by
-                                    // construction of `pad`; w holds (kk1 - kk0) * NR floats; the
-                                    // tile's NR rows of 16 nv floats at block * NR * lr + q0 lie in
-                                    // grid_n (q0 + 16 nv <= lr).
-                                    unsafe {
-                                        let (x, w) = (xs.as_ptr().add(q0), w.as_ptr());
-                                        let out = grid_n.as_mut_ptr().add(block(ob) * NR * lr + q0).cast();
-                                        let (off, acc) = (&off[kk0..kk1], c0 > 0);
-                                        match nv {
-                                            3 => forward_tile_avx2::<3>(x, off, w, out, lr, acc),
-                                            2 => forward_tile_avx2::<2>(x, off, w, out, lr, acc),
-                                            _ => forward_tile_avx2::<1>(x, off, w, out, lr, acc),
-                                        }
-                                    }
-                                }
+                        for b0 in (kk0..kk1).step_by(SUM_BLOCK) {
+                            let b1 = (b0 + SUM_BLOCK).min(kk1);
+                            panel.gather_offsets(&xs[q0..], &off[b0..b1], nv);
+                            for ob in 0..outs / NR {
+                                let w = &packed[(block(ob) * k + b0) * NR..][..(b1 - b0) * NR];
+                                let out = &mut grid_n[block(ob) * NR * lr..][..NR * lr];
+                                panel.sum(cpu, (w, 0, &Walk::packed(b1 - b0)), (out, lr, q0), nv, b0 > 0);
                             }
                         }
                     }
@@ -353,58 +330,6 @@ fn forward_grid(
     // groups * outs * lr floats, before any tile adds to them.
     let grid = unsafe { par_chunks_written(n * per_sample, slice * per_sample, tiles) };
     (grid, lr)
-}
-
-/// The padded route's forward tile for AVX2: `acc[i][0..16 V] (+)= sum over kk of
-/// w[kk * NR + i] * x[off[kk] + 0..16 V]`, in blocks of [`SUM_BLOCK`] products, stored to
-/// `out + i * ld`. AVX2 has 16 registers, not 32, so the 16 V x NR tile runs as 2 V
-/// sub-tiles of 16 pixels (two 8-lane vectors) by 4 outputs: 8 accumulators each.
-///
-/// # Safety
-/// AVX2 and FMA present; the reads and writes described are in bounds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn forward_tile_avx2<const V: usize>(
-    x: *const f32,
-    off: &[usize],
-    w: *const f32,
-    out: *mut f32,
-    ld: usize,
-    accumulate: bool,
-) {
-    const { assert!(NR == 8, "the sub-tiles cover 8 outputs as two halves") };
-    // SAFETY (whole body): the caller guarantees every pointer below is in bounds.
-    unsafe {
-        for (px, oq) in (0..V).flat_map(|v| [(16 * v, 0), (16 * v, 4)]) {
-            let mut wk = w.add(oq);
-            let mut first = !accumulate;
-            for block in off.chunks(SUM_BLOCK) {
-                let mut acc = [[_mm256_setzero_ps(); 2]; 4];
-                for &o in block {
-                    let p = x.add(o + px);
-                    let a = [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8))];
-                    for (i, acc_i) in acc.iter_mut().enumerate() {
-                        let b = _mm256_broadcast_ss(&*wk.add(i));
-                        acc_i[0] = _mm256_fmadd_ps(a[0], b, acc_i[0]);
-                        acc_i[1] = _mm256_fmadd_ps(a[1], b, acc_i[1]);
-                    }
-                    wk = wk.add(NR);
-                }
-                for (i, acc_i) in acc.iter().enumerate() {
-                    for (v, a) in acc_i.iter().enumerate() {
-                        let p = out.add((oq + i) * ld + px + 8 * v);
-                        _mm256_storeu_ps(p, if first { *a } else { _mm256_add_ps(_mm256_loadu_ps(p), *a) });
-                    }
-                }
-                first = false;
-            }
-        }
-    }
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-unsafe fn forward_tile_avx2<const V: usize>(_: *const f32, _: &[usize], _: *const f32, _: *mut f32, _: usize, _: bool) {
-    unreachable!("the AVX2 proof is x86-64 only")
 }
 
 /// `out (n, ch, rows, cols)` from the grid `(n, ch, lr)` of row width `wp`.
@@ -423,8 +348,8 @@ fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (
 
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
 pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
-    if let Some(v4) = masked::applies(cpu, d) {
-        return masked::forward(v4, x, wt, d);
+    if let Some(cpu) = masked::applies(cpu, d) {
+        return masked::forward(cpu, x, wt, d);
     }
     let (taps, k) = (d.taps(), d.cg * d.taps());
     let xp = pad(x, d.n, d.groups * d.cg, (d.h, d.w), (d.ph, d.pw), d.stride, (d.oh(), d.kh, d.kw));
@@ -438,8 +363,8 @@ pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
 /// groups * cg, h, w)`, the full correlation of `dy` with the flipped, transposed weights.
 pub(super) fn input_grad(cpu: Cpu, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     assert_eq!(d.stride, 1, "the implicit input gradient is for stride-1 convolutions");
-    if let Some(v4) = masked::applies(cpu, d) {
-        return masked::input_grad(v4, dy, wt, d);
+    if let Some(cpu) = masked::applies(cpu, d) {
+        return masked::input_grad(cpu, dy, wt, d);
     }
     let (taps, kin) = (d.taps(), d.og * d.taps());
     let (qh, qw) = (d.kh - 1 - d.ph, d.kw - 1 - d.pw);
