@@ -397,19 +397,33 @@ pub(super) fn input_grad(cpu: Cpu, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32>
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn gather_v4(x: *const f32, chan: usize, chans: usize, tile: &PlaneTile, a: *mut f32) {
-    // SAFETY (whole body): the caller's; pointers into x are formed with wrapping
-    // arithmetic, so a shift past the buffer is no UB (its lanes are masked off).
-    unsafe {
-        let mut dst = a;
-        for c in 0..chans {
-            let xc = x.wrapping_add(c * chan);
-            for &(shift, lanes) in &tile.taps {
-                let p = xc.wrapping_offset(shift);
-                for (v, &m) in lanes.iter().enumerate().take(tile.nv) {
-                    _mm512_store_ps(dst.add(16 * v), _mm512_maskz_loadu_ps(m, p.wrapping_add(16 * v)));
-                }
-                dst = dst.add(16 * tile.nv);
+    each_vector(x, (chan, chans), tile, a, |src, m, dst| {
+        // SAFETY: the caller's; the lanes `m` keeps are in bounds, `dst` aligned in `a`.
+        unsafe { _mm512_store_ps(dst, _mm512_maskz_loadu_ps(m, src)) }
+    });
+}
+
+/// Calls `load(src, mask, dst)` for each 16-lane vector of `tile`'s panel rows, channel by
+/// channel and tap by tap: `src` where its pixels lie in `x` (formed with wrapping
+/// arithmetic: a shift may point past the buffer where its lanes are masked off), `mask` the
+/// lanes inside the plane, `dst` its place in the panel `a`.
+#[inline(always)]
+fn each_vector(
+    x: *const f32,
+    (chan, chans): (usize, usize),
+    tile: &PlaneTile,
+    a: *mut f32,
+    mut load: impl FnMut(*const f32, u16, *mut f32),
+) {
+    let mut dst = a;
+    for c in 0..chans {
+        let xc = x.wrapping_add(c * chan);
+        for &(shift, lanes) in &tile.taps {
+            let p = xc.wrapping_offset(shift);
+            for (v, &m) in lanes.iter().enumerate().take(tile.nv) {
+                load(p.wrapping_add(16 * v), m, dst.wrapping_add(16 * v));
             }
+            dst = dst.wrapping_add(16 * tile.nv);
         }
     }
 }
@@ -430,32 +444,24 @@ unsafe fn gather_v4(_: *const f32, _: usize, _: usize, _: &PlaneTile, _: *mut f3
 #[target_feature(enable = "avx2,fma")]
 unsafe fn gather_avx2(x: *const f32, chan: usize, chans: usize, tile: &PlaneTile, a: *mut f32) {
     let bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
-    // SAFETY (whole body): the caller's; pointers into x are formed with wrapping
-    // arithmetic and read only through the lanes their mask keeps.
-    unsafe {
-        let mut dst = a;
-        for c in 0..chans {
-            let xc = x.wrapping_add(c * chan);
-            for &(shift, lanes) in &tile.taps {
-                let p = xc.wrapping_offset(shift);
-                for (v, &m) in lanes.iter().enumerate().take(tile.nv) {
-                    for h in 0..2 {
-                        let (src, bits) = (p.wrapping_add(16 * v + 8 * h), i32::from(m >> (8 * h)) & 0xff);
-                        let val = match bits {
-                            0xff => _mm256_loadu_ps(src),
-                            0 => _mm256_setzero_ps(),
-                            _ => {
-                                let mask = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits), bit), bit);
-                                _mm256_maskload_ps(src, mask)
-                            }
-                        };
-                        _mm256_store_ps(dst.add(16 * v + 8 * h), val);
+    each_vector(x, (chan, chans), tile, a, |src, m, dst| {
+        for h in 0..2 {
+            let (src, bits) = (src.wrapping_add(8 * h), i32::from(m >> (8 * h)) & 0xff);
+            // SAFETY: the caller's; a half is read whole only where all its lanes are on,
+            // else through its mask; `dst` is aligned in `a`.
+            unsafe {
+                let val = match bits {
+                    0xff => _mm256_loadu_ps(src),
+                    0 => _mm256_setzero_ps(),
+                    _ => {
+                        let mask = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(bits), bit), bit);
+                        _mm256_maskload_ps(src, mask)
                     }
-                }
-                dst = dst.add(16 * tile.nv);
+                };
+                _mm256_store_ps(dst.add(8 * h), val);
             }
         }
-    }
+    });
 }
 
 #[cfg(not(target_arch = "x86_64"))]

@@ -209,159 +209,125 @@ impl Sub<'_> {
 // registers on every row or spilled one to the stack, a store-to-load chain that made a
 // 28x28 forward twice as slow (46 against 25 ms). Here every register is fixed.
 
-/// The sums of the sub-tile of 24 pixels (3 vectors from `px`) by 4 outputs from `o0`.
-///
-/// # Safety
-/// AVX2 and FMA present; the panel's rows and the walk's weights in bounds.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sums_3x4(t: &Sub, px: usize, o0: usize) -> Sums {
-    let mut sums = Sums([[0.0; 8]; 12]);
-    let (row, tap, skip) = t.steps();
-    let rows = t.walk.chans * t.walk.taps;
-    if rows == 0 {
-        return sums;
-    }
-    // SAFETY: the caller's: `rows` panel rows from `a + 8 px`, aligned; per row the weights
-    // at `w + (o0 + i) lane`, i < 4, stepping as the walk does; 12 vectors to `sums`.
-    unsafe {
-        std::arch::asm!(
-            "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2",
-            "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5",
-            "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8",
-            "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11",
-            "mov {left}, {taps}",
-            "2:",
-            "vmovaps ymm12, [{a}]",
-            "vmovaps ymm13, [{a} + 32]",
-            "vmovaps ymm14, [{a} + 64]",
-            "vbroadcastss ymm15, [{w}]",
-            "vfmadd231ps ymm0, ymm12, ymm15",
-            "vfmadd231ps ymm1, ymm13, ymm15",
-            "vfmadd231ps ymm2, ymm14, ymm15",
-            "vbroadcastss ymm15, [{w} + {lane} * 4]",
-            "vfmadd231ps ymm3, ymm12, ymm15",
-            "vfmadd231ps ymm4, ymm13, ymm15",
-            "vfmadd231ps ymm5, ymm14, ymm15",
-            "vbroadcastss ymm15, [{w} + {lane} * 8]",
-            "vfmadd231ps ymm6, ymm12, ymm15",
-            "vfmadd231ps ymm7, ymm13, ymm15",
-            "vfmadd231ps ymm8, ymm14, ymm15",
-            "vbroadcastss ymm15, [{w} + {lane3}]",
-            "vfmadd231ps ymm9, ymm12, ymm15",
-            "vfmadd231ps ymm10, ymm13, ymm15",
-            "vfmadd231ps ymm11, ymm14, ymm15",
-            "add {a}, {row}",
-            "add {w}, {tap}",
-            "dec {left}",
-            "jnz 3f",
-            "add {w}, {skip}",
-            "mov {left}, {taps}",
-            "3:",
-            "dec {rows}",
-            "jnz 2b",
-            "vmovaps [{out}], ymm0", "vmovaps [{out} + 32], ymm1", "vmovaps [{out} + 64], ymm2",
-            "vmovaps [{out} + 96], ymm3", "vmovaps [{out} + 128], ymm4", "vmovaps [{out} + 160], ymm5",
-            "vmovaps [{out} + 192], ymm6", "vmovaps [{out} + 224], ymm7", "vmovaps [{out} + 256], ymm8",
-            "vmovaps [{out} + 288], ymm9", "vmovaps [{out} + 320], ymm10", "vmovaps [{out} + 352], ymm11",
-            a = inout(reg) t.a.add(8 * px) => _,
-            w = inout(reg) t.w.wrapping_add(o0 * t.walk.lane) => _,
-            lane = in(reg) t.walk.lane,
-            lane3 = in(reg) 12 * t.walk.lane,
-            row = in(reg) row,
-            tap = in(reg) tap,
-            skip = in(reg) skip,
-            taps = in(reg) t.walk.taps,
-            left = out(reg) _,
-            rows = inout(reg) rows => _,
-            out = in(reg) sums.0.as_mut_ptr(),
-            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
-            out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-            options(nostack),
-        );
-    }
-    sums
+/// An AVX2 sub-tile's sums in assembly: `ymm0..ymm11` accumulate, one row of the panel per
+/// iteration (`$row`: its loads and FMAs, the panel's vectors in `ymm12..`, the broadcast in
+/// `ymm15`; weights of output `i` at `[{w} + i lane]` for `i < 3`, `[{w3} + (i - 3) lane]`
+/// for the rest), the weight pointers stepping as the walk does; then the 12 sums to `Sums`.
+macro_rules! panel_sums {
+    ($(#[$doc:meta])* $name:ident, $($row:literal),+ $(,)?) => {
+        $(#[$doc])*
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $name(t: &Sub, px: usize, o0: usize) -> Sums {
+            let mut sums = Sums([[0.0; 8]; 12]);
+            let (row, tap, skip) = t.steps();
+            let rows = t.walk.chans * t.walk.taps;
+            if rows == 0 {
+                return sums;
+            }
+            let w = t.w.wrapping_add(o0 * t.walk.lane);
+            // SAFETY: the caller's: `rows` panel rows from `a + 8 px`, aligned; per row the
+            // sub-tile's outputs' weights, stepping as the walk does; 12 vectors to `sums`.
+            unsafe {
+                std::arch::asm!(
+                    "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2",
+                    "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5",
+                    "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8",
+                    "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11",
+                    "mov {left}, {taps}",
+                    "2:",
+                    $($row,)+
+                    "add {a}, {row}",
+                    "add {w}, {tap}",
+                    "add {w3}, {tap}",
+                    "dec {left}",
+                    "jnz 3f",
+                    "add {w}, {skip}",
+                    "add {w3}, {skip}",
+                    "mov {left}, {taps}",
+                    "3:",
+                    "dec {rows}",
+                    "jnz 2b",
+                    "vmovaps [{out}], ymm0", "vmovaps [{out} + 32], ymm1", "vmovaps [{out} + 64], ymm2",
+                    "vmovaps [{out} + 96], ymm3", "vmovaps [{out} + 128], ymm4", "vmovaps [{out} + 160], ymm5",
+                    "vmovaps [{out} + 192], ymm6", "vmovaps [{out} + 224], ymm7", "vmovaps [{out} + 256], ymm8",
+                    "vmovaps [{out} + 288], ymm9", "vmovaps [{out} + 320], ymm10", "vmovaps [{out} + 352], ymm11",
+                    a = inout(reg) t.a.add(8 * px) => _,
+                    w = inout(reg) w => _,
+                    w3 = inout(reg) w.wrapping_add(3 * t.walk.lane) => _,
+                    lane = in(reg) t.walk.lane,
+                    row = in(reg) row,
+                    tap = in(reg) tap,
+                    skip = in(reg) skip,
+                    taps = in(reg) t.walk.taps,
+                    left = out(reg) _,
+                    rows = inout(reg) rows => _,
+                    out = in(reg) sums.0.as_mut_ptr(),
+                    out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
+                    out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
+                    out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
+                    options(nostack),
+                );
+            }
+            sums
+        }
+    };
 }
 
-/// The sums of the sub-tile of 16 pixels (2 vectors from `px`) by 6 outputs from `o0`.
-///
-/// # Safety
-/// As [`sums_3x4`], for 2 vectors by 6 outputs.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sums_2x6(t: &Sub, px: usize, o0: usize) -> Sums {
-    let mut sums = Sums([[0.0; 8]; 12]);
-    let (row, tap, skip) = t.steps();
-    let rows = t.walk.chans * t.walk.taps;
-    if rows == 0 {
-        return sums;
-    }
-    let w = t.w.wrapping_add(o0 * t.walk.lane);
-    // SAFETY: as in sums_3x4, with outputs i < 6 (`w4`: output 4's weight).
-    unsafe {
-        std::arch::asm!(
-            "vxorps ymm0, ymm0, ymm0", "vxorps ymm1, ymm1, ymm1", "vxorps ymm2, ymm2, ymm2",
-            "vxorps ymm3, ymm3, ymm3", "vxorps ymm4, ymm4, ymm4", "vxorps ymm5, ymm5, ymm5",
-            "vxorps ymm6, ymm6, ymm6", "vxorps ymm7, ymm7, ymm7", "vxorps ymm8, ymm8, ymm8",
-            "vxorps ymm9, ymm9, ymm9", "vxorps ymm10, ymm10, ymm10", "vxorps ymm11, ymm11, ymm11",
-            "mov {left}, {taps}",
-            "2:",
-            "vmovaps ymm12, [{a}]",
-            "vmovaps ymm13, [{a} + 32]",
-            "vbroadcastss ymm15, [{w}]",
-            "vfmadd231ps ymm0, ymm12, ymm15",
-            "vfmadd231ps ymm1, ymm13, ymm15",
-            "vbroadcastss ymm15, [{w} + {lane} * 4]",
-            "vfmadd231ps ymm2, ymm12, ymm15",
-            "vfmadd231ps ymm3, ymm13, ymm15",
-            "vbroadcastss ymm15, [{w} + {lane} * 8]",
-            "vfmadd231ps ymm4, ymm12, ymm15",
-            "vfmadd231ps ymm5, ymm13, ymm15",
-            "vbroadcastss ymm15, [{w} + {lane3}]",
-            "vfmadd231ps ymm6, ymm12, ymm15",
-            "vfmadd231ps ymm7, ymm13, ymm15",
-            "vbroadcastss ymm15, [{w4}]",
-            "vfmadd231ps ymm8, ymm12, ymm15",
-            "vfmadd231ps ymm9, ymm13, ymm15",
-            "vbroadcastss ymm15, [{w4} + {lane} * 4]",
-            "vfmadd231ps ymm10, ymm12, ymm15",
-            "vfmadd231ps ymm11, ymm13, ymm15",
-            "add {a}, {row}",
-            "add {w}, {tap}",
-            "add {w4}, {tap}",
-            "dec {left}",
-            "jnz 3f",
-            "add {w}, {skip}",
-            "add {w4}, {skip}",
-            "mov {left}, {taps}",
-            "3:",
-            "dec {rows}",
-            "jnz 2b",
-            "vmovaps [{out}], ymm0", "vmovaps [{out} + 32], ymm1", "vmovaps [{out} + 64], ymm2",
-            "vmovaps [{out} + 96], ymm3", "vmovaps [{out} + 128], ymm4", "vmovaps [{out} + 160], ymm5",
-            "vmovaps [{out} + 192], ymm6", "vmovaps [{out} + 224], ymm7", "vmovaps [{out} + 256], ymm8",
-            "vmovaps [{out} + 288], ymm9", "vmovaps [{out} + 320], ymm10", "vmovaps [{out} + 352], ymm11",
-            a = inout(reg) t.a.add(8 * px) => _,
-            w = inout(reg) w => _,
-            w4 = inout(reg) w.wrapping_add(4 * t.walk.lane) => _,
-            lane = in(reg) t.walk.lane,
-            lane3 = in(reg) 12 * t.walk.lane,
-            row = in(reg) row,
-            tap = in(reg) tap,
-            skip = in(reg) skip,
-            taps = in(reg) t.walk.taps,
-            left = out(reg) _,
-            rows = inout(reg) rows => _,
-            out = in(reg) sums.0.as_mut_ptr(),
-            out("ymm0") _, out("ymm1") _, out("ymm2") _, out("ymm3") _, out("ymm4") _, out("ymm5") _,
-            out("ymm6") _, out("ymm7") _, out("ymm8") _, out("ymm9") _, out("ymm10") _, out("ymm11") _,
-            out("ymm12") _, out("ymm13") _, out("ymm14") _, out("ymm15") _,
-            options(nostack),
-        );
-    }
-    sums
-}
+panel_sums!(
+    /// The sums of the sub-tile of 24 pixels (3 vectors from `px`) by 4 outputs from `o0`.
+    ///
+    /// # Safety
+    /// AVX2 and FMA present; the panel's rows and the walk's weights in bounds.
+    sums_3x4,
+    "vmovaps ymm12, [{a}]",
+    "vmovaps ymm13, [{a} + 32]",
+    "vmovaps ymm14, [{a} + 64]",
+    "vbroadcastss ymm15, [{w}]",
+    "vfmadd231ps ymm0, ymm12, ymm15",
+    "vfmadd231ps ymm1, ymm13, ymm15",
+    "vfmadd231ps ymm2, ymm14, ymm15",
+    "vbroadcastss ymm15, [{w} + {lane} * 4]",
+    "vfmadd231ps ymm3, ymm12, ymm15",
+    "vfmadd231ps ymm4, ymm13, ymm15",
+    "vfmadd231ps ymm5, ymm14, ymm15",
+    "vbroadcastss ymm15, [{w} + {lane} * 8]",
+    "vfmadd231ps ymm6, ymm12, ymm15",
+    "vfmadd231ps ymm7, ymm13, ymm15",
+    "vfmadd231ps ymm8, ymm14, ymm15",
+    "vbroadcastss ymm15, [{w3}]",
+    "vfmadd231ps ymm9, ymm12, ymm15",
+    "vfmadd231ps ymm10, ymm13, ymm15",
+    "vfmadd231ps ymm11, ymm14, ymm15",
+);
+
+panel_sums!(
+    /// The sums of the sub-tile of 16 pixels (2 vectors from `px`) by 6 outputs from `o0`.
+    ///
+    /// # Safety
+    /// As [`sums_3x4`], for 2 vectors by 6 outputs.
+    sums_2x6,
+    "vmovaps ymm12, [{a}]",
+    "vmovaps ymm13, [{a} + 32]",
+    "vbroadcastss ymm15, [{w}]",
+    "vfmadd231ps ymm0, ymm12, ymm15",
+    "vfmadd231ps ymm1, ymm13, ymm15",
+    "vbroadcastss ymm15, [{w} + {lane} * 4]",
+    "vfmadd231ps ymm2, ymm12, ymm15",
+    "vfmadd231ps ymm3, ymm13, ymm15",
+    "vbroadcastss ymm15, [{w} + {lane} * 8]",
+    "vfmadd231ps ymm4, ymm12, ymm15",
+    "vfmadd231ps ymm5, ymm13, ymm15",
+    "vbroadcastss ymm15, [{w3}]",
+    "vfmadd231ps ymm6, ymm12, ymm15",
+    "vfmadd231ps ymm7, ymm13, ymm15",
+    "vbroadcastss ymm15, [{w3} + {lane} * 4]",
+    "vfmadd231ps ymm8, ymm12, ymm15",
+    "vfmadd231ps ymm9, ymm13, ymm15",
+    "vbroadcastss ymm15, [{w3} + {lane} * 8]",
+    "vfmadd231ps ymm10, ymm12, ymm15",
+    "vfmadd231ps ymm11, ymm13, ymm15",
+);
 
 /// A sub-tile of `8 PV` pixels from 8-lane vector `px` by outputs `o0..o0 + OR`, with
 /// intrinsics: the 8-accumulator remainders of short tiles (few registers, no spills).
