@@ -62,9 +62,8 @@ use panel::{Panel, Walk};
 /// [`masked::folds`]), `"phases"` and `"folded phases"` (the same for stride-2 forwards, over
 /// the input split into its four phases) or `"padded"` (a zero-padded copy of the input and
 /// a grid cropped afterwards).
-pub(super) fn route(cpu: Cpu, pass: Pass, d: &Dims) -> &'static str {
-    let masked = masked::takes(pass, d) && masked::applies(cpu, d).is_some();
-    match (masked, d.stride, masked::folds(d)) {
+pub(super) fn route(pass: Pass, d: &Dims) -> &'static str {
+    match (masked::takes(pass, d), d.stride, masked::folds(d)) {
         (false, ..) => "padded",
         (true, 1, false) => "masked",
         (true, 1, true) => "folded",
@@ -348,7 +347,7 @@ fn crop(grid: &[f32], n: usize, ch: usize, lr: usize, wp: usize, (rows, cols): (
 
 /// Forward: `x (n, groups * cg, h, w)`, `wt (groups * og, cg, kh, kw)` -> `(n, groups * og, oh, ow)`.
 pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
-    if let Some(cpu) = masked::applies(cpu, d) {
+    if masked::fits(d) {
         return masked::forward(cpu, x, wt, d);
     }
     let (taps, k) = (d.taps(), d.cg * d.taps());
@@ -363,7 +362,7 @@ pub(super) fn forward(cpu: Cpu, x: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
 /// groups * cg, h, w)`, the full correlation of `dy` with the flipped, transposed weights.
 pub(super) fn input_grad(cpu: Cpu, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32> {
     assert_eq!(d.stride, 1, "the implicit input gradient is for stride-1 convolutions");
-    if let Some(cpu) = masked::applies(cpu, d) {
+    if masked::fits(d) {
         return masked::input_grad(cpu, dy, wt, d);
     }
     let (taps, kin) = (d.taps(), d.og * d.taps());

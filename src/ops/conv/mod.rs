@@ -79,7 +79,7 @@ impl Kernel {
     /// Which route inside the algorithm `pass` takes, where it has more than one.
     fn route(&self, pass: Pass) -> Option<&'static str> {
         match self {
-            Kernel::Implicit(cpu, d) => Some(implicit::route(*cpu, pass, d)),
+            Kernel::Implicit(_, d) => Some(implicit::route(pass, d)),
             _ => None,
         }
     }

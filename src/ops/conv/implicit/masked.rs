@@ -47,11 +47,6 @@ use super::panel::{Panel, Walk};
 use super::{Cpu, Dims, MR, NR, NV, Pass, SUM_BLOCK, WEIGHT_CHUNK};
 use crate::ops::{par_chunks_written, write_slice};
 
-/// Whether a pass of `d` on `cpu` goes this way ([`fits`]).
-pub(super) fn applies(cpu: Cpu, d: &Dims) -> Option<Cpu> {
-    fits(d).then_some(cpu)
-}
-
 /// Whether `pass` of `d` goes this way: a forward that [`fits`], or the
 /// input gradient of a stride-1 one (stride 2's is not a convolution over one plane).
 pub(super) fn takes(pass: Pass, d: &Dims) -> bool {
