@@ -114,6 +114,11 @@ pub(crate) fn par_chunks_zeroed<T: Copy + Default + Send + Sync>(
 
 static POISON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Whether outputs are poisoned before kernels write them ([`poison_unwritten_outputs`]).
+pub(crate) fn poisoned() -> bool {
+    POISON.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// From now on, in this process, every output [`par_chunks_written`] hands a kernel is filled
 /// with NaN first (as in debug builds): the parity tests call it, so that a kernel leaving an
 /// element unwritten fails them in release builds too.

@@ -21,7 +21,7 @@ use crate::ops::isa;
 /// folded small planes on the masked route; 6: folded rows side by side, padding-only taps left
 /// out, the weight gradient's dy transposed in registers; 7: stride-2 forwards over phases on
 /// the masked route; 8: the masked route and 12-accumulator panel tiles on AVX2).
-pub const VERSION: u32 = 8;
+pub const VERSION: u32 = 9;
 
 /// The plan file, in each variant's folder.
 pub const RUN_FILE: &str = "kernels.json";

@@ -44,6 +44,13 @@ CONV_CASES = [
     (3, 16, 12, 13, 48, 5, 1, 2, 1, 1),
     (1, 32, 12, 12, 80, 3, 1, 1, 1, 1),
     (1, 16, 16, 16, 64, 3, 1, 0, 1, 1),
+    # Winograd F(2x2, 3x3) on the ladder (3x3 stride 1, 32+ channels, 100+ pixels): an odd map
+    # (half tiles at the right and bottom), padding 0 and 2, and ResNet18's layer3 (256
+    # channels: the longest reductions of its 3x3s on the ladder)
+    (2, 32, 11, 13, 48, 3, 1, 1, 1, 1),
+    (1, 32, 12, 12, 32, 3, 1, 0, 1, 1),
+    (1, 32, 10, 11, 32, 3, 1, 2, 1, 1),
+    (2, 256, 14, 14, 256, 3, 1, 1, 1, 1),
     # implicit, small planes folded into one run per channel (7x7 as ResNet18's last stage,
     # 5x5 in 2 groups)
     (4, 32, 7, 7, 32, 3, 1, 1, 1, 1),

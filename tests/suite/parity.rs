@@ -144,7 +144,7 @@ fn report(title: &str, rows: &[Row]) {
 /// crate picks its own build, so the GEMM algorithms run once, at this CPU's level.
 fn levels_for(algo: Algo) -> Vec<Level> {
     match algo {
-        Algo::Direct | Algo::Depthwise => isa::available(),
+        Algo::Direct | Algo::Depthwise | Algo::Winograd => isa::available(),
         Algo::Implicit => isa::available().into_iter().filter(|&l| l >= Level::Avx2).collect(),
         _ => vec![Isa::detected().level()],
     }
@@ -248,6 +248,8 @@ fn convolutions_match_pytorch_on_every_algorithm_and_build() {
             // input gradients (folded on small planes), over phases for stride-2 forwards on
             // even planes, padded for the rest.
             let routes: &[&str] = match (algo, pass) {
+                // The weight gradient is not a Winograd convolution.
+                (Algo::Winograd, Pass::WeightGrad) => &[],
                 (Algo::Implicit, Pass::WeightGrad) => &[" padded"],
                 (Algo::Implicit, Pass::Forward) => &[" masked", " folded", " phases", " folded phases", " padded"],
                 (Algo::Implicit, _) => &[" masked", " folded", " padded"],

@@ -144,8 +144,8 @@ fn col2im(col: &[f32], g: &Geometry, c0: usize, dx: &mut [f32], row_stride: usiz
 }
 
 /// A matrix view for [`matmul`]: `rows x cols`, element (i, j) at `i * rs + j * cs` of a
-/// slice. Made only by [`Mat::row_major`] and [`Mat::transposed`], which check that every
-/// element lies inside the slice: a view is sound by construction.
+/// slice. Made only by [`Mat::row_major`], [`Mat::transposed`] and [`Mat::strided`], which
+/// check that every element lies inside the slice: a view is sound by construction.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat<'a> {
     data: &'a [f32],
@@ -160,6 +160,11 @@ impl<'a> Mat<'a> {
         let last = if rows == 0 || cols == 0 { 0 } else { (rows - 1) * rs + (cols - 1) * cs + 1 };
         assert!(last <= data.len(), "matrix view {rows}x{cols} (strides {rs}, {cs}) past a slice of {}", data.len());
         Self { data, rows, cols, rs, cs }
+    }
+
+    /// The `rows x cols` matrix at the start of `data` with rows `rs` and columns `cs` apart.
+    pub(crate) fn strided(data: &'a [f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Self {
+        Self::new(data, rows, cols, rs, cs)
     }
 
     /// The `rows x cols` row-major matrix at the start of `data`.

@@ -1,6 +1,7 @@
 //! 2-D convolution (groups, stride, padding, dilation) as a candle custom op with its own
 //! forward, input gradient and weight gradient on CPU, each run by the algorithm [`plan`]
-//! picks: implicit GEMM (`implicit.rs`), direct (`direct.rs`) or im2col + GEMM (`gemm.rs`).
+//! picks: Winograd (`winograd.rs`), implicit GEMM (`implicit.rs`), direct (`direct.rs`) or
+//! im2col + GEMM (`gemm.rs`).
 //!
 //! A grouped convolution costs what its FLOPs say, instead of launching one small
 //! convolution per group as candle's `conv2d` does. The input gradient is skipped when the
@@ -12,6 +13,7 @@ pub(crate) mod gemm;
 mod implicit;
 pub mod plan;
 pub mod tune;
+mod winograd;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor};
 
@@ -30,10 +32,12 @@ pub enum Algo {
     Depthwise,
     Batched,
     PerSample,
+    Winograd,
 }
 
 impl Algo {
-    pub const ALL: [Algo; 5] = [Algo::Implicit, Algo::Direct, Algo::Depthwise, Algo::Batched, Algo::PerSample];
+    pub const ALL: [Algo; 6] =
+        [Algo::Implicit, Algo::Direct, Algo::Depthwise, Algo::Batched, Algo::PerSample, Algo::Winograd];
 
     /// The name in plan files and logs.
     pub fn name(self) -> &'static str {
@@ -43,6 +47,7 @@ impl Algo {
             Algo::Depthwise => "depthwise",
             Algo::Batched => "batched",
             Algo::PerSample => "per_sample",
+            Algo::Winograd => "winograd",
         }
     }
 }
@@ -64,6 +69,7 @@ enum Kernel {
     Depthwise(Isa, depthwise::Dims),
     Batched,
     PerSample,
+    Winograd(Isa, winograd::Dims),
 }
 
 impl Kernel {
@@ -74,6 +80,7 @@ impl Kernel {
             Kernel::Depthwise(..) => Algo::Depthwise,
             Kernel::Batched => Algo::Batched,
             Kernel::PerSample => Algo::PerSample,
+            Kernel::Winograd(..) => Algo::Winograd,
         }
     }
     /// Which route inside the algorithm `pass` takes, where it has more than one.
@@ -184,6 +191,18 @@ impl Geometry {
         };
         implicit::applies(self.p.dilation, &d).then_some(d)
     }
+    /// The Winograd kernels' dims, when they apply (see [`winograd::applies`]).
+    fn winograd(&self) -> Option<winograd::Dims> {
+        let p = self.p;
+        winograd::applies((self.kh, self.kw), p.stride, p.padding, p.dilation, p.groups).then_some(winograd::Dims {
+            n: self.n,
+            c: self.c,
+            o: self.o,
+            h: self.h,
+            w: self.w,
+            p: p.padding,
+        })
+    }
     fn in_len(&self) -> usize {
         self.c * self.h * self.w
     }
@@ -205,6 +224,7 @@ fn forward_by(k: Kernel, x: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
         Kernel::Depthwise(isa, d) => depthwise::forward(isa, x, wt, &d),
         Kernel::Batched => gemm::forward_batched(x, wt, g),
         Kernel::PerSample => gemm::forward(x, wt, g),
+        Kernel::Winograd(isa, d) => winograd::forward(isa, x, wt, &d),
     }
 }
 
@@ -228,6 +248,7 @@ fn input_grad_by(k: Kernel, dy: &[f32], wt: &[f32], g: &Geometry) -> Vec<f32> {
         Kernel::Depthwise(isa, d) => depthwise::input_grad(isa, dy, wt, &d),
         Kernel::Batched => gemm::input_grad_batched(dy, wt, g),
         Kernel::PerSample => gemm::input_grad(dy, wt, g),
+        Kernel::Winograd(isa, d) => winograd::input_grad(isa, dy, wt, &d),
     }
 }
 
@@ -245,6 +266,7 @@ fn weight_grad_by(k: Kernel, x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         Kernel::Depthwise(isa, d) => depthwise::weight_grad(isa, x, dy, &d),
         Kernel::Batched => gemm::weight_grad_batched(x, dy, g),
         Kernel::PerSample => gemm::weight_grad(x, dy, g),
+        Kernel::Winograd(..) => unreachable!("the plan never runs a weight gradient by Winograd"),
     }
 }
 
@@ -377,6 +399,11 @@ mod tests {
             (2, 16, 3, 3, 16, 3, 1, 1, 1, 1),
             // 80 outputs: a four-vector weight-gradient tile and a one-vector tail.
             (2, 16, 6, 9, 80, 3, 1, 1, 1, 1),
+            // Winograd: padding 0 and 2 (the input gradient's 2 and 0), odd maps (half tiles
+            // at the right and bottom), a 1x1 output.
+            (2, 5, 7, 10, 6, 3, 1, 0, 1, 1),
+            (1, 4, 5, 6, 3, 3, 1, 2, 1, 1),
+            (2, 3, 3, 3, 2, 3, 1, 0, 1, 1),
             // RGB stems (3 input channels: an odd reduction, a single-tap tail in the weight
             // gradient; the input gradient on im2col): 7x7 stride 2 padding 3, and 3x3.
             (2, 3, 23, 21, 16, 7, 2, 3, 1, 1),
@@ -395,9 +422,11 @@ mod tests {
             (1, 5, 9, 12, 5, 3, 3, 0, 1, 5),
         ];
         // Each case on the ladder's plan, then with the implicit kernels wherever they can run,
-        // in their AVX-512 and AVX2 builds (on a CPU without AVX-512, the AVX2 build twice).
-        let plans: [fn(&mut dyn FnMut()); 3] = [
+        // in their AVX-512 and AVX2 builds (on a CPU without AVX-512, the AVX2 build twice),
+        // then with the Winograd kernels wherever they can.
+        let plans: [fn(&mut dyn FnMut()); 4] = [
             |f| f(),
+            |f| plan::with_forced(plan::Algo::Winograd, f),
             |f| plan::with_forced(plan::Algo::Implicit, f),
             |f| crate::ops::isa::with_cap(crate::ops::isa::Level::Avx2, || plan::with_forced(plan::Algo::Implicit, f)),
         ];

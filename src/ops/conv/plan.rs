@@ -3,6 +3,9 @@
 //! same ladder, tests can force each algorithm on the same case and see which one ran.
 //!
 //! The ladder, first that applies:
+//! 0. [`Algo::Winograd`]: Winograd F(2x2, 3x3) for the forward and input gradient of 3x3,
+//!    stride-1, one-group convs of 32+ channels on maps of 100+ pixels (ResNet's 3x3s but its
+//!    7x7 stage), on any SIMD build (the GEMMs are the `gemm` crate's);
 //! 1. [`Algo::Implicit`]: implicit GEMM on AVX-512 (dilation 1, 16k channels per group, maps
 //!    of 100+ pixels or the small maps its masked route folds; the input gradient for stride 1
 //!    only);
@@ -17,7 +20,7 @@
 use std::cell::{Cell, RefCell};
 
 pub use super::{Algo, Pass};
-use super::{Geometry, Kernel, implicit};
+use super::{Geometry, Kernel, implicit, winograd};
 use crate::ops::isa::{Isa, Level};
 
 /// Below this many output pixels per sample, the samples share one GEMM (`k x n*l` columns):
@@ -30,6 +33,7 @@ pub const BATCH_BELOW: usize = 1024;
 fn kernel(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Option<Kernel> {
     match algo {
         Algo::Implicit if !implicit::worthwhile(pass, &g.implicit()?) || isa.avx512().is_none() => None,
+        Algo::Winograd if !winograd::worthwhile(&g.winograd()?) => None,
         _ => candidate(algo, pass, g, isa),
     }
 }
@@ -54,13 +58,16 @@ pub(super) fn candidate(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Optio
         Algo::Depthwise => g.depthwise().map(|d| Kernel::Depthwise(isa, d)),
         Algo::Batched => Some(Kernel::Batched),
         Algo::PerSample => Some(Kernel::PerSample),
+        Algo::Winograd if pass == Pass::WeightGrad => None,
+        Algo::Winograd => g.winograd().map(|d| Kernel::Winograd(isa, d)),
     }
 }
 
 /// What the ladder picks for `pass` of `g` on `isa`.
 pub(super) fn choose(pass: Pass, g: &Geometry, isa: Isa) -> Kernel {
     let batched = g.l() < BATCH_BELOW && g.n > 1;
-    kernel(Algo::Implicit, pass, g, isa)
+    kernel(Algo::Winograd, pass, g, isa)
+        .or_else(|| kernel(Algo::Implicit, pass, g, isa))
         .or_else(|| kernel(Algo::Direct, pass, g, isa))
         .or_else(|| kernel(Algo::Depthwise, pass, g, isa))
         .unwrap_or(if batched { Kernel::Batched } else { Kernel::PerSample })

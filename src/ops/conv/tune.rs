@@ -73,6 +73,7 @@ fn scratch_floats(k: Kernel, pass: Pass, g: &Geometry) -> usize {
     match k {
         Kernel::Batched => g.n * (columns + if pass == Pass::WeightGrad { 0 } else { g.out_len() }),
         Kernel::PerSample => rayon::current_num_threads() * columns,
+        Kernel::Winograd(_, d) => super::winograd::scratch_floats(&d),
         Kernel::Implicit(..) | Kernel::Direct(..) | Kernel::Depthwise(..) => 0,
     }
 }
