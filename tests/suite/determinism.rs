@@ -47,8 +47,9 @@ fn input(shape: &[usize]) -> Tensor {
 
 #[test]
 fn a_training_step_is_bit_identical_on_1_2_and_3_threads() {
-    // ResNet18 at 64x64, batch 4: implicit (16x16), batched (8x8 and smaller) and per-sample
-    // (the 32x32 stem) convolutions; LeNet at 72: the direct kernels; resnext.toml: grouped.
+    // ResNet18 at 64x64, batch 4: Winograd (16x16 forwards and input gradients, in two chunks
+    // of tile rows), implicit (16x16), batched (8x8 and smaller) and per-sample (the 32x32
+    // stem) convolutions; LeNet at 72: the direct kernels; resnext.toml: grouped.
     let mut algos = std::collections::BTreeSet::new();
     for (file, hw, batch) in
         [("experiments/resnet18.toml", 64, 4), ("experiments/lenet.toml", 72, 4), ("experiments/resnext.toml", 32, 4)]
@@ -64,9 +65,9 @@ fn a_training_step_is_bit_identical_on_1_2_and_3_threads() {
         }
     }
     let expected: Vec<String> = if ablate::ops::isa::Isa::detected().avx512().is_some() {
-        vec!["Batched", "Direct", "Implicit", "PerSample"].into_iter().map(String::from).collect()
+        vec!["Batched", "Direct", "Implicit", "PerSample", "Winograd"].into_iter().map(String::from).collect()
     } else {
-        vec!["Batched", "Direct", "PerSample"].into_iter().map(String::from).collect()
+        vec!["Batched", "Direct", "PerSample", "Winograd"].into_iter().map(String::from).collect()
     };
     assert_eq!(algos.into_iter().collect::<Vec<_>>(), expected, "the networks ran every algorithm");
 }
