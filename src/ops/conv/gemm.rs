@@ -276,14 +276,14 @@ fn with_batch_buffers<R>(col_len: usize, tmp_len: usize, f: impl FnOnce(&mut [f3
 
 /// A pointer that may cross threads: each task writes a disjoint set of positions.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(super) struct SendPtr(pub(super) *mut f32);
 // SAFETY: only used for writes to positions no other task touches (see the call sites).
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
     /// Through a method, so closures capture the whole (Send) wrapper, not its raw field.
-    fn get(self) -> *mut f32 {
+    pub(super) fn get(self) -> *mut f32 {
         self.0
     }
 }

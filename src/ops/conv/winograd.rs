@@ -28,7 +28,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::gemm::{Mat, matmul_over};
+use super::gemm::{Mat, SendPtr, matmul_over};
 use crate::ops::isa::{Isa, Level};
 
 /// Floats of one chunk's `V` and `M` together (1 MiB): the tiles per chunk follow from the
@@ -168,19 +168,9 @@ thread_local! {
     static CHUNK: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-/// A pointer to the output that chunks on several threads write through: each writes only
-/// the output rows of its own tiles.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: see `run`: the chunks' output rows are disjoint.
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
+/// The output, written by chunks on several threads: each writes only the output rows of its
+/// own tiles (see `run`).
+type Out = SendPtr;
 
 /// The convolution `d` of `x` by the transformed weights `u`.
 fn run(isa: Isa, x: &[f32], u: &[f32], d: &Dims) -> Vec<f32> {
@@ -194,7 +184,7 @@ fn run(isa: Isa, x: &[f32], u: &[f32], d: &Dims) -> Vec<f32> {
         out.resize(len, f32::NAN);
         out.clear();
     }
-    let ptr = Out(out.as_mut_ptr());
+    let ptr = SendPtr(out.as_mut_ptr());
     let rows = d.chunk_rows();
     let chunks: Vec<usize> = (0..d.n * th).step_by(rows).collect();
     chunks.into_par_iter().for_each(|r0| {
