@@ -10,19 +10,20 @@
 //! 36 for a direct or implicit-GEMM convolution: 2.25x fewer (less on odd or tiny maps, whose
 //! last tiles are partly outside), for three transforms that are cheap adds.
 //!
-//! Why by hand: no Rust crate has a Winograd convolution; the GEMMs are the `gemm` crate's.
-//! oneDNN's AVX2 build and candle have none either; NNPACK's and cuDNN's follow the same
-//! plan (transform, batched GEMM, inverse transform) over blocks of tiles that stay cached.
+//! Why by hand: no Rust crate has a Winograd convolution (candle neither); the GEMMs are the
+//! `gemm` crate's. NNPACK's and cuDNN's follow the same plan (transform, batched GEMM,
+//! inverse transform) over blocks of tiles that stay cached.
 //!
 //! Accuracy: F(2x2, 3x3)'s transforms have entries 0, ±1 and ±1/2 only (the weights'
-//! transform is computed in float64 and rounded once), so its error stays within a small
-//! factor of the direct sum's; larger tiles (F(4x4, 3x3) and up) multiply it by tens and are
-//! left out. The parity suite compares both passes with PyTorch against float64.
+//! transform is computed in float64 and rounded once). In the parity suite its error
+//! against float64 is within 3x PyTorch float32's (ResNet18's layer3 shape: 1.8x forward,
+//! 2.8x input gradient). Larger tiles (F(4x4, 3x3) and up) save more multiplies but have
+//! larger transform entries, whose error grows with the tile (Lavin and Gray); not tried.
 //!
 //! Work is split into chunks of whole tile rows (a fixed number of tiles, whatever the thread
 //! count, so that the result does not depend on it): per chunk, the inputs are transformed
 //! into `V (16, c, tiles)`, multiplied into `M (16, o, tiles)` and transformed back into the
-//! chunk's output rows, all while the chunk stays in L2.
+//! chunk's output rows, a chunk sized for L2 ([`CHUNK_FLOATS`]).
 
 use std::mem::MaybeUninit;
 
@@ -32,8 +33,8 @@ use super::gemm::{Mat, SendPtr, matmul_over};
 use crate::ops::isa::{Isa, Level};
 
 /// Floats of one chunk's `V` and `M` together (1 MiB): the tiles per chunk follow from the
-/// channels, at least [`MIN_TILES`]. Half and twice this, and at least 128 tiles, measured
-/// the same or slower on ResNet18's 3x3s (a Zen 4, AVX-512).
+/// channels, at least [`MIN_TILES`] (so 256+ channels take more). Half and twice this, and
+/// at least 128 tiles, measured no better overall on ResNet18's 3x3s (a Zen 4, AVX-512).
 const CHUNK_FLOATS: usize = 256 * 1024;
 /// Tiles per chunk at least: below this the GEMMs are too narrow to reach their peak.
 const MIN_TILES: usize = 64;
@@ -74,17 +75,18 @@ impl Dims {
 }
 
 /// Whether these kernels take the convolution: 3x3, stride 1, dilation 1, one group, padding
-/// at most 2 (so that the input gradient's, `2 - p`, is a padding too), and an output.
+/// at most 2 (so that the input gradient's, `2 - p`, is a padding too).
 pub(super) fn applies(k: (usize, usize), stride: usize, padding: usize, dilation: usize, groups: usize) -> bool {
     k == (3, 3) && stride == 1 && dilation == 1 && groups == 1 && padding <= 2
 }
 
 /// Whether the ladder picks these kernels where they apply: 32 channels and more on each side
-/// (fewer make GEMMs too small for their transforms) and maps of 100 output pixels and more
-/// (on 7x7, a quarter of the tiles' outputs fall outside and the 512-channel weights'
-/// transform is read once per chunk: 18.3 against 17.3 ms for the implicit GEMM's forward on
-/// a Zen 4 with AVX-512; 14x14 to 56x56: 13-15 against 18-20 ms, and 16-19 against 27-28 ms
-/// on the AVX2 build).
+/// (fewer make GEMMs too small for their transforms) and maps of 100 output pixels and more.
+/// On ResNet18's 7x7 stage a quarter of the tiles' outputs fall outside the map and the
+/// 512-channel weights' transform is read once per chunk: its forward took 21.2 against 17.2
+/// ms for the implicit GEMM (AVX-512, a Zen 4); from 14x14 to 56x56, 13.1-14.7 against
+/// 17.9-20.1 ms, and 12.3-14.3 against 19.0-23.6 on the AVX2 build (tuning's timings, `bench
+/// convs`, docs/BENCHMARKS.md, sixth session of 2026-12-03).
 pub(super) fn worthwhile(d: &Dims) -> bool {
     d.c >= 32 && d.o >= 32 && d.oh() * d.ow() >= 100
 }
