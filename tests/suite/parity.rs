@@ -248,8 +248,6 @@ fn convolutions_match_pytorch_on_every_algorithm_and_build() {
             // input gradients (folded on small planes), over phases for stride-2 forwards on
             // even planes, padded for the rest.
             let routes: &[&str] = match (algo, pass) {
-                // The weight gradient is not a Winograd convolution.
-                (Algo::Winograd, Pass::WeightGrad) => &[],
                 (Algo::Implicit, Pass::WeightGrad) => &[" padded"],
                 (Algo::Implicit, Pass::Forward) => &[" masked", " folded", " phases", " folded phases", " padded"],
                 (Algo::Implicit, _) => &[" masked", " folded", " padded"],

@@ -266,7 +266,7 @@ fn weight_grad_by(k: Kernel, x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
         Kernel::Depthwise(isa, d) => depthwise::weight_grad(isa, x, dy, &d),
         Kernel::Batched => gemm::weight_grad_batched(x, dy, g),
         Kernel::PerSample => gemm::weight_grad(x, dy, g),
-        Kernel::Winograd(..) => unreachable!("the plan never runs a weight gradient by Winograd"),
+        Kernel::Winograd(isa, d) => winograd::weight_grad(isa, x, dy, &d),
     }
 }
 

@@ -3,9 +3,10 @@
 //! same ladder, tests can force each algorithm on the same case and see which one ran.
 //!
 //! The ladder, first that applies:
-//! 0. [`Algo::Winograd`]: Winograd F(2x2, 3x3) for the forward and input gradient of 3x3,
-//!    stride-1, one-group convs of 32+ channels on maps of 100+ pixels (ResNet's 3x3s but its
-//!    7x7 stage), on any SIMD build (the GEMMs are the `gemm` crate's);
+//! 0. [`Algo::Winograd`]: Winograd F(2x2, 3x3) for 3x3, stride-1, one-group convs: the
+//!    forward and input gradient with 32+ channels on maps of 100+ pixels (ResNet's 3x3s but
+//!    its 7x7 stage), the weight gradient with 128+ channels (its layers 2 to 4); on any SIMD
+//!    build (the GEMMs are the `gemm` crate's);
 //! 1. [`Algo::Implicit`]: implicit GEMM on AVX-512 (dilation 1, 16k channels per group, maps
 //!    of 100+ pixels or the small maps its masked route folds; the input gradient for stride 1
 //!    only);
@@ -33,7 +34,7 @@ pub const BATCH_BELOW: usize = 1024;
 fn kernel(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Option<Kernel> {
     match algo {
         Algo::Implicit if !implicit::worthwhile(pass, &g.implicit()?) || isa.avx512().is_none() => None,
-        Algo::Winograd if !winograd::worthwhile(&g.winograd()?) => None,
+        Algo::Winograd if !winograd::worthwhile(pass, &g.winograd()?) => None,
         _ => candidate(algo, pass, g, isa),
     }
 }
@@ -58,7 +59,6 @@ pub(super) fn candidate(algo: Algo, pass: Pass, g: &Geometry, isa: Isa) -> Optio
         Algo::Depthwise => g.depthwise().map(|d| Kernel::Depthwise(isa, d)),
         Algo::Batched => Some(Kernel::Batched),
         Algo::PerSample => Some(Kernel::PerSample),
-        Algo::Winograd if pass == Pass::WeightGrad => None,
         Algo::Winograd => g.winograd().map(|d| Kernel::Winograd(isa, d)),
     }
 }

@@ -1,6 +1,7 @@
 //! Winograd F(2x2, 3x3) for 3x3, stride-1, dilation-1, one-group convolutions (ResNet's
-//! 3x3s): the forward and the input gradient (itself a 3x3 stride-1 convolution of `dy`, by
-//! the flipped, transposed weights).
+//! 3x3s): the forward, the input gradient (itself a 3x3 stride-1 convolution of `dy`, by
+//! the flipped, transposed weights) and the weight gradient (the forward's adjoint in the
+//! weights, [`weight_grad`]).
 //!
 //! Each 2x2 block of outputs ("tile") is `A^T [ U ⊙ V ] A`, where `V = B^T d B` is the
 //! tile's 4x4 input window transformed and `U = G g G^T` the 3x3 weights transformed
@@ -29,7 +30,8 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use super::gemm::{Mat, SendPtr, matmul_over};
+use super::Pass;
+use super::gemm::{Mat, SendPtr, matmul, matmul_over};
 use crate::ops::isa::{Isa, Level};
 
 /// Floats of one chunk's `V` and `M` together (1 MiB): the tiles per chunk follow from the
@@ -63,14 +65,15 @@ impl Dims {
     fn transposed(&self) -> Dims {
         Dims { n: self.n, c: self.o, o: self.c, h: self.oh(), w: self.ow(), p: 2 - self.p }
     }
-    /// Tile rows per chunk.
-    fn chunk_rows(&self) -> usize {
-        let tiles = (CHUNK_FLOATS / (16 * (self.c + self.o))).max(MIN_TILES);
+    /// Tile rows per chunk of a pass that transforms `positions` of the 16 at once (the
+    /// weight gradient's tasks take 4, so 4x the tiles).
+    fn chunk_rows(&self, positions: usize) -> usize {
+        let tiles = (CHUNK_FLOATS / (positions * (self.c + self.o))).max(MIN_TILES);
         (tiles / self.ow().div_ceil(2)).max(1)
     }
     /// Floats of scratch a thread allocates: its chunk's `V` and `M`.
     fn chunk_floats(&self) -> usize {
-        16 * (self.c + self.o) * self.chunk_rows() * self.ow().div_ceil(2)
+        16 * (self.c + self.o) * self.chunk_rows(16) * self.ow().div_ceil(2)
     }
 }
 
@@ -80,15 +83,24 @@ pub(super) fn applies(k: (usize, usize), stride: usize, padding: usize, dilation
     k == (3, 3) && stride == 1 && dilation == 1 && groups == 1 && padding <= 2
 }
 
-/// Whether the ladder picks these kernels where they apply: 32 channels and more on each side
-/// (fewer make GEMMs too small for their transforms) and maps of 100 output pixels and more.
-/// On ResNet18's 7x7 stage a quarter of the tiles' outputs fall outside the map and the
-/// 512-channel weights' transform is read once per chunk: its forward took 21.2 against 17.2
-/// ms for the implicit GEMM (AVX-512, a Zen 4); from 14x14 to 56x56, 13.1-14.7 against
-/// 17.9-20.1 ms, and 12.3-14.3 against 19.0-23.6 on the AVX2 build (tuning's timings, `bench
-/// convs`, docs/BENCHMARKS.md, sixth session of 2026-12-03).
-pub(super) fn worthwhile(d: &Dims) -> bool {
-    d.c >= 32 && d.o >= 32 && d.oh() * d.ow() >= 100
+/// Whether the ladder picks these kernels for `pass` where they apply. Forward and input
+/// gradient: 32 channels and more on each side (fewer make GEMMs too small for their
+/// transforms) and maps of 100 output pixels and more. On ResNet18's 7x7 stage a quarter of
+/// the tiles' outputs fall outside the map and the 512-channel weights' transform is read
+/// once per chunk: its forward took 21.2 against 17.2 ms for the implicit GEMM (AVX-512, a
+/// Zen 4); from 14x14 to 56x56, 13.1-14.7 against 17.9-20.1 ms, and 12.3-14.3 against
+/// 19.0-23.6 on the AVX2 build. Weight gradient: 128 channels and more on each side, on maps
+/// of 7x7 and more (its GEMMs reduce over tiles, so small maps do not starve them): 14.4 and
+/// 17.8 against 20.0 and 20.0 ms (the implicit or batched GEMM) at 256 and 512 channels, but
+/// 23.9 against 18.9 at 64 (AVX-512; on AVX2 it wins at every stage, 16.8-22.0 against
+/// 20.7-23.4). Tuning's timings, `bench convs`, docs/BENCHMARKS.md, sixth session of
+/// 2026-12-03.
+pub(super) fn worthwhile(pass: Pass, d: &Dims) -> bool {
+    let px = d.oh() * d.ow();
+    match pass {
+        Pass::WeightGrad => d.c >= 128 && d.o >= 128 && px >= 49,
+        _ => d.c >= 32 && d.o >= 32 && px >= 100,
+    }
 }
 
 /// Scratch floats of a pass (the transformed weights and every thread's chunk), for tuning's
@@ -109,6 +121,102 @@ pub(super) fn input_grad(isa: Isa, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32>
     let u = transform_weights(isa, d.c, d.o, |c, o| &wt[(o * d.c + c) * 9..][..9], true);
     run(isa, dy, &u, &d.transposed())
 }
+
+/// Weight gradient: `x (n, c, h, w)`, `dy (n, o, oh, ow)` -> `dw (o, c, 3, 3)`, the adjoint
+/// of the forward's `A^T [(G g G^T) ⊙ V] A` in `g`: per transformed position `ξ`, `P[ξ]` is
+/// the sum over tiles of `Z[ξ] V[ξ]^T` (`Z = A dY A^T`, each tile's 2x2 of `dy`
+/// transformed; an `(o x tiles) (tiles x c)` GEMM per chunk), then `dw = G^T P G`, in
+/// float64. Parallel over the four rows of `ξ`: each task transforms its row of every chunk
+/// and adds the chunks in order, so the sums do not depend on the thread count.
+pub(super) fn weight_grad(isa: Isa, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
+    let (oh, ow) = (d.oh(), d.ow());
+    let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+    assert_eq!(x.len(), d.n * d.c * d.h * d.w, "winograd: input of {} floats for {d:?}", x.len());
+    assert_eq!(dy.len(), d.n * d.o * oh * ow, "winograd: output gradient of {} floats for {d:?}", dy.len());
+    let rows = d.chunk_rows(4);
+    let per = d.o * d.c;
+    let mut p = vec![0f32; 16 * per];
+    p.par_chunks_mut(4 * per).enumerate().for_each(|(k, p_k)| {
+        let most = rows * tw;
+        let (mut v, mut z) = (vec![0f32; 4 * d.c * most], vec![0f32; 4 * d.o * most]);
+        for r0 in (0..d.n * th).step_by(rows) {
+            let r1 = (r0 + rows).min(d.n * th);
+            let tiles = (r1 - r0) * tw;
+            transform_inputs(isa, x, d, (r0, r1), (k, k + 1), &mut v[..4 * d.c * tiles]);
+            transform_grads(isa, dy, d, (r0, r1), k, &mut z[..4 * d.o * tiles]);
+            for j in 0..4 {
+                let a = Mat::row_major(&z[j * d.o * tiles..][..d.o * tiles], d.o, tiles);
+                let b = Mat::transposed(&v[j * d.c * tiles..][..d.c * tiles], d.c, tiles);
+                matmul(&mut p_k[j * per..][..per], r0 > 0, a, b, gemm::Parallelism::None);
+            }
+        }
+    });
+    let mut dw = vec![0f32; 9 * per];
+    dw.par_chunks_mut(9).with_min_len(256).enumerate().for_each(|(oc, k)| {
+        let at = |xi: usize| f64::from(p[xi * per + oc]);
+        // G^T P G: down the rows of P, then across its columns; G^T = [[1, 1/2, 1/2, 0],
+        // [0, 1/2, -1/2, 0], [0, 1/2, 1/2, 1]].
+        let gt = |a: f64, b: f64, c: f64, e: f64| [a + (b + c) * 0.5, (b - c) * 0.5, (b + c) * 0.5 + e];
+        let cols: [[f64; 3]; 4] = std::array::from_fn(|j| gt(at(j), at(4 + j), at(8 + j), at(12 + j)));
+        for y in 0..3 {
+            let row = gt(cols[0][y], cols[1][y], cols[2][y], cols[3][y]);
+            for (x, v) in row.into_iter().enumerate() {
+                k[3 * y + x] = v as f32;
+            }
+        }
+    });
+    dw
+}
+
+/// `Z (4, o, tiles)`: row `k` of each tile's `A dY A^T` for tile rows `r0..r1`, `A^T = [[1,
+/// 1, 1, 0], [0, 1, -1, -1]]`, the tile's 2x2 of `dy` zero past the output's edge: down
+/// the tile's two rows for whole rows at once (`[top, top + bottom, top - bottom,
+/// -bottom]`), then across even and odd columns (`[e, e + o, e - o, -o]`).
+#[inline(always)]
+fn transform_grads_body(dy: &[f32], d: &Dims, (r0, r1): (usize, usize), k: usize, z: &mut [f32]) {
+    let (oh, ow) = (d.oh(), d.ow());
+    let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
+    let tiles = (r1 - r0) * tw;
+    // Two columns per tile; the last one zero where ow is odd.
+    let mut row = vec![0f32; 2 * tw];
+    let (mut even, mut odd) = (vec![0f32; tw], vec![0f32; tw]);
+    for r in r0..r1 {
+        let (i, ty) = (r / th, r % th);
+        let t0 = (r - r0) * tw;
+        for o in 0..d.o {
+            let plane = &dy[(i * d.o + o) * oh * ow..][..oh * ow];
+            let top = &plane[2 * ty * ow..][..ow];
+            let bottom = (2 * ty + 1 < oh).then(|| &plane[(2 * ty + 1) * ow..][..ow]);
+            let dst = &mut row[..ow];
+            match (k, bottom) {
+                (0, _) | (1 | 2, None) => dst.copy_from_slice(top),
+                (_, None) => dst.fill(0.0),
+                (1, Some(b)) => dst.iter_mut().zip(top).zip(b).for_each(|((v, t), b)| *v = t + b),
+                (2, Some(b)) => dst.iter_mut().zip(top).zip(b).for_each(|((v, t), b)| *v = t - b),
+                (_, Some(b)) => dst.iter_mut().zip(b).for_each(|(v, b)| *v = -b),
+            }
+            for ((e, od), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
+                (*e, *od) = (pair[0], pair[1]);
+            }
+            let out = |j: usize| (j * d.o + o) * tiles + t0;
+            z[out(0)..][..tw].copy_from_slice(&even);
+            for (v, (e, od)) in z[out(1)..][..tw].iter_mut().zip(even.iter().zip(&odd)) {
+                *v = e + od;
+            }
+            for (v, (e, od)) in z[out(2)..][..tw].iter_mut().zip(even.iter().zip(&odd)) {
+                *v = e - od;
+            }
+            for (v, od) in z[out(3)..][..tw].iter_mut().zip(&odd) {
+                *v = -od;
+            }
+        }
+    }
+}
+
+simd_dispatch!(
+    /// [`transform_grads_body`] for this CPU.
+    fn transform_grads(dy: &[f32], d: &Dims, rows: (usize, usize), k: usize, z: &mut [f32]) -> () = transform_grads_body
+);
 
 /// `U (outs, 16, ins)`: `G g G^T` of each 3x3 kernel `at(out, in)` (flipped, `flip`), in
 /// float64, rounded once. `G = [[1, 0, 0], [1/2, 1/2, 1/2], [1/2, -1/2, 1/2], [0, 0, 1]]`.
@@ -187,7 +295,7 @@ fn run(isa: Isa, x: &[f32], u: &[f32], d: &Dims) -> Vec<f32> {
         out.clear();
     }
     let ptr = SendPtr(out.as_mut_ptr());
-    let rows = d.chunk_rows();
+    let rows = d.chunk_rows(16);
     let chunks: Vec<usize> = (0..d.n * th).step_by(rows).collect();
     chunks.into_par_iter().for_each(|r0| {
         let r1 = (r0 + rows).min(d.n * th);
@@ -199,7 +307,7 @@ fn run(isa: Isa, x: &[f32], u: &[f32], d: &Dims) -> Vec<f32> {
                 buf.resize(need, 0.0);
             }
             let (v, m) = buf[..need].split_at_mut(16 * d.c * tiles);
-            transform_inputs(isa, x, d, (r0, r1), v);
+            transform_inputs(isa, x, d, (r0, r1), (0, 4), v);
             for xi in 0..16 {
                 let a = Mat::strided(&u[xi * d.c..], d.o, d.c, 16 * d.c, 1);
                 let b = Mat::row_major(&v[xi * d.c * tiles..][..d.c * tiles], d.c, tiles);
@@ -220,13 +328,13 @@ fn run(isa: Isa, x: &[f32], u: &[f32], d: &Dims) -> Vec<f32> {
     out
 }
 
-/// `V (16, c, tiles)` of tile rows `r0..r1` (row `r`: sample `r / th`, tile row `r % th`):
-/// per tile `B^T d B` of its 4x4 window, `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
+/// `V (4 (k1 - k0), c, tiles)` of tile rows `r0..r1` (row `r`: sample `r / th`, tile row
+/// `r % th`): rows `k0..k1` of each tile's `B^T d B` (its 4x4 window transformed), `B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
 /// [0, 1, 0, -1]]`: down the window's rows for whole padded rows at once, then across its
 /// columns for every tile of the row, split into even and odd columns so that each of the
 /// 16 results is a contiguous run (the loops vectorise).
 #[inline(always)]
-fn transform_inputs_body(x: &[f32], d: &Dims, (r0, r1): (usize, usize), v: &mut [f32]) {
+fn transform_inputs_body(x: &[f32], d: &Dims, (r0, r1): (usize, usize), (k0, k1): (usize, usize), v: &mut [f32]) {
     let (th, tw) = (d.oh().div_ceil(2), d.ow().div_ceil(2));
     let tiles = (r1 - r0) * tw;
     // Padded rows cover input columns -p .. 2 tw + 2 - p: every window of the row's tiles.
@@ -253,13 +361,13 @@ fn transform_inputs_body(x: &[f32], d: &Dims, (r0, r1): (usize, usize), v: &mut 
                 let (va, vb, vc, vd) = (*a, *b, *cc, *dd);
                 (*a, *b, *cc, *dd) = (va - vc, vb + vc, vc - vb, vb - vd);
             }
-            for (k, row) in rows.chunks_exact(width).enumerate() {
+            for (k, row) in rows.chunks_exact(width).enumerate().take(k1).skip(k0) {
                 for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(row.chunks_exact(2)) {
                     (*e, *o) = (pair[0], pair[1]);
                 }
                 // Across the columns: tile tx reads columns 2 tx .. 2 tx + 3, that is even[tx],
                 // odd[tx], even[tx + 1], odd[tx + 1].
-                let out = |j: usize| (4 * k + j) * d.c * tiles + c * tiles + t0;
+                let out = |j: usize| (4 * (k - k0) + j) * d.c * tiles + c * tiles + t0;
                 let (a, b) = (&even[..tw], &odd[..tw]);
                 let (cc, dd) = (&even[1..], &odd[1..]);
                 for (dst, (x0, x2)) in v[out(0)..][..tw].iter_mut().zip(a.iter().zip(cc)) {
@@ -281,7 +389,7 @@ fn transform_inputs_body(x: &[f32], d: &Dims, (r0, r1): (usize, usize), v: &mut 
 
 simd_dispatch!(
     /// [`transform_inputs_body`] for this CPU.
-    fn transform_inputs(x: &[f32], d: &Dims, rows: (usize, usize), v: &mut [f32]) -> () = transform_inputs_body
+    fn transform_inputs(x: &[f32], d: &Dims, rows: (usize, usize), ks: (usize, usize), v: &mut [f32]) -> () = transform_inputs_body
 );
 
 /// Writes the output rows of tile rows `r0..r1` from `M (16, o, tiles)`: per tile
