@@ -48,7 +48,7 @@ fn input(shape: &[usize]) -> Tensor {
 #[test]
 fn a_training_step_is_bit_identical_on_1_2_and_3_threads() {
     // ResNet18 at 64x64, batch 4: Winograd (16x16 forwards and input gradients, in two chunks
-    // of tile rows), implicit (16x16), batched (8x8 and smaller) and per-sample (the 32x32
+    // of tile rows; layer2's 8x8 weight gradients), implicit (16x16), batched (8x8 and smaller) and per-sample (the 32x32
     // stem) convolutions; LeNet at 72: the direct kernels; resnext.toml: grouped.
     let mut algos = std::collections::BTreeSet::new();
     for (file, hw, batch) in

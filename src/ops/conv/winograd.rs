@@ -90,10 +90,10 @@ pub(super) fn applies(k: (usize, usize), stride: usize, padding: usize, dilation
 /// once per chunk: its forward took 21.2 against 17.2 ms for the implicit GEMM (AVX-512, a
 /// Zen 4); from 14x14 to 56x56, 13.1-14.7 against 17.9-20.1 ms, and 12.3-14.3 against
 /// 19.0-23.6 on the AVX2 build. Weight gradient: 128 channels and more on each side, on maps
-/// of 7x7 and more (its GEMMs reduce over tiles, so small maps do not starve them): 14.4 and
-/// 17.8 against 20.0 and 20.0 ms (the implicit or batched GEMM) at 256 and 512 channels, but
-/// 23.9 against 18.9 at 64 (AVX-512; on AVX2 it wins at every stage, 16.8-22.0 against
-/// 20.7-23.4). Tuning's timings, `bench convs`, docs/BENCHMARKS.md, sixth session of
+/// of 7x7 and more (its GEMMs reduce over tiles, so small maps do not starve them): 18.0,
+/// 17.8 and 18.2 ms against the best other algorithm's 19.4, 20.7 and 19.9 at 128 to 512
+/// channels, but 19.5 against 18.4 at 64 (AVX-512; on AVX2 it wins at every stage, 16.8-22.0
+/// against 20.7-23.3). Tuning's timings, `bench convs`, docs/BENCHMARKS.md, sixth session of
 /// 2026-12-03.
 pub(super) fn worthwhile(pass: Pass, d: &Dims) -> bool {
     let px = d.oh() * d.ow();
