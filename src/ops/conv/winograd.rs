@@ -103,8 +103,8 @@ pub(super) fn worthwhile(pass: Pass, d: &Dims) -> bool {
     }
 }
 
-/// Scratch floats of a pass (the transformed weights and every thread's chunk), for tuning's
-/// memory cap.
+/// Scratch floats of a pass (the transformed weights and every thread's chunk; the weight
+/// gradient's position sums and its tasks' chunks are as large), for tuning's memory cap.
 pub(super) fn scratch_floats(d: &Dims) -> usize {
     16 * d.c * d.o + rayon::current_num_threads() * d.chunk_floats()
 }
@@ -127,7 +127,9 @@ pub(super) fn input_grad(isa: Isa, dy: &[f32], wt: &[f32], d: &Dims) -> Vec<f32>
 /// the sum over tiles of `Z[ξ] V[ξ]^T` (`Z = A dY A^T`, each tile's 2x2 of `dy`
 /// transformed; an `(o x tiles) (tiles x c)` GEMM per chunk), then `dw = G^T P G`, in
 /// float64. Parallel over the four rows of `ξ`: each task transforms its row of every chunk
-/// and adds the chunks in order, so the sums do not depend on the thread count.
+/// and adds the chunks in order, so the sums do not depend on the thread count. (Each task
+/// still combines all four window rows of the input before keeping its own: the input
+/// transform's first step runs four times, one reason the 64-channel weight gradient loses.)
 pub(super) fn weight_grad(isa: Isa, x: &[f32], dy: &[f32], d: &Dims) -> Vec<f32> {
     let (oh, ow) = (d.oh(), d.ow());
     let (th, tw) = (oh.div_ceil(2), ow.div_ceil(2));
